@@ -1,0 +1,1 @@
+"""Clients that speak only the wire protocol (HTTP/JSON and gRPC)."""

@@ -1,0 +1,49 @@
+"""Audio front-end settings shared by training, export and serving.
+
+The BLAT defaults are named constants derived from each other (units in the names);
+`FrontEndConfig` carries the same values per model and travels in checkpoints and bundles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLE_RATE = 32_000  # Hz, BLAT / PANNs CNN14
+N_FFT = 1024  # samples per STFT window (32 ms)
+HOP_LENGTH = 320  # samples between frames (10 ms)
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+N_MELS = 64
+F_MIN = 50.0  # Hz
+F_MAX = 14_000.0  # Hz
+CLIP_SECONDS = 10  # training crop length
+CLIP_SAMPLES = CLIP_SECONDS * SAMPLE_RATE  # 320_000
+AMIN = 1e-10  # power floor before 10*log10, so silence is -100 dB rather than -inf
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Waveform -> log-mel settings. A periodic Hann window and centred (reflect-padded) frames."""
+
+    sample_rate: int = SAMPLE_RATE  # Hz; input audio must be resampled to this
+    n_fft: int = N_FFT  # FFT size in samples
+    win_length: int = N_FFT  # window length in samples (<= n_fft)
+    hop_length: int = HOP_LENGTH  # frame step in samples
+    n_mels: int = N_MELS  # mel bins (slaney scale and slaney area normalisation)
+    f_min: float = F_MIN  # Hz
+    f_max: float = F_MAX  # Hz
+    amin: float = AMIN  # power floor before dB
+
+    def __post_init__(self):
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"win_length {self.win_length} must be in (0, n_fft={self.n_fft}]")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= Nyquist, got {self.f_min}, {self.f_max}")
+        if self.hop_length <= 0 or self.n_mels <= 0:
+            raise ValueError("hop_length and n_mels must be positive")
+
+    @property
+    def n_freqs(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames that a clip of `num_samples` gives (centred framing)."""
+        return 1 + num_samples // self.hop_length
