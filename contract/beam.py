@@ -2,7 +2,8 @@
 
 A caption is up to `max_tokens` words followed by the end token; its log-probability is the
 sum over those tokens, the end token included. With a beam at least as wide as the number of
-prefixes the search is exhaustive; `tests/contract/test_beam.py` checks exactly that.
+prefixes (word sequences of 0..max_tokens words) the search is exhaustive, and beam_size=1 is
+greedy decoding; `tests/contract/test_beam.py` checks exactly that.
 """
 from __future__ import annotations
 
@@ -61,13 +62,10 @@ def beam_search(step: StepFn, batch_size: int, options: DecodingOptions = Decodi
         logp = np.where(np.isfinite(logp), logp, -np.inf)
         logp[:, [PAD, START]] = -np.inf
         n_words = t  # words in each live prefix
-        # Every live row may end here; its end candidate is always kept.
-        for r in np.nonzero(np.isfinite(logp[:, END]))[0]:
-            lp = scores[r] + logp[r, END]
-            finished[origin[r]].append(Hypothesis(_rank_score(lp, n_words, alpha), lp, tuple(seqs[r, 1:].tolist())))
-        if t == options.max_tokens:
-            break
+        ended = scores + logp[:, END]  # (N,) each live row ending here
         logp[:, END] = -np.inf
+        if t == options.max_tokens:
+            logp[:] = -np.inf  # no more words: only the end token
         cand = scores[:, None] + logp  # (N, V) scores of one-word extensions
 
         keep_rows, keep_toks, keep_scores = [], [], []
@@ -76,6 +74,11 @@ def beam_search(step: StepFn, batch_size: int, options: DecodingOptions = Decodi
             flat = cand[rows].ravel()
             top = np.argsort(-flat, kind="stable")[:K]
             top = top[np.isfinite(flat[top])]
+            # A row's ending is kept when it would enter the beam (fewer than K extensions beat it): so
+            # beam_size=1 is greedy, and a beam as wide as the number of prefixes keeps every ending.
+            kth = flat[top[K - 1]] if len(top) == K else -np.inf
+            for r in rows[np.isfinite(ended[rows]) & (ended[rows] >= kth)]:
+                finished[b].append(Hypothesis(_rank_score(ended[r], n_words, alpha), ended[r], tuple(seqs[r, 1:].tolist())))
             best_live = flat[top[0]] if len(top) else -np.inf
             done = sorted(finished[b], reverse=True)
             # Without a length penalty scores only fall, so no live row can overtake the n-th finished one.

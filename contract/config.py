@@ -43,7 +43,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where=where)
     origin = typing.get_origin(tp)
     if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: convert each element
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
+    if origin is dict and isinstance(value, dict):
+        value_type = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int):
         return float(value)
     return value

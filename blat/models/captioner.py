@@ -65,7 +65,8 @@ class TagGuidedCaptioner(nn.Module):
         x = self.emb_dropout(x + self.pos_table[:L])
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tokens.device), diagonal=1)
         mem_pad = torch.arange(memory.shape[1], device=memory.device)[None, :] >= memory_valid[:, None]
-        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD, memory_key_padding_mask=mem_pad)
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD,
+                         memory_key_padding_mask=mem_pad, tgt_is_causal=True)  # stated, not detected: export-safe
         return self.classifier(h)
 
     def forward(self, waveform, lengths, tags, tokens):

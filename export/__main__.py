@@ -1,0 +1,128 @@
+"""python -m export: turn checkpoints into a model bundle and (optionally) a Triton model repository.
+
+  bundle   checkpoint(s) -> bundle directory: ONNX graphs (waveform -> embedding with the log-mel front end
+           inside; text ids -> embedding; captioner encoder + decoder step), tokenizer.json, vocab.json, the
+           527-label bank with calibration, and bundle.json (shapes, preprocessing, sha256 of every file).
+           Every graph is checked against PyTorch (max |diff| <= 1e-4) before the bundle is written.
+  triton   bundle directory -> Triton model repository (a new integer version beside the old ones).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("export")
+
+
+def _load_dual(args):
+    import blat
+    from blat.convert import import_blat_checkpoint
+    from export.bundle import checkpoint_source
+
+    if args.blat_release:
+        return import_blat_checkpoint(args.blat_release, trusted=args.trusted), checkpoint_source(args.blat_release, {"kind": "blat-release"})
+    path = Path(args.dual)
+    if path.is_file():
+        model, meta = blat.load_checkpoint(path)
+        return model, checkpoint_source(path, meta)
+    return blat.load_model(args.dual), {"architecture": args.dual, "weights": "random (registry architecture)"}
+
+
+def _load_captioner(args):
+    import blat
+    from contract.labels import audioset_labels
+    from contract.vocab import Vocabulary
+    from export.bundle import checkpoint_source
+
+    if not args.captioner:
+        return None, None
+    path = Path(args.captioner)
+    if path.is_file():
+        model, meta = blat.load_checkpoint(path)
+        return model, checkpoint_source(path, meta)
+    # A registry architecture with random weights: a vocabulary from the AudioSet label words.
+    vocab = Vocabulary.build(audioset_labels())
+    return blat.create_model(args.captioner, vocab=vocab).eval(), {"architecture": args.captioner, "weights": "random"}
+
+
+def cmd_bundle(args) -> int:
+    import torch
+
+    from export.bundle import write_bundle
+
+    torch.manual_seed(args.seed)
+    dual, dual_src = _load_dual(args)
+    captioner, cap_src = _load_captioner(args)
+    out = write_bundle(args.out, dual, captioner, name=args.name, version=args.version, prompt=args.prompt,
+                       source={"dual_encoder": dual_src, "captioner": cap_src}, beam_size=args.beam_size,
+                       overwrite=args.overwrite)
+    print(out)
+    if args.triton:
+        args.bundle = out
+        return cmd_triton(args)
+    return 0
+
+
+def cmd_triton(args) -> int:
+    from export.triton import write_repository
+
+    for flavor in (["gpu", "cpu"] if args.flavor == "both" else [args.flavor]):
+        repo = args.triton if flavor == "gpu" or args.flavor != "both" else Path(str(args.triton) + "-cpu")
+        print(write_repository(args.bundle, repo, flavor=flavor, tensorrt=args.tensorrt))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def triton_args(s, required: bool):
+        s.add_argument("--triton", type=Path, required=required, default=None,
+                       help="model repository to write (e.g. model_repository/); a new integer version is added per model")
+        s.add_argument("--flavor", choices=["gpu", "cpu", "both"], default="gpu",
+                       help="gpu: onnxruntime backend, KIND_GPU, dynamic batching; cpu: the same models as Python-backend "
+                            "models running the ONNX files with onnxruntime (for tritonserver builds without the "
+                            "onnxruntime backend); both: writes <triton> and <triton>-cpu")
+        s.add_argument("--tensorrt", action="store_true", help="gpu flavour: enable the TensorRT accelerator in fp16")
+
+    s = sub.add_parser("bundle", help="checkpoint(s) -> bundle directory (+ Triton repository with --triton)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dual", help="our dual-encoder checkpoint (.safetensors), or a registry name for random weights")
+    src.add_argument("--blat-release", type=Path, help="the released BLAT checkpoint (blat_cnn14_bertm.pth)")
+    s.add_argument("--trusted", action="store_true", help="allow full unpickling of --blat-release")
+    s.add_argument("--captioner", help="our captioner checkpoint, or a registry name for random weights; omit for none")
+    s.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist)")
+    s.add_argument("--name", default="blat")
+    s.add_argument("--version", default=None, help="bundle version (default: UTC timestamp)")
+    s.add_argument("--prompt", default="this is a sound of {label}", help="zero-shot prompt template for the label bank")
+    s.add_argument("--beam-size", type=int, default=3, help="default beam for captioning")
+    s.add_argument("--seed", type=int, default=0, help="seed for random-weight registry models")
+    s.add_argument("--overwrite", action="store_true")
+    triton_args(s, required=False)
+    s.set_defaults(fn=cmd_bundle)
+
+    s = sub.add_parser("triton", help="bundle directory -> Triton model repository")
+    s.add_argument("--bundle", type=Path, required=True)
+    triton_args(s, required=True)
+    s.set_defaults(fn=cmd_triton)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from contract.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        log.error(str(e))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

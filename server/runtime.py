@@ -1,0 +1,84 @@
+"""The model verbs over any backend: encode audio/text, tag, caption. Torch-free; shared by REST and gRPC.
+
+Audio arrives as mono float32 at the bundle's sample rate (decoding and resampling happen before this).
+Batches are padded to the longest clip, with true lengths passed along, so the graphs mask the padding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from contract.beam import DecodingOptions, Hypothesis, beam_search
+from contract.bundle import LabelBank
+from contract.vocab import Vocabulary
+from server.backends import Backend
+
+
+def pad_batch(waves: Sequence[np.ndarray], min_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clips of any lengths -> (B, N) zero-padded float32 (N >= min_samples) and (B,) int64 true lengths."""
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), max(int(lengths.max()), min_samples)), dtype=np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
+class ModelRuntime:
+    def __init__(self, bundle_dir: str | Path, backend: Backend):
+        self.bundle_dir, self.backend = Path(bundle_dir), backend
+        self.manifest = m = backend.manifest
+        self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / m.text.tokenizer))
+        self.tokenizer.enable_truncation(max_length=m.text.max_tokens)
+        self.tokenizer.enable_padding(pad_id=m.text.pad_id)
+        self.labels = LabelBank.load(self.bundle_dir / m.labels.file)
+        self.vocab = Vocabulary.from_json((self.bundle_dir / m.captioner.vocab).read_text()) if m.captioner else None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.audio.sample_rate
+
+    def encode_audio(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """-> (B, D) unit-norm audio embeddings."""
+        return self.audio_features(waves)[0]
+
+    def audio_features(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> embeddings (B, D), frames (B, T, C), frame_lengths (B,)."""
+        batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)
+        out = self.backend.run("audio_encoder", {"waveform": batch, "lengths": lengths})
+        return out["audio_embedding"], out["frames"], out["frame_lengths"]
+
+    def pool_frames(self, frames: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
+        """(B, T, C) frame features with (B,) valid counts -> (B, D) embeddings (windowed tagging)."""
+        out = self.backend.run("audio_pool", {"frames": frames.astype(np.float32), "frame_lengths": frame_lengths.astype(np.int64)})
+        return out["audio_embedding"]
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """-> (B, D) unit-norm text embeddings."""
+        enc = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        return self.backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["text_embedding"]
+
+    def caption(self, waves: Sequence[np.ndarray], tags: np.ndarray | None = None,
+                options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+        """Beam search over the captioner graphs; tags (B, 527) multi-hot or None (no tag guidance)."""
+        if self.manifest.captioner is None:
+            raise ValueError(f"bundle {self.manifest.id} has no captioner")
+        spec = self.manifest.captioner
+        options = options or DecodingOptions(beam_size=spec.beam_size, max_tokens=spec.max_tokens)
+        batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)
+        tags = np.zeros((len(waves), spec.n_tags), np.float32) if tags is None else tags.astype(np.float32)
+        enc = self.backend.run("captioner_encoder", {"waveform": batch, "lengths": lengths, "tags": tags})
+
+        def step(seqs: np.ndarray, origin: np.ndarray) -> np.ndarray:
+            return self.backend.run("captioner_decoder", {
+                "tokens": seqs, "memory": enc["memory"][origin], "memory_lengths": enc["memory_lengths"][origin],
+                "tag_vector": enc["tag_vector"][origin]})["log_probs"]
+
+        return beam_search(step, len(waves), options)
+
+    def caption_text(self, hyp: Hypothesis) -> str:
+        return self.vocab.decode(hyp.tokens)

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny models and one tiny exported bundle per test session (export takes tens of seconds)."""
+from __future__ import annotations
+
+import pytest
+
+CAPTIONS = ["a dog barks", "rain falls on a roof", "a man speaks while a car passes", "birds chirp then a door slams"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """(dual encoder, captioner) with fixed random weights, in eval mode."""
+    import torch
+
+    import blat
+    from contract.vocab import Vocabulary
+
+    torch.manual_seed(0)
+    dual = blat.create_model("tiny-dual").eval()
+    captioner = blat.create_model("tiny-captioner", vocab=Vocabulary.build(CAPTIONS)).eval()
+    return dual, captioner
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_models, tmp_path_factory):
+    """A complete bundle directory (all five graphs) exported from `tiny_models`."""
+    from export.bundle import write_bundle
+
+    dual, captioner = tiny_models
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "tiny", dual, captioner, name="tiny", version="test")
+
+
+@pytest.fixture(scope="session")
+def real_clips():
+    """Real recordings: the 35 sounds of Debian's sound-theme-freedesktop, mono float32 at 32 kHz.
+
+    The .deb (about 0.5 MB) is fetched with `apt-get download` into .cache/ in the repo and reused.
+    """
+    import shutil
+    import subprocess
+    from math import gcd
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from contract.audio import SAMPLE_RATE
+
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "real_clips"
+    root = cache / "unpacked"
+    if not root.is_dir():
+        if shutil.which("apt-get") is None:
+            pytest.skip("apt-get is not available to fetch sound-theme-freedesktop")
+        cache.mkdir(parents=True, exist_ok=True)
+        got = subprocess.run(["apt-get", "download", "sound-theme-freedesktop"], cwd=cache, capture_output=True, text=True)
+        debs = sorted(cache.glob("sound-theme-freedesktop_*.deb"))
+        if got.returncode != 0 or not debs:
+            pytest.skip(f"apt-get download sound-theme-freedesktop failed: {got.stderr.strip()[-300:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    clips = {}
+    for path in sorted(root.rglob("*.oga")):
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        mono = data.mean(axis=1)
+        g = gcd(sr, SAMPLE_RATE)
+        clips[path.stem] = resample_poly(mono, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    assert len(clips) >= 20, f"expected the freedesktop sound theme, found {len(clips)} clips"
+    return clips
