@@ -65,8 +65,14 @@ def read_header(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file (header format={header.get('format')!r})")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version = int(header.get("format_version", 0))
+    except ValueError:
+        raise CheckpointError(f"{path}: bad format_version {header['format_version']!r} in the header") from None
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {header['format_version']} is newer than this code ({FORMAT_VERSION})")
+    if "config" not in header:
+        raise CheckpointError(f"{path}: the header has no model config")
     return header
 
 
