@@ -3,16 +3,18 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS := model,export,dev
+EXTRAS := model,export,server,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run test venv clean
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@# Only for the tritonserver binary it ships (Triton integration tests); its own pins clash with ours.
+	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)

@@ -74,8 +74,9 @@ class TagGuidedCaptioner(nn.Module):
         return self.decode(tokens, *self.encode(waveform, lengths, tags))
 
     @torch.no_grad()
-    def generate(self, waveform, lengths=None, tags=None, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
-        """Beam search (options.beam_size=1 is greedy); n-best hypotheses per clip, best first."""
+    def generate(self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+        """Beam search (options.beam_size=1 is greedy; default beam 3 and the config's max_tokens); n-best per clip."""
+        options = options or DecodingOptions(max_tokens=self.cfg.max_tokens)
         memory, valid, tag_vec = self.encode(waveform, lengths, tags)
 
         def step(seqs: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -86,7 +87,7 @@ class TagGuidedCaptioner(nn.Module):
 
         return beam_search(step, waveform.shape[0], options)
 
-    def caption(self, waveform, lengths=None, tags=None, options: DecodingOptions = DecodingOptions()) -> list[str]:
+    def caption(self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None) -> list[str]:
         """The best caption per clip, as text."""
         return [self.vocab.decode(h[0].tokens) if h else "" for h in self.generate(waveform, lengths, tags, options)]
 

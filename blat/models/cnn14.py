@@ -62,6 +62,11 @@ class Cnn14(nn.Module):
             lengths = torch.full((B,), N, dtype=torch.long, device=waveform.device)
         if N < self.cfg.min_samples:  # too short for the pooling: zero-pad, as a lone short clip would be
             waveform = F.pad(waveform, (0, self.cfg.min_samples - N))
+        # A clip shorter than min_samples is heard as itself plus zeros up to min_samples; left at its own
+        # length, all its frames would be masked away by the poolings and its embedding would ignore its content.
+        beyond = torch.arange(waveform.shape[1], device=waveform.device)[None, :] >= lengths[:, None]
+        waveform = waveform.masked_fill(beyond, 0.0)
+        lengths = lengths.clamp(min=self.cfg.min_samples)
         x = self.melspec_extractor(waveform, lengths)  # (B, T, M)
         valid = self.melspec_extractor.num_frames(lengths)  # (B,)
         x = self.bn0(x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)  # BN over mel bins

@@ -74,7 +74,9 @@ class TextEncoder(nn.Module):
         self.model = build_hf_model(cfg)
         if tokenizer is None and not (cfg.tokenizer or cfg.pretrained):
             raise ValueError("a text encoder built from hf_config needs text.tokenizer (or a tokenizer object)")
-        self.tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or cfg.pretrained, cfg.max_tokens)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.tokenizer or cfg.pretrained, cfg.max_tokens)
+        self.tokenizer = configure_tokenizer(tokenizer, cfg.max_tokens)  # truncation is part of the model's contract
 
     @property
     def hidden_size(self) -> int:

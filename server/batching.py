@@ -1,0 +1,119 @@
+"""Micro-batching: concurrent requests for one model merge into a single call, up to a size or a wait.
+
+One worker thread per batcher takes the first queued request, waits at most `max_wait_s` for more (up
+to `max_batch`), and runs them together. The queue is bounded: a full queue answers `Overloaded` at
+once (HTTP 429 with Retry-After) instead of letting latency grow without limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Sequence, TypeVar
+
+from server.errors import DeadlineExceeded, Overloaded, ServiceError
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job(Generic[T]):
+    item: T
+    deadline: float  # time.monotonic() after which the result is useless
+    future: Future = field(default_factory=Future)
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(self, name: str, run_batch: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 16,
+                 max_wait_s: float = 0.005, max_queue: int = 64,
+                 on_batch: Callable[[str, int], None] | None = None):
+        self.name, self.run_batch = name, run_batch
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._on_batch = on_batch
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit_future(self, item: T, timeout_s: float) -> Future:
+        job = _Job(item, time.monotonic() + timeout_s)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Overloaded(f"{self.name}: {self._queue.maxsize} requests already queued; retry shortly",
+                             retry_after_s=max(1.0, self.max_wait_s * 10)) from None
+        return job.future
+
+    def submit(self, item: T, timeout_s: float) -> R:
+        """Blocking: the result for `item`, or DeadlineExceeded after `timeout_s`."""
+        fut = self.submit_future(item, timeout_s)
+        try:
+            return fut.result(timeout=timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            raise DeadlineExceeded(f"{self.name}: no result within {timeout_s:g} s") from None
+
+    async def submit_async(self, item: T, timeout_s: float) -> R:
+        fut = asyncio.wrap_future(self.submit_future(item, timeout_s))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"{self.name}: no result within {timeout_s:g} s") from None
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _collect(self) -> list[_Job] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        until = time.monotonic() + self.max_wait_s
+        while len(jobs) < self.max_batch:
+            left = until - time.monotonic()
+            try:
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # keep the stop signal for the outer loop
+                break
+            jobs.append(job)
+        return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._collect()) is not None:
+            now = time.monotonic()
+            live = []
+            for job in jobs:
+                if job.future.cancelled():
+                    continue
+                if job.deadline < now:
+                    job.future.set_exception(DeadlineExceeded(f"{self.name}: waited past the deadline in the queue"))
+                else:
+                    live.append(job)
+            if not live:
+                continue
+            if self._on_batch:
+                self._on_batch(self.name, len(live))
+            try:
+                results = self.run_batch([j.item for j in live])
+                for job, res in zip(live, results):
+                    if not job.future.cancelled():
+                        job.future.set_result(res)
+            except Exception as e:  # every waiting caller must hear about it
+                if not isinstance(e, ServiceError):
+                    log.exception("batch failed", extra={"batcher": self.name, "size": len(live)})
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(e)

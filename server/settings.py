@@ -1,0 +1,103 @@
+"""Gateway settings: one typed object, read from defaults, then a JSON file, then BLAT_SERVER_* environment variables.
+
+    BLAT_SERVER_CONFIG=/etc/blat.json BLAT_SERVER_HTTP_PORT=9000 BLAT_SERVER_LIMITS__MAX_TEXT_CHARS=300 python -m server
+
+Nested fields use a double underscore (BLAT_SERVER_BATCHING__MAX_BATCH=32). Values are JSON-decoded when possible.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contract.config import apply_env, from_dict, to_dict
+
+ENV_PREFIX = "BLAT_SERVER_"
+CONFIG_ENV = "BLAT_SERVER_CONFIG"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch: int = 16  # requests merged into one model call
+    max_wait_ms: float = 5.0  # how long the first request waits for company
+    max_queue: int = 64  # queued requests per model before 429
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValueError("batching: max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    url: str = "127.0.0.1:8001"  # Triton gRPC endpoint
+    timeout_s: float = 10.0  # deadline of one inference call
+    retries: int = 2  # extra attempts on UNAVAILABLE, with backoff
+    breaker_failures: int = 5  # consecutive failures that open the circuit
+    breaker_reset_s: float = 10.0  # open circuit: fail fast this long, then try one call
+    model_version: str = ""  # "" = Triton's version policy (latest)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_upload_bytes: int = 20 * 1024 * 1024  # enforced while reading the body
+    max_audio_seconds: float = 120.0  # per clip, after decoding
+    max_text_chars: int = 512  # per query text
+    max_texts: int = 64  # texts per embed request
+    max_k: int = 100  # results per search
+    max_labels: int = 1000  # labels per tagging request (the 527 AudioSet labels by default)
+    request_timeout_s: float = 30.0  # deadline for any call
+    max_clips_per_request: int = 16
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    # API key -> scopes ("read", "write"). Empty: no authentication (the embedded default on loopback).
+    keys: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, scopes in self.keys.items():
+            bad = set(scopes) - {"read", "write"}
+            if bad or not key:
+                raise ValueError(f"auth.keys: scopes must be 'read'/'write', got {sorted(bad)}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: str = "bundles/default"  # model bundle directory (bundle.json inside)
+    backend: str = "onnxruntime"  # "onnxruntime" (in-process) or "triton"
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    index_dir: str = "data/index"  # FAISS index + SQLite metadata + journal
+    index_kind: str = "flat"  # "flat" (exact), "ivf" or "hnsw"
+    ingest_roots: tuple[str, ...] = ()  # server-side paths allowed for item add / rebuild
+    ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
+    log_level: str = "INFO"
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    triton: TritonSettings = field(default_factory=TritonSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    def __post_init__(self):
+        if self.backend not in ("onnxruntime", "triton"):
+            raise ValueError(f"backend must be 'onnxruntime' or 'triton', got {self.backend!r}")
+        if self.index_kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"index_kind must be flat, ivf or hnsw, got {self.index_kind!r}")
+
+    def redacted(self) -> dict:
+        """For the start-up log: everything but the API keys themselves."""
+        d = to_dict(self)
+        d["auth"]["keys"] = {f"{k[:3]}...": v for k, v in self.auth.keys.items()}
+        return d
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None, **overrides) -> Settings:
+    """Defaults <- JSON file (`path` or $BLAT_SERVER_CONFIG) <- BLAT_SERVER_* env vars <- keyword overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.pop(CONFIG_ENV, None)
+    data: dict = json.loads(Path(path).read_text()) if path else {}
+    environ.pop(CONFIG_ENV, None)
+    data = apply_env(data, ENV_PREFIX, environ)
+    data.update(overrides)
+    return from_dict(Settings, data, where=str(path or "settings"))
