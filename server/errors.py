@@ -76,3 +76,9 @@ class BackendDown(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code, http_status, grpc_code = "deadline_exceeded", 504, "DEADLINE_EXCEEDED"
+
+
+class BackendError(ServiceError):
+    """The model backend answered with an error for a well-formed request (a bundle/backend mismatch, a crash)."""
+
+    code, http_status, grpc_code = "backend_error", 502, "INTERNAL"

@@ -40,7 +40,7 @@ class TritonSettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    max_upload_bytes: int = 20 * 1024 * 1024  # enforced while reading the body
+    max_upload_bytes: int = 32 * 1024 * 1024  # enforced while reading the body (120 s of 48 kHz stereo WAV fits)
     max_audio_seconds: float = 120.0  # per clip, after decoding
     max_text_chars: int = 512  # per query text
     max_texts: int = 64  # texts per embed request

@@ -6,10 +6,7 @@ from typing import Protocol
 import numpy as np
 
 from contract.bundle import BundleManifest
-
-
-class BackendError(RuntimeError):
-    """The backend could not run a graph (down, overloaded, timed out, or a bad bundle)."""
+from server.errors import BackendError  # noqa: F401 - re-exported for backends
 
 
 class Backend(Protocol):
