@@ -1,0 +1,74 @@
+"""python -m server: start the gateway (REST on http_port, gRPC on grpc_port) with one settings object.
+
+Settings come from defaults, a JSON file (--config or $BLAT_SERVER_CONFIG) and BLAT_SERVER_* environment
+variables (BLAT_SERVER_HTTP_PORT=9000, BLAT_SERVER_LIMITS__MAX_TEXT_CHARS=300, ...); they are logged at start-up
+with API keys redacted. Stops cleanly on SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger("server")
+
+
+def serve(settings) -> int:
+    import uvicorn
+
+    from server.grpc_service import create_grpc_server
+    from server.rest import create_app
+    from server.service import Gateway
+
+    gateway = Gateway(settings)
+    grpc_server, grpc_port = create_grpc_server(gateway, f"{settings.host}:{settings.grpc_port}")
+    grpc_server.start()
+    app = create_app(gateway)
+    log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "grpc": f"{settings.host}:{grpc_port}",
+                               "bundle": gateway.manifest.id, "backend": settings.backend,
+                               "index": gateway.store.stats().to_dict()})
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False)
+    finally:
+        grpc_server.stop(grace=5).wait()
+        gateway.close()
+        log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from contract.logs import setup_logging
+    from server.settings import load_settings
+
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON settings file (overrides defaults; env vars override it)")
+    p.add_argument("--bundle", help="model bundle directory (overrides the settings)")
+    p.add_argument("--index-dir", help="index directory (overrides the settings)")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in {"bundle": args.bundle, "index_dir": args.index_dir, "http_port": args.http_port,
+                                   "grpc_port": args.grpc_port}.items() if v is not None}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (ValueError, OSError) as e:
+        print(f"settings: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    if args.print_settings:
+        import json
+
+        print(json.dumps(settings.redacted(), indent=2))
+        return 0
+    log.info("settings", extra={"settings": settings.redacted()})
+    try:
+        return serve(settings)
+    except (ValueError, OSError) as e:  # a missing or broken bundle, a port in use, ...
+        log.error(str(e))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

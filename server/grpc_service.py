@@ -1,0 +1,243 @@
+"""gRPC face of the gateway (wire/blat.proto), with health checking and reflection. Same Gateway calls as REST."""
+from __future__ import annotations
+
+import json
+import time
+from concurrent import futures
+from typing import Iterator
+
+import grpc
+import numpy as np
+import soxr
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.errors import BadRequest, Forbidden, ServiceError, Unauthorized
+from server.index import Hit, ItemRecord, SearchFilter
+from server.service import Gateway, LabelScore
+from wire import blat_pb2 as pb
+from wire import blat_pb2_grpc as pb_grpc
+
+SERVICE = "blat.v1.Blat"
+WRITE_METHODS = {"AddItem", "DeleteItem", "StartRebuild", "CancelRebuild", "RollbackIndex"}
+MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a request
+STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+
+
+def _filter(f: pb.Filter) -> SearchFilter | None:
+    if not f.ByteSize():
+        return None
+    return SearchFilter(tuple(f.tags_any), tuple(f.tags_all), f.source_prefix or None,
+                        f.min_duration_s or None, f.max_duration_s or None)
+
+
+def _item(it: ItemRecord) -> pb.Item:
+    added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(it.added_at)) if it.added_at else ""
+    return pb.Item(id=it.id, source_uri=it.source_uri, duration_s=it.duration_s or 0.0, tags=list(it.tags),
+                   caption=it.caption, content_hash=it.content_hash, added_at=added)
+
+
+def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
+    return [pb.LabelScore(label=t.label, score=t.score) for t in tags]
+
+
+def _job(p) -> pb.Job:
+    return pb.Job(job_id=p.version, state=p.state, done=p.done, total=p.total, error=p.error or "", version=p.version)
+
+
+def _stats(s) -> pb.StatsResponse:
+    return pb.StatsResponse(items=s.count, deleted_pending=s.tombstones, index_kind=s.kind, index_version=s.version,
+                            bundle=s.bundle_id)
+
+
+class BlatServicer(pb_grpc.BlatServicer):
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+
+    def _hits(self, hits: list[Hit]) -> pb.SearchResponse:
+        return pb.SearchResponse(hits=[pb.Hit(id=h.id, score=h.score, item=_item(h.item)) for h in hits],
+                                 bundle=self.gw.manifest.id, index_version=self.gw.store.stats().version)
+
+    def SearchText(self, req, ctx):
+        return self._hits(self.gw.search_text(req.query, req.k or 10, _filter(req.filter)))
+
+    def SearchAudio(self, req, ctx):
+        return self._hits(self.gw.search_audio(req.audio.data, req.k or 10, _filter(req.filter)))
+
+    def SearchItem(self, req, ctx):
+        return self._hits(self.gw.search_item(req.id, req.k or 10, _filter(req.filter)))
+
+    def Tag(self, req, ctx):
+        clip, windows = self.gw.tag(req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s)
+        return pb.TagResponse(tags=_scores(clip), windows=[
+            pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows])
+
+    def StreamTag(self, requests: Iterator[pb.StreamTagRequest], ctx) -> Iterator[pb.TagWindow]:
+        """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived."""
+        first = next(requests, None)
+        if first is None or first.WhichOneof("payload") != "config":
+            raise BadRequest("the first StreamTag message must carry the config")
+        cfg = first.config
+        if cfg.encoding not in STREAM_ENCODINGS or not 8000 <= cfg.sample_rate <= 192000:
+            raise BadRequest(f"encoding must be one of {sorted(STREAM_ENCODINGS)} and sample_rate in [8000, 192000]")
+        rate, dtype = self.gw.runtime.sample_rate, STREAM_ENCODINGS[cfg.encoding]
+        window_s, hop_s = cfg.window_s or 2.0, cfg.hop_s or 1.0
+        if not 0.1 <= window_s <= self.gw.limits.max_audio_seconds or not 0.05 <= hop_s <= window_s:
+            raise BadRequest("need 0.1 <= window_s <= max_audio_seconds and 0.05 <= hop_s <= window_s")
+        win, hop = int(window_s * rate), int(hop_s * rate)
+        labels, top_k = list(cfg.labels) or None, cfg.top_k or 5
+        buffer, start, last_end, pending = np.zeros(0, np.float32), 0, 0, b""
+        # One streaming resampler for the whole stream: no seams at chunk boundaries.
+        resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, "float32", quality="HQ") if cfg.sample_rate != rate else None
+        for msg in requests:
+            if msg.WhichOneof("payload") != "pcm":
+                raise BadRequest("only PCM chunks may follow the config")
+            raw = pending + msg.pcm
+            usable = len(raw) - len(raw) % dtype.itemsize
+            pending = raw[usable:]
+            chunk = np.frombuffer(raw[:usable], dtype=dtype).astype(np.float32)
+            if dtype.kind == "i":
+                chunk /= 32768.0
+            if not np.isfinite(chunk).all():
+                raise BadRequest("PCM chunk holds NaN or Inf samples")
+            if resampler is not None:
+                chunk = resampler.resample_chunk(chunk)
+            buffer = np.concatenate([buffer, chunk.astype(np.float32, copy=False)])
+            while len(buffer) >= win:
+                tags = self.gw.tag_waveform(buffer[:win], labels, top_k)
+                yield pb.TagWindow(start_s=start / rate, end_s=(start + win) / rate, tags=_scores(tags))
+                last_end = start + win
+                buffer, start = buffer[hop:], start + hop
+        if resampler is not None:
+            buffer = np.concatenate([buffer, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
+        if len(buffer) and start + len(buffer) > last_end:  # audio after the last full window: one shorter window
+            tags = self.gw.tag_waveform(buffer, labels, top_k)
+            yield pb.TagWindow(start_s=start / rate, end_s=(start + len(buffer)) / rate, tags=_scores(tags))
+
+    def Caption(self, req, ctx):
+        caps = self.gw.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
+        return pb.CaptionResponse(captions=[pb.Caption(text=c.text, log_prob=c.log_prob) for c in caps])
+
+    def EmbedAudio(self, req, ctx):
+        vec = self.gw.embed_audio(req.audio.data)
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=vec.tolist())], dim=len(vec), bundle=self.gw.manifest.id)
+
+    def EmbedText(self, req, ctx):
+        vecs = self.gw.embed_texts(list(req.texts))
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1],
+                                bundle=self.gw.manifest.id)
+
+    def AddItem(self, req, ctx):
+        source = req.WhichOneof("source")
+        if source is None:
+            raise BadRequest("give audio or a server-side path")
+        data, path = (req.audio.data, None) if source == "audio" else (None, req.path)
+        return _item(self.gw.add_item(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
+
+    def GetItem(self, req, ctx):
+        return _item(self.gw.get_item(req.id))
+
+    def DeleteItem(self, req, ctx):
+        self.gw.delete_item(req.id)
+        return pb.DeleteItemResponse(deleted=True)
+
+    def StartRebuild(self, req, ctx):
+        source = req.WhichOneof("source")
+        return _job(self.gw.start_rebuild(req.folder if source == "folder" else None,
+                                          req.manifest if source == "manifest" else None))
+
+    def GetRebuild(self, req, ctx):
+        return _job(self.gw.rebuild_status(req.job_id))
+
+    def CancelRebuild(self, req, ctx):
+        return _job(self.gw.cancel_rebuild(req.job_id))
+
+    def RollbackIndex(self, req, ctx):
+        return _stats(self.gw.rollback())
+
+    def Stats(self, req, ctx):
+        return _stats(self.gw.stats())
+
+    def Info(self, req, ctx):
+        info = self.gw.info()
+        return pb.InfoResponse(bundle_json=json.dumps(info["bundle"]), backend=info["backend"])
+
+
+class _Guard(grpc.ServerInterceptor):
+    """Auth by API key (metadata `authorization: Bearer <key>` or `x-api-key`), ServiceError -> status code, metrics."""
+
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        meta = dict(details.invocation_metadata or ())
+
+        def check():
+            keys = self.gw.settings.auth.keys
+            if not keys:
+                return
+            auth = meta.get("authorization", "")
+            key = auth[7:] if auth.lower().startswith("bearer ") else meta.get("x-api-key", "")
+            if key not in keys:
+                raise Unauthorized("send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
+            needed = "write" if method in WRITE_METHODS else "read"
+            if needed not in keys[key]:
+                raise Forbidden(f"this key lacks the '{needed}' scope")
+
+        def fail(ctx, e: ServiceError):
+            self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)
+            ctx.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(req, ctx):
+                t0 = time.perf_counter()
+                try:
+                    check()
+                    out = inner(req, ctx)
+                except ServiceError as e:
+                    fail(ctx, e)
+                self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
+                return out
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream:
+            inner_stream = handler.stream_stream
+
+            def stream(reqs, ctx):
+                t0 = time.perf_counter()
+                try:
+                    check()
+                    yield from inner_stream(reqs, ctx)
+                except ServiceError as e:
+                    fail(ctx, e)
+                self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
+
+            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def create_grpc_server(gateway: Gateway, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
+    """A started-later gRPC server bound to `address` ("host:port", port 0 = any); returns (server, port)."""
+    max_msg = gateway.limits.max_upload_bytes + MAX_MESSAGE_BYTES_SLACK  # larger messages: RESOURCE_EXHAUSTED
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_Guard(gateway)],
+                         options=[("grpc.max_receive_message_length", max_msg)])
+    pb_grpc.add_BlatServicer_to_server(BlatServicer(gateway), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    status = health_pb2.HealthCheckResponse.SERVING if gateway.ready()[0] else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE):
+        health_servicer.set(name, status)
+    names = (pb.DESCRIPTOR.services_by_name["Blat"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(address)
+    server.health = health_servicer  # the launcher flips it on shutdown
+    return server, port
+
+

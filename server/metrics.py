@@ -1,0 +1,38 @@
+"""Prometheus metrics of the gateway: requests and latency per endpoint, batch sizes, queue depth, index size."""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("blat_requests_total", "Requests by endpoint and status", ["api", "endpoint", "status"], registry=r)
+        self.latency = Histogram("blat_request_seconds", "Request latency by endpoint", ["api", "endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram("blat_batch_size", "Requests merged per model call", ["batcher"],
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.queue = Gauge("blat_queue_depth", "Requests waiting per batcher", ["batcher"], registry=r)
+        self.items = Gauge("blat_index_items", "Live items in the index", registry=r)
+        self.tombstones = Gauge("blat_index_tombstones", "Deleted items not yet compacted", registry=r)
+
+    def bind(self, gateway) -> None:
+        """Gauges read the live values at scrape time."""
+        for b in (gateway.audio_batcher, gateway.text_batcher):
+            self.queue.labels(b.name).set_function(lambda b=b: b.depth)
+        self.items.set_function(lambda: gateway.store.stats().count)
+        self.tombstones.set_function(lambda: gateway.store.stats().tombstones)
+
+    def observe_batch(self, batcher: str, size: int) -> None:
+        self.batch.labels(batcher).observe(size)
+
+    def observe(self, api: str, endpoint: str, status: int | str, seconds: float) -> None:
+        self.requests.labels(api, endpoint, str(status)).inc()
+        self.latency.labels(api, endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

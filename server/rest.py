@@ -1,0 +1,260 @@
+"""REST face of the gateway (FastAPI), under /v1. Routes only parse, call one Gateway method, and shape JSON.
+
+Audio is sent as the raw request body (`curl --data-binary @clip.wav`), parameters in the query string; the
+body's size limit is enforced while it is read. Errors are JSON {"error": {"code", "message"}} with the status
+from server/errors.py.
+"""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from server.audio import read_limited_async
+from server.errors import BadRequest, Forbidden, ServiceError, TooLarge, Unauthorized
+from server.index import Hit, ItemRecord, SearchFilter
+from server.service import Gateway
+
+AUDIO_BODY = {"requestBody": {"required": True, "description": "an encoded clip: WAV, FLAC, OGG (Vorbis/Opus) or MP3",
+                              "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                                          "audio/*": {"schema": {"type": "string", "format": "binary"}}}}}
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}}
+
+
+def _errors(*statuses: int) -> dict:
+    text = {400: "invalid parameters", 401: "missing or unknown API key", 403: "key lacks the scope, or path outside the "
+            "ingest roots", 404: "not found", 409: "id or audio content already stored", 413: "upload, duration or text "
+            "over its limit", 415: "not WAV, FLAC, OGG or MP3", 422: "undecodable or unusable audio", 429: "overloaded "
+            "(see Retry-After)", 503: "model backend down", 504: "deadline exceeded"}
+    return {s: {"description": text[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
+
+
+AUDIO_ERRORS = _errors(400, 401, 403, 413, 415, 422, 429, 503, 504)
+READ_ERRORS = _errors(400, 401, 403, 429, 503, 504)
+
+
+class FilterBody(BaseModel):
+    tags_any: list[str] = []
+    tags_all: list[str] = []
+    source_prefix: str | None = None
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+
+    def to_filter(self) -> SearchFilter:
+        return SearchFilter(tuple(self.tags_any), tuple(self.tags_all), self.source_prefix, self.min_duration_s,
+                            self.max_duration_s)
+
+
+class SearchTextBody(BaseModel):
+    query: str = Field(description="free text, at most limits.max_text_chars characters")
+    k: int = 10
+    filter: FilterBody | None = None
+
+
+class SearchItemBody(BaseModel):
+    id: str
+    k: int = 10
+    filter: FilterBody | None = None
+
+
+class EmbedTextBody(BaseModel):
+    texts: list[str] = Field(description="at most limits.max_texts strings")
+
+
+class AddFromPathBody(BaseModel):
+    id: str
+    path: str = Field(description="a file under one of the configured ingest roots")
+    tags: list[str] = []
+    caption: str = ""
+    source_uri: str = ""
+    upsert: bool = False
+
+
+class RebuildBody(BaseModel):
+    folder: str | None = Field(None, description="a folder under the ingest roots; ids are relative paths")
+    manifest: str | None = Field(None, description="a JSON Lines file under the ingest roots: id, audio|path, tags, caption")
+
+
+def hit_json(h: Hit) -> dict:
+    return {"id": h.id, "score": h.score, "item": h.item.to_dict()}
+
+
+def hits_json(gw: Gateway, hits: list[Hit]) -> dict:
+    return {"hits": [hit_json(h) for h in hits], "bundle": gw.manifest.id, "index_version": gw.store.stats().version}
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="BLAT gateway", version="1", description=__doc__)
+    app.state.gateway = gw = gateway
+    keys = gateway.settings.auth.keys
+
+    def scope(needed: str):
+        def check(request: Request) -> None:
+            if not keys:
+                return
+            auth = request.headers.get("authorization", "")
+            key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+            if key not in keys:
+                raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+            if needed not in keys[key]:
+                raise Forbidden(f"this key lacks the '{needed}' scope")
+        return Depends(check)
+
+    read, write = scope("read"), scope("write")
+
+    async def body(request: Request) -> bytes:
+        limit = gw.limits.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"upload of {int(declared)} bytes; the limit is {limit}")
+        data = await read_limited_async(request.stream(), limit)
+        if not data:
+            raise BadRequest("empty request body: send the audio file as the body")
+        return data
+
+    def query_filter(tags_any: list[str] = Query([]), tags_all: list[str] = Query([]), source_prefix: str | None = None,
+                     min_duration_s: float | None = None, max_duration_s: float | None = None) -> SearchFilter:
+        return SearchFilter(tuple(tags_any), tuple(tags_all), source_prefix, min_duration_s, max_duration_s)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else None
+        return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse(BadRequest("invalid request: " + "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}"
+                                                                      for d in details)).to_json(), status_code=400)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        gw.metrics.observe("rest", getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0)
+        return response
+
+    # -- search ----------------------------------------------------------------------------------------------------
+    @app.post("/v1/search/text", dependencies=[read], responses=READ_ERRORS, tags=["search"])
+    async def search_text(req: SearchTextBody) -> dict:
+        """Items whose audio matches a text query (cosine similarity in the shared space)."""
+        flt = req.filter.to_filter() if req.filter else None
+        return hits_json(gw, await run_in_threadpool(gw.search_text, req.query, req.k, flt))
+
+    @app.post("/v1/search/audio", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["search"])
+    async def search_audio(data: Annotated[bytes, Depends(body)], flt: Annotated[SearchFilter, Depends(query_filter)],
+                           k: int = 10) -> dict:
+        """Items that sound like the uploaded clip."""
+        return hits_json(gw, await run_in_threadpool(gw.search_audio, data, k, flt))
+
+    @app.post("/v1/search/item", dependencies=[read], responses=_errors(400, 401, 403, 404), tags=["search"])
+    async def search_item(req: SearchItemBody) -> dict:
+        """Neighbours of a stored item (uses its stored embedding: works while the model backend is down)."""
+        flt = req.filter.to_filter() if req.filter else None
+        return hits_json(gw, await run_in_threadpool(gw.search_item, req.id, req.k, flt))
+
+    # -- models ----------------------------------------------------------------------------------------------------
+    @app.post("/v1/tag", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    async def tag(data: Annotated[bytes, Depends(body)], labels: list[str] = Query([]), top_k: int = 10,
+                  window_s: float = 0.0, hop_s: float = 0.0) -> dict:
+        """Zero-shot tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0
+        adds tags per window over time."""
+        clip, windows = await run_in_threadpool(gw.tag, data, labels or None, top_k, window_s, hop_s)
+        return {"tags": [vars(t) for t in clip],
+                "windows": [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]}
+
+    @app.post("/v1/caption", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    async def caption(data: Annotated[bytes, Depends(body)], tags: list[str] = Query([]), n_best: int = 1,
+                      beam_size: int = 0) -> dict:
+        """Captions for the clip, optionally guided by AudioSet tags (display names); n-best by beam search."""
+        result = await run_in_threadpool(gw.caption, data, tags, n_best, beam_size)
+        return {"captions": [vars(c) for c in result]}
+
+    @app.post("/v1/embed/audio", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    async def embed_audio(data: Annotated[bytes, Depends(body)]) -> dict:
+        vec = await run_in_threadpool(gw.embed_audio, data)
+        return {"embedding": vec.tolist(), "dim": len(vec), "bundle": gw.manifest.id}
+
+    @app.post("/v1/embed/text", dependencies=[read], responses=READ_ERRORS, tags=["models"])
+    async def embed_text(req: EmbedTextBody) -> dict:
+        vecs = await run_in_threadpool(gw.embed_texts, req.texts)
+        return {"embeddings": vecs.tolist(), "dim": vecs.shape[1], "bundle": gw.manifest.id}
+
+    # -- items -----------------------------------------------------------------------------------------------------
+    @app.post("/v1/items", dependencies=[write], responses={**AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
+              status_code=201, tags=["items"])
+    async def add_item(data: Annotated[bytes, Depends(body)], id: str, tags: list[str] = Query([]), caption: str = "",
+                       source_uri: str = "", upsert: bool = False) -> dict:
+        """Store an uploaded clip under `id` (durable when this answers)."""
+        item = await run_in_threadpool(gw.add_item, id, data, None, tags, caption, source_uri, upsert)
+        return item.to_dict()
+
+    @app.post("/v1/items/from-path", dependencies=[write], responses={**AUDIO_ERRORS, **_errors(404, 409)},
+              status_code=201, tags=["items"])
+    async def add_item_from_path(req: AddFromPathBody) -> dict:
+        """Store a server-side file (only under the configured ingest roots)."""
+        item = await run_in_threadpool(gw.add_item, req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert)
+        return item.to_dict()
+
+    @app.get("/v1/items/{item_id:path}", dependencies=[read], responses=_errors(400, 401, 403, 404), tags=["items"])
+    async def get_item(item_id: str) -> dict:
+        return (await run_in_threadpool(gw.get_item, item_id)).to_dict()
+
+    @app.delete("/v1/items/{item_id:path}", dependencies=[write], responses=_errors(400, 401, 403, 404), tags=["items"])
+    async def delete_item(item_id: str) -> dict:
+        item: ItemRecord = await run_in_threadpool(gw.delete_item, item_id)
+        return {"deleted": True, "item": item.to_dict()}
+
+    # -- index -----------------------------------------------------------------------------------------------------
+    @app.post("/v1/index/rebuild", dependencies=[write], responses=_errors(400, 401, 403, 404, 409), status_code=202,
+              tags=["index"])
+    async def start_rebuild(req: RebuildBody) -> dict:
+        """Rebuild the index from a folder or manifest in the background; searches use the old version until the
+        new one validates, then it swaps (see /v1/index/rollback)."""
+        return (await run_in_threadpool(gw.start_rebuild, req.folder, req.manifest)).to_dict()
+
+    @app.get("/v1/index/rebuild/{job_id}", dependencies=[read], responses=_errors(401, 403, 404), tags=["index"])
+    async def rebuild_status(job_id: str) -> dict:
+        return gw.rebuild_status(job_id).to_dict()
+
+    @app.post("/v1/index/rebuild/{job_id}/cancel", dependencies=[write], responses=_errors(401, 403, 404), tags=["index"])
+    async def cancel_rebuild(job_id: str) -> dict:
+        return gw.cancel_rebuild(job_id).to_dict()
+
+    @app.post("/v1/index/rollback", dependencies=[write], responses=_errors(401, 403, 404, 409), tags=["index"])
+    async def rollback() -> dict:
+        return (await run_in_threadpool(gw.rollback)).to_dict()
+
+    @app.get("/v1/index/stats", dependencies=[read], responses=_errors(401, 403), tags=["index"])
+    async def stats() -> dict:
+        return (await run_in_threadpool(gw.stats)).to_dict()
+
+    @app.get("/v1/info", dependencies=[read], responses=_errors(401, 403), tags=["index"])
+    async def info() -> dict[str, Any]:
+        """The model bundle (bundle.json), the backend, and the limits."""
+        from contract.config import to_dict
+
+        return {**gw.info(), "limits": to_dict(gw.limits)}
+
+    # -- operations ------------------------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "backend not ready or index not loaded"}})
+    async def readyz():
+        ok, why = await run_in_threadpool(gw.ready)
+        return JSONResponse({"ready": ok, "detail": why}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
+
+    return app

@@ -1,0 +1,359 @@
+"""The gateway's operations, shared by the REST and gRPC faces so the two APIs cannot drift.
+
+Every method takes plain values (bytes, strings, numbers), validates them against the settings' limits,
+and returns plain dataclasses or raises a `server.errors.ServiceError`. Model calls go through the
+micro-batchers with the request deadline; search by stored id touches only the index, so it keeps
+working while the model backend is down.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from contract.beam import DecodingOptions
+from contract.labels import tags_to_multi_hot
+from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
+from server.backends import Backend
+from server.batching import MicroBatcher
+from server.errors import BadRequest, Forbidden, NotFound, ServiceError
+from server.index import Hit, IndexStore, ItemRecord, SearchFilter
+from server.metrics import Metrics
+from server.runtime import ModelRuntime
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
+MAX_BEAM = 10
+MAX_WINDOWS = 2000
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float  # independent per-label probability
+
+
+@dataclass(frozen=True)
+class TagWindow:
+    start_s: float
+    end_s: float
+    tags: tuple[LabelScore, ...]
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    text: str
+    log_prob: float
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.backend == "triton":
+        from server.backends.triton import TritonBackend
+
+        return TritonBackend(settings.bundle, settings.triton)
+    from server.backends.ort import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads)
+
+
+def content_hash(samples: np.ndarray) -> str:
+    """sha256 of the decoded, resampled float32 samples: the same sound in two containers is one content."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+
+
+class Gateway:
+    def __init__(self, settings: Settings, backend: Backend | None = None, store: IndexStore | None = None,
+                 metrics: Metrics | None = None):
+        self.settings, self.limits = settings, settings.limits
+        self.backend = backend or make_backend(settings)
+        self.runtime = ModelRuntime(settings.bundle, self.backend)
+        self.manifest = self.runtime.manifest
+        self.audio_limits = AudioLimits(max_bytes=self.limits.max_upload_bytes, max_seconds=self.limits.max_audio_seconds)
+        self.store = store or IndexStore(settings.index_dir, dim=self.manifest.embedding_dim,
+                                         bundle_id=self.manifest.id, kind=settings.index_kind)
+        self.metrics = metrics or Metrics()
+        b = settings.batching
+        batcher = lambda name, fn: MicroBatcher(name, fn, b.max_batch, b.max_wait_ms / 1000, b.max_queue,  # noqa: E731
+                                                on_batch=self.metrics.observe_batch)
+        self.audio_batcher = batcher("audio_embed", lambda waves: list(self.runtime.encode_audio(waves)))
+        self.text_batcher = batcher("text_embed", lambda texts: list(self.runtime.encode_text(texts)))
+        self.metrics.bind(self)
+        self._label_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    # -- inputs ------------------------------------------------------------------------------------------------------
+
+    def decode(self, data: bytes) -> DecodedAudio:
+        return decode_audio(data, self.runtime.sample_rate, self.audio_limits)
+
+    def _check_text(self, text: object, what: str = "text") -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest(f"{what} must be a non-empty string")
+        if len(text) > self.limits.max_text_chars:
+            raise BadRequest(f"{what} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+        return text
+
+    def _check_k(self, k: int) -> int:
+        if not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
+            raise BadRequest(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
+        return k
+
+    def _check_path(self, path: str) -> Path:
+        """A server-side path must resolve (symlinks included) inside one of the configured ingest roots."""
+        if not isinstance(path, str) or not path:
+            raise BadRequest("path must be a non-empty string")
+        real = Path(path).resolve()
+        roots = [Path(r).resolve() for r in self.settings.ingest_roots]
+        if not any(real == r or r in real.parents for r in roots):
+            raise Forbidden(f"{path} is outside the configured ingest roots"
+                            + ("" if roots else " (none are configured: set ingest_roots)"))
+        if not real.exists():
+            raise NotFound(f"{path} does not exist")
+        return real
+
+    def _read_path(self, path: Path) -> bytes:
+        if not path.is_file():
+            raise BadRequest(f"{path} is not a file")
+        with open(path, "rb") as f:
+            return read_limited(f, self.limits.max_upload_bytes)
+
+    @property
+    def timeout(self) -> float:
+        return self.limits.request_timeout_s
+
+    # -- embeddings --------------------------------------------------------------------------------------------------
+
+    def embed_waveform(self, samples: np.ndarray) -> np.ndarray:
+        return self.audio_batcher.submit(samples, self.timeout)
+
+    def embed_audio(self, data: bytes) -> np.ndarray:
+        """Encoded audio bytes -> (D,) unit-norm embedding."""
+        return self.embed_waveform(self.decode(data).samples)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise BadRequest("texts must be a non-empty list of strings")
+        if len(texts) > self.limits.max_texts:
+            raise BadRequest(f"at most {self.limits.max_texts} texts per request, got {len(texts)}")
+        checked = [self._check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        futures = [self.text_batcher.submit_future(t, self.timeout) for t in checked]
+        return np.stack([f.result(timeout=self.timeout) for f in futures])
+
+    # -- search --------------------------------------------------------------------------------------------------------
+
+    def search_text(self, query: str, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
+        self._check_k(k)
+        vec = self.text_batcher.submit(self._check_text(query, "query"), self.timeout)
+        return self.store.search(vec, k, flt)[0]
+
+    def search_audio(self, data: bytes, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
+        self._check_k(k)
+        return self.store.search(self.embed_audio(data), k, flt)[0]
+
+    def search_item(self, item_id: str, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
+        """Neighbours of a stored item, from its stored embedding: no model call."""
+        return self.store.search_by_id(item_id, self._check_k(k), flt)
+
+    # -- tagging ---------------------------------------------------------------------------------------------------
+
+    def _labels(self, labels: Sequence[str] | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+        """(names, (K, D) embeddings, scale, bias). Unknown labels get the bank's mean calibration."""
+        bank = self.runtime.labels
+        if not labels:
+            return bank.names, bank.embeddings, bank.scale, bank.bias
+        if len(labels) > self.limits.max_labels:
+            raise BadRequest(f"at most {self.limits.max_labels} labels, got {len(labels)}")
+        index = {n.lower(): i for i, n in enumerate(bank.names)}
+        names, embs, scale, bias = [], [], [], []
+        for label in labels:
+            self._check_text(label, "label")
+            i = index.get(label.lower())
+            if i is not None:
+                emb, s, b = bank.embeddings[i], bank.scale[i], bank.bias[i]
+            else:
+                emb = self._label_cache.get(label)
+                if emb is None:
+                    prompt = self.manifest.labels.prompt_template.format(label=label.lower())
+                    emb = self.text_batcher.submit(prompt, self.timeout)
+                    self._label_cache[label] = emb
+                    if len(self._label_cache) > 4096:
+                        self._label_cache.popitem(last=False)
+                s, b = float(bank.scale.mean()), float(bank.bias.mean())
+            names.append(label)
+            embs.append(emb)
+            scale.append(s)
+            bias.append(b)
+        return tuple(names), np.stack(embs), np.array(scale, np.float32), np.array(bias, np.float32)
+
+    @staticmethod
+    def _top(names, probs: np.ndarray, top_k: int) -> tuple[LabelScore, ...]:
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        return tuple(LabelScore(names[i], float(probs[i])) for i in order)
+
+    @staticmethod
+    def _probs(emb: np.ndarray, label_embs, scale, bias) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-((emb @ label_embs.T) * scale + bias)))
+
+    def tag_waveform(self, samples: np.ndarray, labels: Sequence[str] | None = None, top_k: int = 10) -> tuple[LabelScore, ...]:
+        names, embs, scale, bias = self._labels(labels)
+        return self._top(names, self._probs(self.embed_waveform(samples), embs, scale, bias), top_k)
+
+    def tag(self, data: bytes, labels: Sequence[str] | None = None, top_k: int = 10, window_s: float = 0.0,
+            hop_s: float = 0.0) -> tuple[tuple[LabelScore, ...], tuple[TagWindow, ...]]:
+        """Clip-level tags and, with window_s > 0, tags per window (pooled from one pass over the clip's frames)."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
+        if window_s < 0 or hop_s < 0:
+            raise BadRequest("window_s and hop_s must be >= 0")
+        names, embs, scale, bias = self._labels(labels)
+        audio = self.decode(data)
+        if not window_s:
+            return self._top(names, self._probs(self.embed_waveform(audio.samples), embs, scale, bias), top_k), ()
+        emb, frames, frame_lengths = self.runtime.audio_features([audio.samples])
+        clip = self._top(names, self._probs(emb[0], embs, scale, bias), top_k)
+        step = self.manifest.audio.frame_seconds
+        win, hop = max(1, round(window_s / step)), max(1, round((hop_s or window_s) / step))
+        n = int(frame_lengths[0])
+        starts = list(range(0, max(1, n - win + 1), hop))
+        if len(starts) > MAX_WINDOWS:
+            raise BadRequest(f"{len(starts)} windows; at most {MAX_WINDOWS} (use a larger hop_s)")
+        lengths = np.array([min(win, n - s) for s in starts], np.int64)
+        spans = np.zeros((len(starts), win, frames.shape[2]), np.float32)
+        for j, s in enumerate(starts):
+            spans[j, : lengths[j]] = frames[0, s: s + lengths[j]]
+        window_embs = self.runtime.pool_frames(spans, lengths)
+        probs = self._probs(window_embs, embs, scale, bias)
+        windows = tuple(TagWindow(s * step, (s + int(l)) * step, self._top(names, p, top_k))
+                        for s, l, p in zip(starts, lengths, probs))
+        return clip, windows
+
+    # -- captioning ------------------------------------------------------------------------------------------------
+
+    def caption(self, data: bytes, tags: Sequence[str] = (), n_best: int = 1, beam_size: int = 0) -> list[CaptionResult]:
+        spec = self.manifest.captioner
+        if spec is None:
+            raise NotFound(f"bundle {self.manifest.id} has no captioner")
+        beam = beam_size or spec.beam_size
+        if not 1 <= beam <= MAX_BEAM or not 1 <= n_best <= beam:
+            raise BadRequest(f"need 1 <= n_best <= beam_size <= {MAX_BEAM}, got n_best={n_best}, beam_size={beam}")
+        try:
+            multi_hot = tags_to_multi_hot(tags)[None] if tags else None
+        except KeyError as e:
+            raise BadRequest(f"unknown AudioSet tag(s): {e.args[0]}") from None
+        audio = self.decode(data)
+        hyps = self.runtime.caption([audio.samples], multi_hot,
+                                    DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best))[0]
+        return [CaptionResult(self.runtime.caption_text(h), float(h.log_prob)) for h in hyps]
+
+    # -- items -----------------------------------------------------------------------------------------------------
+
+    def add_item(self, item_id: str, data: bytes | None = None, path: str | None = None, tags: Sequence[str] = (),
+                 caption: str = "", source_uri: str = "", upsert: bool = False) -> ItemRecord:
+        if (data is None) == (path is None):
+            raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
+        if path is not None:
+            real = self._check_path(path)
+            data, source_uri = self._read_path(real), source_uri or str(real)
+        audio = self.decode(data)
+        record = ItemRecord(id=item_id, source_uri=source_uri, duration_s=audio.duration_s, tags=tuple(tags),
+                            caption=caption, content_hash=content_hash(audio.samples))
+        return self.store.add(record, self.embed_waveform(audio.samples), upsert=upsert)
+
+    def get_item(self, item_id: str) -> ItemRecord:
+        return self.store.get(item_id)
+
+    def delete_item(self, item_id: str) -> ItemRecord:
+        return self.store.delete(item_id)
+
+    # -- rebuilds --------------------------------------------------------------------------------------------------
+
+    def _rebuild_entries(self, folder: str | None, manifest: str | None) -> list[dict]:
+        if (folder is None) == (manifest is None):
+            raise BadRequest("give exactly one of: folder, manifest")
+        if folder is not None:
+            root = self._check_path(folder)
+            if not root.is_dir():
+                raise BadRequest(f"{folder} is not a folder")
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            return [{"id": str(p.relative_to(root)).replace(" ", "_"), "path": str(p)} for p in files]
+        path = self._check_path(manifest)
+        entries = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                audio = row.get("audio") or row["path"]
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise BadRequest(f"{manifest}:{n}: need a JSON object with 'audio' or 'path'") from None
+            audio_path = self._check_path(str((path.parent / audio) if not Path(audio).is_absolute() else audio))
+            captions = row.get("captions") or []
+            entries.append({"id": row.get("id") or Path(audio).stem, "path": str(audio_path), "tags": row.get("tags", []),
+                            "caption": row.get("caption") or (captions[0] if captions else "")})
+        return entries
+
+    def start_rebuild(self, folder: str | None = None, manifest: str | None = None):
+        entries = self._rebuild_entries(folder, manifest)
+        batch = self.settings.batching.max_batch
+
+        def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
+            for i in range(0, len(entries), batch):
+                chunk = entries[i: i + batch]
+                decoded = []
+                for e in chunk:
+                    try:
+                        decoded.append(self.decode(self._read_path(Path(e["path"]))))
+                    except ServiceError as err:
+                        raise ValueError(f"{e['path']}: {err.message}") from None
+                embs = self.runtime.encode_audio([d.samples for d in decoded])
+                for e, d, emb in zip(chunk, decoded, embs):
+                    yield (ItemRecord(id=e["id"], source_uri=e["path"], duration_s=d.duration_s,
+                                      tags=tuple(e.get("tags", ())), caption=e.get("caption", ""),
+                                      content_hash=content_hash(d.samples)), emb)
+
+        return self.store.start_rebuild(pairs, len(entries), bundle_id=self.manifest.id).progress()
+
+    def rebuild_status(self, job_id: str):
+        job = self.store.rebuild_job
+        if job is None or job.progress().version != job_id:
+            raise NotFound(f"no rebuild job {job_id!r}")
+        return job.progress()
+
+    def cancel_rebuild(self, job_id: str):
+        progress = self.rebuild_status(job_id)
+        self.store.rebuild_job.cancel()
+        return progress
+
+    def rollback(self):
+        self.store.rollback()
+        return self.store.stats()
+
+    # -- status ----------------------------------------------------------------------------------------------------
+
+    def stats(self):
+        return self.store.stats()
+
+    def info(self) -> dict:
+        return {"bundle": json.loads((Path(self.settings.bundle) / "bundle.json").read_text()),
+                "backend": self.settings.backend}
+
+    def ready(self) -> tuple[bool, str]:
+        try:
+            if not self.backend.ready():
+                return False, f"model backend ({self.settings.backend}) is not ready"
+            self.store.stats()
+        except ServiceError as e:
+            return False, e.message
+        return True, "ready"
+
+    def close(self) -> None:
+        for b in (self.audio_batcher, self.text_batcher):
+            b.close()
+        self.store.close()
+        self.backend.close()
