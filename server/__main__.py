@@ -21,6 +21,7 @@ def serve(settings) -> int:
     from server.service import Gateway
 
     gateway = Gateway(settings)
+    gateway.seed_index()
     grpc_server, grpc_port = create_grpc_server(gateway, f"{settings.host}:{settings.grpc_port}")
     grpc_server.start()
     app = create_app(gateway)

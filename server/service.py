@@ -104,13 +104,13 @@ class Gateway:
             raise BadRequest(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
         return k
 
-    def _check_path(self, path: str) -> Path:
+    def _check_path(self, path: str, trusted: bool = False) -> Path:
         """A server-side path must resolve (symlinks included) inside one of the configured ingest roots."""
         if not isinstance(path, str) or not path:
             raise BadRequest("path must be a non-empty string")
         real = Path(path).resolve()
         roots = [Path(r).resolve() for r in self.settings.ingest_roots]
-        if not any(real == r or r in real.parents for r in roots):
+        if not trusted and not any(real == r or r in real.parents for r in roots):
             raise Forbidden(f"{path} is outside the configured ingest roots"
                             + ("" if roots else " (none are configured: set ingest_roots)"))
         if not real.exists():
@@ -273,16 +273,16 @@ class Gateway:
 
     # -- rebuilds --------------------------------------------------------------------------------------------------
 
-    def _rebuild_entries(self, folder: str | None, manifest: str | None) -> list[dict]:
+    def _rebuild_entries(self, folder: str | None, manifest: str | None, trusted: bool = False) -> list[dict]:
         if (folder is None) == (manifest is None):
             raise BadRequest("give exactly one of: folder, manifest")
         if folder is not None:
-            root = self._check_path(folder)
+            root = self._check_path(folder, trusted)
             if not root.is_dir():
                 raise BadRequest(f"{folder} is not a folder")
             files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
             return [{"id": str(p.relative_to(root)).replace(" ", "_"), "path": str(p)} for p in files]
-        path = self._check_path(manifest)
+        path = self._check_path(manifest, trusted)
         entries = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
@@ -292,14 +292,15 @@ class Gateway:
                 audio = row.get("audio") or row["path"]
             except (json.JSONDecodeError, KeyError, AttributeError):
                 raise BadRequest(f"{manifest}:{n}: need a JSON object with 'audio' or 'path'") from None
-            audio_path = self._check_path(str((path.parent / audio) if not Path(audio).is_absolute() else audio))
+            audio_path = self._check_path(str((path.parent / audio) if not Path(audio).is_absolute() else audio), trusted)
             captions = row.get("captions") or []
             entries.append({"id": row.get("id") or Path(audio).stem, "path": str(audio_path), "tags": row.get("tags", []),
                             "caption": row.get("caption") or (captions[0] if captions else "")})
         return entries
 
-    def start_rebuild(self, folder: str | None = None, manifest: str | None = None):
-        entries = self._rebuild_entries(folder, manifest)
+    def start_rebuild(self, folder: str | None = None, manifest: str | None = None, trusted: bool = False):
+        """trusted: the operator's own paths (settings.seed_manifest), exempt from the ingest-roots check."""
+        entries = self._rebuild_entries(folder, manifest, trusted)
         batch = self.settings.batching.max_batch
 
         def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
@@ -333,6 +334,15 @@ class Gateway:
     def rollback(self):
         self.store.rollback()
         return self.store.stats()
+
+    def seed_index(self):
+        """At start-up: an empty index with a configured seed manifest is rebuilt from it in the background."""
+        if self.settings.seed_manifest and self.store.stats().count == 0 and self.store.rebuild_job is None:
+            progress = self.start_rebuild(manifest=self.settings.seed_manifest, trusted=True)
+            log.info("seeding the index", extra={"manifest": self.settings.seed_manifest, "job": progress.version,
+                                                 "items": progress.total})
+            return progress
+        return None
 
     # -- status ----------------------------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Settings:
     index_dir: str = "data/index"  # FAISS index + SQLite metadata + journal
     index_kind: str = "flat"  # "flat" (exact), "ivf" or "hnsw"
     ingest_roots: tuple[str, ...] = ()  # server-side paths allowed for item add / rebuild
+    seed_manifest: str = ""  # operator's JSON Lines manifest: an empty index is rebuilt from it at start-up
     ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
     log_level: str = "INFO"
     batching: BatchSettings = field(default_factory=BatchSettings)

@@ -1,0 +1,175 @@
+"""Background rebuilds: progress, the old version serving meanwhile, validation, cancel, rollback, replayed writes."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from server.errors import Conflict, NotFound
+from server.index import AnnConfig, IndexStore, ItemRecord
+from tests.server.index.helpers import item, unit
+
+DIM = 16
+OLD, NEW = unit(60, DIM, seed=1), unit(200, DIM, seed=2)
+
+
+class Gate:
+    """A source that yields `n` pairs, stopping after `pause_at` until `release()`: a rebuild caught mid-way."""
+
+    def __init__(self, vecs: np.ndarray, pause_at: int, prefix: str = "new", n: int | None = None):
+        self.vecs, self.pause_at, self.prefix = vecs, pause_at, prefix
+        self.n = len(vecs) if n is None else n
+        self.paused, self.go = threading.Event(), threading.Event()
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i == self.pause_at:
+                self.paused.set()
+                assert self.go.wait(10)
+            yield item(i, self.prefix), self.vecs[i]
+
+    def release(self):
+        self.go.set()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = IndexStore(tmp_path, DIM, "bundle-1")
+    s.add_many((item(i, "old"), OLD[i]) for i in range(60))
+    yield s
+    s.close()
+
+
+def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, tmp_path):
+    store.add(item(7, "new"), NEW[7])  # an item both in the live version and in the rebuild's source
+    src = Gate(NEW, pause_at=120)
+    job = store.start_rebuild(src, total=200)
+    assert src.paused.wait(10)
+    p = job.progress()
+    assert p.state == "running" and p.version == "v0002" and 0 < p.done <= 120 and p.total == 200
+    assert store.search(OLD[3], 1)[0][0].id == "old-3"  # still the old version
+    assert store.stats().version == "v0001" and store.stats().rebuild["state"] == "running"
+    with pytest.raises(Conflict):
+        store.start_rebuild([], total=0)
+    with pytest.raises(Conflict):
+        store.rollback()
+    # Writes during the rebuild land in the live version now and are replayed into the new one before the swap.
+    extra = unit(1, DIM, seed=3)[0]
+    store.add(ItemRecord(id="during", content_hash="during-hash"), extra)
+    store.delete("old-5")
+    store.delete("new-7")  # the replay deletes it from the new version too
+    assert store.get("during").id == "during"
+    src.release()
+    p = job.wait(30)
+    assert p.state == "succeeded" and (p.done, p.added, p.skipped, p.error) == (200, 200, 0, None) and p.recall == 1.0
+    s = store.stats()
+    assert (s.version, s.previous_version, s.count) == ("v0002", "v0001", 200 - 1 + 1)  # - new-7 + during
+    assert store.search(NEW[10], 1)[0][0].id == "new-10"
+    assert store.search(extra, 1)[0][0].id == "during"
+    with pytest.raises(NotFound):
+        store.get("new-7")
+    with pytest.raises(NotFound):
+        store.get("old-3")
+    assert sorted(p.name for p in (tmp_path / "versions").iterdir()) == ["v0001", "v0002"]
+
+
+def test_rollback_and_forward_again(store, tmp_path):
+    assert store.start_rebuild(((item(i, "new"), NEW[i]) for i in range(50)), total=50).wait(30).state == "succeeded"
+    assert store.rollback() == "v0001"
+    assert store.search(OLD[3], 1)[0][0].id == "old-3" and store.stats().previous_version == "v0002"
+    store.close()
+    with IndexStore(tmp_path, DIM, "bundle-1") as again:  # the rollback is durable
+        assert again.stats().version == "v0001" and again.get("old-1").id == "old-1"
+        assert again.rollback() == "v0002" and again.get("new-1").id == "new-1"
+    with IndexStore(tmp_path, DIM, "bundle-1") as again:
+        assert again.stats().version == "v0002"
+
+
+def test_no_previous_version(store):
+    with pytest.raises(NotFound):
+        store.rollback()
+
+
+@pytest.mark.parametrize("case", ["short source", "other bundle", "source raises", "recall"])
+def test_failed_validation_leaves_old_version_live(store, tmp_path, case):
+    pairs = [(item(i, "new"), NEW[i]) for i in range(40)]
+    if case == "short source":
+        job = store.start_rebuild(pairs, total=45)
+    elif case == "other bundle":
+        job = store.start_rebuild(pairs, total=40, bundle_id="bundle-2")
+    elif case == "source raises":
+        def broken():
+            yield pairs[0]
+            raise OSError("manifest unreadable")
+        job = store.start_rebuild(broken, total=40)
+    else:
+        job = store.start_rebuild(pairs, total=40, min_recall=1.01)  # unreachable: validation must refuse
+    p = job.wait(30)
+    assert p.state == "failed" and p.error
+    assert {"short source": "expected 45", "other bundle": "bundle-2", "source raises": "manifest unreadable",
+            "recall": "recall"}[case] in p.error
+    s = store.stats()
+    assert (s.version, s.previous_version, s.count) == ("v0001", None, 60)
+    assert store.search(OLD[0], 1)[0][0].id == "old-0"
+    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]
+    store.add(ItemRecord(id="after"), NEW[0])  # writes work again, and are not logged for a dead job
+    assert store._rebuild_log is None
+
+
+def test_cancel(store, tmp_path):
+    src = Gate(NEW, pause_at=30)
+    job = store.start_rebuild(src, total=200)
+    assert src.paused.wait(10)
+    job.cancel()
+    src.release()
+    p = job.wait(30)
+    assert p.state == "cancelled" and store.stats().version == "v0001"
+    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]
+    assert store.start_rebuild([(item(0, "new"), NEW[0])], total=1).wait(30).state == "succeeded"
+
+
+def test_duplicates_in_source_are_skipped_and_counted(store):
+    pairs = [(item(i, "new"), NEW[i]) for i in range(10)]
+    pairs += [(item(3, "new"), NEW[3]), (ItemRecord(id="same-audio", content_hash=pairs[4][0].content_hash), NEW[4]),
+              (ItemRecord(id="bad-vector"), np.zeros(DIM))]
+    p = store.start_rebuild(pairs, total=len(pairs)).wait(30)
+    assert p.state == "succeeded" and (p.done, p.added, p.skipped) == (13, 10, 3) and len(p.skipped_reasons) == 3
+
+
+def test_ivf_rebuild_validates_recall(tmp_path):
+    vecs = unit(3000, DIM, seed=4)
+    with IndexStore(tmp_path, DIM, "b", config=AnnConfig(kind="ivf", ivf_min_items=1000)) as store:
+        p = store.start_rebuild(((item(i), vecs[i]) for i in range(3000)), total=3000).wait(60)
+        assert p.state == "succeeded" and p.recall >= 0.9
+        s = store.stats()
+        assert s.index_type == "ivf" and s.count == 3000 and s.params["nprobe"] <= s.params["nlist"]
+
+
+def test_rebuild_for_a_new_bundle(store, tmp_path):
+    store.close()
+    with IndexStore(tmp_path, DIM, "bundle-2") as upgraded:  # the gateway now serves another bundle
+        with pytest.raises(Conflict):
+            upgraded.add(ItemRecord(id="x"), NEW[0])  # would mix two embedding spaces in one index
+        p = upgraded.start_rebuild(((item(i, "new"), NEW[i]) for i in range(20)), total=20).wait(30)
+        assert p.state == "succeeded" and not upgraded.stats().bundle_mismatch
+        upgraded.add(ItemRecord(id="x"), NEW[0])
+
+
+def test_leftover_build_directory_is_removed_on_open(store, tmp_path):
+    store.close()
+    (tmp_path / "versions" / "v0007").mkdir()  # a rebuild killed mid-way
+    (tmp_path / "CURRENT.tmp").write_text("torn")
+    with IndexStore(tmp_path, DIM, "bundle-1") as again:
+        assert again.stats().count == 60
+    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"] and not (tmp_path / "CURRENT.tmp").exists()
+
+
+def test_close_cancels_a_running_rebuild(tmp_path):
+    store = IndexStore(tmp_path, DIM, "b")
+    src = Gate(NEW, pause_at=5)
+    job = store.start_rebuild(src, total=200)
+    assert src.paused.wait(10)
+    threading.Timer(0.2, src.release).start()
+    store.close()
+    assert job.progress().state == "cancelled"
