@@ -230,7 +230,7 @@ class AddItemRequest(_message.Message):
     caption: str
     source_uri: str
     upsert: bool
-    def __init__(self, id: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., source_uri: _Optional[str] = ..., upsert: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., source_uri: _Optional[str] = ..., upsert: bool = ...) -> None: ...
 
 class ItemRequest(_message.Message):
     __slots__ = ("id",)
@@ -242,7 +242,7 @@ class DeleteItemResponse(_message.Message):
     __slots__ = ("deleted",)
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
-    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+    def __init__(self, deleted: bool = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("folder", "manifest")

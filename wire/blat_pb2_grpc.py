@@ -5,7 +5,7 @@ import warnings
 
 from wire import blat_pb2 as wire_dot_blat__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class BlatStub:
+class BlatStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -121,7 +121,7 @@ class BlatStub:
                 _registered_method=True)
 
 
-class BlatServicer:
+class BlatServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def SearchText(self, request, context):
@@ -322,7 +322,7 @@ def add_BlatServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Blat:
+class Blat(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
