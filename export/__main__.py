@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -47,6 +48,31 @@ def _load_captioner(args):
     return blat.create_model(args.captioner, vocab=vocab).eval(), {"architecture": args.captioner, "weights": "random"}
 
 
+def _calibration(args, sample_rate: int):
+    """Tagged reference clips from a scene/corpus manifest: (waveforms, lengths, targets) for per-label Platt fits."""
+    if not args.calibration:
+        return None
+    import numpy as np
+    import torch
+
+    from blat.pipeline.data import load_audio, load_scene_manifest
+    from contract.labels import tags_to_multi_hot
+
+    splits = [s for s in args.calibration_splits.split(",") if s] or None
+    rows = load_scene_manifest(args.calibration, splits)
+    if not rows:
+        raise ValueError(f"{args.calibration}: no rows in splits {splits}")
+    root = Path(args.calibration).parent
+    waves = [load_audio(root / r["audio"], sample_rate) for r in rows]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    targets = np.stack([tags_to_multi_hot(r["tags"]) for r in rows])
+    log.info("calibration clips", extra={"clips": len(rows), "labels_with_positives": int((targets.sum(0) > 0).sum())})
+    return batch, lengths, targets
+
+
 def cmd_bundle(args) -> int:
     import torch
 
@@ -55,8 +81,10 @@ def cmd_bundle(args) -> int:
     torch.manual_seed(args.seed)
     dual, dual_src = _load_dual(args)
     captioner, cap_src = _load_captioner(args)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     out = write_bundle(args.out, dual, captioner, name=args.name, version=args.version, prompt=args.prompt,
                        source={"dual_encoder": dual_src, "captioner": cap_src}, beam_size=args.beam_size,
+                       calibration=_calibration(args, dual.cfg.audio.frontend.sample_rate), metrics=metrics,
                        overwrite=args.overwrite)
     print(out)
     if args.triton:
@@ -101,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", default="this is a sound of {label}", help="zero-shot prompt template for the label bank")
     s.add_argument("--beam-size", type=int, default=3, help="default beam for captioning")
     s.add_argument("--seed", type=int, default=0, help="seed for random-weight registry models")
+    s.add_argument("--calibration", help="JSON Lines manifest of tagged clips (audio, tags) for per-label score "
+                                        "calibration; without it, generic reference sounds set a z-score threshold")
+    s.add_argument("--calibration-splits", default="captioned",
+                   help="comma-separated splits of --calibration to use ('' = all rows)")
+    s.add_argument("--metrics", help="JSON file of evaluation results to record in bundle.json")
     s.add_argument("--overwrite", action="store_true")
     triton_args(s, required=False)
     s.set_defaults(fn=cmd_bundle)

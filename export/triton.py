@@ -385,13 +385,14 @@ def _die_with_parent() -> None:
 
 def launch_cpu_server(repo_dir: str | Path, *, grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0,
                       timeout_s: float = 120.0, log_path: str | Path | None = None, extra_args: Sequence[str] = (),
-                      die_with_parent: bool = sys.platform == "linux") -> TritonProcess:
+                      die_with_parent: bool = False) -> TritonProcess:
     """Start the wheel's tritonserver on `repo_dir` (a CPU-flavour repository) and wait until it is ready.
 
     Ports 0 pick free ones. The Python backend's stub embeds the libpython of *this* interpreter and, finding
     `python3` first on PATH, adopts this interpreter's environment (a venv's site-packages: numpy < 2, onnxruntime).
-    `die_with_parent` stops the server if the launching thread dies without stop() (a killed test run); launch
-    from a thread that outlives the server. Raises TritonUnavailable when the binary cannot run here,
+    `die_with_parent` (Linux) stops the server if the launching thread dies without stop(). It needs a
+    preexec_fn, which forces fork(): with a gRPC channel open in this process, grpcio's fork handlers can
+    deadlock, so it is off by default; launch from a thread that outlives the server when you turn it on. Raises TritonUnavailable when the binary cannot run here,
     TritonStartError when it runs but does not become ready.
     """
     server = pytriton_server_dir()

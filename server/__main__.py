@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 log = logging.getLogger("server")
@@ -28,9 +29,16 @@ def serve(settings) -> int:
     log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "grpc": f"{settings.host}:{grpc_port}",
                                "bundle": gateway.manifest.id, "backend": settings.backend,
                                "index": gateway.store.stats().to_dict()})
+    # While it serves, uvicorn handles SIGINT/SIGTERM itself; when it is done it restores the previous handlers and
+    # raises the signal again. With Python's defaults that kills the process (SIGTERM) or raises KeyboardInterrupt
+    # (SIGINT) before the shutdown below runs: these handlers let the repeated signal end uvicorn.run() normally.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False)
     finally:
+        grpc_server.health_watch.set()
+        grpc_server.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while in-flight calls finish
         grpc_server.stop(grace=5).wait()
         gateway.close()
         log.info("stopped")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent import futures
 from typing import Iterator
@@ -22,6 +23,7 @@ SERVICE = "blat.v1.Blat"
 WRITE_METHODS = {"AddItem", "DeleteItem", "StartRebuild", "CancelRebuild", "RollbackIndex"}
 MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a request
 STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
 
 
 def _filter(f: pb.Filter) -> SearchFilter | None:
@@ -230,14 +232,30 @@ def create_grpc_server(gateway: Gateway, address: str, workers: int = 16) -> tup
     pb_grpc.add_BlatServicer_to_server(BlatServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    status = health_pb2.HealthCheckResponse.SERVING if gateway.ready()[0] else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE):
-        health_servicer.set(name, status)
+
+    def set_health() -> None:
+        ok = gateway.ready()[0]
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            health_servicer.set(name, status)  # ignored once enter_graceful_shutdown() was called
+
+    def watch(stop: threading.Event, every_s: float = HEALTH_POLL_S) -> None:
+        """Follow readiness, like /readyz: a backend that becomes ready late, goes away or comes back."""
+        while not stop.wait(every_s):
+            try:
+                set_health()
+            except Exception:  # noqa: BLE001 - a closed gateway at shutdown; never kill the watcher
+                pass
+
+    set_health()
+    stop_watch = threading.Event()
+    threading.Thread(target=watch, args=(stop_watch,), name="grpc-health", daemon=True).start()
     names = (pb.DESCRIPTOR.services_by_name["Blat"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(address)
     server.health = health_servicer  # the launcher flips it on shutdown
+    server.health_watch = stop_watch  # set it to stop following readiness
     return server, port
 
 

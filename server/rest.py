@@ -11,11 +11,12 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.audio import read_limited_async
-from server.errors import BadRequest, Forbidden, ServiceError, TooLarge, Unauthorized
+from server.errors import BadAudio, BadRequest, Forbidden, ServiceError, TooLarge, Unauthorized
 from server.index import Hit, ItemRecord, SearchFilter
 from server.service import Gateway
 
@@ -28,17 +29,19 @@ ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "pr
 
 def _errors(*statuses: int) -> dict:
     text = {400: "invalid parameters", 401: "missing or unknown API key", 403: "key lacks the scope, or path outside the "
-            "ingest roots", 404: "not found", 409: "id or audio content already stored", 413: "upload, duration or text "
+            "ingest roots", 404: "not found", 409: "id or audio content already stored", 413: "upload or clip duration "
             "over its limit", 415: "not WAV, FLAC, OGG or MP3", 422: "undecodable or unusable audio", 429: "overloaded "
-            "(see Retry-After)", 503: "model backend down", 504: "deadline exceeded"}
+            "(see Retry-After)", 502: "model backend error", 503: "model backend down", 504: "deadline exceeded"}
     return {s: {"description": text[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
 
 
-AUDIO_ERRORS = _errors(400, 401, 403, 413, 415, 422, 429, 503, 504)
-READ_ERRORS = _errors(400, 401, 403, 429, 503, 504)
+AUDIO_ERRORS = _errors(400, 401, 403, 413, 415, 422, 429, 502, 503, 504)
+READ_ERRORS = _errors(400, 401, 403, 429, 502, 503, 504)
 
 
 class FilterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt condition must not silently match everything
+
     tags_any: list[str] = []
     tags_all: list[str] = []
     source_prefix: str | None = None
@@ -106,6 +109,19 @@ def create_app(gateway: Gateway) -> FastAPI:
         return Depends(check)
 
     read, write = scope("read"), scope("write")
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI documents a 422 "Validation Error" on every route with parameters, but invalid parameters answer
+        400 here (see `invalid` below): drop that entry; 422 stays where a route documents it (unusable audio)."""
+        if app.openapi_schema is None:
+            for ops in default_openapi().get("paths", {}).values():
+                for op in ops.values():
+                    if op.get("responses", {}).get("422", {}).get("description") == "Validation Error":
+                        del op["responses"]["422"]
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     async def body(request: Request) -> bytes:
         limit = gw.limits.max_upload_bytes
@@ -113,8 +129,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise TooLarge(f"upload of {int(declared)} bytes; the limit is {limit}")
         data = await read_limited_async(request.stream(), limit)
-        if not data:
-            raise BadRequest("empty request body: send the audio file as the body")
+        if not data:  # 422 like any other unusable upload (what decode_audio answers for zero bytes)
+            raise BadAudio("empty request body: send the audio file as the body")
         return data
 
     def query_filter(tags_any: list[str] = Query([]), tags_all: list[str] = Query([]), source_prefix: str | None = None,
@@ -125,6 +141,13 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else None
         return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """Starlette's own errors (no such route 404, wrong method 405) in the same JSON shape as the others."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -209,8 +209,9 @@ class Gateway:
         """Clip-level tags and, with window_s > 0, tags per window (pooled from one pass over the clip's frames)."""
         if not isinstance(top_k, int) or top_k < 1:
             raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
-        if window_s < 0 or hop_s < 0:
-            raise BadRequest("window_s and hop_s must be >= 0")
+        longest = self.limits.max_audio_seconds
+        if not (0 <= window_s <= longest and 0 <= hop_s <= longest):  # False for NaN too: round(nan) raises
+            raise BadRequest(f"window_s and hop_s must be numbers in [0, {longest:g}], got {window_s!r}, {hop_s!r}")
         names, embs, scale, bias = self._labels(labels)
         audio = self.decode(data)
         if not window_s:
@@ -221,6 +222,8 @@ class Gateway:
         win, hop = max(1, round(window_s / step)), max(1, round((hop_s or window_s) / step))
         n = int(frame_lengths[0])
         starts = list(range(0, max(1, n - win + 1), hop))
+        if starts[-1] + win < n and starts[-1] + hop < n:  # frames after the last full window: one shorter window
+            starts.append(starts[-1] + hop)
         if len(starts) > MAX_WINDOWS:
             raise BadRequest(f"{len(starts)} windows; at most {MAX_WINDOWS} (use a larger hop_s)")
         lengths = np.array([min(win, n - s) for s in starts], np.int64)
@@ -281,6 +284,8 @@ class Gateway:
             if not root.is_dir():
                 raise BadRequest(f"{folder} is not a folder")
             files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            for p in files:  # a symlink inside the folder must not lead outside the roots
+                self._check_path(str(p), trusted)
             return [{"id": str(p.relative_to(root)).replace(" ", "_"), "path": str(p)} for p in files]
         path = self._check_path(manifest, trusted)
         entries = []

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "contract": {"torch", "blat", "export", "server", "clients", "transformers"},
     "server": {"torch", "blat", "export", "transformers"},
-    "clients": {"torch", "blat", "export", "server", "transformers"},
+    "clients": {"torch", "blat", "export", "server", "contract", "transformers"},
     "blat": {"export", "server", "clients"},
     "export": {"server", "clients"},
 }

@@ -1,0 +1,251 @@
+"""Server fixtures: the real gateway (`python -m server`) as a subprocess on free loopback ports, over ONNX Runtime
+or over a real tritonserver (the nvidia-pytriton wheel's, serving the CPU-flavour repository of the tiny bundle).
+
+`server` is module-scoped and parametrised over both backends: a module that uses it runs once per backend.
+`start_server` / `running_server` start extra gateways with their own settings (limits, keys, queue sizes).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ["onnxruntime", "triton"]
+RATE = 32_000  # the tiny bundle's sample rate
+
+
+# ------------------------------------------------------------------------------------------------------------ audio
+
+def wav(samples: np.ndarray, rate: int = RATE, subtype: str = "FLOAT") -> bytes:
+    """A WAV file of mono float samples (FLOAT keeps them exactly: the server decodes the same values)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(samples, np.float32), rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def synth_clip(seed: int, seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
+    """A distinct synthetic sound per seed: one to three chirps with tremolo over coloured noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.zeros_like(t)
+    for _ in range(int(rng.integers(1, 4))):
+        f0 = rng.uniform(60, 6000)
+        f1 = f0 * rng.uniform(0.5, 2.0)
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds))
+        tremolo = 1 + rng.uniform(0, 1) * np.sin(2 * np.pi * rng.uniform(0.5, 12) * t)
+        x += rng.uniform(0.05, 0.4) * tremolo * np.sin(phase)
+    width = int(rng.integers(1, 64))
+    x += rng.uniform(0, 0.3) * np.convolve(rng.standard_normal(len(t)), np.ones(width) / width, "same")
+    return (x / max(1e-3, float(np.abs(x).max())) * rng.uniform(0.2, 0.9)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The gateway starts through this trampoline: it asks for SIGKILL when the test process dies (Linux
+# PR_SET_PDEATHSIG, kept across exec), so a killed test run leaves no gateway behind, then execs `python -m server`.
+# Not a preexec_fn: with one, subprocess must fork() and run the pthread_atfork handlers of grpcio, which deadlock
+# while gRPC channels of the test process are busy; without one it uses vfork() and no handler runs.
+_TRAMPOLINE = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform == "linux":
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != parent:  # the test process is already gone
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "server", *sys.argv[2:]])
+"""
+
+
+@dataclass
+class ServerProcess:
+    """A gateway subprocess: `python -m server` on 127.0.0.1 with its own index directory and ingest root."""
+
+    proc: subprocess.Popen
+    http_url: str
+    grpc_address: str
+    index_dir: Path
+    roots: Path  # the ingest root (a folder the server may read)
+    bundle: Path
+    log_path: Path
+    backend: str
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        return "\n".join(text[-lines:])
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the gateway exited with code {self.proc.returncode} before it was ready:\n"
+                                       f"{self.log_tail()}")
+                try:
+                    if http.get(f"{self.http_url}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"the gateway was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM (a clean shutdown), then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def restart(self, ready_timeout_s: float = 90.0) -> "ServerProcess":
+        """A new gateway process with the same settings, index directory and roots (new ports)."""
+        self.stop()
+        return _spawn(self.bundle, self.index_dir, self.roots, self.backend, self.env, self.log_path.parent,
+                      ready_timeout_s)
+
+
+def server_env(roots: Path, backend: str = "onnxruntime", triton_url: str | None = None,
+               env: dict[str, str] | None = None) -> dict[str, str]:
+    """The gateway's environment: this one without BLAT_SERVER_* settings, plus the test's."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("BLAT_SERVER_")}
+    out.update(PYTHONUNBUFFERED="1", BLAT_SERVER_INGEST_ROOTS=f'["{roots}"]', BLAT_SERVER_BACKEND=backend)
+    if backend == "triton":
+        if not triton_url:
+            raise ValueError("the triton backend needs triton_url")
+        out["BLAT_SERVER_TRITON__URL"] = triton_url
+    out.update(env or {})
+    return out
+
+
+def _spawn(bundle: Path, index_dir: Path, roots: Path, backend: str, env: dict[str, str], log_dir: Path,
+           ready_timeout_s: float) -> ServerProcess:
+    for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+        http_port, grpc_port = free_port(), free_port()
+        log_path = log_dir / f"gateway-{http_port}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), "--bundle", str(bundle), "--index-dir",
+                 str(index_dir), "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        server = ServerProcess(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", Path(index_dir),
+                               Path(roots), Path(bundle), log_path, backend, env)
+        try:
+            server.wait_ready(ready_timeout_s)
+            return server
+        except RuntimeError:
+            tail = server.log_tail().lower()
+            if attempt < 2 and ("address already in use" in tail or "failed to bind" in tail):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def start_server(bundle: Path, tmp: Path, *, backend: str = "onnxruntime", triton_url: str | None = None,
+                 env: dict[str, str] | None = None, index_dir: Path | None = None, roots: Path | None = None,
+                 ready_timeout_s: float = 90.0) -> ServerProcess:
+    """Start a gateway under `tmp` (index/, roots/, logs) and wait until /readyz answers 200."""
+    tmp = Path(tmp)
+    index_dir = Path(index_dir or tmp / "index")
+    roots = Path(roots or tmp / "roots")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    roots.mkdir(parents=True, exist_ok=True)
+    return _spawn(Path(bundle), index_dir, roots, backend, server_env(roots, backend, triton_url, env), tmp,
+                  ready_timeout_s)
+
+
+@contextlib.contextmanager
+def running_server(bundle: Path, tmp: Path, **kwargs):
+    server = start_server(bundle, tmp, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------------------- triton
+
+def launch_triton(repo: Path, **kwargs):
+    """A ready tritonserver on `repo`. Skips when the binary cannot run on this machine (TritonUnavailable); any
+    other failure to start fails the test with Triton's log tail."""
+    from export.triton import TritonStartError, TritonUnavailable, launch_cpu_server
+
+    kwargs.setdefault("timeout_s", 120)
+    # die_with_parent=False: its preexec_fn would make subprocess fork() and run grpcio's atfork handlers, which
+    # can deadlock the test process while it holds gRPC channels (seen here: a hang inside Popen).
+    kwargs.setdefault("die_with_parent", False)
+    try:
+        return launch_cpu_server(repo, **kwargs)
+    except TritonUnavailable as e:
+        pytest.skip(f"the nvidia-pytriton tritonserver cannot run here: {e}")
+    except TritonStartError as e:
+        pytest.fail(f"tritonserver did not start: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tiny_bundle, tmp_path_factory) -> Path:
+    """The CPU-flavour Triton repository of the tiny bundle (one ONNX Runtime thread per model instance)."""
+    from export.triton import write_repository
+
+    return write_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", flavor="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="session")
+def triton(triton_repo):
+    """A tritonserver shared by the tests that do not stop it."""
+    process = launch_triton(triton_repo)
+    with process:
+        yield process
+
+
+# ------------------------------------------------------------------------------------------------------ gateway
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tiny_bundle, tmp_path_factory) -> ServerProcess:
+    """The gateway over each backend in turn (module-scoped: one start per backend and module)."""
+    backend = request.param
+    triton_url = request.getfixturevalue("triton").grpc_url if backend == "triton" else None
+    tmp = tmp_path_factory.mktemp(f"gateway-{backend}")
+    try:
+        proc = start_server(tiny_bundle, tmp, backend=backend, triton_url=triton_url)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"the gateway did not stop cleanly (exit {code}):\n{proc.log_tail()}"
