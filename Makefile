@@ -17,8 +17,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# The embedded default: the BLAT pipeline on real recordings from Debian packages (RECIPE=ci; demo is larger)
+# exported to an ONNX bundle, served on 127.0.0.1 with an index over the held-out clips.
+# Every step skips what is already built, so a second `make run` starts the server at once.
+RECIPE ?= ci
+RUN_DIR := runs/$(RECIPE)
+BUNDLE := $(RUN_DIR)/bundle
+
 run: $(STAMP)
-	$(PY) -m blat smoke
+	$(PY) -m blat.pipeline.run --recipe $(RECIPE) --out $(RUN_DIR)
+	@test -f $(BUNDLE)/bundle.json || $(PY) -m export bundle --dual $(RUN_DIR)/model/dual.safetensors \
+	    --captioner $(RUN_DIR)/model/captioner.safetensors --calibration $(RUN_DIR)/scenes/manifest.jsonl \
+	    --metrics $(RUN_DIR)/model/metrics.json --name blat-$(RECIPE) --out $(BUNDLE)
+	BLAT_SERVER_SEED_MANIFEST=$(RUN_DIR)/index_seed.jsonl BLAT_SERVER_INGEST_ROOTS='["$(RUN_DIR)"]' \
+	    $(PY) -m server --bundle $(BUNDLE) --index-dir $(RUN_DIR)/index
 
 test: $(STAMP)
 	@# pytest exits 5 when it collects no test; that is not a failure of the suite itself.
