@@ -1,4 +1,4 @@
-"""The arrows between layers point one way: contract <- blat <- export; contract <- server; clients alone."""
+"""The arrows between layers point one way: contract <- blat <- export; contract, wire <- server; wire <- clients."""
 from __future__ import annotations
 
 import ast
@@ -15,6 +15,7 @@ FORBIDDEN = {
     "clients": {"torch", "blat", "export", "server", "contract", "transformers"},
     "blat": {"export", "server", "clients"},
     "export": {"server", "clients"},
+    "wire": {"torch", "blat", "export", "server", "clients", "contract"},
 }
 
 
@@ -49,7 +50,7 @@ def test_imports_with_torch_absent():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import pkgutil, importlib\n"
-        "for pkg in ('contract', 'server', 'clients'):\n"
+        "for pkg in ('contract', 'wire', 'server', 'clients'):\n"
         "    mod = importlib.import_module(pkg)\n"
         "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
         "        importlib.import_module(info.name)\n"

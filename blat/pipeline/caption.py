@@ -13,7 +13,6 @@ Run `python -m blat.pipeline.caption -h`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from blat.pipeline import templates
 from blat.pipeline.data import batch_audio, file_sha256, load_audio, load_jsonl, load_scene_manifest, write_jsonl
-from blat.pipeline.recipe import CaptioningConfig, load_recipe
+from blat.pipeline.recipe import CaptioningConfig, load_recipe, with_overrides
 from contract.audio import SAMPLE_RATE
 from contract.beam import DecodingOptions
 from contract.config import to_dict
@@ -240,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_recipe(args.recipe).captioning
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cfg)} and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = with_overrides(cfg, args)
     try:
         merged = caption_split(args.scenes, args.out, cfg, args.checkpoint, limit=args.limit,
                                progress=not args.no_progress, overwrite=args.overwrite)

@@ -119,6 +119,12 @@ class Recipe:
     evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+def with_overrides(section, args):
+    """A recipe section with the command-line flags that name its fields (and were given) put in."""
+    names = {f.name for f in dataclasses.fields(section)}
+    return dataclasses.replace(section, **{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A preset name ("ci", "demo") or a path to a recipe JSON file."""
     path = Path(name_or_path)

@@ -13,7 +13,6 @@ Run `python -m blat.pipeline.scenes -h`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from blat.pipeline import templates
 from blat.pipeline.data import file_sha256, load_audio, load_jsonl, write_jsonl
-from blat.pipeline.recipe import ScenesConfig, load_recipe
+from blat.pipeline.recipe import ScenesConfig, load_recipe, with_overrides
 from contract.config import to_dict
 
 log = logging.getLogger("blat.pipeline.scenes" if __name__ == "__main__" else __name__)
@@ -351,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_recipe(args.recipe).scenes
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cfg)} and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = with_overrides(cfg, args)
     manifest = make_scenes(args.corpus, args.out, cfg, force=args.force)
     report = json.loads((manifest.parent / "report.json").read_text())
     print(f"{manifest}: {report['splits']} (sources per group {report['sources']}, {report['seconds']} s)")

@@ -27,7 +27,7 @@ from blat.config import CaptionerConfig as ModelCaptionerConfig
 from blat.models import build_model, get_model_config
 from blat.models.captioner import TagGuidedCaptioner, tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
-from blat.pipeline.recipe import CaptionerConfig, load_recipe
+from blat.pipeline.recipe import CaptionerConfig, load_recipe, with_overrides
 from contract.audio import SAMPLE_RATE
 from contract.config import to_dict
 from contract.vocab import PAD, Vocabulary
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_recipe(args.recipe).captioner
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cfg)} and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = with_overrides(cfg, args)
     log.info("config", extra={"captioner": to_dict(cfg)})
     path = train_captioner(args.scenes, args.out, cfg, progress=not args.no_progress)
     from blat.checkpoint import read_header
