@@ -7,6 +7,9 @@ the metrics and the chance level of each metric (`blat.pipeline.metrics`), so re
     tagging_scenes     test_scenes: macro mAP of prompt similarities over the labels present in the split
     retrieval_scenes   test_scenes: text<->audio R@1/5/10, mAP@10, median/mean rank (authors' protocol)
 
+`EvalConfig.splits` points a protocol at another split (the paper recipe: tagging_scenes reads test_events,
+AudioSet's multi-label eval segments; results name the split they read).
+
     python -m blat.pipeline.evaluate dual --model runs/pretrain/dual.safetensors --manifest runs/scenes/manifest.jsonl
     python -m blat.pipeline.evaluate captions --candidates captions.jsonl --manifest runs/scenes/manifest.jsonl
 """
@@ -47,11 +50,17 @@ class EvalConfig:
     text_batch_size: int = 256  # captions / prompts per text forward pass
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     meteor: bool = False  # caption METEOR through pycocoevalcap's jar (needs Java and pycocoevalcap); else left out
+    # protocol -> the manifest split it reads instead of its own, e.g. {"tagging_scenes": "test_events"}
+    splits: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown:
             raise ConfigError(f"evaluate.protocols: unknown {unknown}; known: {sorted(PROTOCOLS)}")
+        unknown = [p for p in self.splits if p not in PROTOCOLS]
+        if unknown or not all(isinstance(v, str) and v for v in self.splits.values()):
+            raise ConfigError(f"evaluate.splits maps protocol names {sorted(PROTOCOLS)} to split names, "
+                              f"got {self.splits}")
         if "{label}" not in self.prompt:
             raise ConfigError(f"evaluate.prompt must contain {{label}}, got {self.prompt!r}")
         if self.batch_size < 1 or self.text_batch_size < 1:
@@ -164,9 +173,9 @@ class _Context:
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     name: str
-    split: str  # the manifest split it reads
+    split: str  # the manifest split it reads (unless EvalConfig.splits names another)
     description: str
-    run: Callable[[_Context, list[dict]], dict]  # (context, rows of the split) -> {metrics, chance, settings, ...}
+    run: Callable[[_Context, list[dict], str], dict]  # (context, rows, their split) -> {metrics, chance, settings, ...}
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -182,11 +191,11 @@ def _register(name: str, split: str, description: str):
 @_register("zero_shot_events", "test_events",
            "top-1/top-5 accuracy of prompt similarities over the classes present in the split; "
            "a clip's class is its primary (first) tag")
-def _zero_shot_events(ctx: _Context, rows: list[dict]) -> dict:
+def _zero_shot_events(ctx: _Context, rows: list[dict], split: str) -> dict:
     labels = [primary_tag(r) for r in rows]
     classes = sorted(set(labels))
     target = np.array([classes.index(lab) for lab in labels])
-    scores = ctx.audio("test_events") @ ctx.prompts(classes).T  # (N, K) cosine similarities
+    scores = ctx.audio(split) @ ctx.prompts(classes).T  # (N, K) cosine similarities
     ks = (1, 5) if len(classes) > 5 else (1,)
     return {"metrics": metrics.classification_accuracy(scores, target, ks),
             "chance": {("accuracy" if k == 1 else f"top{k}_accuracy"): min(k, len(classes)) / len(classes) for k in ks},
@@ -197,12 +206,12 @@ def _zero_shot_events(ctx: _Context, rows: list[dict]) -> dict:
 
 @_register("tagging_scenes", "test_scenes",
            "multi-label zero-shot tagging: macro mAP of prompt similarities over the labels present in the split")
-def _tagging_scenes(ctx: _Context, rows: list[dict]) -> dict:
+def _tagging_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     labels = sorted({t for r in rows for t in r.get("tags", [])})
     if not labels:
-        raise ValueError("no clip in test_scenes has tags")
+        raise ValueError(f"no clip in {split} has tags")
     targets = np.array([[lab in r.get("tags", []) for lab in labels] for r in rows])  # (N, K)
-    scores = ctx.audio("test_scenes") @ ctx.prompts(labels).T
+    scores = ctx.audio(split) @ ctx.prompts(labels).T
     value, per_label = metrics.mean_average_precision(scores, targets)
     chance = float(np.mean([metrics.expected_random_ap(len(rows), int(p)) for p in targets.sum(axis=0)]))
     return {"metrics": {"map": value}, "chance": {"map": chance},
@@ -215,13 +224,13 @@ def _tagging_scenes(ctx: _Context, rows: list[dict]) -> dict:
 @_register("retrieval_scenes", "test_scenes",
            "text<->audio retrieval with every reference caption: t2a ranks the single true clip for each caption, "
            "a2t the best-ranked of the clip's true captions")
-def _retrieval_scenes(ctx: _Context, rows: list[dict]) -> dict:
+def _retrieval_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     keep = [i for i, r in enumerate(rows) if r.get("captions")]
     if not keep:
-        raise ValueError("no clip in test_scenes has reference captions")
+        raise ValueError(f"no clip in {split} has reference captions")
     captions = [c for i in keep for c in rows[i]["captions"]]
     caption_audio = np.array([j for j, i in enumerate(keep) for _ in rows[i]["captions"]])
-    sim = ctx.audio("test_scenes")[keep] @ ctx.texts(captions).T  # (A, T)
+    sim = ctx.audio(split)[keep] @ ctx.texts(captions).T  # (A, T)
     return {"metrics": metrics.retrieval_metrics(sim, caption_audio),
             "chance": metrics.retrieval_chance(caption_audio, len(keep)),
             "settings": {"captions": "all references of each clip", "ties": "count against the system",
@@ -253,14 +262,15 @@ def evaluate_dual(model, manifest: str | Path, protocols: Sequence[str] | None =
     try:
         for name in names:
             p = PROTOCOLS[name]
-            rows = ctx.rows(p.split)
-            head = {"protocol": name, "split": p.split, "description": p.description}
+            split = cfg.splits.get(name, p.split)
+            rows = ctx.rows(split)
+            head = {"protocol": name, "split": split, "description": p.description}
             if not rows:
-                log.warning("protocol skipped: empty split", extra={"protocol": name, "split": p.split})
-                results[name] = {**head, "skipped": f"no rows with split {p.split!r} in {manifest}"}
+                log.warning("protocol skipped: empty split", extra={"protocol": name, "split": split})
+                results[name] = {**head, "skipped": f"no rows with split {split!r} in {manifest}"}
                 continue
             t0 = time.perf_counter()
-            results[name] = {**head, **p.run(ctx, rows), "seconds": round(time.perf_counter() - t0, 2)}
+            results[name] = {**head, **p.run(ctx, rows, split), "seconds": round(time.perf_counter() - t0, 2)}
             log.info("protocol done", extra={"protocol": name, **results[name]["metrics"]})
     finally:
         if was_training and hasattr(model, "train"):

@@ -1,4 +1,5 @@
-"""Pipeline recipes: one JSON file per size (`blat/pipeline/recipes/ci.json`, `demo.json`) with a section per stage.
+"""Pipeline recipes: one JSON file per size (`blat/pipeline/recipes/ci.json`, `demo.json`, `paper.json`) with a
+section per stage.
 
 `load_recipe("ci")` reads the named preset (or a path to a JSON file) into a typed `Recipe`; unknown
 keys are errors (contract.config.from_dict). Each stage reads only its own section.
@@ -114,6 +115,9 @@ class Recipe:
     captioner: CaptionerConfig = dataclasses.field(default_factory=CaptionerConfig)
     captioning: CaptioningConfig = dataclasses.field(default_factory=CaptioningConfig)
     corpus: str = "ci"  # Debian package set (blat/pipeline/sources.py SIZES)
+    # A prebuilt scenes manifest (e.g. from python -m blat.pipeline.datasets; relative to the working directory).
+    # When set, the corpus and scenes steps are skipped (and `corpus`, `scenes` unused); stages 1-4 read it.
+    manifest: str = ""
     ablation: bool = False  # also pre-train on (b) untagged-captioner captions and (c) tags-only template text
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -126,7 +130,7 @@ def with_overrides(section, args):
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A preset name ("ci", "demo") or a path to a recipe JSON file."""
+    """A preset name ("ci", "demo", "paper") or a path to a recipe JSON file."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
         path = RECIPES_DIR / f"{name_or_path}.json"

@@ -143,6 +143,18 @@ def test_config_rejects_unknown_protocols_and_bad_prompts():
         evaluate_dual(None, "unused.jsonl", protocols=["nope"])
 
 
+def test_a_protocol_can_read_another_split(lookup):
+    """EvalConfig.splits (the paper recipe: multi-label tagging on AudioSet's eval segments in test_events)."""
+    manifest, rows = lookup
+    cfg = EvalConfig(splits={"tagging_scenes": "test_events"})
+    out = evaluate_dual(LookupEncoder(rows), manifest, protocols=["tagging_scenes"], cfg=cfg)["protocols"]
+    tag = out["tagging_scenes"]
+    assert tag["split"] == "test_events" and tag["counts"]["clips"] == 10 and tag["metrics"]["map"] == 1.0
+    assert EvalConfig().splits == {}
+    with pytest.raises(ConfigError, match="evaluate.splits"):
+        from_dict(EvalConfig, {"splits": {"tagging_esc50": "test_events"}})
+
+
 def test_batched_encoding_equals_one_clip_at_a_time(tmp_path):
     torch.manual_seed(0)
     model = blat.create_model("tiny-dual").eval()
