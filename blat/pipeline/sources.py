@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 APT_GET = "apt-get"  # command names, module-level so tests (and odd systems) can point them elsewhere
 DPKG_DEB = "dpkg-deb"
 AUDIO_EXTENSIONS = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".opus")
-ZIP_EXTENSIONS = (".zip", ".pk3")
+ZIP_EXTENSIONS = (".zip", ".pk3", ".wz")  # .wz: Warzone 2100 data archives are zips
 CATALOGUE_EXTENSIONS = (".cat",)  # OpenTTD base sound sets
 
 
@@ -51,12 +51,30 @@ PACKAGES = {p.name: p for p in [
     PackageSpec("widelands-data", "usr/share/games/widelands/data", "381 MB .deb: crafts, animals, farm, woodcutting"),
     PackageSpec("megaglest-data", "usr/share/games/megaglest", "242 MB .deb: animals, weather, siege and work sounds"),
     PackageSpec("tuxpaint-stamps-default", "usr/share/tuxpaint/stamps", "161 MB .deb: ~75 animal and household sounds"),
+    PackageSpec("redeclipse-data", "usr/share/games/redeclipse/data/sounds",
+                "862 MB .deb: weather and water ambiences, machinery, footsteps, guns, explosions", "CC-BY-SA-3.0"),
+    PackageSpec("openarena-data", "usr/share/games/openarena",
+                "44 MB .deb; pak0.pk3: footsteps, guns, explosions, fire, wind, machinery", "GPL-2+"),
+    # Not in `demo`: 1.3 GB to download for ~60 usable clips; select it by name when bandwidth is cheap.
+    PackageSpec("flightgear-data-base", "usr/share/games/flightgear",
+                "1.3 GB .deb: aircraft engines, rotors, tyres, doors, switches, rain, thunder, wind", "GPL-2+"),
+    PackageSpec("supertuxkart-data", "usr/share/games/supertuxkart/data",
+                "628 MB .deb: engines, crashes, water, weather, animals", "GPL-3+"),
+    PackageSpec("hedgewars-data", "usr/share/games/hedgewars/Data/Sounds",
+                "145 MB .deb: guns, explosions, tools, water", "GFDL-1.3"),
+    PackageSpec("supertux-data", "usr/share/games/supertux2/sounds", "162 MB .deb: cartoon foley, weather, fire",
+                "GPL-3+"),
+    PackageSpec("cube2-data", "usr/share/games/cube2/packages/sounds", "173 MB .deb: guns, explosions, footsteps",
+                "CC-BY-3.0"),
+    PackageSpec("warzone2100-data", "usr/share/games/warzone2100",
+                "143 MB .deb; base.wz: guns, cannons, explosions, steam, fire (most of its audio is voice)", "GPL-2+"),
 ]}
 SIZES = {
     "ci": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop"),
     "demo": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop",
              "0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game", "widelands-data",
-             "megaglest-data", "tuxpaint-stamps-default"),
+             "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data", "supertuxkart-data",
+             "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data"),
 }
 
 
