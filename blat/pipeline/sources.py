@@ -68,13 +68,26 @@ PACKAGES = {p.name: p for p in [
                 "CC-BY-3.0"),
     PackageSpec("warzone2100-data", "usr/share/games/warzone2100",
                 "143 MB .deb; base.wz: guns, cannons, explosions, steam, fire (most of its audio is voice)", "GPL-2+"),
+    PackageSpec("nexuiz-data", "usr/share/games/nexuiz/data",
+                "267 MB .deb; data.pk3: footsteps, machinery, wind, steam, guns, explosions (half its audio is voice)",
+                "GPL-2+"),
+    PackageSpec("berusky2-data", "usr/share/games/berusky2/sound",
+                "560 MB .deb: thunder, rain, birds, frogs, water, footsteps, town and forest ambiences", "GPL-2+"),
+    PackageSpec("btanks-data", "usr/share/games/btanks/data/sounds",
+                "26 MB .deb: explosions, tank cannons, engines, fire, helicopter, train, outdoor ambiences"),
+    PackageSpec("torcs-data", "usr/share/games/torcs/data/sound",
+                "333 MB .deb: one engine recording per car model, crashes, skids", "GPL-2+"),
+    PackageSpec("scratch", "usr/share/scratch",
+                "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, coughs, sneezes (the rest is music)",
+                "CC-BY-SA-3.0"),
 ]}
 SIZES = {
     "ci": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop"),
     "demo": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop",
              "0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game", "widelands-data",
              "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data", "supertuxkart-data",
-             "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data"),
+             "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data", "nexuiz-data", "berusky2-data",
+             "btanks-data", "torcs-data", "scratch"),
 }
 
 
