@@ -1,6 +1,6 @@
 """Audio- and text-encoder throughput, PyTorch eager vs ONNX Runtime, measured in one run (random weights).
 
-    .venv/bin/python bench/encoder_throughput.py --models small-cnn-minilm blat-cnn14-bertm
+    .venv/bin/python bench/encoder_throughput.py --models ci-cnn-minilm blat-cnn14-bertm
 
 Prints one row per (model, tower): items/s for each runtime and the ONNX Runtime / PyTorch ratio.
 Both runtimes get the same thread count and the same inputs; each timing is the median of --repeats runs
@@ -63,7 +63,8 @@ def bench_model(name: str, batch: int, seconds: float, repeats: int, threads: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["small-cnn-minilm", "blat-cnn14-bertm"])
+    p.add_argument("--models", nargs="+", default=["ci-cnn-minilm", "blat-cnn14-bertm"],
+                   help="registry names (default: the embedded default and the paper size)")
     p.add_argument("--batch", type=int, default=8, help="clips or sentences per call")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length")
     p.add_argument("--repeats", type=int, default=3)
