@@ -175,8 +175,10 @@ def write_model_dir(out: Path, report: dict, recipe) -> Path:
     if recipe.manifest:
         data = (f"- Data: the prebuilt manifest `{recipe.manifest}` (its report.json beside it lists the sources); "
                 "reference captions on the captioned split; synthetic captions (beam 3) on the tags-only split.")
-    limits = ("" if recipe.manifest else """
-- Limits: a small model trained on CPU on a few hundred real recordings; not comparable to the paper's
+    corpus_manifest = out / "corpus" / "manifest.jsonl"
+    n_recordings = len(corpus_manifest.read_text().splitlines()) if corpus_manifest.is_file() else 0
+    limits = ("" if recipe.manifest else f"""
+- Limits: a small model trained on CPU on {n_recordings:,} real recordings; not comparable to the paper's
   AudioSet-scale numbers.""")
     (model / "MODEL_CARD.md").write_text(f"""# BLAT model ({recipe.name} recipe)
 
