@@ -81,13 +81,13 @@ PACKAGES = {p.name: p for p in [
                 "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, coughs, sneezes (the rest is music)",
                 "CC-BY-SA-3.0"),
 ]}
+_CI = ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop")
 SIZES = {
-    "ci": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop"),
-    "demo": ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop",
-             "0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game", "widelands-data",
-             "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data", "supertuxkart-data",
-             "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data", "nexuiz-data", "berusky2-data",
-             "btanks-data", "torcs-data", "scratch"),
+    "ci": _CI,
+    "demo": _CI + ("0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game",
+                   "widelands-data", "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data",
+                   "supertuxkart-data", "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data",
+                   "nexuiz-data", "berusky2-data", "btanks-data", "torcs-data", "scratch"),
 }
 
 
