@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@# Only for the tritonserver binary it ships (Triton integration tests); its own pins clash with ours.
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
+	@# The pretrained aisfx audio tower (CC BY 4.0): its weights file only; it pins an old librosa and numpy.
+	$(PY) -m pip install --quiet --no-deps "aisfx==0.1.2"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The embedded default: the BLAT pipeline on real recordings from Debian packages (RECIPE=demo; ci is the small,

@@ -11,20 +11,33 @@ from contract.labels import NUM_AUDIOSET_CLASSES
 from contract.vocab import MAX_CAPTION_TOKENS
 
 
+AUDIO_ARCHS = ("cnn14", "aisfx")  # blat/models/towers.py builds each
+
+
 @dataclass(frozen=True)
 class AudioEncoderConfig:
-    """A CNN14-style encoder: double-conv blocks, each but the last followed by 2x2 average pooling."""
+    """An audio tower: double-conv blocks over a log-mel front end, each block but the last followed by 2x2 pooling.
+
+    `arch` picks the tower: "cnn14" (PANNs / BLAT: BatchNorm over mel bins, average pooling, max + mean over time,
+    fc1 + ReLU) or "aisfx" (Ma & Lerch, ISMIR 2022: max pooling, max over time, no fc; `embed_dim` = last width).
+    """
 
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)  # output width of each conv block
-    embed_dim: int = 2048  # width of fc1, the clip embedding
+    embed_dim: int = 2048  # width of the pooled clip embedding (cnn14: fc1)
     dropout: float = 0.2  # after each block (training only)
+    arch: str = "cnn14"  # one of AUDIO_ARCHS
+    pretrained: str | None = None  # tower weights loaded when it is built: a file or "package:<module>/<path>"
 
     def __post_init__(self):
+        if self.arch not in AUDIO_ARCHS:
+            raise ConfigError(f"audio.arch must be one of {AUDIO_ARCHS}, got {self.arch!r}")
         if not self.channels:
             raise ConfigError("channels must name at least one block")
         if self.frontend.n_mels % (2 ** self.num_pools):
             raise ConfigError(f"n_mels={self.frontend.n_mels} must be divisible by 2**{self.num_pools} (one per pooling)")
+        if self.arch == "aisfx" and self.embed_dim != self.out_channels:
+            raise ConfigError(f"aisfx has no fc: embed_dim must equal the last width {self.out_channels}")
 
     @property
     def num_pools(self) -> int:
@@ -36,9 +49,19 @@ class AudioEncoderConfig:
         return 2 ** self.num_pools
 
     @property
+    def out_channels(self) -> int:
+        """Width C of the (B, T', C) frame features."""
+        return self.channels[-1]
+
+    @property
     def min_samples(self) -> int:
         """Shortest clip that yields one output frame; shorter clips are zero-padded to it."""
         return (self.time_stride - 1) * self.frontend.hop_length
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds of audio per output frame."""
+        return self.time_stride * self.frontend.hop_length / self.frontend.sample_rate
 
 
 @dataclass(frozen=True)

@@ -19,26 +19,50 @@ CLIP_SAMPLES = CLIP_SECONDS * SAMPLE_RATE  # 320_000
 AMIN = 1e-10  # power floor before 10*log10, so silence is -100 dB rather than -inf
 
 
+MEL_SCALES = ("slaney", "htk")  # slaney: linear below 1 kHz, log above; htk: 2595 * log10(1 + f / 700)
+MEL_NORMS = ("slaney", "l1")  # slaney: every filter has the same area; l1: every filter's weights sum to 1
+PAD_MODES = ("reflect", "constant")  # centred frames: mirror each clip at its own ends, or zeros
+COMPRESSIONS = ("db", "log1p")  # db: 10 * log10(max(power, amin)); log1p: log10(1 + log_gain * power) / log_divisor
+
+
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """Waveform -> log-mel settings. A periodic Hann window and centred (reflect-padded) frames."""
+    """Waveform -> log-mel settings. A periodic Hann window and centred frames.
+
+    The defaults are BLAT's (CNN14). Other towers change the mel layout, the compression and the padding; a tower
+    trained at a higher rate can keep its band layout (`f_max` above Nyquist): bands above Nyquist stay empty.
+    """
 
     sample_rate: int = SAMPLE_RATE  # Hz; input audio must be resampled to this
     n_fft: int = N_FFT  # FFT size in samples
-    win_length: int = N_FFT  # window length in samples (<= n_fft)
+    win_length: int = N_FFT  # window length in samples (<= n_fft), centred in the FFT frame
     hop_length: int = HOP_LENGTH  # frame step in samples
-    n_mels: int = N_MELS  # mel bins (slaney scale and slaney area normalisation)
+    n_mels: int = N_MELS  # mel bins
     f_min: float = F_MIN  # Hz
     f_max: float = F_MAX  # Hz
     amin: float = AMIN  # power floor before dB
+    mel_scale: str = "slaney"  # one of MEL_SCALES
+    mel_norm: str = "slaney"  # one of MEL_NORMS
+    pad_mode: str = "reflect"  # one of PAD_MODES
+    compression: str = "db"  # one of COMPRESSIONS
+    log_gain: float = 1.0  # log1p only: power multiplier inside the log
+    log_divisor: float = 1.0  # log1p only: the result is divided by this
+    power_gain: float = 1.0  # power multiplier (a shorter window than the tower was trained with has less energy)
+    peak_normalize: bool = False  # divide each clip by its own peak |sample| first (silence is left as is)
 
     def __post_init__(self):
         if not 0 < self.win_length <= self.n_fft:
             raise ValueError(f"win_length {self.win_length} must be in (0, n_fft={self.n_fft}]")
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= Nyquist, got {self.f_min}, {self.f_max}")
+        if not 0 <= self.f_min < min(self.f_max, self.sample_rate / 2):
+            raise ValueError(f"need 0 <= f_min < f_max and f_min below Nyquist, got {self.f_min}, {self.f_max}")
         if self.hop_length <= 0 or self.n_mels <= 0:
             raise ValueError("hop_length and n_mels must be positive")
+        for name, allowed in (("mel_scale", MEL_SCALES), ("mel_norm", MEL_NORMS), ("pad_mode", PAD_MODES),
+                              ("compression", COMPRESSIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if min(self.log_gain, self.log_divisor, self.power_gain) <= 0:
+            raise ValueError("log_gain, log_divisor and power_gain must be positive")
 
     @property
     def n_freqs(self) -> int:

@@ -93,7 +93,7 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
             name=name, version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             embedding_dim=dual.cfg.embed_dim, logit_scale=float(dual.logit_scale.detach().exp()),
             audio=AudioSpec(frontend=frontend, min_samples=audio_cfg.min_samples,
-                            frame_seconds=audio_cfg.time_stride * frontend.hop_length / frontend.sample_rate,
+                            frame_seconds=audio_cfg.frame_seconds,
                             clip_seconds=10.0),
             text=TextSpec(tokenizer="tokenizer.json", max_tokens=dual.cfg.text.max_tokens),
             labels=LabelSpec(file="labels.npz", prompt_template=prompt, calibration=method, count=len(bank.names)),

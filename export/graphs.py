@@ -124,7 +124,7 @@ def _example_inputs(name: str, model: nn.Module) -> tuple[torch.Tensor, ...]:
         tags = (torch.rand(3, 527, generator=g) < 0.01).float()
         return wave, lengths, tags
     if name == "audio_pool":
-        c = model.cfg.audio.channels[-1]
+        c = model.cfg.audio.out_channels
         return torch.randn(3, 11, c, generator=g), torch.tensor([11, 7, 5])
     if name == "text_encoder":
         enc = model.text_encoder.tokenize(["a dog barks twice in the distance", "rain", "a man talks while cars pass"])

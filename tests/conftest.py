@@ -30,21 +30,14 @@ def tiny_bundle(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_clips():
-    """Real recordings: the 35 sounds of Debian's sound-theme-freedesktop, mono float32 at 32 kHz.
+def freedesktop_sounds():
+    """The 35 .oga files of Debian's sound-theme-freedesktop (real recordings at their own rates), sorted.
 
-    The .deb (about 0.5 MB) is fetched with `apt-get download` into .cache/ in the repo and reused.
+    The .deb (about 0.4 MB) is fetched with `apt-get download` into .cache/ in the repo and reused.
     """
     import shutil
     import subprocess
-    from math import gcd
     from pathlib import Path
-
-    import numpy as np
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    from contract.audio import SAMPLE_RATE
 
     cache = Path(__file__).resolve().parents[1] / ".cache" / "real_clips"
     root = cache / "unpacked"
@@ -57,8 +50,22 @@ def real_clips():
         if got.returncode != 0 or not debs:
             pytest.skip(f"apt-get download sound-theme-freedesktop failed: {got.stderr.strip()[-300:]}")
         subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    return sorted(root.rglob("*.oga"))
+
+
+@pytest.fixture(scope="session")
+def real_clips(freedesktop_sounds):
+    """Real recordings: the sounds of Debian's sound-theme-freedesktop, mono float32 at 32 kHz, by name."""
+    from math import gcd
+
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from contract.audio import SAMPLE_RATE
+
     clips = {}
-    for path in sorted(root.rglob("*.oga")):
+    for path in freedesktop_sounds:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
         mono = data.mean(axis=1)
         g = gcd(sr, SAMPLE_RATE)

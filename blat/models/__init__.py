@@ -9,12 +9,14 @@ from torch import nn
 
 from blat.config import CaptionerConfig, DualEncoderConfig, ModelConfig, config_from_dict
 from blat.models.captioner import TagGuidedCaptioner
+from blat.models.aisfx import AisfxTower
 from blat.models.cnn14 import Cnn14
 from blat.models.dual import DualEncoder
 from blat.models.text import TextEncoder
+from blat.models.towers import build_audio_tower
 from contract.vocab import Vocabulary
 
-__all__ = ["Cnn14", "DualEncoder", "TagGuidedCaptioner", "TextEncoder", "list_models", "get_model_config",
+__all__ = ["AisfxTower", "Cnn14", "build_audio_tower", "DualEncoder", "TagGuidedCaptioner", "TextEncoder", "list_models", "get_model_config",
            "build_model", "create_model"]
 
 

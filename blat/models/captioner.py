@@ -1,4 +1,4 @@
-"""Tag-guided captioner (BLAT stage 1): CNN14 frames -> 2-layer post-LN Transformer decoder.
+"""Tag-guided captioner (BLAT stage 1): audio-tower frames (CNN14 in the paper) -> 2-layer post-LN Transformer decoder.
 
 The clip's AudioSet tags are a 527-d multi-hot vector; the mean of their learned embeddings is
 added to every decoder input word embedding, before the positional encoding.
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from blat.config import CaptionerConfig
-from blat.models.cnn14 import Cnn14
+from blat.models.towers import build_audio_tower
 from contract.beam import DecodingOptions, Hypothesis, beam_search
 from contract.vocab import PAD, Vocabulary
 
@@ -37,8 +37,8 @@ class TagGuidedCaptioner(nn.Module):
             raise ValueError(f"config vocab_size={cfg.vocab_size} but the vocabulary has {len(vocab)} tokens")
         self.cfg, self.vocab = dataclasses.replace(cfg, vocab_size=len(vocab)), vocab
         d = cfg.d_model
-        self.audio_encoder = Cnn14(cfg.audio)
-        self.audio_proj = nn.Sequential(nn.Linear(cfg.audio.channels[-1], d), nn.ReLU(), nn.Dropout(cfg.dropout), nn.LayerNorm(d))
+        self.audio_encoder = build_audio_tower(cfg.audio)
+        self.audio_proj = nn.Sequential(nn.Linear(cfg.audio.out_channels, d), nn.ReLU(), nn.Dropout(cfg.dropout), nn.LayerNorm(d))
         self.word_emb = nn.Embedding(len(vocab), d, padding_idx=PAD)
         self.tag_table = nn.Parameter(torch.randn(cfg.n_tags, d) * 0.02) if cfg.use_tags else None  # (527, d)
         self.register_buffer("pos_table", sinusoid_table(MAX_POSITIONS, d), persistent=False)
@@ -55,8 +55,11 @@ class TagGuidedCaptioner(nn.Module):
 
     def encode(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None, tags: torch.Tensor | None = None):
         """-> memory (B, T', d), memory_valid (B,) frames, tag vector (B, d)."""
-        frames, valid = self.audio_encoder.frames(waveform, lengths)
-        return self.audio_proj(frames), valid, self.tag_vector(tags, waveform.shape[0], waveform.device)
+        return self.encode_frames(*self.audio_encoder.frames(waveform, lengths), tags)
+
+    def encode_frames(self, frames: torch.Tensor, valid: torch.Tensor, tags: torch.Tensor | None = None):
+        """The tower's (B, T', C) frames and (B,) valid frames -> memory, memory_valid, tag vector."""
+        return self.audio_proj(frames), valid, self.tag_vector(tags, frames.shape[0], frames.device)
 
     def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor, tag_vec: torch.Tensor) -> torch.Tensor:
         """(B, L) tokens starting with <start> -> (B, L, V) next-token logits."""

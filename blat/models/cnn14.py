@@ -7,30 +7,27 @@ from torch import nn
 
 from blat.audio import LogMelFrontEnd
 from blat.config import AudioEncoderConfig
-
-
-def _time_mask(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Zero the frames past each clip's end. x: (B, C, T, M); valid: (B,) frames."""
-    if valid is None:
-        return x
-    keep = torch.arange(x.shape[2], device=x.device)[None, :] < valid[:, None]  # (B, T)
-    return x * keep[:, None, :, None].to(x.dtype)
+from blat.models.towers import pad_clips, time_mask, valid_mask
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool):
+    """Two 3x3 conv + BatchNorm + ReLU, then (optionally) 2x2 average or max pooling."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool, max_pool: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.pool = pool
+        self.pool, self.max_pool = pool, max_pool
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         # Masking before each conv makes frames past the end read as the zero padding a lone clip sees.
-        x = F.relu(self.bn1(self.conv1(_time_mask(x, valid))))
-        x = F.relu(self.bn2(self.conv2(_time_mask(x, valid))))
-        return F.avg_pool2d(x, 2) if self.pool else x
+        x = F.relu(self.bn1(self.conv1(time_mask(x, valid))))
+        x = F.relu(self.bn2(self.conv2(time_mask(x, valid))))
+        if not self.pool:
+            return x
+        return F.max_pool2d(x, 2) if self.max_pool else F.avg_pool2d(x, 2)
 
 
 class Cnn14(nn.Module):
@@ -48,25 +45,19 @@ class Cnn14(nn.Module):
         for i in range(len(cfg.channels)):
             pool = i < cfg.num_pools
             self.add_module(f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1], pool))
-        self.fc1 = nn.Linear(cfg.channels[-1], cfg.embed_dim)
+        self.fc1 = nn.Linear(cfg.out_channels, cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
     @property
     def blocks(self) -> list[ConvBlock]:
         return [getattr(self, f"conv_block{i + 1}") for i in range(len(self.cfg.channels))]
 
+    def load_pretrained(self, source: str) -> None:
+        raise ValueError(f"cnn14 weights come from a checkpoint (blat.convert.import_panns_cnn14), not {source!r}")
+
     def frames(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame features (B, T', C) at `time_stride` log-mel frames each, and (B,) valid frames."""
-        B, N = waveform.shape
-        if lengths is None:
-            lengths = torch.full((B,), N, dtype=torch.long, device=waveform.device)
-        if N < self.cfg.min_samples:  # too short for the pooling: zero-pad, as a lone short clip would be
-            waveform = F.pad(waveform, (0, self.cfg.min_samples - N))
-        # A clip shorter than min_samples is heard as itself plus zeros up to min_samples; left at its own
-        # length, all its frames would be masked away by the poolings and its embedding would ignore its content.
-        beyond = torch.arange(waveform.shape[1], device=waveform.device)[None, :] >= lengths[:, None]
-        waveform = waveform.masked_fill(beyond, 0.0)
-        lengths = lengths.clamp(min=self.cfg.min_samples)
+        waveform, lengths = pad_clips(waveform, lengths, self.cfg.min_samples)
         x = self.melspec_extractor(waveform, lengths)  # (B, T, M)
         valid = self.melspec_extractor.num_frames(lengths)  # (B,)
         x = self.bn0(x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)  # BN over mel bins
@@ -80,7 +71,7 @@ class Cnn14(nn.Module):
 
     def pool(self, frames: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Masked max + mean over time, then fc1 + ReLU. frames: (B, T', C) -> (B, embed_dim)."""
-        keep = (torch.arange(frames.shape[1], device=frames.device)[None, :] < valid[:, None]).unsqueeze(-1)
+        keep = valid_mask(frames, valid)
         peak = frames.masked_fill(~keep, float("-inf")).amax(dim=1)
         mean = (frames * keep).sum(dim=1) / valid[:, None].to(frames.dtype)
         return self.dropout(F.relu(self.fc1(self.dropout(peak + mean))))

@@ -1,4 +1,4 @@
-"""The contrastive audio-text model: CNN14 + BERT towers, linear heads, L2 norm, learnable temperature."""
+"""The contrastive audio-text model: an audio tower (CNN14, aisfx) + a BERT tower, linear heads, L2 norm, learnable temperature."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from blat.config import DualEncoderConfig
-from blat.models.cnn14 import Cnn14
+from blat.models.towers import build_audio_tower
 from blat.models.text import TextEncoder
 
 NORM_EPS = 1e-7
@@ -22,7 +22,7 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: DualEncoderConfig, tokenizer: Tokenizer | None = None):
         super().__init__()
         self.cfg = cfg
-        self.audio_encoder = Cnn14(cfg.audio)
+        self.audio_encoder = build_audio_tower(cfg.audio)
         self.text_encoder = TextEncoder(cfg.text, tokenizer)
         self.audio_proj = nn.Linear(cfg.audio.embed_dim, cfg.embed_dim)
         self.text_proj = nn.Linear(self.text_encoder.hidden_size, cfg.embed_dim)
@@ -30,7 +30,11 @@ class DualEncoder(nn.Module):
 
     def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) waveform [, (B,) lengths] -> (B, embed_dim), unit norm."""
-        return F.normalize(self.audio_proj(self.audio_encoder(waveform, lengths)), dim=-1, eps=NORM_EPS)
+        return self.project_audio(self.audio_encoder(waveform, lengths))
+
+    def project_audio(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The audio tower's (B, audio.embed_dim) pooled output -> (B, embed_dim), unit norm."""
+        return F.normalize(self.audio_proj(pooled), dim=-1, eps=NORM_EPS)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids and mask -> (B, embed_dim), unit norm."""

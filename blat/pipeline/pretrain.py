@@ -35,6 +35,7 @@ from tqdm import tqdm
 from blat.models.dual import NORM_EPS, DualEncoder
 from blat.pipeline.contrastive import (DistInfo, average_gradients, contrastive_loss, setup_distributed,
                                        use_global_batchnorm)
+from blat.pipeline.frozen import freeze, per_clip_outputs, tower_params
 from blat.pipeline.evaluate import encode_clips, encode_texts, load_split, read_audio
 from blat.pipeline.metrics import retrieval_chance, retrieval_metrics
 from contract.config import ConfigError, apply_env, from_dict, to_dict
@@ -54,6 +55,9 @@ class PretrainConfig:
     panns_checkpoint: str | None = None  # PANNs CNN14 .pth to initialise the audio tower from (CNN14 widths only)
     panns_trusted: bool = False  # allow full unpickling of that file (only for files you trust)
     freeze_text: bool = False  # fix the text tower: pooled outputs cached once; audio tower, both heads, scale train
+    # Learning-rate multiplier of the audio tower. 0 freezes it (a pretrained tower such as aisfx): eval mode, and its
+    # pooled outputs computed once per clip when no training clip is longer than clip_seconds.
+    tower_lr_scale: float = 1.0
     use_captioned: bool = False  # also train on the manifest's `captioned` split with its reference captions
     epochs: int = 10
     batch_size: int = 128  # global; each of the N processes takes batch_size / N
@@ -83,6 +87,8 @@ class PretrainConfig:
             raise ConfigError("pretrain.warmup_fraction must be in [0, 1)")
         if self.clip_seconds <= 0 or self.epochs < 1 or self.lr <= 0:
             raise ConfigError("pretrain.clip_seconds, epochs and lr must be positive")
+        if self.tower_lr_scale < 0:
+            raise ConfigError("pretrain.tower_lr_scale must be >= 0")
         if self.max_logit_scale <= 1:
             raise ConfigError("pretrain.max_logit_scale must be > 1")
 
@@ -155,8 +161,10 @@ class PairDataset(torch.utils.data.Dataset):
     """Item (epoch, i) -> (crop (S,), true length, caption index). The crop offset and the caption are drawn
     from a generator seeded by (seed, epoch, i), so they do not depend on the process or worker that reads it."""
 
-    def __init__(self, pairs: Sequence[Pair], clip_samples: int, sample_rate: int, seed: int):
+    def __init__(self, pairs: Sequence[Pair], clip_samples: int, sample_rate: int, seed: int,
+                 pooled: torch.Tensor | None = None):
         self.pairs, self.clip_samples, self.sample_rate, self.seed = list(pairs), clip_samples, sample_rate, seed
+        self.pooled = pooled  # (n, E) a frozen tower's outputs per pair: items carry them instead of audio
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -166,6 +174,8 @@ class PairDataset(torch.utils.data.Dataset):
         pair = self.pairs[i]
         rng = np.random.default_rng([self.seed, epoch, i])
         caption = pair.captions[int(rng.integers(len(pair.captions)))]
+        if self.pooled is not None:
+            return self.pooled[i], -1, caption
         window, length = crop(read_audio(pair.audio, self.sample_rate), self.clip_samples, rng)
         return torch.from_numpy(np.ascontiguousarray(window)), length, caption
 
@@ -223,9 +233,11 @@ def text_features(model: DualEncoder, captions: Sequence[str], batch_size: int =
 
 
 def embed_batch(model: DualEncoder, wave: torch.Tensor, lengths: torch.Tensor, caption_ids: torch.Tensor,
-                captions: Sequence[str], features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (audio (b, E), text (b, E)), unit norm. With cached `features` the text side is text_proj + norm only."""
-    audio = model.encode_audio(wave, lengths)
+                captions: Sequence[str], features: torch.Tensor | None = None,
+                pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (audio (b, E), text (b, E)), unit norm. With cached `features` the text side is text_proj + norm only;
+    with `pooled`, `wave` holds the frozen audio tower's (b, E_audio) outputs and the audio side is the head only."""
+    audio = model.project_audio(wave) if pooled else model.encode_audio(wave, lengths)
     if features is not None:
         text = F.normalize(model.text_proj(features[caption_ids]), dim=-1, eps=NORM_EPS)
     else:
@@ -269,6 +281,21 @@ def validate(model: DualEncoder, val: Sequence[Pair], captions: Sequence[str], u
     sim = encode_clips(model, [p.audio for p in val], batch_size, device) @ encode_texts(model, flat).T
     model.train(was_training)
     return retrieval_metrics(sim, caption_audio)
+
+
+def _frozen_outputs(model: DualEncoder, pairs: Sequence[Pair], clip_samples: int, sample_rate: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """(n, E_audio) the frozen tower's output per training pair, or None when some clip is longer than the crop
+    (each epoch would see another window, so nothing can be cached)."""
+    waves = [read_audio(p.audio, sample_rate) for p in tqdm(pairs, desc="reading clips", unit="clip", leave=False)]
+    if any(len(w) > clip_samples for w in waves):
+        log.info("audio tower frozen; clips longer than the crop, so it runs every step")
+        return None
+    t0 = time.perf_counter()
+    outputs = torch.stack(per_clip_outputs(model.audio_encoder, waves, model.cfg.audio.min_samples, device=device))
+    log.info("audio tower frozen; pooled outputs cached",
+             extra={"clips": len(waves), "seconds": round(time.perf_counter() - t0, 2)})
+    return outputs
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -355,12 +382,16 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
         if info.main:
             log.info("text tower frozen; pooled outputs cached",
                      extra={"captions": len(data.captions), "seconds": round(time.perf_counter() - t0, 2)})
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = tower_params(model, cfg.lr, cfg.tower_lr_scale)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sample_rate = model.cfg.audio.frontend.sample_rate
-    dataset = PairDataset(data.train, int(round(cfg.clip_seconds * sample_rate)), sample_rate, cfg.seed)
+    clip_samples = int(round(cfg.clip_seconds * sample_rate))
+    pooled = _frozen_outputs(model, data.train, clip_samples, sample_rate, device) if cfg.tower_lr_scale == 0 else None
+    dataset = PairDataset(data.train, clip_samples, sample_rate, cfg.seed, pooled)
     max_log_scale = math.log(cfg.max_logit_scale)
     meta = {"stage": "pretrain", "recipe": to_dict(cfg), "frozen_text": cfg.freeze_text,
+            "frozen_audio_tower": cfg.tower_lr_scale == 0, "cached_audio_tower": pooled is not None,
             "text_tower": FROZEN_TEXT_NOTE if cfg.freeze_text else "trained end to end",
             "world_size": info.world, "global_batch": cfg.batch_size,
             "data": {"manifest": str(manifest), "manifest_sha256": file_sha256(manifest),
@@ -378,6 +409,8 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
             model.train()
             if cfg.freeze_text:
                 model.text_encoder.eval()  # the frozen tower runs without dropout, as when its outputs were cached
+            if cfg.tower_lr_scale == 0:
+                freeze(model.audio_encoder)
             sampler = _ShardSampler(len(data.train), cfg.batch_size, cfg.seed, epoch, info.rank, info.world)
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate,
                                                  num_workers=cfg.workers)
@@ -386,9 +419,9 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
             t_epoch, losses = time.perf_counter(), []
             for wave, lengths, caption_ids in bar:
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup)
+                    group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step, total_steps, warmup)
                 audio, text = embed_batch(model, wave.to(device), lengths.to(device), caption_ids.to(device),
-                                          data.captions, features)
+                                          data.captions, features, pooled=pooled is not None)
                 loss = contrastive_loss(audio, text, model.logit_scale, distributed=info.world > 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

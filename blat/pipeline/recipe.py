@@ -72,6 +72,9 @@ class CaptionerConfig:
     lr: float = 5e-4  # Adam, constant (the paper's setting)
     label_smoothing: float = 0.1
     clip_s: float = 10.0  # longer clips are randomly cropped to this many seconds
+    # Learning-rate multiplier of the audio tower. 0 freezes it (a pretrained tower such as aisfx): eval mode, and
+    # its frames computed once per clip when no clip is longer than clip_s.
+    tower_lr_scale: float = 1.0
     seed: int = 0
     device: str = "cpu"  # "cuda" works too
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -79,6 +82,8 @@ class CaptionerConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.min_count < 1 or self.max_tokens < 1:
             raise ValueError("epochs, batch_size, min_count, max_tokens must be >= 1 and lr > 0")
+        if self.tower_lr_scale < 0:
+            raise ValueError(f"tower_lr_scale must be >= 0, got {self.tower_lr_scale}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -27,6 +27,7 @@ from blat.config import CaptionerConfig as ModelCaptionerConfig
 from blat.models import build_model, get_model_config
 from blat.models.captioner import TagGuidedCaptioner, tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
+from blat.pipeline.frozen import freeze, pad_frames, per_clip_outputs, tower_params
 from blat.pipeline.recipe import CaptionerConfig, load_recipe, with_overrides
 from contract.audio import SAMPLE_RATE
 from contract.config import to_dict
@@ -49,13 +50,14 @@ def build_captioner(cfg: CaptionerConfig, vocab: Vocabulary) -> TagGuidedCaption
     return model
 
 
-def caption_loss(model: TagGuidedCaptioner, waves: torch.Tensor, lengths: torch.Tensor, tags: torch.Tensor,
+def caption_loss(model: TagGuidedCaptioner, encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                  tokens: torch.Tensor, clip_index: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """Mean label-smoothed cross-entropy over the non-pad target tokens of every caption.
 
-    waves (C, N), lengths (C,), tags (C, 527) per clip; tokens (P, L) per caption (start ... end, pad), and
-    clip_index (P,) the clip of each caption: each clip is encoded once for all of its captions."""
-    memory, valid, tag_vec = model.encode(waves, lengths, tags)  # (C, T, d), (C,), (C, d)
+    encoded: model.encode(...) of C clips, (C, T, d) memory, (C,) valid frames, (C, d) tag vectors; tokens (P, L)
+    per caption (start ... end, pad), and clip_index (P,) the clip of each caption: each clip is encoded once for
+    all of its captions."""
+    memory, valid, tag_vec = encoded
     logits = model.decode(tokens[:, :-1], memory[clip_index], valid[clip_index], tag_vec[clip_index])  # (P, L-1, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
                            ignore_index=PAD, label_smoothing=label_smoothing)
@@ -99,24 +101,36 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
     per_clip = max(1, round(sum(map(len, tokens)) / len(tokens)))
     clips_per_step = max(1, cfg.batch_size // per_clip)
     steps = math.ceil(len(rows) / clips_per_step)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(tower_params(model, cfg.lr, cfg.tower_lr_scale), lr=cfg.lr)
+    frames = None  # a frozen tower's frames, once per clip
+    if cfg.tower_lr_scale == 0 and all(len(w) <= max_samples for w in waves):
+        frames = per_clip_outputs(model.audio_encoder.frames, waves, model.audio_encoder.cfg.min_samples,
+                                  device=device, desc="stage 1: frozen tower")
     log.info("training captioner", extra={"arch": cfg.arch, "use_tags": cfg.use_tags, "clips": len(rows),
                                           "pairs": sum(map(len, tokens)), "vocab_size": len(vocab),
                                           "params": sum(p.numel() for p in model.parameters()),
-                                          "clips_per_step": clips_per_step, "steps_per_epoch": steps, "device": str(device)})
+                                          "clips_per_step": clips_per_step, "steps_per_epoch": steps, "device": str(device),
+                                          "tower_lr_scale": cfg.tower_lr_scale, "cached_tower_frames": frames is not None})
     losses: list[float] = []
     bar = tqdm(total=cfg.epochs * steps, desc="stage 1: captioner", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(rows))
+        model.train()
+        if cfg.tower_lr_scale == 0:
+            freeze(model.audio_encoder)
         total, count, t0 = 0.0, 0, time.time()
         for s in range(steps):
             batch = order[s * clips_per_step: (s + 1) * clips_per_step]
-            wave, lengths = batch_audio([waves[i] for i in batch], max_samples, model.audio_encoder.cfg.min_samples, rng)
+            if frames is not None:
+                f, valid = pad_frames([frames[i] for i in batch])
+                encoded = model.encode_frames(f.to(device), valid.to(device), tags[batch].to(device))
+            else:
+                wave, lengths = batch_audio([waves[i] for i in batch], max_samples, model.audio_encoder.cfg.min_samples, rng)
+                encoded = model.encode(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device),
+                                       tags[batch].to(device))
             caps = [(j, t) for j, i in enumerate(batch) for t in tokens[i]]
             clip_index = torch.tensor([j for j, _ in caps], device=device)
-            loss = caption_loss(model, torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device),
-                                tags[batch].to(device), _pad([t for _, t in caps]).to(device), clip_index,
-                                cfg.label_smoothing)
+            loss = caption_loss(model, encoded, _pad([t for _, t in caps]).to(device), clip_index, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
