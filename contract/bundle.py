@@ -138,15 +138,20 @@ def read_bundle(bundle_dir: str | Path, verify: bool = True) -> BundleManifest:
     if unlisted:
         raise BundleError(f"{path}: files used but not hashed: {unlisted}")
     if verify:
-        for name, digest in sorted(manifest.files.items()):
-            f = bundle_dir / name
-            if not f.is_file():
-                raise BundleError(f"{bundle_dir}: missing file {name}")
-            actual = sha256_file(f)
-            if actual != digest:
-                raise BundleError(f"{bundle_dir}: {name} has sha256 {actual[:12]}..., bundle.json says {digest[:12]}... "
-                                  "(file altered or partly copied)")
+        verify_files(bundle_dir, manifest.files, MANIFEST, BundleError)
     return manifest
+
+
+def verify_files(folder: Path, files: dict[str, str], listed_in: str, error: type[Exception] = BundleError) -> None:
+    """Every file of `files` (name -> sha256) must exist in `folder` with that digest."""
+    for name, digest in sorted(files.items()):
+        f = Path(folder) / name
+        if not f.is_file():
+            raise error(f"{folder}: missing file {name}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise error(f"{folder}: {name} has sha256 {actual[:12]}..., {listed_in} says {digest[:12]}... "
+                        "(file altered or partly copied)")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import torch
 
 from blat.models import DualEncoder, TagGuidedCaptioner
-from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelSpec, TensorInfo, TextSpec,
-                             sha256_file, write_manifest)
+from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelBank, LabelSpec, TensorInfo,
+                             TextSpec, sha256_file, write_manifest)
 from export.graphs import _WRAPPERS, GRAPH_SPECS, _example_inputs, export_graph
 from export.labels import DEFAULT_PROMPT, build_label_bank
 
@@ -42,6 +42,15 @@ def check_parity(name: str, model: torch.nn.Module, onnx_path: Path, inputs: tup
     return max(float(np.abs(o.astype(np.float64) - r.numpy().astype(np.float64)).max()) for o, r in zip(out, ref))
 
 
+def check_label_bank(dual: DualEncoder, bank: LabelBank, prompt: str) -> None:
+    """A fitted bank belongs to `dual`: its text embeddings are the model's embeddings of `prompt` per label."""
+    with torch.no_grad():
+        probe = dual.encode_texts([prompt.format(label=n.lower()) for n in bank.names[:8]]).numpy()
+    gap = float(np.abs(probe - bank.embeddings[:8]).max())
+    if gap > PARITY_ATOL * 10:
+        raise ExportError(f"the label bank was not made with this model and prompt (embeddings differ by {gap:.2e})")
+
+
 def _graph_info(name: str) -> GraphInfo:
     inputs, outputs = GRAPH_SPECS[name]
     conv = lambda specs: tuple(TensorInfo(s.name, s.dtype, tuple(s.shape)) for s in specs)  # noqa: E731
@@ -52,10 +61,11 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
                  name: str = "blat", version: str | None = None, prompt: str = DEFAULT_PROMPT,
                  source: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                  calibration: tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None] | None = None,
-                 beam_size: int = 3, overwrite: bool = False) -> Path:
+                 label_bank: tuple[LabelBank, str] | None = None, beam_size: int = 3, overwrite: bool = False) -> Path:
     """Export `dual` (+ `captioner`) into the bundle directory `out_dir`; returns it.
 
     calibration: (waveforms (M, N), lengths (M,) or None, 0/1 targets (M, 527) or None) reference clips.
+    label_bank: (bank, calibration method) fitted already (a release's); its text embeddings must be `dual`'s.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -84,8 +94,12 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
         dual.text_encoder.tokenizer.save(str(tmp / "tokenizer.json"))
         if captioner is not None:
             (tmp / "vocab.json").write_text(captioner.vocab.to_json())
-        audio, lengths, targets = calibration if calibration is not None else (None, None, None)
-        bank, method = build_label_bank(dual, prompt, audio=audio, lengths=lengths, targets=targets)
+        if label_bank is not None:
+            bank, method = label_bank
+            check_label_bank(dual, bank, prompt)
+        else:
+            audio, lengths, targets = calibration if calibration is not None else (None, None, None)
+            bank, method = build_label_bank(dual, prompt, audio=audio, lengths=lengths, targets=targets)
         bank.save(tmp / "labels.npz")
 
         frontend = audio_cfg.frontend

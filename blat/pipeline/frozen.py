@@ -3,6 +3,10 @@ training the heads on top does not re-run the CNN every epoch. Only valid when c
 fits the training crop), since a cached output is of the whole clip."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from blat.pipeline.data import batch_audio
+from contract.config import to_dict
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -33,20 +38,51 @@ def tower_params(model: nn.Module, lr: float, tower_lr_scale: float) -> list[dic
     return groups
 
 
+def tower_digest(tower: nn.Module) -> str:
+    """sha256 of a tower's config and every tensor: the identity of what it computes."""
+    h = hashlib.sha256(json.dumps(to_dict(tower.cfg), sort_keys=True).encode())
+    for k, v in sorted(tower.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def clip_key(path: str | Path) -> str:
+    """A clip's cache key: its path, size and modification time (a rewritten file gets a new key)."""
+    st = os.stat(path)
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 @torch.no_grad()
 def per_clip_outputs(fn: Callable, waves: Sequence[np.ndarray], min_samples: int, batch_size: int = 16,
-                     device: torch.device | str = "cpu", desc: str = "frozen tower") -> list[torch.Tensor]:
+                     device: torch.device | str = "cpu", desc: str = "frozen tower", keys: Sequence[str] | None = None,
+                     cache: Path | None = None) -> list[torch.Tensor]:
     """fn(waveform (B, N), lengths (B,)) for every clip, alone in effect (the towers mask by length), batched by
-    similar length. fn returns (B, E) pooled outputs, or (frames (B, T, C), valid (B,)) -> each clip's (T_i, C)."""
-    order = np.argsort([len(w) for w in waves])
-    out: list[torch.Tensor | None] = [None] * len(waves)
-    for k in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[k:k + batch_size]
+    similar length. fn returns (B, E) pooled outputs, or (frames (B, T, C), valid (B,)) -> each clip's (T_i, C).
+
+    With `cache` (a file) and `keys` (clip_key per clip), outputs found there are reused and new ones added: the
+    caller names the file after the tower's digest and fn, so stages, variants and seeds share one computation."""
+    stored: dict[str, torch.Tensor] = torch.load(cache) if cache is not None and cache.is_file() else {}
+    out: list[torch.Tensor | None] = [stored.get(k) for k in keys] if keys is not None else [None] * len(waves)
+    todo = [i for i in np.argsort([len(w) for w in waves]) if out[i] is None]
+    for k in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", leave=False):
+        idx = todo[k:k + batch_size]
         wave, lengths = batch_audio([waves[i] for i in idx], None, min_samples)
         result = fn(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device))
         for j, i in enumerate(idx):
             out[i] = result[0][j, :int(result[1][j])].cpu() if isinstance(result, tuple) else result[j].cpu()
+    if cache is not None and keys is not None and todo:
+        stored.update(zip(keys, out))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save(stored, tmp)
+        os.replace(tmp, cache)
     return out
+
+
+def cache_file(cache_dir: str | Path | None, tower: nn.Module, what: str) -> Path | None:
+    """<cache_dir>/<what>-<tower digest>.pt, or None without a cache folder."""
+    return Path(cache_dir) / f"{what}-{tower_digest(tower)[:16]}.pt" if cache_dir else None
 
 
 def pad_frames(frames: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from blat.models.dual import NORM_EPS, DualEncoder
 from blat.pipeline.contrastive import (DistInfo, average_gradients, contrastive_loss, setup_distributed,
                                        use_global_batchnorm)
-from blat.pipeline.frozen import freeze, per_clip_outputs, tower_params
+from blat.pipeline.frozen import cache_file, clip_key, freeze, per_clip_outputs, tower_params
 from blat.pipeline.evaluate import encode_clips, encode_texts, load_split, read_audio
 from blat.pipeline.metrics import retrieval_chance, retrieval_metrics
 from contract.config import ConfigError, apply_env, from_dict, to_dict
@@ -58,6 +58,7 @@ class PretrainConfig:
     # Learning-rate multiplier of the audio tower. 0 freezes it (a pretrained tower such as aisfx): eval mode, and its
     # pooled outputs computed once per clip when no training clip is longer than clip_seconds.
     tower_lr_scale: float = 1.0
+    tower_cache: str = ""  # folder for a frozen tower's per-clip outputs, shared by runs and seeds ("" = none)
     use_captioned: bool = False  # also train on the manifest's `captioned` split with its reference captions
     epochs: int = 10
     batch_size: int = 128  # global; each of the N processes takes batch_size / N
@@ -271,28 +272,36 @@ def build_model(spec: str, seed: int) -> DualEncoder:
 
 
 def validate(model: DualEncoder, val: Sequence[Pair], captions: Sequence[str], use_references: bool,
-             batch_size: int, device: torch.device) -> dict[str, float]:
-    """Retrieval metrics on held-out pairs (whole clips, every caption of each clip)."""
+             batch_size: int, device: torch.device, pooled: torch.Tensor | None = None) -> dict[str, float]:
+    """Retrieval metrics on held-out pairs (whole clips, every caption of each clip). `pooled`: a frozen audio
+    tower's outputs for those clips, so only the head runs."""
     was_training = model.training
     model.eval()
     texts = [list(p.references) if use_references and p.references else [captions[i] for i in p.captions] for p in val]
     flat = [t for ts in texts for t in ts]
     caption_audio = np.array([j for j, ts in enumerate(texts) for _ in ts])
-    sim = encode_clips(model, [p.audio for p in val], batch_size, device) @ encode_texts(model, flat).T
+    if pooled is not None:
+        with torch.no_grad():
+            audio = model.project_audio(pooled.to(device)).cpu().numpy()
+    else:
+        audio = encode_clips(model, [p.audio for p in val], batch_size, device)
+    sim = audio @ encode_texts(model, flat).T
     model.train(was_training)
     return retrieval_metrics(sim, caption_audio)
 
 
-def _frozen_outputs(model: DualEncoder, pairs: Sequence[Pair], clip_samples: int, sample_rate: int,
-                    device: torch.device) -> torch.Tensor | None:
-    """(n, E_audio) the frozen tower's output per training pair, or None when some clip is longer than the crop
-    (each epoch would see another window, so nothing can be cached)."""
+def _frozen_outputs(model: DualEncoder, pairs: Sequence[Pair], clip_samples: int | None, sample_rate: int,
+                    device: torch.device, cache_dir: str = "") -> torch.Tensor | None:
+    """(n, E_audio) the frozen tower's output per pair, or None when some clip is longer than the training crop
+    `clip_samples` (each epoch would see another window, so nothing can be cached; None: whole clips)."""
     waves = [read_audio(p.audio, sample_rate) for p in tqdm(pairs, desc="reading clips", unit="clip", leave=False)]
-    if any(len(w) > clip_samples for w in waves):
+    if clip_samples is not None and any(len(w) > clip_samples for w in waves):
         log.info("audio tower frozen; clips longer than the crop, so it runs every step")
         return None
     t0 = time.perf_counter()
-    outputs = torch.stack(per_clip_outputs(model.audio_encoder, waves, model.cfg.audio.min_samples, device=device))
+    outputs = torch.stack(per_clip_outputs(model.audio_encoder, waves, model.cfg.audio.min_samples, device=device,
+                                           keys=[clip_key(p.audio) for p in pairs],
+                                           cache=cache_file(cache_dir, model.audio_encoder, "pooled")))
     log.info("audio tower frozen; pooled outputs cached",
              extra={"clips": len(waves), "seconds": round(time.perf_counter() - t0, 2)})
     return outputs
@@ -387,8 +396,12 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sample_rate = model.cfg.audio.frontend.sample_rate
     clip_samples = int(round(cfg.clip_seconds * sample_rate))
-    pooled = _frozen_outputs(model, data.train, clip_samples, sample_rate, device) if cfg.tower_lr_scale == 0 else None
+    pooled = (_frozen_outputs(model, data.train, clip_samples, sample_rate, device, cfg.tower_cache)
+              if cfg.tower_lr_scale == 0 else None)
     dataset = PairDataset(data.train, clip_samples, sample_rate, cfg.seed, pooled)
+    val_pooled = None  # validation reads whole clips: a frozen tower's outputs are always cacheable
+    if cfg.tower_lr_scale == 0 and data.val and info.main:
+        val_pooled = _frozen_outputs(model, data.val, None, sample_rate, device, cfg.tower_cache)
     max_log_scale = math.log(cfg.max_logit_scale)
     meta = {"stage": "pretrain", "recipe": to_dict(cfg), "frozen_text": cfg.freeze_text,
             "frozen_audio_tower": cfg.tower_lr_scale == 0, "cached_audio_tower": pooled is not None,
@@ -455,7 +468,7 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
                 if data.val:
                     t0 = time.perf_counter()
                     entry["val"] = validate(model, data.val, data.val_captions, data.val_references,
-                                            cfg.eval_batch_size, device)
+                                            cfg.eval_batch_size, device, val_pooled)
                     entry["val_seconds"] = round(time.perf_counter() - t0, 2)
                 score = entry["val"][SELECTION_METRIC] if data.val else float(epoch)
                 if not best or score > best["value"]:

@@ -39,6 +39,9 @@ class ScenesConfig:
     snr_db: tuple[float, float] = (3.0, 15.0)  # mean event level over the background's RMS, dB
     n_captions: int = 5  # reference captions per scene (AudioCaps eval / Clotho use 5)
     split_fractions: tuple[float, float, float] = (0.35, 0.45, 0.20)  # of sources: captioned, tags_only, test
+    # The captioned and tags-only groups' own recordings also join their splits as single-event rows (ids
+    # "<split>/e00000", cut to the canvas), as AudioCaps and AudioSet hold recordings, not only mixtures.
+    source_events: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +78,7 @@ class CaptionerConfig:
     # Learning-rate multiplier of the audio tower. 0 freezes it (a pretrained tower such as aisfx): eval mode, and
     # its frames computed once per clip when no clip is longer than clip_s.
     tower_lr_scale: float = 1.0
+    tower_cache: str = ""  # folder for a frozen tower's per-clip frames, shared by runs and seeds ("" = none)
     seed: int = 0
     device: str = "cpu"  # "cuda" works too
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default

@@ -277,26 +277,38 @@ def make_scenes(corpus_manifest: str | Path, out_dir: str | Path, config: Scenes
             _write_flac(out / "audio" / f"{sid}.flac", render_scene(spec, clips, cfg.canvas_s, sr), sr)
             out_rows.append({"id": sid, "audio": f"audio/{sid}.flac", "duration": cfg.canvas_s, "tags": scene_tags(spec),
                              "captions": captions, "split": split, **spec, "seed": cfg.seed})
-    test_clips = sorted((r for r in rows if group_of[r["source"]] == "test"), key=lambda r: r["id"])
-    for i, r in enumerate(tqdm(test_clips, desc="test_events", unit="clip")):
-        rng = np.random.default_rng([cfg.seed, len(jobs), i])
-        wave = clips[r["id"]][: int(round(cfg.canvas_s * sr))]  # kept at its own length, up to the canvas
-        sid = f"test_events/{i:05d}"
-        _write_flac(out / "audio" / f"{sid}.flac", wave, sr)
-        dur = round(len(wave) / sr, 4)
-        out_rows.append({"id": sid, "audio": f"audio/{sid}.flac", "duration": dur, "tags": list(r["tags"]),
-                         "captions": templates.event_captions(r["tags"], r.get("caption_hint", ""), r.get("captions", []),
-                                                              rng, cfg.n_captions),
-                         "split": "test_events",
-                         "events": [{"clip_id": r["id"], "source": r["source"], "tags": list(r["tags"]), "onset": 0.0,
-                                     "offset": dur, "clip_offset": 0.0, "gain_db": 0.0}],
-                         "background": None, "seed": cfg.seed})
+    event_jobs = [("test_events", "test", "")]  # every held-out recording, alone
+    if cfg.source_events:  # the training groups' recordings too (AudioCaps and AudioSet clips are recordings)
+        event_jobs += [("captioned", "captioned", "e"), ("tags_only", "tags_only", "e")]
+    for k, (split, group, prefix) in enumerate(event_jobs):
+        group_clips = sorted((r for r in rows if group_of[r["source"]] == group), key=lambda r: r["id"])
+        out_rows += _event_rows(group_clips, clips, split, prefix, len(jobs) + k, cfg, out)
     write_jsonl(out_rows, manifest)
     report = _report(out_rows, group_of, cfg, key, corpus_manifest, corpus_sha, time.time() - started)
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     log.info("scenes written", extra={"manifest": str(manifest), "rows": len(out_rows), "splits": report["splits"],
                                       "seconds": report["seconds"]})
     return manifest
+
+
+def _event_rows(group_clips: list[dict], clips: dict[str, np.ndarray], split: str, prefix: str, job: int,
+                cfg: ScenesConfig, out: Path) -> list[dict]:
+    """One row per recording, kept at its own length up to the canvas, with template references."""
+    sr, rows = cfg.sample_rate, []
+    for i, r in enumerate(tqdm(group_clips, desc=f"{split}: recordings", unit="clip")):
+        rng = np.random.default_rng([cfg.seed, job, i])
+        wave = clips[r["id"]][: int(round(cfg.canvas_s * sr))]
+        sid = f"{split}/{prefix}{i:05d}"
+        _write_flac(out / "audio" / f"{sid}.flac", wave, sr)
+        dur = round(len(wave) / sr, 4)
+        rows.append({"id": sid, "audio": f"audio/{sid}.flac", "duration": dur, "tags": list(r["tags"]),
+                     "captions": templates.event_captions(r["tags"], r.get("caption_hint", ""), r.get("captions", []),
+                                                          rng, cfg.n_captions),
+                     "split": split,
+                     "events": [{"clip_id": r["id"], "source": r["source"], "tags": list(r["tags"]), "onset": 0.0,
+                                 "offset": dur, "clip_offset": 0.0, "gain_db": 0.0}],
+                     "background": None, "seed": cfg.seed})
+    return rows
 
 
 def _single_event_text(spec: dict, by_id: dict[str, dict]) -> list[str]:

@@ -27,7 +27,7 @@ from blat.config import CaptionerConfig as ModelCaptionerConfig
 from blat.models import build_model, get_model_config
 from blat.models.captioner import TagGuidedCaptioner, tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
-from blat.pipeline.frozen import freeze, pad_frames, per_clip_outputs, tower_params
+from blat.pipeline.frozen import cache_file, clip_key, freeze, pad_frames, per_clip_outputs, tower_params
 from blat.pipeline.recipe import CaptionerConfig, load_recipe, with_overrides
 from contract.audio import SAMPLE_RATE
 from contract.config import to_dict
@@ -105,7 +105,9 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
     frames = None  # a frozen tower's frames, once per clip
     if cfg.tower_lr_scale == 0 and all(len(w) <= max_samples for w in waves):
         frames = per_clip_outputs(model.audio_encoder.frames, waves, model.audio_encoder.cfg.min_samples,
-                                  device=device, desc="stage 1: frozen tower")
+                                  device=device, desc="stage 1: frozen tower",
+                                  keys=[clip_key(r["audio_path"]) for r in rows],
+                                  cache=cache_file(cfg.tower_cache, model.audio_encoder, "frames"))
     log.info("training captioner", extra={"arch": cfg.arch, "use_tags": cfg.use_tags, "clips": len(rows),
                                           "pairs": sum(map(len, tokens)), "vocab_size": len(vocab),
                                           "params": sum(p.numel() for p in model.parameters()),

@@ -2,6 +2,7 @@
 event where the manifest says; on the real ci corpus (tiny scene counts) and on a synthetic corpus."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 
@@ -196,3 +197,28 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         scenes.main(["--help"])
     assert e.value.code == 0 and "--corpus" in capsys.readouterr().out
+
+
+def test_source_events_add_each_training_recording_to_its_own_group(tmp_path):
+    corpus = synthetic_corpus(tmp_path / "corpus")
+    cfg = scenes_config(n_captioned=6, n_tags_only=4, n_test_scenes=2, canvas_s=3.0, seed=1)
+    plain = load_jsonl(make_scenes(corpus, tmp_path / "plain", cfg))
+    rows = load_jsonl(make_scenes(corpus, tmp_path / "events", dataclasses.replace(cfg, source_events=True)))
+    assert [r for r in rows if "/e" not in r["id"]] == plain  # the scenes and test events are unchanged
+    events = [r for r in rows if "/e" in r["id"]]
+    corpus_rows = {r["id"]: r for r in load_jsonl(corpus)}
+    group = {s: {e["source"] for r in rows if r["split"] == s and "/e" not in r["id"] for e in r["events"]}
+             for s in ("captioned", "tags_only", "test_scenes", "test_events")}
+    assert {r["split"] for r in events} == {"captioned", "tags_only"}
+    # every recording of a training group appears once, alone, in its group's split, never in another group
+    for split in ("captioned", "tags_only"):
+        mine = [r for r in events if r["split"] == split]
+        sources = {r["events"][0]["source"] for r in mine}
+        assert not sources & (group["test_events"] | group["test_scenes"])
+        expected = {cid for cid, c in corpus_rows.items() if c["source"] in sources}
+        assert sorted(r["events"][0]["clip_id"] for r in mine) == sorted(expected)
+    for r in events:
+        clip = corpus_rows[r["events"][0]["clip_id"]]
+        assert r["tags"] == clip["tags"] and len(r["captions"]) == cfg.n_captions
+        assert r["duration"] <= cfg.canvas_s + 1e-6
+        assert abs(len(load_audio(tmp_path / "events" / r["audio"])) / 32000 - r["duration"]) < 1e-3
