@@ -79,8 +79,13 @@ class TagGuidedCaptioner(nn.Module):
     @torch.no_grad()
     def generate(self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
         """Beam search (options.beam_size=1 is greedy; default beam 3 and the config's max_tokens); n-best per clip."""
+        return self.generate_encoded(self.encode(waveform, lengths, tags), options)
+
+    @torch.no_grad()
+    def generate_encoded(self, encoded, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+        """Beam search from `encode` / `encode_frames` output (memory, valid frames, tag vectors)."""
         options = options or DecodingOptions(max_tokens=self.cfg.max_tokens)
-        memory, valid, tag_vec = self.encode(waveform, lengths, tags)
+        memory, valid, tag_vec = encoded
 
         def step(seqs: np.ndarray, origin: np.ndarray) -> np.ndarray:
             rows = torch.from_numpy(origin).to(memory.device)
@@ -88,7 +93,7 @@ class TagGuidedCaptioner(nn.Module):
             logits = self.decode(toks, memory[rows], valid[rows], tag_vec[rows])[:, -1]
             return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
 
-        return beam_search(step, waveform.shape[0], options)
+        return beam_search(step, memory.shape[0], options)
 
     def caption(self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None) -> list[str]:
         """The best caption per clip, as text."""

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from blat.pipeline import templates
 from blat.pipeline.data import batch_audio, file_sha256, load_audio, load_jsonl, load_scene_manifest, write_jsonl
+from blat.pipeline.frozen import cache_file, clip_key, pad_frames, per_clip_outputs
 from blat.pipeline.recipe import CaptioningConfig, load_recipe, with_overrides
 from contract.audio import SAMPLE_RATE
 from contract.beam import DecodingOptions
@@ -104,14 +105,25 @@ class _Captioner:
     def __call__(self, rows: list[dict]) -> list[tuple[str, float]]:
         from blat.models.captioner import tags_tensor
 
+        tower = self.model.audio_encoder
+        waves = [load_audio(r["audio_path"], SAMPLE_RATE) for r in rows]
+        frames = None
+        if self.cfg.tower_cache:  # the tower's frames once per clip, shared with stage 1, other variants and seeds
+            frames = per_clip_outputs(tower.frames, waves, tower.cfg.min_samples, device=self.device,
+                                      keys=[clip_key(r["audio_path"]) for r in rows],
+                                      cache=cache_file(self.cfg.tower_cache, tower, "frames"))
         out = []
         for i in range(0, len(rows), self.cfg.batch_size):
-            batch = rows[i: i + self.cfg.batch_size]
-            wave, lengths = batch_audio([load_audio(r["audio_path"], SAMPLE_RATE) for r in batch],
-                                        min_samples=self.model.audio_encoder.cfg.min_samples)
-            tags = tags_tensor([r["tags"] for r in batch], self.device) if self.use_tags else None
-            hyps = self.model.generate(torch.from_numpy(wave).to(self.device), torch.from_numpy(lengths).to(self.device),
-                                       tags, self.options)
+            batch = slice(i, i + self.cfg.batch_size)
+            tags = tags_tensor([r["tags"] for r in rows[batch]], self.device) if self.use_tags else None
+            if frames is not None:
+                f, valid = pad_frames(frames[batch])
+                encoded = self.model.encode_frames(f.to(self.device), valid.to(self.device), tags)
+            else:
+                wave, lengths = batch_audio(waves[batch], min_samples=tower.cfg.min_samples)
+                encoded = self.model.encode(torch.from_numpy(wave).to(self.device),
+                                            torch.from_numpy(lengths).to(self.device), tags)
+            hyps = self.model.generate_encoded(encoded, self.options)
             out += [(self.model.vocab.decode(h[0].tokens), round(float(h[0].log_prob), 4)) if h else ("", float("-inf"))
                     for h in hyps]
         return out

@@ -39,8 +39,9 @@ def tower_params(model: nn.Module, lr: float, tower_lr_scale: float) -> list[dic
 
 
 def tower_digest(tower: nn.Module) -> str:
-    """sha256 of a tower's config and every tensor: the identity of what it computes."""
-    h = hashlib.sha256(json.dumps(to_dict(tower.cfg), sort_keys=True).encode())
+    """sha256 of a tower's config (less where its weights came from) and every tensor: what it computes."""
+    cfg = {k: v for k, v in to_dict(tower.cfg).items() if k != "pretrained"}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     for k, v in sorted(tower.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())

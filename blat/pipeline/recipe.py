@@ -106,6 +106,7 @@ class CaptioningConfig:
     length_penalty: float = 0.0  # GNMT alpha; 0 ranks by summed log-probability (BLAT)
     batch_size: int = 32  # clips per forward pass
     shard_size: int = 200  # rows per shard file (a killed run loses at most one shard)
+    tower_cache: str = ""  # folder for the audio tower's per-clip frames, shared with stage 1 ("" = none)
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default

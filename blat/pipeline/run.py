@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger("blat.pipeline")
 VARIANTS = {"tag_guided": "captioner", "no_tags": "no_tags", "templates": "templates"}
 
@@ -65,15 +67,56 @@ def scenes_manifest(recipe, out: Path, cache: str | Path | None = None) -> Path:
                   out / "scenes", recipe.scenes)
 
 
-def run_pipeline(recipe, out: str | Path, cache: str | Path | None = None, command: str = "") -> dict:
-    """Run every stage of `recipe` into `out`; returns the report (also written to out/report.json)."""
-    import blat
-    from blat.pipeline import caption, evaluate, pretrain, train_captioner
+def with_seed(recipe, seed: int):
+    """The recipe with every training stage seeded by `seed` (the corpus and scenes keep theirs)."""
+    return dataclasses.replace(recipe, captioner=dataclasses.replace(recipe.captioner, seed=seed),
+                               captioning=dataclasses.replace(recipe.captioning, seed=seed),
+                               pretrain=dataclasses.replace(recipe.pretrain, seed=seed))
 
+
+def with_tower_cache(recipe, folder: Path):
+    """Frozen-tower outputs cached in `folder` by every stage that runs the tower (unless the recipe names one)."""
+    sections = {name: getattr(recipe, name) for name in ("captioner", "captioning", "pretrain")}
+    return dataclasses.replace(recipe, **{name: dataclasses.replace(sec, tower_cache=sec.tower_cache or str(folder))
+                                          for name, sec in sections.items()})
+
+
+def run_pipeline(recipe, out: str | Path, cache: str | Path | None = None, command: str = "",
+                 seeds: tuple[int, ...] = ()) -> dict:
+    """Run every stage of `recipe` into `out`; returns the report (also written to out/report.json).
+
+    With `seeds`, the training stages run once per seed into out/seed-<n>/ on the same corpus and scenes, and the
+    report gives each metric's mean, min and max over seeds; out/model/ is the first seed's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     manifest = scenes_manifest(recipe, out, cache)
+    recipe = with_tower_cache(recipe, out / "tower_cache")
+    if not seeds:
+        report = _train_and_evaluate(recipe, out, manifest, command)
+        model_from = out
+    else:
+        runs = {n: _train_and_evaluate(with_seed(recipe, n), out / f"seed-{n}", manifest, command) for n in seeds}
+        report = aggregate_seeds(runs, recipe.name, command)
+        model_from = out / f"seed-{seeds[0]}"
+    report["seconds"] = round(time.time() - started, 1)
+    write_model_dir(out, report, recipe, model_from)
+    write_index_seed(manifest, out / "index_seed.jsonl")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(format_report(report))
+    return report
+
+
+def _train_and_evaluate(recipe, out: Path, manifest: Path, command: str) -> dict:
+    """Stages 1-4 of one seed into `out`: both captioners, the captioning jobs, pre-training and evaluation."""
+    import blat
+    from blat.pipeline import caption, evaluate, pretrain, train_captioner
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "seed_report.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    started = time.time()
 
     # Both captioners are always trained: the tag-guided vs untagged caption quality is part of every report.
     captioners = {"tag_guided": out / "captioner.safetensors", "no_tags": out / "captioner-no-tags.safetensors"}
@@ -110,10 +153,7 @@ def run_pipeline(recipe, out: str | Path, cache: str | Path | None = None, comma
                                     "synthetic_caption_quality": evaluate.evaluate_captions(candidates, references)
                                     if candidates else {"skipped": "no reference captions in the tags_only split"}}
     report["seconds"] = round(time.time() - started, 1)
-    write_model_dir(out, report, recipe)
-    write_index_seed(manifest, out / "index_seed.jsonl")
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(format_report(report))
+    done.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
@@ -130,20 +170,52 @@ TABLE = [  # (column, protocol, metric) as named by blat/pipeline/evaluate.py
 ]
 
 
+def _row_values(report: dict, name: str) -> dict[str, float | None]:
+    """One seed's table row for variant `name`: column -> value."""
+    v = report["variants"][name]
+    row = {col: _metric(v["evaluation"], protocol, key)[0] for col, protocol, key in TABLE}
+    row[CIDER] = report["captioning"].get(name, {}).get("metrics", {}).get("cider_d")
+    return row
+
+
+CIDER = "caption CIDEr-D (test scenes)"
+
+
+def aggregate_seeds(runs: dict[int, dict], recipe: str, command: str) -> dict:
+    """Per-seed reports -> one report: per variant and column, the mean, min, max and each seed's value. The
+    first seed's variants and captioning stay as they are (its model is the one exported)."""
+    first = runs[min(runs)]
+    summary = {}
+    for name in first["variants"]:
+        per_seed = {n: _row_values(r, name) for n, r in runs.items()}
+        summary[name] = {}
+        for col in [c for c, _, _ in TABLE] + [CIDER]:
+            values = [per_seed[n][col] for n in sorted(runs) if per_seed[n][col] is not None]
+            summary[name][col] = ({"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)),
+                                   "values": values} if values else None)
+    return {"recipe": recipe, "command": command, "seeds": sorted(runs), "summary": summary,
+            "variants": first["variants"], "captioning": first["captioning"],
+            "per_seed": {str(n): {"dir": f"seed-{n}", "seconds": r.get("seconds")} for n, r in runs.items()}}
+
+
 def format_report(report: dict) -> str:
+    seeds = report.get("seeds")
     lines = [f"# BLAT pipeline report: recipe `{report['recipe']}`", "", f"Command: `{report['command']}`", "",
-             "## Ablation: contrastive pre-training on captions from ...", "",
-             "| captions from | " + " | ".join(c for c, _, _ in TABLE) + " | caption CIDEr-D (test scenes) |",
-             "|---" * (len(TABLE) + 2) + "|"]
+             "## Ablation: contrastive pre-training on captions from ...", ""]
+    if seeds:
+        lines += [f"Mean over seeds {', '.join(map(str, seeds))}, with [min, max] across them.", ""]
+    lines += ["| captions from | " + " | ".join(c for c, _, _ in TABLE) + f" | {CIDER} |",
+              "|---" * (len(TABLE) + 2) + "|"]
     chance_row = None
     for name, v in report["variants"].items():
-        cells, chances = [], []
-        for _, protocol, key in TABLE:
-            value, chance = _metric(v["evaluation"], protocol, key)
-            cells.append("-" if value is None else f"{value:.3f}")
-            chances.append("-" if chance is None else f"{chance:.3f}")
-        cider = report["captioning"].get(name, {}).get("metrics", {}).get("cider_d")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if cider is None else f'{cider:.3f}'} |")
+        if seeds:
+            cells = [("-" if (m := report["summary"][name][col]) is None else
+                      f"{m['mean']:.3f} [{m['min']:.3f}, {m['max']:.3f}]") for col in [c for c, _, _ in TABLE] + [CIDER]]
+        else:
+            cells = [("-" if x is None else f"{x:.3f}") for x in _row_values(report, name).values()]
+        chances = [("-" if (c := _metric(v["evaluation"], protocol, key)[1]) is None else f"{c:.3f}")
+                   for _, protocol, key in TABLE]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
         chance_row = chances
     if chance_row:
         lines.append("| chance | " + " | ".join(chance_row) + " | |")
@@ -151,8 +223,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_dir(out: Path, report: dict, recipe) -> Path:
-    """<out>/model/: the tag-guided variant's checkpoints + configs + metrics + model card (what export consumes)."""
+def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = None) -> Path:
+    """<out>/model/: the tag-guided variant's checkpoints (from `model_from`, default `out`: a seed's folder) +
+    configs + metrics + model card (what export consumes)."""
     import shutil
 
     from blat.checkpoint import read_header
@@ -160,14 +233,16 @@ def write_model_dir(out: Path, report: dict, recipe) -> Path:
 
     model = out / "model"
     model.mkdir(exist_ok=True)
-    shutil.copy2(out / "dual-tag_guided" / "dual.safetensors", model / "dual.safetensors")
-    shutil.copy2(out / "captioner.safetensors", model / "captioner.safetensors")
+    model_from = model_from or out
+    shutil.copy2(model_from / "dual-tag_guided" / "dual.safetensors", model / "dual.safetensors")
+    shutil.copy2(model_from / "captioner.safetensors", model / "captioner.safetensors")
     header = read_header(model / "captioner.safetensors")
     (model / "vocab.json").write_text(header["vocab"])
     (model / "tokenizer.json").write_text(read_header(model / "dual.safetensors")["tokenizer"])
     (model / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2) + "\n")
     (model / "metrics.json").write_text(json.dumps({"evaluation": report["variants"]["tag_guided"]["evaluation"],
-                                                    "captioning": report["captioning"].get("tag_guided")},
+                                                    "captioning": report["captioning"].get("tag_guided"),
+                                                    "over_seeds": report.get("summary")},
                                                    indent=2, default=str) + "\n")
     frozen = recipe.pretrain.freeze_text
     data = ("- Data: real recordings from Debian packages (see corpus/licenses/), mixed into simulated scenes; "
@@ -215,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", help="prebuilt scenes manifest (python -m blat.pipeline.datasets): skips the corpus "
                                       "and scenes steps; overrides the recipe's `manifest`")
     p.add_argument("--force", action="store_true", help="re-run the evaluation and report even if report.json exists")
+    p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2: the training stages run once per "
+                                               "seed into <out>/seed-<n>/ on one corpus and one scene set, the report "
+                                               "gives mean [min, max] over seeds, and <out>/model/ is the first seed's")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -226,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("pipeline finished already", extra={"out": str(out), "report": str(out / "report.md")})
         return 0
     command = "python -m blat.pipeline.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    report = run_pipeline(recipe, out, args.cache, command)
+    seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    report = run_pipeline(recipe, out, args.cache, command, seeds)
     print(format_report(report))
     return 0
 
