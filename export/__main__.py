@@ -4,6 +4,8 @@
            inside; text ids -> embedding; captioner encoder + decoder step), tokenizer.json, vocab.json, the
            527-label bank with calibration, and bundle.json (shapes, preprocessing, sha256 of every file).
            Every graph is checked against PyTorch (max |diff| <= 1e-4) before the bundle is written.
+  release  a pipeline run -> a model release (releases/<name>/<version>/): the trained heads, the calibrated
+           label bank, a model card and the hashes, small enough to commit; `bundle --release` serves it.
   triton   bundle directory -> Triton model repository (a new integer version beside the old ones).
 """
 from __future__ import annotations
@@ -79,6 +81,8 @@ def cmd_bundle(args) -> int:
     from export.bundle import write_bundle
 
     torch.manual_seed(args.seed)
+    if args.release:
+        return _bundle_from_release(args)
     dual, dual_src = _load_dual(args)
     captioner, cap_src = _load_captioner(args)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
@@ -90,6 +94,47 @@ def cmd_bundle(args) -> int:
     if args.triton:
         args.bundle = out
         return cmd_triton(args)
+    return 0
+
+
+def _bundle_from_release(args) -> int:
+    from export.bundle import write_bundle
+    from export.release import load_release
+
+    dual, captioner, bank, release = load_release(args.release)  # every hash checked first
+    out = write_bundle(args.out, dual, captioner, name=release.name, version=release.version,
+                       prompt=release.label_prompt, label_bank=(bank, release.label_calibration),
+                       source={"release": str(args.release), "release_id": release.id, "command": release.command},
+                       beam_size=args.beam_size, metrics=release.metrics, overwrite=args.overwrite)
+    print(out)
+    if args.triton:
+        args.bundle = out
+        return cmd_triton(args)
+    return 0
+
+
+def cmd_release(args) -> int:
+    """runs/<recipe>/ -> a release: model/ checkpoints, a label bank calibrated on the run's captioned split."""
+    import blat
+    from export.labels import build_label_bank
+    from export.release import attach_sources, write_release
+
+    run = Path(args.run)
+    report = json.loads((run / "report.json").read_text())
+    dual, dual_meta = blat.load_checkpoint(run / "model" / "dual.safetensors")
+    captioner, cap_meta = blat.load_checkpoint(run / "model" / "captioner.safetensors")
+    dual = attach_sources(dual, dual_meta["recipe"]["model"])  # frozen towers: from their packages, not the release
+    captioner = attach_sources(captioner, cap_meta["arch"])
+    args.calibration = str(run / "scenes" / "manifest.jsonl")
+    audio, lengths, targets = _calibration(args, dual.cfg.audio.frontend.sample_rate)
+    bank, method = build_label_bank(dual, args.prompt, audio=audio, lengths=lengths, targets=targets)
+    card = (run / "model" / "MODEL_CARD.md").read_text() + "\n## Evaluation\n\n" + (run / "report.md").read_text()
+    metrics = {"summary": report.get("summary"), "seeds": report.get("seeds"),
+               "tag_guided": report["variants"]["tag_guided"]["evaluation"]}
+    out = write_release(args.out, dual, captioner, bank, name=args.name, version=args.version, command=args.command,
+                        recipe=report["recipe"], seeds=tuple(report.get("seeds") or ()), label_prompt=args.prompt,
+                        label_calibration=method, model_card=card, metrics=metrics, overwrite=args.overwrite)
+    print(out)
     return 0
 
 
@@ -119,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bundle", help="checkpoint(s) -> bundle directory (+ Triton repository with --triton)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--release", type=Path, help="a model release folder (releases/<name>/<version>/): its "
+                                                  "hashes are checked, its label bank and metrics used as they are")
     src.add_argument("--dual", help="our dual-encoder checkpoint (.safetensors), or a registry name for random weights")
     src.add_argument("--blat-release", type=Path, help="the released BLAT checkpoint (blat_cnn14_bertm.pth)")
     s.add_argument("--trusted", action="store_true", help="allow full unpickling of --blat-release")
@@ -137,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     triton_args(s, required=False)
     s.set_defaults(fn=cmd_bundle)
+
+    s = sub.add_parser("release", help="pipeline run -> model release to commit",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--run", type=Path, required=True, help="pipeline output folder (python -m blat.pipeline.run)")
+    s.add_argument("--out", type=Path, required=True, help="release folder, e.g. releases/blat-demo/1")
+    s.add_argument("--name", default="blat-demo")
+    s.add_argument("--version", default="1")
+    s.add_argument("--command", default="make train RECIPE=demo", help="the command that reproduces it, recorded")
+    s.add_argument("--prompt", default="this is a sound of {label}")
+    s.add_argument("--calibration-splits", default="captioned", help="splits of the run's scenes for calibration")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_release)
 
     s = sub.add_parser("triton", help="bundle directory -> Triton model repository")
     s.add_argument("--bundle", type=Path, required=True)

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from blat.checkpoint import CheckpointError, load_checkpoint, pretrained_prefixes, save_checkpoint
-from blat.models import DualEncoder, TagGuidedCaptioner
+from blat.models import DualEncoder, TagGuidedCaptioner, build_model, get_model_config
 from blat.models.text import PACKAGE_PREFIX, resolve_path
 from contract.bundle import LabelBank, sha256_file, verify_files
 from contract.config import from_dict, to_dict
@@ -87,6 +89,23 @@ def package_source(source: str) -> PackageSource:
         raise ReleaseError(f"{source}: a release may leave out only towers shipped in packages (package:...)")
     distribution, version = _distribution(source[len(PACKAGE_PREFIX):].partition("/")[0])
     return PackageSource(source, distribution, version, tree_sha256(resolve_path(source)))
+
+
+def attach_sources(model, registry_name: str):
+    """A pipeline checkpoint stores its towers in full and forgets where they came from. -> the same model rebuilt
+    with the towers of the registry architecture `registry_name` loaded from their packages, when the checkpoint's
+    towers are exactly those weights (frozen in training); else `model` itself (saved in full, fp16)."""
+    source = get_model_config(registry_name)
+    cfg = dataclasses.replace(model.cfg, audio=dataclasses.replace(model.cfg.audio, pretrained=source.audio.pretrained))
+    if isinstance(model, DualEncoder):
+        cfg = dataclasses.replace(cfg, text=dataclasses.replace(source.text, max_tokens=model.cfg.text.max_tokens))
+    fresh = build_model(cfg, vocab=getattr(model, "vocab", None))
+    theirs = model.state_dict()
+    for k, v in fresh.state_dict().items():
+        if k.startswith(tuple(pretrained_prefixes(fresh))) and not torch.equal(v, theirs[k]):
+            return model
+    fresh.load_state_dict(theirs)
+    return fresh.eval()
 
 
 def _omitted_sources(model) -> list[str]:

@@ -99,15 +99,15 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     return wave, sr
 
 
-def _process(job: tuple[Member, str]) -> tuple[str, float]:
+def _process(job: tuple[Member, str, float]) -> tuple[str, float]:
     """Worker: decode, downmix, resample and write one clip. Returns (outcome, seconds)."""
-    member, out = job
+    member, out, min_seconds = job
     try:
         wave = to_mono(*decode(sources.read_member(member)))
     except Exception as e:  # a file libsndfile cannot read is skipped, not fatal
         return f"failed: {type(e).__name__}: {e}", 0.0
     seconds = len(wave) / SAMPLE_RATE
-    if seconds < MIN_SECONDS:
+    if seconds < min_seconds:
         return "too_short", seconds
     if not len(wave) or np.abs(wave).max() < SILENCE_PEAK:
         return "silent", seconds
@@ -188,7 +188,7 @@ def _run(jobs: list[tuple[Member, str]], workers: int, desc: str) -> list[tuple[
 
 
 def _encode(items: list[tuple[Member, ManifestRow]], out: Path, stats: dict[str, PackageStats],
-            workers: int) -> list[ManifestRow]:
+            workers: int, min_seconds: float = MIN_SECONDS) -> list[ManifestRow]:
     """Write each item's clip unless it is already there; returns the rows whose clip exists."""
     rows, todo = [], []
     for member, row in items:
@@ -200,7 +200,7 @@ def _encode(items: list[tuple[Member, ManifestRow]], out: Path, stats: dict[str,
             rows.append(row)
         else:
             todo.append((member, row))
-    results = _run([(m, str(out / r.audio)) for m, r in todo], workers, "decoding")
+    results = _run([(m, str(out / r.audio), min_seconds) for m, r in todo], workers, "decoding")
     for (member, row), (outcome, seconds) in zip(todo, results):
         st = stats[member.package]
         if outcome == "written":
@@ -237,9 +237,10 @@ def _finish(out: Path, rows: list[ManifestRow], stats: dict[str, PackageStats], 
 
 
 def build_corpus(packages: list[str] | tuple[str, ...], out: str | Path, cache: str | Path | None = None,
-                 jobs: int = 1, table: TagTable | None = None) -> dict:
+                 jobs: int = 1, table: TagTable | None = None, min_seconds: float = MIN_SECONDS) -> dict:
     """Fetch, unpack, tag and encode the given Debian packages into `out`. Returns the build report (a dict,
-    also written to <out>/build_report.json). Reruns reuse the download cache and clips already written."""
+    also written to <out>/build_report.json). Reruns reuse the download cache and clips already written.
+    min_seconds: shorter clips are skipped (training needs MIN_SECONDS; an index can keep shorter sounds)."""
     started = time.time()
     out, cache = Path(out), resolve_cache(cache)
     table = table or load_tag_table()
@@ -249,7 +250,7 @@ def build_corpus(packages: list[str] | tuple[str, ...], out: str | Path, cache: 
     (out / "audio").mkdir(parents=True, exist_ok=True)
     stats = {p: PackageStats() for p in packages}
     items = [item for p in packages for item in _scan_package(p, cache, out, table, stats[p])]
-    rows = _encode(_drop_duplicates(items, stats), out, stats, jobs)
+    rows = _encode(_drop_duplicates(items, stats), out, stats, jobs, min_seconds)
     return _finish(out, rows, stats, started)
 
 
@@ -358,6 +359,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-folder", type=Path, metavar="DIR", help="build from your own audio folder instead")
     p.add_argument("--csv", type=Path, help="with --from-folder: CSV with path,tags,caption[,licence,source]")
     p.add_argument("--rules", type=Path, help="tag table to use instead of the committed data/tag_rules.csv")
+    p.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                   help=f"skip shorter clips (default {MIN_SECONDS}: the captioner's minimum; an index may keep shorter)")
+    p.add_argument("--index-seed", type=Path, metavar="PATH",
+                   help="also write the gateway's seed manifest (id, audio, tags, caption per clip) to PATH")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel decode processes (default: all cores)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -377,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             packages = args.packages.split(",") if args.packages else list(sources.SIZES[args.size])
             table = load_tag_table(args.rules) if args.rules else None
-            report = build_corpus(packages, args.out or Path("runs/corpus") / args.size, args.cache, args.jobs, table)
+            report = build_corpus(packages, args.out or Path("runs/corpus") / args.size, args.cache, args.jobs, table,
+                                  args.min_seconds)
     except (SourceError, TagTableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -386,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:26s} {s['files']:6d} {s['tagged']:6d} {s['excluded']:8d} {s['unmatched']:7d} {s['clips']:6d} "
               f"{s['seconds'] / 3600:6.2f}")
     print(f"{report['clips']} clips in {report['manifest']} ({report['seconds']} s)")
+    if args.index_seed:
+        from blat.pipeline.run import write_index_seed
+
+        print(f"seed manifest: {write_index_seed(Path(report['manifest']), args.index_seed, splits=None)}")
     return 0
 
 

@@ -266,15 +266,14 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
     return model
 
 
-def write_index_seed(manifest: Path, path: Path, splits=("test_events", "test_scenes")) -> Path:
-    """The held-out clips (never trained on) as a manifest for the gateway's seed index: id, audio, tags, caption."""
-    from blat.pipeline.data import load_scene_manifest
+def write_index_seed(manifest: Path, path: Path, splits: tuple[str, ...] | None = ("test_events", "test_scenes")) -> Path:
+    """Clips of `manifest` (a scene manifest's held-out splits, never trained on; or, with splits=None, every row
+    of a corpus manifest) as the gateway's seed index manifest: id, audio (absolute), tags, caption."""
+    from blat.pipeline.data import load_scene_manifest, write_jsonl
 
-    rows = load_scene_manifest(manifest, list(splits))
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps({"id": r["id"], "audio": str((manifest.parent / r["audio"]).resolve()),
-                                "tags": r["tags"], "caption": (r.get("captions") or [""])[0]}) + "\n")
+    rows = load_scene_manifest(manifest, list(splits) if splits else None)
+    write_jsonl(({"id": r["id"], "audio": str((manifest.parent / r["audio"]).resolve()), "tags": r["tags"],
+                  "caption": (r.get("captions") or [r.get("caption_hint") or ""])[0]} for r in rows), path)
     return path
 
 

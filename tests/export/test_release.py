@@ -71,3 +71,21 @@ def test_a_missing_file_is_refused(release):
     (release / "captioner.safetensors").unlink()
     with pytest.raises(ReleaseError, match="missing file captioner.safetensors"):
         read_release(release)
+
+
+def test_pipeline_checkpoints_get_their_sources_back(models, tmp_path):
+    from blat.checkpoint import load_checkpoint, save_checkpoint
+    from export.release import attach_sources
+
+    dual = models[0]
+    save_checkpoint(dual, tmp_path / "full.safetensors")  # as the pipeline saves: towers in full, no source named
+    loaded, _ = load_checkpoint(tmp_path / "full.safetensors")
+    assert loaded.cfg.audio.pretrained is None and loaded.cfg.text.pretrained is None
+    rebased = attach_sources(loaded, "aisfx-minilm")
+    assert rebased.cfg.audio.pretrained and rebased.cfg.text.pretrained
+    wave = 0.1 * torch.randn(1, 20000)
+    with torch.no_grad():
+        torch.testing.assert_close(rebased.encode_audio(wave), dual.encode_audio(wave))
+    with torch.no_grad():
+        loaded.audio_encoder.conv_block2.conv1.weight.mul_(1.01)  # a fine-tuned tower keeps its own weights
+    assert attach_sources(loaded, "aisfx-minilm") is loaded
