@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import zipfile
@@ -220,3 +221,26 @@ def test_cache_resolution(monkeypatch, tmp_path):
     assert corpus.resolve_cache(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("BLAT_CACHE")
     assert str(corpus.resolve_cache(None)).endswith(".cache/blat/corpus")
+
+
+def test_min_seconds_keeps_short_sounds_and_index_seed_lists_every_clip(fake_deb, tmp_path, monkeypatch):
+    from blat.pipeline.corpus import main
+
+    cache, table = fake_deb
+    monkeypatch.setattr(sources, "APT_GET", "apt-get-that-does-not-exist")
+    report = build_corpus([FAKE], tmp_path / "out", cache, jobs=1, table=table, min_seconds=0.05)
+    assert report["packages"][FAKE]["too_short"] == 0 and report["clips"] == 4  # the 0.1 s blip is kept
+    rules = tmp_path / "rules.csv"
+    rules.write_text("package,pattern,tags,caption_hint\n" f'{FAKE},dog_bark,"Dog;Bark",a dog barks\n')
+    seed = tmp_path / "seed.jsonl"
+    assert main(["--packages", FAKE, "--out", str(tmp_path / "out2"), "--cache", str(cache), "--rules", str(rules),
+                 "--index-seed", str(seed), "--jobs", "1"]) == 0
+    rows = [json.loads(line) for line in seed.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == [f"{FAKE}/dog-bark-1", f"{FAKE}/dog-bark-2"]
+    assert all(Path(r["audio"]).is_absolute() and Path(r["audio"]).is_file() for r in rows)
+    assert all(r["tags"] == ["Dog", "Bark"] and r["caption"] == "a dog barks" for r in rows)
+
+
+def test_seed_size_fits_its_budget():
+    assert set(sources.SIZES["ci"]) < set(sources.SIZES["seed"]) <= set(sources.PACKAGES)
+    assert "0ad-data" not in sources.SIZES["seed"]  # 1.4 GB alone: the seed set stays under 500 MB
