@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo
                              TextSpec, sha256_file, write_manifest)
 from export.graphs import _WRAPPERS, GRAPH_SPECS, _example_inputs, export_graph
 from export.labels import DEFAULT_PROMPT, build_label_bank
+from export.staging import staged_directory
 
 log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-4  # max |ONNX Runtime - PyTorch| accepted at export time (fp32)
@@ -68,16 +67,12 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
     label_bank: (bank, calibration method) fitted already (a release's); its text embeddings must be `dual`'s.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; choose another version or pass overwrite=True")
     dual, captioner = dual.eval(), captioner.eval() if captioner is not None else None
     audio_cfg = dual.cfg.audio
     if captioner is not None and captioner.cfg.audio.frontend != audio_cfg.frontend:
         raise ValueError("the captioner and the dual encoder must share one audio front end (sample rate etc.)")
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir, overwrite) as tmp:
         graphs = ["audio_encoder", "audio_pool", "text_encoder"]
         owners = {g: dual for g in graphs}
         if captioner is not None:
@@ -119,13 +114,6 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
             source=dict(source or {}), metrics={**(metrics or {}), "export_parity_max_abs": parity},
         )
         write_manifest(tmp, manifest)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("bundle written", extra={"bundle": str(out_dir), "id": manifest.id,
                                       "files": len(manifest.files), "label_calibration": method})
     return out_dir

