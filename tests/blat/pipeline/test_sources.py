@@ -183,7 +183,9 @@ def test_licence_for_non_dep5_text():
 
 
 def test_every_size_lists_known_packages():
-    assert set(sources.SIZES) == {"ci", "demo"}
+    assert set(sources.SIZES) == {"ci", "seed", "demo"}
     for packages in sources.SIZES.values():
         assert set(packages) <= set(sources.PACKAGES)
+        assert len(set(packages)) == len(packages)  # a package listed twice would be downloaded twice
+    assert set(sources.SIZES["ci"]) < set(sources.SIZES["seed"])
     assert set(sources.SIZES["ci"]) < set(sources.SIZES["demo"]) and "0ad-data" in sources.SIZES["demo"]
