@@ -5,7 +5,7 @@
 
 Starts `make run` in --repo (with --cold: an empty Debian-package cache and pip cache of its own), then polls
 /readyz and POST /v1/search/text once a second. Prints the seconds to the first 200 from /readyz, to the first
-search answer, and to the first answer with results (the index seeded), plus the .deb download volume; then stops
+search answer, and to the first answer with results (the index seeded), plus the .deb and pip download volumes; then stops
 the server. Standard library only; it talks to 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:14s} {marks[name]:8.1f} s" if name in marks else f"{name:14s} not reached")
     if cache is not None:
         debs = sum(f.stat().st_size for f in (cache / "corpus").rglob("*.deb"))
+        wheels = sum(f.stat().st_size for f in (cache / "pip").rglob("*") if f.is_file())
         print(f"Debian packages downloaded: {debs / 1e6:.0f} MB")
+        print(f"Python packages downloaded (pip cache): {wheels / 1e6:.0f} MB")
     return 0 if "first_results" in marks else 1
 
 

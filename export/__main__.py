@@ -125,12 +125,22 @@ def cmd_release(args) -> int:
     captioner, cap_meta = blat.load_checkpoint(run / "model" / "captioner.safetensors")
     dual = attach_sources(dual, dual_meta["recipe"]["model"])  # frozen towers: from their packages, not the release
     captioner = attach_sources(captioner, cap_meta["arch"])
-    args.calibration = str(run / "scenes" / "manifest.jsonl")
+    # the run's scene manifest: its own, or the prebuilt one its recipe names (the paper recipe)
+    args.calibration = (json.loads((run / "model" / "recipe.json").read_text()).get("manifest")
+                        or str(run / "scenes" / "manifest.jsonl"))
     audio, lengths, targets = _calibration(args, dual.cfg.audio.frontend.sample_rate)
     bank, method = build_label_bank(dual, args.prompt, audio=audio, lengths=lengths, targets=targets)
-    card = (run / "model" / "MODEL_CARD.md").read_text() + "\n## Evaluation\n\n" + (run / "report.md").read_text()
-    metrics = {"summary": report.get("summary"), "seeds": report.get("seeds"),
-               "tag_guided": report["variants"]["tag_guided"]["evaluation"]}
+    model_metrics = json.loads((run / "model" / "metrics.json").read_text())
+    variant = model_metrics.get("variant", "tag_guided")
+    recipe_json = (run / "model" / "recipe.json").read_text().strip()
+    card = ((run / "model" / "MODEL_CARD.md").read_text()
+            .replace("see metrics.json and ../report.md", "release.json (metrics) and the report below")
+            + f"\n## Reproduce\n\n`{args.command}` (the recipe below, then `python -m export release`). "
+              f"Tagging over the 527 labels as `/v1/tag` serves it: `bench/eval_tagging.py` on the exported bundle."
+            + f"\n\n## Recipe `{report['recipe']}`\n\n```json\n{recipe_json}\n```\n"
+            + "\n## Evaluation\n\n" + (run / "report.md").read_text())
+    metrics = {"summary": report.get("summary"), "seeds": report.get("seeds"), "variant": variant,
+               variant: model_metrics["evaluation"]}
     out = write_release(args.out, dual, captioner, bank, name=args.name, version=args.version, command=args.command,
                         recipe=report["recipe"], seeds=tuple(report.get("seeds") or ()), label_prompt=args.prompt,
                         label_calibration=method, model_card=card, metrics=metrics, overwrite=args.overwrite)

@@ -1,4 +1,5 @@
-"""The contrastive audio-text model: an audio tower (CNN14, aisfx) + a BERT tower, linear heads, L2 norm, learnable temperature."""
+"""The contrastive audio-text model: an audio tower (CNN14, aisfx) + a BERT tower, linear (or MLP) heads, L2 norm,
+learnable temperature."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,6 +16,13 @@ from blat.models.text import TextEncoder
 NORM_EPS = 1e-7
 
 
+def projection_head(d_in: int, d_out: int, hidden: int = 0) -> nn.Module:
+    """(B, d_in) -> (B, d_out): one linear map, or with `hidden` a two-layer MLP with a GELU between."""
+    if not hidden:
+        return nn.Linear(d_in, d_out)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
 class DualEncoder(nn.Module):
     """State-dict keys match the released BLAT checkpoint: audio_encoder.*, text_encoder.model.*,
     audio_proj, text_proj, logit_scale."""
@@ -24,8 +32,8 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.audio_encoder = build_audio_tower(cfg.audio)
         self.text_encoder = TextEncoder(cfg.text, tokenizer)
-        self.audio_proj = nn.Linear(cfg.audio.embed_dim, cfg.embed_dim)
-        self.text_proj = nn.Linear(self.text_encoder.hidden_size, cfg.embed_dim)
+        self.audio_proj = projection_head(cfg.audio.embed_dim, cfg.embed_dim, cfg.projection_hidden)
+        self.text_proj = projection_head(self.text_encoder.hidden_size, cfg.embed_dim, cfg.projection_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))  # log of 1 / temperature
 
     def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -118,6 +118,14 @@ class CaptioningConfig:
             raise ValueError("beam_size, max_tokens, batch_size and shard_size must be >= 1")
 
 
+# Ablation variants of stage 2 -> stage 3: name -> the captioning mode that writes the tags-only split's texts.
+VARIANTS = {"tag_guided": "captioner", "no_tags": "no_tags", "templates": "templates"}
+# Pre-training texts joined from other variants: each tags-only clip pairs with its captions from every part (a
+# training pair draws one of them). "tag_guided+templates": the tag-guided captioner's caption and the template
+# caption of the clip's tags, both made from the tags the clip comes with.
+JOINED = {"tag_guided+templates": ("tag_guided", "templates")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str = "ci"
@@ -131,6 +139,11 @@ class Recipe:
     ablation: bool = False  # also pre-train on (b) untagged-captioner captions and (c) tags-only template text
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    release_variant: str = "tag_guided"  # the variant whose dual encoder <out>/model/ holds (VARIANTS or JOINED)
+
+    def __post_init__(self):
+        if self.release_variant not in {**VARIANTS, **JOINED}:
+            raise ValueError(f"release_variant must be one of {[*VARIANTS, *JOINED]}, got {self.release_variant!r}")
 
 
 def with_overrides(section, args):

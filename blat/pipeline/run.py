@@ -12,7 +12,8 @@ model card) that `python -m export bundle` turns into the serving bundle, and `<
 with the ablation table and the command that made them.
 
 Ablation (recipe.ablation): contrastive models pre-trained on captions from (a) the tag-guided captioner, (b) the
-same captioner trained without tags, (c) tags-only template text, each evaluated the same way.
+same captioner trained without tags, (c) tags-only template text, and (d) (a) and (c) joined, each evaluated the same way. The recipe's
+`release_variant` names the one that <out>/model/ holds.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from blat.pipeline.recipe import JOINED, VARIANTS
+
 log = logging.getLogger("blat.pipeline")
-VARIANTS = {"tag_guided": "captioner", "no_tags": "no_tags", "templates": "templates"}
 
 
 def _stage(name: str, done: Path, fn, *args, **kwargs):
@@ -134,12 +136,20 @@ def _train_and_evaluate(recipe, out: Path, manifest: Path, command: str) -> dict
         candidates = {r["id"]: r["caption"] for r in caption.read_captions(job)}
         report["captioning"][name] = evaluate.evaluate_captions(candidates, _caption_references(manifest, "test_scenes"))
 
-    variants = list(VARIANTS) if recipe.ablation else ["tag_guided"]
-    for name in variants:
+    def synthetic_captions(name: str) -> Path:
+        """Stage 2's captions of the tags-only split for variant `name` (joined variants: their parts' rows)."""
         job = out / "captions" / f"{name}-tags_only"
+        if name in JOINED:
+            parts = [synthetic_captions(part) for part in JOINED[name]]
+            return _stage(f"stage 2: join {' + '.join(JOINED[name])}", job / "captions.jsonl", join_captions, parts,
+                          job / "captions.jsonl")
         cfg = dataclasses.replace(recipe.captioning, mode=VARIANTS[name], split="tags_only")
-        synthetic = _stage(f"stage 2: caption tags-only split ({name})", job / "captions.jsonl", caption.caption_split,
-                           manifest, job, cfg, checkpoint=captioners.get(name))
+        return _stage(f"stage 2: caption tags-only split ({name})", job / "captions.jsonl", caption.caption_split,
+                      manifest, job, cfg, checkpoint=captioners.get(name))
+
+    variants = [*VARIANTS, *JOINED] if recipe.ablation else [recipe.release_variant]
+    for name in variants:
+        synthetic = synthetic_captions(name)
         dual_dir = out / f"dual-{name}"
         _stage(f"stage 3: pre-training ({name})", dual_dir / "report.json", pretrain.pretrain, recipe.pretrain,
                manifest, dual_dir, synthetic=synthetic)
@@ -147,14 +157,28 @@ def _train_and_evaluate(recipe, out: Path, manifest: Path, command: str) -> dict
         results = evaluate.evaluate_dual(model, manifest, cfg=recipe.evaluate)
         # Scored against the held-back references where the split has them (simulated scenes; not AudioSet).
         references = {k: v for k, v in _caption_references(manifest, "tags_only").items() if v}
-        candidates = {r["id"]: r["caption"] for r in caption.read_captions(job) if r["id"] in references}
+        candidates = ({} if name in JOINED else
+                      {r["id"]: r["caption"] for r in caption.read_captions(synthetic.parent) if r["id"] in references})
         report["variants"][name] = {"checkpoint": str(dual_dir / "dual.safetensors"), "evaluation": results,
                                     "synthetic_captions": str(synthetic),
                                     "synthetic_caption_quality": evaluate.evaluate_captions(candidates, references)
-                                    if candidates else {"skipped": "no reference captions in the tags_only split"}}
+                                    if candidates else {"skipped": "no reference captions in the tags_only split"
+                                                        if name not in JOINED else "joined from other variants"}}
     report["seconds"] = round(time.time() - started, 1)
     done.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def join_captions(parts: list[Path], path: Path) -> Path:
+    """Caption files (JSON Lines) -> one file holding all their rows, in order; written whole, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for part in parts:
+            f.writelines(line if line.endswith("\n") else line + "\n"
+                         for line in part.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip())
+    partial.replace(path)
+    return path
 
 
 def _metric(results: dict, protocol: str, key: str):
@@ -219,12 +243,23 @@ def format_report(report: dict) -> str:
         chance_row = chances
     if chance_row:
         lines.append("| chance | " + " | ".join(chance_row) + " | |")
-    lines += ["", f"Total time: {report['seconds']:.0f} s.", ""]
+    lines += ["", f"Total time: {report['seconds']:.0f} s."]
+    if seeds:  # a resumed run reuses finished seeds; their training time was spent when they ran
+        trained = [s for r in report["per_seed"].values() if (s := r.get("seconds")) is not None]
+        lines += [f"Training and evaluation, summed over seeds when they ran: {sum(trained):.0f} s."]
+    lines += [""]
     return "\n".join(lines)
 
 
+TRAINING_TEXT = {"tag_guided": "synthetic captions written by the tag-guided captioner",
+                 "no_tags": "synthetic captions written by the captioner trained without tags",
+                 "templates": "template captions of each clip's tags",
+                 "tag_guided+templates": "synthetic captions written by the tag-guided captioner and template captions "
+                                         "of each clip's tags (one of the two per training pair)"}
+
+
 def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = None) -> Path:
-    """<out>/model/: the tag-guided variant's checkpoints (from `model_from`, default `out`: a seed's folder) +
+    """<out>/model/: the recipe's release variant's dual encoder and the tag-guided captioner (from `model_from`, default `out`: a seed's folder) +
     configs + metrics + model card (what export consumes)."""
     import shutil
 
@@ -234,13 +269,15 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
     model = out / "model"
     model.mkdir(exist_ok=True)
     model_from = model_from or out
-    shutil.copy2(model_from / "dual-tag_guided" / "dual.safetensors", model / "dual.safetensors")
+    variant = recipe.release_variant
+    shutil.copy2(model_from / f"dual-{variant}" / "dual.safetensors", model / "dual.safetensors")
     shutil.copy2(model_from / "captioner.safetensors", model / "captioner.safetensors")
     header = read_header(model / "captioner.safetensors")
     (model / "vocab.json").write_text(header["vocab"])
     (model / "tokenizer.json").write_text(read_header(model / "dual.safetensors")["tokenizer"])
     (model / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2) + "\n")
-    (model / "metrics.json").write_text(json.dumps({"evaluation": report["variants"]["tag_guided"]["evaluation"],
+    (model / "metrics.json").write_text(json.dumps({"variant": variant,
+                                                    "evaluation": report["variants"][variant]["evaluation"],
                                                     "captioning": report["captioning"].get("tag_guided"),
                                                     "over_seeds": report.get("summary")},
                                                    indent=2, default=str) + "\n")
@@ -259,9 +296,9 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
     packages = sorted(p.name for p in (out / "corpus" / "licenses").iterdir()) if (out / "corpus" / "licenses").is_dir() else []
     (model / "MODEL_CARD.md").write_text(f"""# BLAT model ({recipe.name} recipe)
 
-- Dual encoder `dual.safetensors` (`{recipe.pretrain.model}`): trained contrastively on synthetic captions of the
-  tags-only split written by the tag-guided captioner (`captioner.safetensors`, `{recipe.captioner.arch}`), plus the
-  captioned split's references.
+- Dual encoder `dual.safetensors` (`{recipe.pretrain.model}`, variant `{variant}`): trained contrastively on
+  {TRAINING_TEXT[variant]} on the tags-only split, plus the captioned split's references.
+- Captioner `captioner.safetensors` (`{recipe.captioner.arch}`): tag-guided, trained on the captioned split.
 - Audio tower: {"frozen at its pretrained weights (outputs cached once; only the projection trained)" if audio_frozen else f"trained (learning rate x {recipe.pretrain.tower_lr_scale})"}.
 - Text tower: {"frozen (its pooled outputs were cached once; only the projection trained), as the embedded CPU default allows" if frozen else "trained"}.
 {data}

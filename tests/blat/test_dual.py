@@ -96,3 +96,22 @@ def test_gradients_reach_both_towers_and_the_scale(model):
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+@torch.no_grad()
+def test_mlp_heads_round_trip_through_a_checkpoint(model, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(model.cfg, projection_hidden=24)
+    torch.manual_seed(1)
+    mlp = DualEncoder(cfg, model.text_encoder.tokenizer).eval()
+    sd = mlp.state_dict()
+    assert sd["audio_proj.0.weight"].shape == (24, cfg.audio.embed_dim)
+    assert sd["audio_proj.2.weight"].shape == (cfg.embed_dim, 24)
+    assert sd["text_proj.0.weight"].shape == (24, mlp.text_encoder.hidden_size)
+    wave, lengths = audio()
+    blat.save_checkpoint(mlp, tmp_path / "mlp.safetensors")
+    again, _ = blat.load_checkpoint(tmp_path / "mlp.safetensors")
+    assert again.cfg.projection_hidden == 24
+    torch.testing.assert_close(again.eval().encode_audio(wave, lengths), mlp.encode_audio(wave, lengths))
+    torch.testing.assert_close(again.encode_texts(TEXTS), mlp.encode_texts(TEXTS))
