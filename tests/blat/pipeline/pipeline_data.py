@@ -111,3 +111,21 @@ def scenes_config(**overrides):
     from blat.pipeline.recipe import ScenesConfig
 
     return dataclasses.replace(ScenesConfig(**TINY), **overrides)
+
+
+def tiny_frozen_recipe(tmp_path: Path, **overrides):
+    """A whole-pipeline recipe small enough for a test: tiny towers kept frozen, one epoch per stage, on scenes
+    made from `synthetic_corpus` (24 captioned, 16 tags-only, 6 test scenes + single events)."""
+    from blat.pipeline.recipe import CaptionerConfig, CaptioningConfig, PretrainConfig, Recipe
+    from blat.pipeline.scenes import make_scenes
+
+    corpus = synthetic_corpus(tmp_path / "corpus")
+    manifest = make_scenes(corpus, tmp_path / "scenes", scenes_config(n_captioned=24, n_tags_only=16, n_test_scenes=6,
+                                                                      canvas_s=2.0, source_events=True))
+    return Recipe(name="tiny", manifest=str(manifest),
+                  captioner=CaptionerConfig(arch="tiny-captioner", epochs=1, batch_size=16, clip_s=2.0,
+                                            tower_lr_scale=0.0, num_threads=1),
+                  captioning=CaptioningConfig(beam_size=1, batch_size=16, num_threads=1),
+                  pretrain=PretrainConfig(model="tiny-dual", freeze_text=True, tower_lr_scale=0.0, epochs=1,
+                                          batch_size=8, clip_seconds=2.0, val_size=4, num_threads=1, log_every=1000),
+                  **overrides)

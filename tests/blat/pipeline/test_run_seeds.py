@@ -5,23 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from blat.pipeline.recipe import CaptionerConfig, CaptioningConfig, PretrainConfig, Recipe
 from blat.pipeline.run import run_pipeline
-from blat.pipeline.scenes import make_scenes
 
-from .pipeline_data import scenes_config, synthetic_corpus
+from .pipeline_data import tiny_frozen_recipe
 
 
 def test_seeds_run_apart_and_are_summarised(tmp_path):
-    corpus = synthetic_corpus(tmp_path / "corpus")
-    manifest = make_scenes(corpus, tmp_path / "scenes", scenes_config(n_captioned=24, n_tags_only=16, n_test_scenes=6,
-                                                                      canvas_s=2.0, source_events=True))
-    recipe = Recipe(name="tiny", manifest=str(manifest),
-                    captioner=CaptionerConfig(arch="tiny-captioner", epochs=1, batch_size=16, clip_s=2.0,
-                                              tower_lr_scale=0.0, num_threads=1),
-                    captioning=CaptioningConfig(beam_size=1, batch_size=16, num_threads=1),
-                    pretrain=PretrainConfig(model="tiny-dual", freeze_text=True, tower_lr_scale=0.0, epochs=1,
-                                            batch_size=8, clip_seconds=2.0, val_size=4, num_threads=1, log_every=1000))
+    recipe = tiny_frozen_recipe(tmp_path)
     out = tmp_path / "run"
     report = run_pipeline(recipe, out, command="pytest", seeds=(3, 5))
     assert report["seeds"] == [3, 5]

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from blat.pipeline.recipe import CaptionerConfig, CaptioningConfig, PretrainConfig, Recipe
+from blat.pipeline.recipe import Recipe
 from blat.pipeline.run import join_captions, run_pipeline
-from blat.pipeline.scenes import make_scenes
 
-from .pipeline_data import scenes_config, synthetic_corpus
+from .pipeline_data import tiny_frozen_recipe
 
 
 def test_release_variant_must_be_known():
@@ -29,15 +28,7 @@ def test_join_captions_keeps_every_row_of_every_part(tmp_path):
 
 
 def test_joined_variant_is_trained_and_exported(tmp_path):
-    corpus = synthetic_corpus(tmp_path / "corpus")
-    manifest = make_scenes(corpus, tmp_path / "scenes", scenes_config(n_captioned=24, n_tags_only=16, n_test_scenes=6,
-                                                                      canvas_s=2.0, source_events=True))
-    recipe = Recipe(name="tiny", manifest=str(manifest), release_variant="tag_guided+templates",
-                    captioner=CaptionerConfig(arch="tiny-captioner", epochs=1, batch_size=16, clip_s=2.0,
-                                              tower_lr_scale=0.0, num_threads=1),
-                    captioning=CaptioningConfig(beam_size=1, batch_size=16, num_threads=1),
-                    pretrain=PretrainConfig(model="tiny-dual", freeze_text=True, tower_lr_scale=0.0, epochs=1,
-                                            batch_size=8, clip_seconds=2.0, val_size=4, num_threads=1, log_every=1000))
+    recipe = tiny_frozen_recipe(tmp_path, release_variant="tag_guided+templates")
     out = tmp_path / "run"
     report = run_pipeline(recipe, out, command="pytest")
     assert list(report["variants"]) == ["tag_guided+templates"]  # no ablation: only the released variant trains
