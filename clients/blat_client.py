@@ -11,7 +11,7 @@ Both faces return the same plain data, so code can switch between them:
     stats     {"items", "deleted_pending", "index_kind", "index_version", "bundle"}    (REST adds the rest)
     embedding list[float]; embed_text -> list[list[float]]
 
-`added_at` is unix seconds over REST and an ISO 8601 string over gRPC (what each wire format carries).
+`added_at` is an ISO 8601 UTC string with milliseconds ("2026-12-03T06:45:45.123Z") over both transports.
 Audio arguments are encoded files: `bytes`, or a path to read. Every error is a `ClientError` with an HTTP-style
 `status` (gRPC codes are mapped onto the statuses the REST face uses for the same failure), a machine-readable `code`
 (REST: the error code, e.g. "not_found"; gRPC: the status code name, e.g. "NOT_FOUND") and the server's message.

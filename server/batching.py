@@ -2,7 +2,9 @@
 
 One worker thread per batcher takes the first queued request, waits at most `max_wait_s` for more (up
 to `max_batch`), and runs them together. The queue is bounded: a full queue answers `Overloaded` at
-once (HTTP 429 with Retry-After) instead of letting latency grow without limit.
+once (HTTP 429 with Retry-After) instead of letting latency grow without limit. A job past its deadline is
+dropped (DeadlineExceeded), never run. A batch that fails is retried one item at a time, so one bad item
+fails alone and its batch-mates still get their results.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
-from server.errors import DeadlineExceeded, Overloaded, ServiceError
+from server.errors import BackendDown, BadRequest, DeadlineExceeded, Overloaded, ServiceError
 
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+# Failures that say nothing about the items: retrying them one at a time would only repeat the failure.
+WHOLE_BATCH_ERRORS = (BackendDown, DeadlineExceeded, Overloaded)
 
 
 @dataclass
@@ -106,14 +110,50 @@ class MicroBatcher(Generic[T, R]):
                 continue
             if self._on_batch:
                 self._on_batch(self.name, len(live))
+            self._run(live)
+
+    def _run(self, live: list[_Job]) -> None:
+        try:
+            results = self.run_batch([j.item for j in live])
+        except Exception as e:  # noqa: BLE001 - every waiting caller must hear about it
+            if len(live) > 1 and not isinstance(e, WHOLE_BATCH_ERRORS):
+                self._run_alone(live, e)
+                return
+            if not isinstance(e, ServiceError):
+                log.exception("batch failed", extra={"batcher": self.name, "size": len(live)})
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        for job, res in zip(live, results):
+            if not job.future.done():
+                job.future.set_result(res)
+
+    def _run_alone(self, live: list[_Job], batch_error: Exception) -> None:
+        """A batch failed: run its items one at a time, so only the item that causes the failure fails. An item that
+        fails alone while others succeed is the input's fault (400 unless the error says otherwise)."""
+        log.warning("batch failed; retrying its items one at a time",
+                    extra={"batcher": self.name, "size": len(live), "error": repr(batch_error)[:300]})
+        outcomes: list[tuple[_Job, object, Exception | None]] = []
+        for job in live:
+            if job.future.done():
+                continue
+            if job.deadline < time.monotonic():
+                outcomes.append((job, None, DeadlineExceeded(f"{self.name}: past the deadline before its retry")))
+                continue
             try:
-                results = self.run_batch([j.item for j in live])
-                for job, res in zip(live, results):
-                    if not job.future.cancelled():
-                        job.future.set_result(res)
-            except Exception as e:  # every waiting caller must hear about it
-                if not isinstance(e, ServiceError):
-                    log.exception("batch failed", extra={"batcher": self.name, "size": len(live)})
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                outcomes.append((job, self.run_batch([job.item])[0], None))
+            except Exception as e:  # noqa: BLE001
+                outcomes.append((job, None, e))
+        some_ok = any(err is None for _, _, err in outcomes)
+        for job, result, err in outcomes:
+            if err is None:
+                job.future.set_result(result)
+            elif isinstance(err, ServiceError):
+                job.future.set_exception(err)
+            elif some_ok:
+                job.future.set_exception(BadRequest(f"{self.name}: this input could not be processed "
+                                                    f"({type(err).__name__}: {err})"))
+            else:
+                log.error("item failed alone", extra={"batcher": self.name, "error": repr(err)[:300]})
+                job.future.set_exception(err)

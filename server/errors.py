@@ -14,6 +14,8 @@ class ServiceError(Exception):
     grpc_code = "INTERNAL"  # a grpc.StatusCode member name (kept as text: this module does not import grpc)
 
     def __init__(self, message: str, **details):
+        # Messages quote client input: a lone surrogate in it could not be sent as UTF-8 (JSON body, gRPC details).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message = message
         self.details = details

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from concurrent import futures
@@ -11,18 +12,22 @@ import grpc
 import numpy as np
 import soxr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from server.errors import BadRequest, Forbidden, ServiceError, Unauthorized
+from server.access import authorize, grpc_access, presented_key
+from server.admission import Gate
+from server.errors import BadRequest, DeadlineExceeded, ServiceError
 from server.index import Hit, ItemRecord, SearchFilter
+from server.index.records import iso_time
 from server.service import Gateway, LabelScore
 from wire import blat_pb2 as pb
 from wire import blat_pb2_grpc as pb_grpc
 
 SERVICE = "blat.v1.Blat"
-WRITE_METHODS = {"AddItem", "DeleteItem", "StartRebuild", "CancelRebuild", "RollbackIndex"}
 MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a request
 STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+THREADS_WITHOUT_MODEL = 32  # workers beyond the gates and the stream cap (see create_grpc_server)
 HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
 
 
@@ -34,9 +39,8 @@ def _filter(f: pb.Filter) -> SearchFilter | None:
 
 
 def _item(it: ItemRecord) -> pb.Item:
-    added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(it.added_at)) if it.added_at else ""
     return pb.Item(id=it.id, source_uri=it.source_uri, duration_s=it.duration_s or 0.0, tags=list(it.tags),
-                   caption=it.caption, content_hash=it.content_hash, added_at=added)
+                   caption=it.caption, content_hash=it.content_hash, added_at=iso_time(it.added_at))
 
 
 def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
@@ -52,9 +56,53 @@ def _stats(s) -> pb.StatsResponse:
                             bundle=s.bundle_id)
 
 
+def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
+    """The stream's messages, read by a helper thread so that waiting for the client has a time limit: raises
+    DeadlineExceeded after idle_s without a message or max_s in all (the RPC then ends and frees its worker)."""
+    inbox: queue.Queue = queue.Queue(maxsize=8)  # a few chunks of read-ahead; the client waits beyond that
+    done = threading.Event()
+
+    def pump() -> None:
+        try:
+            for msg in requests:
+                while not done.is_set():
+                    try:
+                        inbox.put(("msg", msg), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            inbox.put(("end", None))
+        except Exception as e:  # noqa: BLE001 - the RPC was cancelled or ended: the handler hears of it
+            inbox.put(("error", e))
+
+    threading.Thread(target=pump, name="stream-reader", daemon=True).start()
+    ends_at = time.monotonic() + max_s
+    try:
+        while True:
+            left = ends_at - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"the stream lasted longer than stream_max_s ({max_s:g} s)")
+            try:
+                kind, msg = inbox.get(timeout=min(idle_s, left))
+            except queue.Empty:
+                if time.monotonic() >= ends_at:
+                    continue
+                raise DeadlineExceeded(f"no message for stream_idle_s ({idle_s:g} s): the stream was closed") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise BadRequest(f"the stream broke: {msg}")
+            yield msg
+    finally:
+        done.set()
+
+
 class BlatServicer(pb_grpc.BlatServicer):
     def __init__(self, gateway: Gateway):
         self.gw = gateway
+        self.streams = Gate("streams", gateway.limits.max_streams)
 
     def _hits(self, hits: list[Hit]) -> pb.SearchResponse:
         return pb.SearchResponse(hits=[pb.Hit(id=h.id, score=h.score, item=_item(h.item)) for h in hits],
@@ -75,7 +123,13 @@ class BlatServicer(pb_grpc.BlatServicer):
             pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows])
 
     def StreamTag(self, requests: Iterator[pb.StreamTagRequest], ctx) -> Iterator[pb.TagWindow]:
-        """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived."""
+        """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived. At most
+        limits.max_streams at once; a stream ends when it sends nothing for limits.stream_idle_s or lasts longer than
+        limits.stream_max_s. Windows are scored by Gateway.tag_windows, as /v1/tag scores them."""
+        with self.streams.admitted():
+            yield from self._stream_tag(_paced(requests, self.gw.limits.stream_idle_s, self.gw.limits.stream_max_s))
+
+    def _stream_tag(self, requests: Iterator[pb.StreamTagRequest]) -> Iterator[pb.TagWindow]:
         first = next(requests, None)
         if first is None or first.WhichOneof("payload") != "config":
             raise BadRequest("the first StreamTag message must carry the config")
@@ -83,14 +137,17 @@ class BlatServicer(pb_grpc.BlatServicer):
         if cfg.encoding not in STREAM_ENCODINGS or not 8000 <= cfg.sample_rate <= 192000:
             raise BadRequest(f"encoding must be one of {sorted(STREAM_ENCODINGS)} and sample_rate in [8000, 192000]")
         rate, dtype = self.gw.runtime.sample_rate, STREAM_ENCODINGS[cfg.encoding]
-        window_s, hop_s = cfg.window_s or 2.0, cfg.hop_s or 1.0
-        if not 0.1 <= window_s <= self.gw.limits.max_audio_seconds or not 0.05 <= hop_s <= window_s:
-            raise BadRequest("need 0.1 <= window_s <= max_audio_seconds and 0.05 <= hop_s <= window_s")
-        win, hop = int(window_s * rate), int(hop_s * rate)
+        win, hop = self.gw.check_windows(cfg.window_s or 2.0, cfg.hop_s or 1.0)
         labels, top_k = list(cfg.labels) or None, cfg.top_k or 5
         buffer, start, last_end, pending = np.zeros(0, np.float32), 0, 0, b""
         # One streaming resampler for the whole stream: no seams at chunk boundaries.
         resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, "float32", quality="HQ") if cfg.sample_rate != rate else None
+
+        def windows(samples: np.ndarray, offset: int) -> list[pb.TagWindow]:
+            with self.gw.admitted("audio"):  # each window is admitted like a request of its own
+                found = self.gw.tag_windows(samples, win, hop, labels, top_k, offset=offset)
+            return [pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in found]
+
         for msg in requests:
             if msg.WhichOneof("payload") != "pcm":
                 raise BadRequest("only PCM chunks may follow the config")
@@ -106,15 +163,13 @@ class BlatServicer(pb_grpc.BlatServicer):
                 chunk = resampler.resample_chunk(chunk)
             buffer = np.concatenate([buffer, chunk.astype(np.float32, copy=False)])
             while len(buffer) >= win:
-                tags = self.gw.tag_waveform(buffer[:win], labels, top_k)
-                yield pb.TagWindow(start_s=start / rate, end_s=(start + win) / rate, tags=_scores(tags))
+                yield from windows(buffer[:win], start)
                 last_end = start + win
                 buffer, start = buffer[hop:], start + hop
         if resampler is not None:
             buffer = np.concatenate([buffer, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
         if len(buffer) and start + len(buffer) > last_end:  # audio after the last full window: one shorter window
-            tags = self.gw.tag_waveform(buffer, labels, top_k)
-            yield pb.TagWindow(start_s=start / rate, end_s=(start + len(buffer)) / rate, tags=_scores(tags))
+            yield from windows(buffer, start)
 
     def Caption(self, req, ctx):
         caps = self.gw.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
@@ -177,18 +232,10 @@ class _Guard(grpc.ServerInterceptor):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         meta = dict(details.invocation_metadata or ())
+        access = grpc_access(method)
 
         def check():
-            keys = self.gw.settings.auth.keys
-            if not keys:
-                return
-            auth = meta.get("authorization", "")
-            key = auth[7:] if auth.lower().startswith("bearer ") else meta.get("x-api-key", "")
-            if key not in keys:
-                raise Unauthorized("send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
-            needed = "write" if method in WRITE_METHODS else "read"
-            if needed not in keys[key]:
-                raise Forbidden(f"this key lacks the '{needed}' scope")
+            authorize(access, self.gw.settings.auth.keys, presented_key(meta), method)
 
         def fail(ctx, e: ServiceError):
             self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)
@@ -201,7 +248,8 @@ class _Guard(grpc.ServerInterceptor):
                 t0 = time.perf_counter()
                 try:
                     check()
-                    out = inner(req, ctx)
+                    with self.gw.admitted(access.gate):
+                        out = inner(req, ctx)
                 except ServiceError as e:
                     fail(ctx, e)
                 self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
@@ -224,11 +272,17 @@ class _Guard(grpc.ServerInterceptor):
         return handler
 
 
-def create_grpc_server(gateway: Gateway, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
-    """A started-later gRPC server bound to `address` ("host:port", port 0 = any); returns (server, port)."""
+def create_grpc_server(gateway: Gateway, address: str, workers: int | None = None) -> tuple[grpc.Server, int]:
+    """A started-later gRPC server bound to `address` ("host:port", port 0 = any); returns (server, port).
+
+    Each RPC holds a worker thread while it runs. The default pool has a thread for every request the gates can
+    admit and every stream the cap allows, plus THREADS_WITHOUT_MODEL: health checks, item reads and refusals
+    (429s) never wait behind admitted work or open streams."""
+    if workers is None:
+        workers = sum(g.capacity for g in gateway.gates.values()) + gateway.limits.max_streams + THREADS_WITHOUT_MODEL
     max_msg = gateway.limits.max_upload_bytes + MAX_MESSAGE_BYTES_SLACK  # larger messages: RESOURCE_EXHAUSTED
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_Guard(gateway)],
-                         options=[("grpc.max_receive_message_length", max_msg)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         interceptors=[_Guard(gateway)], options=[("grpc.max_receive_message_length", max_msg)])
     pb_grpc.add_BlatServicer_to_server(BlatServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -251,8 +305,15 @@ def create_grpc_server(gateway: Gateway, address: str, workers: int = 16) -> tup
     stop_watch = threading.Event()
     threading.Thread(target=watch, args=(stop_watch,), name="grpc-health", daemon=True).start()
     names = (pb.DESCRIPTOR.services_by_name["Blat"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME)
+             reflection.SERVICE_NAME, REFLECTION_V1)
     reflection.enable_server_reflection(names, server)
+    # grpc.reflection.v1 (what current grpcurl and Postman ask first) has the v1alpha messages under a new package
+    # name, field for field, so v1alpha's servicer answers it on the wire; grpcio-reflection ships only v1alpha.
+    v1 = reflection.ReflectionServicer(names)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            v1.ServerReflectionInfo, reflection_pb2.ServerReflectionRequest.FromString,
+            reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
     port = server.add_insecure_port(address)
     server.health = health_servicer  # the launcher flips it on shutdown
     server.health_watch = stop_watch  # set it to stop following readiness

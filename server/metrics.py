@@ -17,13 +17,17 @@ class Metrics:
         self.batch = Histogram("blat_batch_size", "Requests merged per model call", ["batcher"],
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.queue = Gauge("blat_queue_depth", "Requests waiting per batcher", ["batcher"], registry=r)
+        self.admitted = Gauge("blat_admitted", "Requests admitted per model input gate (at most batching.max_queue)",
+                              ["gate"], registry=r)
         self.items = Gauge("blat_index_items", "Live items in the index", registry=r)
         self.tombstones = Gauge("blat_index_tombstones", "Deleted items not yet compacted", registry=r)
 
     def bind(self, gateway) -> None:
         """Gauges read the live values at scrape time."""
-        for b in (gateway.audio_batcher, gateway.text_batcher):
+        for b in (gateway.audio_batcher, gateway.text_batcher, gateway.caption_batcher):
             self.queue.labels(b.name).set_function(lambda b=b: b.depth)
+        for name, gate in gateway.gates.items():
+            self.admitted.labels(name).set_function(lambda g=gate: g.held)
         self.items.set_function(lambda: gateway.store.stats().count)
         self.tombstones.set_function(lambda: gateway.store.stats().tombstones)
 

@@ -5,9 +5,11 @@ body's size limit is enforced while it is read. Errors are JSON {"error": {"code
 from server/errors.py.
 """
 
+import contextlib
 import time
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -16,13 +18,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.audio import read_limited_async
-from server.errors import BadAudio, BadRequest, Forbidden, ServiceError, TooLarge, Unauthorized
+from server.errors import BadAudio, BadRequest, ServiceError
+from server.front_door import FrontDoor
 from server.index import Hit, ItemRecord, SearchFilter
 from server.service import Gateway
 
 AUDIO_BODY = {"requestBody": {"required": True, "description": "an encoded clip: WAV, FLAC, OGG (Vorbis/Opus) or MP3",
                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                                           "audio/*": {"schema": {"type": "string", "format": "binary"}}}}}
+THREADS_WITHOUT_MODEL = 32  # pool threads beyond the gates' capacity: item reads, stats, rebuild control
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}}
 
@@ -92,23 +96,17 @@ def hits_json(gw: Gateway, hits: list[Hit]) -> dict:
 
 
 def create_app(gateway: Gateway) -> FastAPI:
-    app = FastAPI(title="BLAT gateway", version="1", description=__doc__)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Admitted requests wait for models in pool threads: give the pool room for every gate at once (plus the
+        # calls that use no model), so an admitted request never waits for a thread behind another kind of request.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = sum(g.capacity for g in gateway.gates.values()) + THREADS_WITHOUT_MODEL
+        yield
+
+    app = FastAPI(title="BLAT gateway", version="1", description=__doc__, lifespan=lifespan)
     app.state.gateway = gw = gateway
-    keys = gateway.settings.auth.keys
-
-    def scope(needed: str):
-        def check(request: Request) -> None:
-            if not keys:
-                return
-            auth = request.headers.get("authorization", "")
-            key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-            if key not in keys:
-                raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-            if needed not in keys[key]:
-                raise Forbidden(f"this key lacks the '{needed}' scope")
-        return Depends(check)
-
-    read, write = scope("read"), scope("write")
+    app.add_middleware(FrontDoor, gateway=gateway, router=app.router)  # auth, body caps, admission: before any body
     default_openapi = app.openapi
 
     def openapi() -> dict:
@@ -124,11 +122,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.openapi = openapi
 
     async def body(request: Request) -> bytes:
-        limit = gw.limits.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise TooLarge(f"upload of {int(declared)} bytes; the limit is {limit}")
-        data = await read_limited_async(request.stream(), limit)
+        data = await read_limited_async(request.stream(), gw.limits.max_upload_bytes)  # FrontDoor checked the header
         if not data:  # 422 like any other unusable upload (what decode_audio answers for zero bytes)
             raise BadAudio("empty request body: send the audio file as the body")
         return data
@@ -145,6 +139,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         """Starlette's own errors (no such route 404, wrong method 405) in the same JSON shape as the others."""
+        if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps errors raised while it reads a JSON body (413)
+            return await service_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -164,26 +160,26 @@ def create_app(gateway: Gateway) -> FastAPI:
         return response
 
     # -- search ----------------------------------------------------------------------------------------------------
-    @app.post("/v1/search/text", dependencies=[read], responses=READ_ERRORS, tags=["search"])
+    @app.post("/v1/search/text", responses=READ_ERRORS, tags=["search"])
     async def search_text(req: SearchTextBody) -> dict:
         """Items whose audio matches a text query (cosine similarity in the shared space)."""
         flt = req.filter.to_filter() if req.filter else None
         return hits_json(gw, await run_in_threadpool(gw.search_text, req.query, req.k, flt))
 
-    @app.post("/v1/search/audio", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["search"])
+    @app.post("/v1/search/audio", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["search"])
     async def search_audio(data: Annotated[bytes, Depends(body)], flt: Annotated[SearchFilter, Depends(query_filter)],
                            k: int = 10) -> dict:
         """Items that sound like the uploaded clip."""
         return hits_json(gw, await run_in_threadpool(gw.search_audio, data, k, flt))
 
-    @app.post("/v1/search/item", dependencies=[read], responses=_errors(400, 401, 403, 404), tags=["search"])
+    @app.post("/v1/search/item", responses=_errors(400, 401, 403, 404), tags=["search"])
     async def search_item(req: SearchItemBody) -> dict:
         """Neighbours of a stored item (uses its stored embedding: works while the model backend is down)."""
         flt = req.filter.to_filter() if req.filter else None
         return hits_json(gw, await run_in_threadpool(gw.search_item, req.id, req.k, flt))
 
     # -- models ----------------------------------------------------------------------------------------------------
-    @app.post("/v1/tag", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    @app.post("/v1/tag", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
     async def tag(data: Annotated[bytes, Depends(body)], labels: list[str] = Query([]), top_k: int = 10,
                   window_s: float = 0.0, hop_s: float = 0.0) -> dict:
         """Zero-shot tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0
@@ -192,25 +188,25 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {"tags": [vars(t) for t in clip],
                 "windows": [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]}
 
-    @app.post("/v1/caption", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    @app.post("/v1/caption", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
     async def caption(data: Annotated[bytes, Depends(body)], tags: list[str] = Query([]), n_best: int = 1,
                       beam_size: int = 0) -> dict:
         """Captions for the clip, optionally guided by AudioSet tags (display names); n-best by beam search."""
         result = await run_in_threadpool(gw.caption, data, tags, n_best, beam_size)
         return {"captions": [vars(c) for c in result]}
 
-    @app.post("/v1/embed/audio", dependencies=[read], responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    @app.post("/v1/embed/audio", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
     async def embed_audio(data: Annotated[bytes, Depends(body)]) -> dict:
         vec = await run_in_threadpool(gw.embed_audio, data)
         return {"embedding": vec.tolist(), "dim": len(vec), "bundle": gw.manifest.id}
 
-    @app.post("/v1/embed/text", dependencies=[read], responses=READ_ERRORS, tags=["models"])
+    @app.post("/v1/embed/text", responses=READ_ERRORS, tags=["models"])
     async def embed_text(req: EmbedTextBody) -> dict:
         vecs = await run_in_threadpool(gw.embed_texts, req.texts)
         return {"embeddings": vecs.tolist(), "dim": vecs.shape[1], "bundle": gw.manifest.id}
 
     # -- items -----------------------------------------------------------------------------------------------------
-    @app.post("/v1/items", dependencies=[write], responses={**AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
+    @app.post("/v1/items", responses={**AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
               status_code=201, tags=["items"])
     async def add_item(data: Annotated[bytes, Depends(body)], id: str, tags: list[str] = Query([]), caption: str = "",
                        source_uri: str = "", upsert: bool = False) -> dict:
@@ -218,47 +214,47 @@ def create_app(gateway: Gateway) -> FastAPI:
         item = await run_in_threadpool(gw.add_item, id, data, None, tags, caption, source_uri, upsert)
         return item.to_dict()
 
-    @app.post("/v1/items/from-path", dependencies=[write], responses={**AUDIO_ERRORS, **_errors(404, 409)},
+    @app.post("/v1/items/from-path", responses={**AUDIO_ERRORS, **_errors(404, 409)},
               status_code=201, tags=["items"])
     async def add_item_from_path(req: AddFromPathBody) -> dict:
         """Store a server-side file (only under the configured ingest roots)."""
         item = await run_in_threadpool(gw.add_item, req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert)
         return item.to_dict()
 
-    @app.get("/v1/items/{item_id:path}", dependencies=[read], responses=_errors(400, 401, 403, 404), tags=["items"])
+    @app.get("/v1/items/{item_id:path}", responses=_errors(400, 401, 403, 404), tags=["items"])
     async def get_item(item_id: str) -> dict:
         return (await run_in_threadpool(gw.get_item, item_id)).to_dict()
 
-    @app.delete("/v1/items/{item_id:path}", dependencies=[write], responses=_errors(400, 401, 403, 404), tags=["items"])
+    @app.delete("/v1/items/{item_id:path}", responses=_errors(400, 401, 403, 404), tags=["items"])
     async def delete_item(item_id: str) -> dict:
         item: ItemRecord = await run_in_threadpool(gw.delete_item, item_id)
         return {"deleted": True, "item": item.to_dict()}
 
     # -- index -----------------------------------------------------------------------------------------------------
-    @app.post("/v1/index/rebuild", dependencies=[write], responses=_errors(400, 401, 403, 404, 409), status_code=202,
+    @app.post("/v1/index/rebuild", responses=_errors(400, 401, 403, 404, 409), status_code=202,
               tags=["index"])
     async def start_rebuild(req: RebuildBody) -> dict:
         """Rebuild the index from a folder or manifest in the background; searches use the old version until the
         new one validates, then it swaps (see /v1/index/rollback)."""
         return (await run_in_threadpool(gw.start_rebuild, req.folder, req.manifest)).to_dict()
 
-    @app.get("/v1/index/rebuild/{job_id}", dependencies=[read], responses=_errors(401, 403, 404), tags=["index"])
+    @app.get("/v1/index/rebuild/{job_id}", responses=_errors(401, 403, 404), tags=["index"])
     async def rebuild_status(job_id: str) -> dict:
         return gw.rebuild_status(job_id).to_dict()
 
-    @app.post("/v1/index/rebuild/{job_id}/cancel", dependencies=[write], responses=_errors(401, 403, 404), tags=["index"])
+    @app.post("/v1/index/rebuild/{job_id}/cancel", responses=_errors(401, 403, 404), tags=["index"])
     async def cancel_rebuild(job_id: str) -> dict:
         return gw.cancel_rebuild(job_id).to_dict()
 
-    @app.post("/v1/index/rollback", dependencies=[write], responses=_errors(401, 403, 404, 409), tags=["index"])
+    @app.post("/v1/index/rollback", responses=_errors(401, 403, 404, 409), tags=["index"])
     async def rollback() -> dict:
         return (await run_in_threadpool(gw.rollback)).to_dict()
 
-    @app.get("/v1/index/stats", dependencies=[read], responses=_errors(401, 403), tags=["index"])
+    @app.get("/v1/index/stats", responses=_errors(401, 403), tags=["index"])
     async def stats() -> dict:
         return (await run_in_threadpool(gw.stats)).to_dict()
 
-    @app.get("/v1/info", dependencies=[read], responses=_errors(401, 403), tags=["index"])
+    @app.get("/v1/info", responses=_errors(401, 403), tags=["index"])
     async def info() -> dict[str, Any]:
         """The model bundle (bundle.json), the backend, and the limits."""
         from contract.config import to_dict
@@ -276,7 +272,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         ok, why = await run_in_threadpool(gw.ready)
         return JSONResponse({"ready": ok, "detail": why}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={200: {
+        "description": "Prometheus text exposition format", "content": {gw.metrics.content_type: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
 

@@ -21,9 +21,11 @@ from contract.beam import DecodingOptions
 from contract.labels import tags_to_multi_hot
 from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
 from server.backends import Backend
+from server.admission import Gate, remaining, reset_deadline, set_deadline
 from server.batching import MicroBatcher
 from server.errors import BadRequest, Forbidden, NotFound, ServiceError
 from server.index import Hit, IndexStore, ItemRecord, SearchFilter
+from server.inputs import check_text
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
 from server.settings import Settings
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
 MAX_BEAM = 10
 MAX_WINDOWS = 2000
+MAX_WINDOWED_AUDIO = 8  # windows may cover a clip at most this many times over (window_s / hop_s <= 8)
+LABEL_CACHE_SIZE = 4096  # embeddings of custom labels kept (oldest dropped first)
 # A rebuild decodes clips into a window of at most this many clips or samples (64 MB of float32), sorts the window by
 # length and embeds it in batches of neighbours: a batch is padded to its longest clip, so mixing a 30 s ambience
 # into a batch of 1 s effects costs 30 s per clip (on the seed corpus: 7,742 padded seconds in file order for 2,667
@@ -39,6 +43,18 @@ MAX_WINDOWS = 2000
 REBUILD_WINDOW_CLIPS = 256
 REBUILD_WINDOW_SAMPLES = 16_000_000
 T = TypeVar("T")
+
+
+def window_spans(n: int, win: int, hop: int) -> list[tuple[int, int]]:
+    """[start, end) sample spans of windows over n samples: full windows every `hop`, then one shorter window for
+    what the last full one left out (a clip shorter than a window is one window). A stream that emits each window
+    once its audio has arrived, and the rest at its end, makes the same spans."""
+    spans = [(s, s + win) for s in range(0, n - win + 1, hop)]
+    if not spans:
+        return [(0, n)] if n else []
+    if spans[-1][1] < n:
+        spans.append((spans[-1][0] + hop, n))
+    return spans
 
 
 def length_batches(items: Iterable[T], length: Callable[[T], int], batch: int, window_items: int = REBUILD_WINDOW_CLIPS,
@@ -92,6 +108,25 @@ def content_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
+class _Admission:
+    """`with gateway.admitted(gate):` holds a place in the gate and sets the request's deadline for its duration."""
+
+    def __init__(self, gate: Gate | None, timeout_s: float):
+        self.gate, self.timeout_s = gate, timeout_s
+
+    def __enter__(self):
+        if self.gate is not None:
+            self.gate.try_enter()
+        self._token = set_deadline(self.timeout_s)
+        return self
+
+    def __exit__(self, *exc):
+        reset_deadline(self._token)
+        if self.gate is not None:
+            self.gate.leave()
+        return False
+
+
 class Gateway:
     def __init__(self, settings: Settings, backend: Backend | None = None, store: IndexStore | None = None,
                  metrics: Metrics | None = None):
@@ -104,10 +139,15 @@ class Gateway:
                                          bundle_id=self.manifest.id, kind=settings.index_kind)
         self.metrics = metrics or Metrics()
         b = settings.batching
-        batcher = lambda name, fn: MicroBatcher(name, fn, b.max_batch, b.max_wait_ms / 1000, b.max_queue,  # noqa: E731
+        # The gates bound the requests; a request may queue many items (texts, labels), so the batchers' own queues
+        # are only a backstop sized for full gates of full requests.
+        items = b.max_queue * max(self.limits.max_texts, self.limits.max_labels, 1)
+        batcher = lambda name, fn: MicroBatcher(name, fn, b.max_batch, b.max_wait_ms / 1000, items,  # noqa: E731
                                                 on_batch=self.metrics.observe_batch)
+        self.gates = {"audio": Gate("audio", b.max_queue), "text": Gate("text", b.max_queue)}
         self.audio_batcher = batcher("audio_embed", lambda waves: list(self.runtime.encode_audio(waves)))
         self.text_batcher = batcher("text_embed", lambda texts: list(self.runtime.encode_text(texts)))
+        self.caption_batcher = batcher("caption", self._caption_batch)
         self.metrics.bind(self)
         self._label_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -117,11 +157,7 @@ class Gateway:
         return decode_audio(data, self.runtime.sample_rate, self.audio_limits)
 
     def _check_text(self, text: object, what: str = "text") -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise BadRequest(f"{what} must be a non-empty string")
-        if len(text) > self.limits.max_text_chars:
-            raise BadRequest(f"{what} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
-        return text
+        return check_text(text, what, self.limits.max_text_chars)
 
     def _check_k(self, k: int) -> int:
         if not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
@@ -130,9 +166,7 @@ class Gateway:
 
     def _check_path(self, path: str, trusted: bool = False) -> Path:
         """A server-side path must resolve (symlinks included) inside one of the configured ingest roots."""
-        if not isinstance(path, str) or not path:
-            raise BadRequest("path must be a non-empty string")
-        real = Path(path).resolve()
+        real = Path(check_text(path, "path")).resolve()
         roots = [Path(r).resolve() for r in self.settings.ingest_roots]
         if not trusted and not any(real == r or r in real.parents for r in roots):
             raise Forbidden(f"{path} is outside the configured ingest roots"
@@ -149,7 +183,12 @@ class Gateway:
 
     @property
     def timeout(self) -> float:
-        return self.limits.request_timeout_s
+        """Seconds left of the current request's deadline (set at admission); DeadlineExceeded when none are left."""
+        return remaining(self.limits.request_timeout_s)
+
+    def admitted(self, gate: str | None):
+        """The faces' entry: admission through `gate` (None: no model call) and the request's deadline."""
+        return _Admission(self.gates[gate] if gate else None, self.limits.request_timeout_s)
 
     # -- embeddings --------------------------------------------------------------------------------------------------
 
@@ -194,25 +233,32 @@ class Gateway:
         if len(labels) > self.limits.max_labels:
             raise BadRequest(f"at most {self.limits.max_labels} labels, got {len(labels)}")
         index = {n.lower(): i for i, n in enumerate(bank.names)}
+        for i, label in enumerate(labels):
+            self._check_text(label, f"labels[{i}]")
+        new = [label for label in dict.fromkeys(labels) if label.lower() not in index and label not in self._label_cache]
+        # New labels are embedded together: their futures join the same text batches.
+        prompts = [self.manifest.labels.prompt_template.format(label=label.lower()) for label in new]
+        futures = [self.text_batcher.submit_future(p, self.timeout) for p in prompts]
+        fresh = {label: f.result(timeout=self.timeout) for label, f in zip(new, futures)}
+        mean_scale, mean_bias = float(bank.scale.mean()), float(bank.bias.mean())
         names, embs, scale, bias = [], [], [], []
         for label in labels:
-            self._check_text(label, "label")
             i = index.get(label.lower())
             if i is not None:
                 emb, s, b = bank.embeddings[i], bank.scale[i], bank.bias[i]
             else:
-                emb = self._label_cache.get(label)
+                emb = fresh.get(label)
                 if emb is None:
-                    prompt = self.manifest.labels.prompt_template.format(label=label.lower())
-                    emb = self.text_batcher.submit(prompt, self.timeout)
+                    emb = self._label_cache[label]
+                else:
                     self._label_cache[label] = emb
-                    if len(self._label_cache) > 4096:
-                        self._label_cache.popitem(last=False)
-                s, b = float(bank.scale.mean()), float(bank.bias.mean())
+                s, b = mean_scale, mean_bias
             names.append(label)
             embs.append(emb)
             scale.append(s)
             bias.append(b)
+        while len(self._label_cache) > LABEL_CACHE_SIZE:
+            self._label_cache.popitem(last=False)
         return tuple(names), np.stack(embs), np.array(scale, np.float32), np.array(bias, np.float32)
 
     @staticmethod
@@ -228,37 +274,41 @@ class Gateway:
         names, embs, scale, bias = self._labels(labels)
         return self._top(names, self._probs(self.embed_waveform(samples), embs, scale, bias), top_k)
 
+    def check_windows(self, window_s: float, hop_s: float) -> tuple[int, int]:
+        """Window and hop in seconds (hop 0 = the window) -> in samples; the same limits on both faces."""
+        step, longest = self.manifest.audio.frame_seconds, self.limits.max_audio_seconds
+        hop_s = hop_s or window_s
+        if not (step <= window_s <= longest and step <= hop_s <= window_s):  # False for NaN too
+            raise BadRequest(f"need {step:g} s (one frame step) <= hop_s <= window_s <= {longest:g} s, "
+                             f"got window_s={window_s!r}, hop_s={hop_s!r}")
+        rate = self.runtime.sample_rate
+        return round(window_s * rate), round(hop_s * rate)
+
+    def tag_windows(self, samples: np.ndarray, win: int, hop: int, labels: Sequence[str] | None = None,
+                    top_k: int = 10, offset: int = 0) -> tuple[TagWindow, ...]:
+        """Tags per window of `samples`, each window embedded as a clip of its own (the windows of one clip share
+        batches). The one scoring path of windowed tagging: /v1/tag with window_s and the StreamTag RPC."""
+        spans = window_spans(len(samples), win, hop)
+        if len(spans) > MAX_WINDOWS or sum(b - a for a, b in spans) > MAX_WINDOWED_AUDIO * len(samples) + win:
+            raise BadRequest(f"{len(spans)} windows of {win / self.runtime.sample_rate:g} s; at most {MAX_WINDOWS}, "
+                             f"covering at most {MAX_WINDOWED_AUDIO}x the clip (use a larger hop_s)")
+        names, embs, scale, bias = self._labels(labels)
+        futures = [self.audio_batcher.submit_future(samples[a:b], self.timeout) for a, b in spans]
+        probs = self._probs(np.stack([f.result(timeout=self.timeout) for f in futures]), embs, scale, bias)
+        rate = self.runtime.sample_rate
+        return tuple(TagWindow((offset + a) / rate, (offset + b) / rate, self._top(names, p, top_k))
+                     for (a, b), p in zip(spans, probs))
+
     def tag(self, data: bytes, labels: Sequence[str] | None = None, top_k: int = 10, window_s: float = 0.0,
             hop_s: float = 0.0) -> tuple[tuple[LabelScore, ...], tuple[TagWindow, ...]]:
-        """Clip-level tags and, with window_s > 0, tags per window (pooled from one pass over the clip's frames)."""
+        """Clip-level tags and, with window_s > 0, tags per window (see `tag_windows`)."""
         if not isinstance(top_k, int) or top_k < 1:
             raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
-        longest = self.limits.max_audio_seconds
-        if not (0 <= window_s <= longest and 0 <= hop_s <= longest):  # False for NaN too: round(nan) raises
-            raise BadRequest(f"window_s and hop_s must be numbers in [0, {longest:g}], got {window_s!r}, {hop_s!r}")
+        spans = self.check_windows(window_s, hop_s) if (window_s or hop_s) else None
         names, embs, scale, bias = self._labels(labels)
         audio = self.decode(data)
-        if not window_s:
-            return self._top(names, self._probs(self.embed_waveform(audio.samples), embs, scale, bias), top_k), ()
-        emb, frames, frame_lengths = self.runtime.audio_features([audio.samples])
-        clip = self._top(names, self._probs(emb[0], embs, scale, bias), top_k)
-        step = self.manifest.audio.frame_seconds
-        win, hop = max(1, round(window_s / step)), max(1, round((hop_s or window_s) / step))
-        n = int(frame_lengths[0])
-        starts = list(range(0, max(1, n - win + 1), hop))
-        if starts[-1] + win < n and starts[-1] + hop < n:  # frames after the last full window: one shorter window
-            starts.append(starts[-1] + hop)
-        if len(starts) > MAX_WINDOWS:
-            raise BadRequest(f"{len(starts)} windows; at most {MAX_WINDOWS} (use a larger hop_s)")
-        lengths = np.array([min(win, n - s) for s in starts], np.int64)
-        spans = np.zeros((len(starts), win, frames.shape[2]), np.float32)
-        for j, s in enumerate(starts):
-            spans[j, : lengths[j]] = frames[0, s: s + lengths[j]]
-        window_embs = self.runtime.pool_frames(spans, lengths)
-        probs = self._probs(window_embs, embs, scale, bias)
-        windows = tuple(TagWindow(s * step, (s + int(l)) * step, self._top(names, p, top_k))
-                        for s, l, p in zip(starts, lengths, probs))
-        return clip, windows
+        clip = self._top(names, self._probs(self.embed_waveform(audio.samples), embs, scale, bias), top_k)
+        return clip, (self.tag_windows(audio.samples, *spans, labels, top_k) if spans else ())
 
     # -- captioning ------------------------------------------------------------------------------------------------
 
@@ -269,14 +319,29 @@ class Gateway:
         beam = beam_size or spec.beam_size
         if not 1 <= beam <= MAX_BEAM or not 1 <= n_best <= beam:
             raise BadRequest(f"need 1 <= n_best <= beam_size <= {MAX_BEAM}, got n_best={n_best}, beam_size={beam}")
+        for i, tag in enumerate(tags):
+            self._check_text(tag, f"tags[{i}]")
         try:
-            multi_hot = tags_to_multi_hot(tags)[None] if tags else None
+            multi_hot = tags_to_multi_hot(tags) if tags else None
         except KeyError as e:
             raise BadRequest(f"unknown AudioSet tag(s): {e.args[0]}") from None
         audio = self.decode(data)
-        hyps = self.runtime.caption([audio.samples], multi_hot,
-                                    DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best))[0]
+        options = DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best)
+        hyps = self.caption_batcher.submit((audio.samples, multi_hot, options), self.timeout)
         return [CaptionResult(self.runtime.caption_text(h), float(h.log_prob)) for h in hyps]
+
+    def _caption_batch(self, jobs: Sequence[tuple[np.ndarray, np.ndarray | None, DecodingOptions]]) -> list:
+        """Clips that share decoding options are captioned in one beam search; no tags = an all-zero tag vector."""
+        out: list = [None] * len(jobs)
+        groups: dict[DecodingOptions, list[int]] = {}
+        for i, (_, _, options) in enumerate(jobs):
+            groups.setdefault(options, []).append(i)
+        n_tags = self.manifest.captioner.n_tags
+        for options, idx in groups.items():
+            tags = np.stack([jobs[i][1] if jobs[i][1] is not None else np.zeros(n_tags, np.float32) for i in idx])
+            for i, hyps in zip(idx, self.runtime.caption([jobs[i][0] for i in idx], tags, options)):
+                out[i] = hyps
+        return out
 
     # -- items -----------------------------------------------------------------------------------------------------
 
@@ -321,10 +386,16 @@ class Gateway:
                 audio = row.get("audio") or row["path"]
             except (json.JSONDecodeError, KeyError, AttributeError):
                 raise BadRequest(f"{manifest}:{n}: need a JSON object with 'audio' or 'path'") from None
+            check_text(audio, f"{manifest}:{n}: audio")
             audio_path = self._check_path(str((path.parent / audio) if not Path(audio).is_absolute() else audio), trusted)
             captions = row.get("captions") or []
-            entries.append({"id": row.get("id") or Path(audio).stem, "path": str(audio_path), "tags": row.get("tags", []),
-                            "caption": row.get("caption") or (captions[0] if captions else "")})
+            entry = {"id": row.get("id") or Path(audio).stem, "path": str(audio_path), "tags": row.get("tags", []),
+                     "caption": row.get("caption") or (captions[0] if captions else "")}
+            try:  # the record's own checks, now: a bad row refuses the request instead of failing the job later
+                ItemRecord(id=entry["id"], tags=entry["tags"], caption=entry["caption"])
+            except BadRequest as e:
+                raise BadRequest(f"{manifest}:{n}: {e.message}") from None
+            entries.append(entry)
         return entries
 
     def start_rebuild(self, folder: str | None = None, manifest: str | None = None, trusted: bool = False):
@@ -392,7 +463,7 @@ class Gateway:
         return True, "ready"
 
     def close(self) -> None:
-        for b in (self.audio_batcher, self.text_batcher):
+        for b in (self.audio_batcher, self.text_batcher, self.caption_batcher):
             b.close()
         self.store.close()
         self.backend.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.config import apply_env, from_dict, to_dict
+from server.access import redact
 
 ENV_PREFIX = "BLAT_SERVER_"
 CONFIG_ENV = "BLAT_SERVER_CONFIG"
@@ -21,7 +22,7 @@ CONFIG_ENV = "BLAT_SERVER_CONFIG"
 class BatchSettings:
     max_batch: int = 16  # requests merged into one model call
     max_wait_ms: float = 5.0  # how long the first request waits for company
-    max_queue: int = 64  # queued requests per model before 429
+    max_queue: int = 64  # requests admitted at once per model input type (audio, text); more get 429 at once
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
@@ -41,6 +42,7 @@ class TritonSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     max_upload_bytes: int = 32 * 1024 * 1024  # enforced while reading the body (120 s of 48 kHz stereo WAV fits)
+    max_json_bytes: int = 1024 * 1024  # any JSON request body (64 texts of 512 characters take at most 128 KiB)
     max_audio_seconds: float = 120.0  # per clip, after decoding
     max_text_chars: int = 512  # per query text
     max_texts: int = 64  # texts per embed request
@@ -48,6 +50,9 @@ class LimitSettings:
     max_labels: int = 1000  # labels per tagging request (the 527 AudioSet labels by default)
     request_timeout_s: float = 30.0  # deadline for any call
     max_clips_per_request: int = 16
+    max_streams: int = 8  # concurrent StreamTag streams; more get RESOURCE_EXHAUSTED
+    stream_idle_s: float = 30.0  # a stream that sends nothing this long is closed (DEADLINE_EXCEEDED)
+    stream_max_s: float = 3600.0  # no stream lasts longer
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class Settings:
     def redacted(self) -> dict:
         """For the start-up log: everything but the API keys themselves."""
         d = to_dict(self)
-        d["auth"]["keys"] = {f"{k[:3]}...": v for k, v in self.auth.keys.items()}
+        d["auth"]["keys"] = {redact(k): v for k, v in self.auth.keys.items()}
         return d
 
 

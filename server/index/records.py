@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from server.errors import BadRequest
+from server.inputs import check_text
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,200}")  # ids travel in URLs and gRPC fields: no spaces or escapes
 MAX_TAGS = 64  # per item; tags are short labels, not documents
@@ -21,10 +23,23 @@ MAX_TAG_CHARS = 200
 MAX_K = 1000  # per query; larger result pages belong to an export, not a search
 
 
+def iso_time(epoch_s: float | None) -> str:
+    """Unix seconds -> "2026-12-03T06:45:45.123Z" (UTC, milliseconds): the one form `added_at` takes on the wire,
+    over REST and gRPC alike; "" when unknown."""
+    if epoch_s is None:
+        return ""
+    whole = int(epoch_s // 1)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((epoch_s - whole) * 1000):03d}Z"
+
+
 def check_id(item_id: Any) -> str:
+    """Ids are path-like ("pack/sound") but never hold a "." or ".." segment or an empty one ("a//b", "/a"): a URL
+    client normalises those away, and /v1/items/a/../b would then name another item."""
     if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
         raise BadRequest(f"invalid item id {item_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : / -",
-                         id=str(item_id)[:200])
+                         id=str(item_id)[:200].encode("utf-8", "backslashreplace").decode())
+    if any(seg in ("", ".", "..") for seg in item_id.split("/")):
+        raise BadRequest(f"invalid item id {item_id!r}: no empty, '.' or '..' segments between slashes", id=item_id)
     return item_id
 
 
@@ -34,9 +49,8 @@ def _check_tags(tags: Any) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(tags))  # drop repeats, keep the given order
     if len(out) > MAX_TAGS:
         raise BadRequest(f"at most {MAX_TAGS} tags per item, got {len(out)}")
-    for tag in out:
-        if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS:
-            raise BadRequest(f"each tag must be a non-empty string of at most {MAX_TAG_CHARS} characters, got {tag!r}")
+    for i, tag in enumerate(out):
+        check_text(tag, f"tags[{i}]", MAX_TAG_CHARS)
     return out
 
 
@@ -56,8 +70,7 @@ class ItemRecord:
     def __post_init__(self):
         check_id(self.id)
         for name in ("source_uri", "caption", "content_hash"):
-            if not isinstance(getattr(self, name), str):
-                raise BadRequest(f"{name} must be a string")
+            check_text(getattr(self, name), name, allow_empty=True)
         object.__setattr__(self, "tags", _check_tags(self.tags))  # frozen: lists become tuples here
         if self.duration_s is not None:
             d = self.duration_s
@@ -75,7 +88,7 @@ class ItemRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "source_uri": self.source_uri, "duration_s": self.duration_s, "tags": list(self.tags),
-                "caption": self.caption, "content_hash": self.content_hash, "added_at": self.added_at,
+                "caption": self.caption, "content_hash": self.content_hash, "added_at": iso_time(self.added_at),
                 "extra": self.extra}
 
 
@@ -103,8 +116,8 @@ class SearchFilter:
     def __post_init__(self):
         object.__setattr__(self, "tags_any", _check_tags(self.tags_any))
         object.__setattr__(self, "tags_all", _check_tags(self.tags_all))
-        if self.source_prefix is not None and not isinstance(self.source_prefix, str):
-            raise BadRequest("source_prefix must be a string")
+        if self.source_prefix is not None:
+            check_text(self.source_prefix, "source_prefix", allow_empty=True)
         for name in ("min_duration_s", "max_duration_s"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
