@@ -18,6 +18,7 @@ def serve(settings) -> int:
     import uvicorn
 
     from server.grpc_service import create_grpc_server
+    from server.http_protocol import guarded_protocol
     from server.rest import create_app
     from server.service import Gateway
 
@@ -35,7 +36,9 @@ def serve(settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False)
+        limits = settings.limits
+        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False,
+                    http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s))
     finally:
         grpc_server.health_watch.set()
         grpc_server.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while in-flight calls finish

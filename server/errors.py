@@ -44,6 +44,12 @@ class TooLarge(ServiceError):
     code, http_status, grpc_code = "too_large", 413, "OUT_OF_RANGE"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its request (a stalled body)."""
+
+    code, http_status, grpc_code = "request_timeout", 408, "DEADLINE_EXCEEDED"
+
+
 class Unauthorized(ServiceError):
     code, http_status, grpc_code = "unauthorized", 401, "UNAUTHENTICATED"
 

@@ -8,13 +8,14 @@ dependencies: a 200 MiB body would be read in full before its 401.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.access import authorize, presented_key, rest_access
-from server.errors import Overloaded, ServiceError, TooLarge
+from server.errors import Overloaded, RequestTimeout, ServiceError, TooLarge
 from server.service import Gateway
 
 
@@ -69,19 +70,26 @@ class FrontDoor:
             await _answer(send, e)
             return
         try:
-            await self.app(scope, _capped(receive, cap), send)
+            await self.app(scope, _capped(receive, cap, limits.body_idle_s), send)
         finally:
             admission.__exit__(None, None, None)
 
 
-def _capped(receive: Receive, cap: int) -> Receive:
-    """`receive` that raises TooLarge (413, through the app's error handler) once the body passes `cap` bytes."""
-    seen = 0
+def _capped(receive: Receive, cap: int, idle_s: float) -> Receive:
+    """`receive` that raises TooLarge (413, through the app's error handler) once the body passes `cap` bytes, and
+    RequestTimeout (408) when no part of it arrives for `idle_s` (a stalled body must not hold a request open)."""
+    seen, body_done = 0, False
 
     async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
+        nonlocal seen, body_done
+        if body_done:  # after the body, receive() waits for the disconnect: no time limit on that
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), idle_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no part of the request body arrived for {idle_s:g} s") from None
         if message["type"] == "http.request":
+            body_done = not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > cap:
                 raise TooLarge(f"request body over {cap} bytes, the limit here")

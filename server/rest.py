@@ -133,7 +133,9 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else None
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else {}
+        if exc.http_status in (408, 413):  # the rest of the body was not read: this connection cannot go on
+            headers["Connection"] = "close"
         return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

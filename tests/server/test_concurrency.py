@@ -275,3 +275,70 @@ def test_new_custom_labels_are_embedded_in_batches(http):
     r = http.post("/v1/tag", params={"labels": labels, "top_k": 40}, content=wav(synth_clip(6, 1.0)))
     assert r.status_code == 200 and len(r.json()["tags"]) == 40
     assert text_batches() - before <= 40 / 16 + 1, "40 new labels must share batches, not take one call each"
+
+
+# ------------------------------------------------------------------------------------------ slow and huge requests
+
+SLOW_ENV = {"BLAT_SERVER_LIMITS__HEADER_TIMEOUT_S": "2", "BLAT_SERVER_LIMITS__BODY_IDLE_S": "2"}
+
+
+@pytest.fixture(scope="module")
+def slow_gw(tiny_bundle, tmp_path_factory):
+    server = start_server(tiny_bundle, tmp_path_factory.mktemp("slow"), env=SLOW_ENV)
+    yield server
+    server.stop()
+
+
+def _exchange(server, parts, pause_s: float = 0.0, read_timeout_s: float = 10.0) -> tuple[str, float]:
+    """Send `parts` (pausing between them), then read until the server closes; (answer, seconds until closed)."""
+    url = urlsplit(server.http_url)
+    with socket.create_connection((url.hostname, url.port), timeout=read_timeout_s) as s:
+        t0 = time.monotonic()
+        try:
+            for part in parts:
+                s.sendall(part)
+                time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it may close on us mid-send: what it answered is still to be read
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer.decode("latin-1"), time.monotonic() - t0
+
+
+def test_slowloris_headers_get_408_and_the_connection_closed(slow_gw):
+    trickle = [b"GET /healthz HTTP/1.1\r\n"] + [f"x-pad-{i}: {i}\r\n".encode() for i in range(20)]
+    answer, seconds = _exchange(slow_gw, trickle, pause_s=0.5)
+    assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer, answer[:200]
+    assert seconds < 2.0 + 0.5 + DRAIN_MARGIN_S
+
+
+def test_a_stalled_body_gets_408(slow_gw):
+    head = (b"POST /v1/search/text HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n"
+            b"\r\n{\"query\": ")
+    t0 = time.monotonic()
+    answer, _ = _exchange(slow_gw, [head])
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert 1.9 < time.monotonic() - t0 < 2.0 + DRAIN_MARGIN_S
+
+
+def test_huge_urls_and_headers_get_414_and_431(slow_gw):
+    answer, _ = _exchange(slow_gw, [b"GET /v1/items/" + b"a" * (1 << 20) + b" HTTP/1.1\r\nhost: x\r\n\r\n"])
+    assert answer.startswith("HTTP/1.1 414"), answer[:200]
+    big = b"".join(f"x-h{i}: {'v' * 1000}\r\n".encode() for i in range(100))
+    answer, _ = _exchange(slow_gw, [b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + big + b"\r\n"])
+    assert answer.startswith("HTTP/1.1 431"), answer[:200]
+    assert httpx.get(f"{slow_gw.http_url}/healthz").status_code == 200
+
+
+def test_keep_alive_requests_after_a_pause_still_work(slow_gw):
+    with httpx.Client(base_url=slow_gw.http_url) as c:
+        assert c.get("/healthz").status_code == 200
+        time.sleep(2.5)  # longer than the header timeout: an idle kept-alive connection is not a slow request
+        assert c.get("/healthz").status_code == 200
+
+
+DRAIN_MARGIN_S = 3.0  # the refusal is followed by up to 2 s of draining before the close
