@@ -50,7 +50,7 @@ class LimitSettings:
     max_labels: int = 1000  # labels per tagging request (the 527 AudioSet labels by default)
     request_timeout_s: float = 30.0  # deadline for any call
     max_clips_per_request: int = 16
-    max_header_bytes: int = 16 * 1024  # request line (414) and header block (431)
+    max_header_bytes: int = 64 * 1024  # request line (414) and header block (431); 1,000 short labels fit in a URL
     header_timeout_s: float = 10.0  # the request line and headers must arrive within this (408)
     body_idle_s: float = 15.0  # a request body that sends nothing for this long is dropped (408)
     max_streams: int = 8  # concurrent StreamTag streams; more get RESOURCE_EXHAUSTED
