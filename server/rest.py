@@ -10,10 +10,9 @@ import time
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +20,10 @@ from server.audio import read_limited_async
 from server.errors import BadAudio, BadRequest, ServiceError
 from server.front_door import FrontDoor
 from server.index import Hit, ItemRecord, SearchFilter
-from server.service import Gateway
+from server.schema import (ID, AudioEmbeddingOut, CaptionsOut, DeletedOut, HealthOut, HitsOut, InfoOut, ItemOut, JobOut,
+                           ReadyOut, StatsOut, TagsOut, TextEmbeddingsOut, request_models)
+from server.index.records import MAX_TAGS
+from server.service import MAX_BEAM, Gateway
 
 AUDIO_BODY = {"requestBody": {"required": True, "description": "an encoded clip: WAV, FLAC, OGG (Vorbis/Opus) or MP3",
                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -31,60 +33,21 @@ ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "pr
     "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}}
 
 
+def ok(model, status: int = 200) -> dict:
+    """The OpenAPI entry of a route's success answer (documented, not validated per request: see server/schema.py)."""
+    return {status: {"model": model, "description": "OK"}}
+
+
 def _errors(*statuses: int) -> dict:
-    text = {400: "invalid parameters", 401: "missing or unknown API key", 403: "key lacks the scope, or path outside the "
+    text = {400: "invalid parameters", 401: "missing or unknown API key", 408: "the request body stopped arriving", 403: "key lacks the scope, or path outside the "
             "ingest roots", 404: "not found", 409: "id or audio content already stored", 413: "upload or clip duration "
             "over its limit", 415: "not WAV, FLAC, OGG or MP3", 422: "undecodable or unusable audio", 429: "overloaded "
             "(see Retry-After)", 502: "model backend error", 503: "model backend down", 504: "deadline exceeded"}
     return {s: {"description": text[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
 
 
-AUDIO_ERRORS = _errors(400, 401, 403, 413, 415, 422, 429, 502, 503, 504)
-READ_ERRORS = _errors(400, 401, 403, 429, 502, 503, 504)
-
-
-class FilterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt condition must not silently match everything
-
-    tags_any: list[str] = []
-    tags_all: list[str] = []
-    source_prefix: str | None = None
-    min_duration_s: float | None = None
-    max_duration_s: float | None = None
-
-    def to_filter(self) -> SearchFilter:
-        return SearchFilter(tuple(self.tags_any), tuple(self.tags_all), self.source_prefix, self.min_duration_s,
-                            self.max_duration_s)
-
-
-class SearchTextBody(BaseModel):
-    query: str = Field(description="free text, at most limits.max_text_chars characters")
-    k: int = 10
-    filter: FilterBody | None = None
-
-
-class SearchItemBody(BaseModel):
-    id: str
-    k: int = 10
-    filter: FilterBody | None = None
-
-
-class EmbedTextBody(BaseModel):
-    texts: list[str] = Field(description="at most limits.max_texts strings")
-
-
-class AddFromPathBody(BaseModel):
-    id: str
-    path: str = Field(description="a file under one of the configured ingest roots")
-    tags: list[str] = []
-    caption: str = ""
-    source_uri: str = ""
-    upsert: bool = False
-
-
-class RebuildBody(BaseModel):
-    folder: str | None = Field(None, description="a folder under the ingest roots; ids are relative paths")
-    manifest: str | None = Field(None, description="a JSON Lines file under the ingest roots: id, audio|path, tags, caption")
+AUDIO_ERRORS = _errors(400, 401, 403, 408, 413, 415, 422, 429, 502, 503, 504)
+READ_ERRORS = _errors(400, 401, 403, 408, 413, 429, 502, 503, 504)
 
 
 def hit_json(h: Hit) -> dict:
@@ -106,6 +69,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     app = FastAPI(title="BLAT gateway", version="1", description=__doc__, lifespan=lifespan)
     app.state.gateway = gw = gateway
+    m, lim = request_models(gateway.limits), gateway.limits
+    k_query, id_query, id_path = Query(10, **m.k), Query(**ID), Path(**ID)
+
+    def seconds_query():  # one Query object per parameter: FastAPI keeps per-parameter state on it
+        return Query(0.0, ge=0, le=lim.max_audio_seconds, description="0: none (hop_s 0: the window)")
     app.add_middleware(FrontDoor, gateway=gateway, router=app.router)  # auth, body caps, admission: before any body
     default_openapi = app.openapi
 
@@ -162,101 +130,119 @@ def create_app(gateway: Gateway) -> FastAPI:
         return response
 
     # -- search ----------------------------------------------------------------------------------------------------
-    @app.post("/v1/search/text", responses=READ_ERRORS, tags=["search"])
-    async def search_text(req: SearchTextBody) -> dict:
+    @app.post("/v1/search/text", response_model=None, responses={**ok(HitsOut, 200), **READ_ERRORS}, tags=["search"])
+    async def search_text(req: m.SearchTextBody) -> dict:
         """Items whose audio matches a text query (cosine similarity in the shared space)."""
         flt = req.filter.to_filter() if req.filter else None
         return hits_json(gw, await run_in_threadpool(gw.search_text, req.query, req.k, flt))
 
-    @app.post("/v1/search/audio", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["search"])
+    @app.post("/v1/search/audio", response_model=None,
+              responses={**ok(HitsOut, 200), **AUDIO_ERRORS}, openapi_extra=AUDIO_BODY, tags=["search"])
     async def search_audio(data: Annotated[bytes, Depends(body)], flt: Annotated[SearchFilter, Depends(query_filter)],
-                           k: int = 10) -> dict:
+                           k: int = k_query) -> dict:
         """Items that sound like the uploaded clip."""
         return hits_json(gw, await run_in_threadpool(gw.search_audio, data, k, flt))
 
-    @app.post("/v1/search/item", responses=_errors(400, 401, 403, 404), tags=["search"])
-    async def search_item(req: SearchItemBody) -> dict:
+    @app.post("/v1/search/item", response_model=None,
+              responses={**ok(HitsOut, 200), **_errors(400, 401, 403, 404)}, tags=["search"])
+    async def search_item(req: m.SearchItemBody) -> dict:
         """Neighbours of a stored item (uses its stored embedding: works while the model backend is down)."""
         flt = req.filter.to_filter() if req.filter else None
         return hits_json(gw, await run_in_threadpool(gw.search_item, req.id, req.k, flt))
 
     # -- models ----------------------------------------------------------------------------------------------------
-    @app.post("/v1/tag", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
-    async def tag(data: Annotated[bytes, Depends(body)], labels: list[str] = Query([]), top_k: int = 10,
-                  window_s: float = 0.0, hop_s: float = 0.0) -> dict:
+    @app.post("/v1/tag", response_model=None,
+              responses={**ok(TagsOut, 200), **AUDIO_ERRORS}, openapi_extra=AUDIO_BODY, tags=["models"])
+    async def tag(data: Annotated[bytes, Depends(body)], labels: list[str] = Query([], max_length=lim.max_labels),
+                  top_k: int = Query(10, ge=1, le=lim.max_labels), window_s: float = seconds_query(),
+                  hop_s: float = seconds_query()) -> dict:
         """Zero-shot tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0
         adds tags per window over time."""
         clip, windows = await run_in_threadpool(gw.tag, data, labels or None, top_k, window_s, hop_s)
         return {"tags": [vars(t) for t in clip],
                 "windows": [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]}
 
-    @app.post("/v1/caption", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
-    async def caption(data: Annotated[bytes, Depends(body)], tags: list[str] = Query([]), n_best: int = 1,
-                      beam_size: int = 0) -> dict:
+    @app.post("/v1/caption", response_model=None,
+              responses={**ok(CaptionsOut, 200), **AUDIO_ERRORS}, openapi_extra=AUDIO_BODY, tags=["models"])
+    async def caption(data: Annotated[bytes, Depends(body)], tags: list[str] = Query([], max_length=MAX_TAGS),
+                      n_best: int = Query(1, ge=1, le=MAX_BEAM),
+                      beam_size: int = Query(0, ge=0, le=MAX_BEAM, description="0: the bundle's default")) -> dict:
         """Captions for the clip, optionally guided by AudioSet tags (display names); n-best by beam search."""
         result = await run_in_threadpool(gw.caption, data, tags, n_best, beam_size)
         return {"captions": [vars(c) for c in result]}
 
-    @app.post("/v1/embed/audio", responses=AUDIO_ERRORS, openapi_extra=AUDIO_BODY, tags=["models"])
+    @app.post("/v1/embed/audio", response_model=None,
+              responses={**ok(AudioEmbeddingOut, 200), **AUDIO_ERRORS}, openapi_extra=AUDIO_BODY, tags=["models"])
     async def embed_audio(data: Annotated[bytes, Depends(body)]) -> dict:
         vec = await run_in_threadpool(gw.embed_audio, data)
         return {"embedding": vec.tolist(), "dim": len(vec), "bundle": gw.manifest.id}
 
-    @app.post("/v1/embed/text", responses=READ_ERRORS, tags=["models"])
-    async def embed_text(req: EmbedTextBody) -> dict:
+    @app.post("/v1/embed/text", response_model=None,
+              responses={**ok(TextEmbeddingsOut, 200), **READ_ERRORS}, tags=["models"])
+    async def embed_text(req: m.EmbedTextBody) -> dict:
         vecs = await run_in_threadpool(gw.embed_texts, req.texts)
         return {"embeddings": vecs.tolist(), "dim": vecs.shape[1], "bundle": gw.manifest.id}
 
     # -- items -----------------------------------------------------------------------------------------------------
-    @app.post("/v1/items", responses={**AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
+    @app.post("/v1/items", response_model=None,
+              responses={**ok(ItemOut, 201), **AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
               status_code=201, tags=["items"])
-    async def add_item(data: Annotated[bytes, Depends(body)], id: str, tags: list[str] = Query([]), caption: str = "",
+    async def add_item(data: Annotated[bytes, Depends(body)], id: str = id_query,
+                       tags: list[str] = Query([], max_length=MAX_TAGS), caption: str = "",
                        source_uri: str = "", upsert: bool = False) -> dict:
         """Store an uploaded clip under `id` (durable when this answers)."""
         item = await run_in_threadpool(gw.add_item, id, data, None, tags, caption, source_uri, upsert)
         return item.to_dict()
 
-    @app.post("/v1/items/from-path", responses={**AUDIO_ERRORS, **_errors(404, 409)},
+    @app.post("/v1/items/from-path", response_model=None,
+              responses={**ok(ItemOut, 201), **AUDIO_ERRORS, **_errors(404, 409)},
               status_code=201, tags=["items"])
-    async def add_item_from_path(req: AddFromPathBody) -> dict:
+    async def add_item_from_path(req: m.AddFromPathBody) -> dict:
         """Store a server-side file (only under the configured ingest roots)."""
         item = await run_in_threadpool(gw.add_item, req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert)
         return item.to_dict()
 
-    @app.get("/v1/items/{item_id:path}", responses=_errors(400, 401, 403, 404), tags=["items"])
-    async def get_item(item_id: str) -> dict:
+    @app.get("/v1/items/{item_id:path}", response_model=None,
+             responses={**ok(ItemOut, 200), **_errors(400, 401, 403, 404)}, tags=["items"])
+    async def get_item(item_id: str = id_path) -> dict:
         return (await run_in_threadpool(gw.get_item, item_id)).to_dict()
 
-    @app.delete("/v1/items/{item_id:path}", responses=_errors(400, 401, 403, 404), tags=["items"])
-    async def delete_item(item_id: str) -> dict:
+    @app.delete("/v1/items/{item_id:path}", response_model=None,
+                responses={**ok(DeletedOut, 200), **_errors(400, 401, 403, 404)}, tags=["items"])
+    async def delete_item(item_id: str = id_path) -> dict:
         item: ItemRecord = await run_in_threadpool(gw.delete_item, item_id)
         return {"deleted": True, "item": item.to_dict()}
 
     # -- index -----------------------------------------------------------------------------------------------------
-    @app.post("/v1/index/rebuild", responses=_errors(400, 401, 403, 404, 409), status_code=202,
+    @app.post("/v1/index/rebuild", response_model=None,
+              responses={**ok(JobOut, 202), **_errors(400, 401, 403, 404, 409)}, status_code=202,
               tags=["index"])
-    async def start_rebuild(req: RebuildBody) -> dict:
+    async def start_rebuild(req: m.RebuildBody) -> dict:
         """Rebuild the index from a folder or manifest in the background; searches use the old version until the
         new one validates, then it swaps (see /v1/index/rollback)."""
         return (await run_in_threadpool(gw.start_rebuild, req.folder, req.manifest)).to_dict()
 
-    @app.get("/v1/index/rebuild/{job_id}", responses=_errors(401, 403, 404), tags=["index"])
+    @app.get("/v1/index/rebuild/{job_id}", response_model=None,
+             responses={**ok(JobOut, 200), **_errors(401, 403, 404)}, tags=["index"])
     async def rebuild_status(job_id: str) -> dict:
         return gw.rebuild_status(job_id).to_dict()
 
-    @app.post("/v1/index/rebuild/{job_id}/cancel", responses=_errors(401, 403, 404), tags=["index"])
+    @app.post("/v1/index/rebuild/{job_id}/cancel", response_model=None,
+              responses={**ok(JobOut, 200), **_errors(401, 403, 404)}, tags=["index"])
     async def cancel_rebuild(job_id: str) -> dict:
         return gw.cancel_rebuild(job_id).to_dict()
 
-    @app.post("/v1/index/rollback", responses=_errors(401, 403, 404, 409), tags=["index"])
+    @app.post("/v1/index/rollback", response_model=None,
+              responses={**ok(StatsOut, 200), **_errors(401, 403, 404, 409)}, tags=["index"])
     async def rollback() -> dict:
         return (await run_in_threadpool(gw.rollback)).to_dict()
 
-    @app.get("/v1/index/stats", responses=_errors(401, 403), tags=["index"])
+    @app.get("/v1/index/stats", response_model=None,
+             responses={**ok(StatsOut, 200), **_errors(401, 403)}, tags=["index"])
     async def stats() -> dict:
         return (await run_in_threadpool(gw.stats)).to_dict()
 
-    @app.get("/v1/info", responses=_errors(401, 403), tags=["index"])
+    @app.get("/v1/info", response_model=None, responses={**ok(InfoOut, 200), **_errors(401, 403)}, tags=["index"])
     async def info() -> dict[str, Any]:
         """The model bundle (bundle.json), the backend, and the limits."""
         from contract.config import to_dict
@@ -264,12 +250,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {**gw.info(), "limits": to_dict(gw.limits)}
 
     # -- operations ------------------------------------------------------------------------------------------------
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", response_model=None, responses=ok(HealthOut, 200), tags=["ops"])
     async def healthz() -> dict:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "backend not ready or index not loaded"}})
+    @app.get("/readyz", response_model=None,
+             tags=["ops"], responses={**ok(ReadyOut, 200), 503: {"description": "backend not ready or index not loaded", "model": ReadyOut}})
     async def readyz():
         ok, why = await run_in_threadpool(gw.ready)
         return JSONResponse({"ready": ok, "detail": why}, status_code=200 if ok else 503)
