@@ -80,5 +80,17 @@ class ModelRuntime:
 
         return beam_search(step, len(waves), options)
 
+    def captions(self, waves: Sequence[np.ndarray], tags: np.ndarray | None,
+                 options: DecodingOptions) -> list[list[tuple[str, float]]]:
+        """Per clip, its n-best (caption, log-probability): in one call where the backend runs the whole beam search
+        (Triton's BLS `captioner`: no round trip per decoding step), else by `caption` here."""
+        whole = getattr(self.backend, "captions", None)
+        if whole is None:
+            return [[(self.caption_text(h), float(h.log_prob)) for h in hyps] for hyps in self.caption(waves, tags, options)]
+        spec = self.manifest.captioner
+        batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)
+        tags = np.zeros((len(waves), spec.n_tags), np.float32) if tags is None else tags.astype(np.float32)
+        return whole(batch, lengths, tags, options)
+
     def caption_text(self, hyp: Hypothesis) -> str:
         return self.vocab.decode(hyp.tokens)

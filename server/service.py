@@ -328,7 +328,7 @@ class Gateway:
         audio = self.decode(data)
         options = DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best)
         hyps = self.caption_batcher.submit((audio.samples, multi_hot, options), self.timeout)
-        return [CaptionResult(self.runtime.caption_text(h), float(h.log_prob)) for h in hyps]
+        return [CaptionResult(text, log_prob) for text, log_prob in hyps]
 
     def _caption_batch(self, jobs: Sequence[tuple[np.ndarray, np.ndarray | None, DecodingOptions]]) -> list:
         """Clips that share decoding options are captioned in one beam search; no tags = an all-zero tag vector."""
@@ -339,7 +339,7 @@ class Gateway:
         n_tags = self.manifest.captioner.n_tags
         for options, idx in groups.items():
             tags = np.stack([jobs[i][1] if jobs[i][1] is not None else np.zeros(n_tags, np.float32) for i in idx])
-            for i, hyps in zip(idx, self.runtime.caption([jobs[i][0] for i in idx], tags, options)):
+            for i, hyps in zip(idx, self.runtime.captions([jobs[i][0] for i in idx], tags, options)):
                 out[i] = hyps
         return out
 

@@ -16,6 +16,10 @@ class Backend(Protocol):
         """Run one graph of the bundle; inputs and outputs by tensor name (see bundle.json `graphs`)."""
         ...
 
+    # Optional: `captions(waveform (B, N), lengths (B,), tags (B, n_tags), options) -> per clip [(text, log_prob)]`,
+    # the whole beam search in one call (Triton's BLS captioner). Without it the runtime runs the search itself,
+    # one decoder call per step.
+
     def ready(self) -> bool:
         ...
 

@@ -15,6 +15,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from contract.beam import DecodingOptions
 from contract.bundle import BundleManifest, read_bundle
 from server.backends import BackendError
 from server.errors import BackendDown, DeadlineExceeded
@@ -22,6 +23,7 @@ from server.settings import TritonSettings
 
 log = logging.getLogger(__name__)
 _TRITON_DTYPES = {"float32": "FP32", "int64": "INT64"}
+CAPTIONER_MODEL = "captioner"  # the BLS model export/triton.py adds to every repository with a captioner
 
 
 class CircuitBreaker:
@@ -84,8 +86,33 @@ class TritonBackend:
             raise BackendDown(f"Triton at {self.settings.url} is failing; not retrying for up to "
                               f"{self.settings.breaker_reset_s:g} s (circuit open)")
         spec = self.manifest.graphs[graph]
-        tensors = self._inputs(graph, inputs)
-        outputs = [grpcclient.InferRequestedOutput(o.name) for o in spec.outputs]
+        result = self._infer(graph, self._inputs(graph, inputs), [o.name for o in spec.outputs], timeout_s)
+        return {o.name: result.as_numpy(o.name).reshape(-1) if len(o.shape) == 1 else result.as_numpy(o.name)
+                for o in spec.outputs}
+
+    def captions(self, waveform: np.ndarray, lengths: np.ndarray, tags: np.ndarray, options: DecodingOptions,
+                 timeout_s: float | None = None) -> list[list[tuple[str, float]]]:
+        """The repository's BLS `captioner` model (export/triton_models/captioner.py): the whole beam search inside
+        Triton, one round trip for the batch instead of one per decoding step."""
+        if not self.breaker.allow():
+            raise BackendDown(f"Triton at {self.settings.url} is failing; not retrying for up to "
+                              f"{self.settings.breaker_reset_s:g} s (circuit open)")
+        tensors = []
+        for name, arr, dtype in (("waveform", waveform.astype(np.float32), "FP32"),
+                                 ("lengths", lengths.astype(np.int64).reshape(-1, 1), "INT64"),
+                                 ("tags", tags.astype(np.float32), "FP32")):
+            tensor = grpcclient.InferInput(name, list(arr.shape), dtype)
+            tensor.set_data_from_numpy(np.ascontiguousarray(arr))
+            tensors.append(tensor)
+        params = {"beam_size": options.beam_size, "n_best": options.n_best, "max_tokens": options.max_tokens,
+                  "length_penalty": options.length_penalty}
+        result = self._infer(CAPTIONER_MODEL, tensors, ["captions", "scores"], timeout_s, parameters=params)
+        return [[(c.decode(), float(s)) for c, s in zip(row, scores) if np.isfinite(s)]  # -inf: fewer finished
+                for row, scores in zip(result.as_numpy("captions"), result.as_numpy("scores"))]
+
+    def _infer(self, model: str, tensors: list, outputs: list[str], timeout_s: float | None, **kwargs):
+        """One Triton inference with the deadline, bounded retries on UNAVAILABLE and the circuit breaker."""
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
         timeout = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + timeout
         for attempt in range(self.settings.retries + 1):
@@ -93,30 +120,30 @@ class TritonBackend:
             if left <= 0:
                 break
             try:
-                result = self.client.infer(graph, tensors, outputs=outputs, client_timeout=left,
-                                           model_version=self.settings.model_version)
+                result = self.client.infer(model, tensors, outputs=requested, client_timeout=left,
+                                           model_version=self.settings.model_version, **kwargs)
             except InferenceServerException as e:
                 status = str(e.status() or "")
                 if "DEADLINE_EXCEEDED" in status:
                     self.breaker.failure()
-                    raise DeadlineExceeded(f"Triton {graph}: no answer within {timeout:g} s") from None
+                    raise DeadlineExceeded(f"Triton {model}: no answer within {timeout:g} s") from None
                 if "UNAVAILABLE" in status or "not ready" in str(e.message()).lower():
-                    log.warning("triton unavailable", extra={"graph": graph, "attempt": attempt, "error": e.message()})
+                    log.warning("triton unavailable", extra={"graph": model, "attempt": attempt, "error": e.message()})
                     time.sleep(min(0.05 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
                     continue
                 self.breaker.failure()
-                raise BackendError(f"Triton {graph}: {e.message()}") from None
+                raise BackendError(f"Triton {model}: {e.message()}") from None
             self.breaker.success()
-            return {o.name: result.as_numpy(o.name).reshape(-1) if len(o.shape) == 1 else result.as_numpy(o.name)
-                    for o in spec.outputs}
+            return result
         self.breaker.failure()
-        raise BackendDown(f"Triton at {self.settings.url} is unavailable (graph {graph}, "
+        raise BackendDown(f"Triton at {self.settings.url} is unavailable (model {model}, "
                           f"{self.settings.retries + 1} attempts)")
 
     def ready(self) -> bool:
         try:
+            models = [*self.manifest.graphs, *([CAPTIONER_MODEL] if self.manifest.captioner else [])]
             return self.client.is_server_ready(client_timeout=2.0) and all(
-                self.client.is_model_ready(g, self.settings.model_version, client_timeout=2.0) for g in self.manifest.graphs)
+                self.client.is_model_ready(m, self.settings.model_version, client_timeout=2.0) for m in models)
         except InferenceServerException:
             return False
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from contract.beam import DecodingOptions
 from server.backends.ort import OnnxRuntimeBackend
 from server.backends.triton import CircuitBreaker, TritonBackend
 from server.errors import BackendDown, BackendError, DeadlineExceeded
@@ -71,6 +72,22 @@ def test_every_graph_equals_onnxruntime(tiny_bundle, backend, ort_backend):
     np.testing.assert_allclose(rt_triton.encode_audio(waves), rt_ort.encode_audio(waves), atol=ATOL)
     assert [[h.tokens for h in hs] for hs in rt_triton.caption(waves)] == \
         [[h.tokens for h in hs] for hs in rt_ort.caption(waves)]
+
+
+def test_captions_come_from_the_bls_captioner_in_one_call(tiny_bundle, backend, ort_backend, monkeypatch):
+    """Over Triton the runtime sends the whole beam search to the BLS `captioner` model (no per-step round trips),
+    and gets the captions the in-process beam search finds."""
+    waves = [synth_clip(s, seconds) for s, seconds in ((4, 1.1), (5, 0.6))]
+    tags = (np.random.default_rng(2).random((2, ort_backend.manifest.captioner.n_tags)) < 0.02).astype(np.float32)
+    options = DecodingOptions(beam_size=3, n_best=2, max_tokens=ort_backend.manifest.captioner.max_tokens)
+    expected = ModelRuntime(tiny_bundle, ort_backend).captions(waves, tags, options)
+    calls: list[str] = []
+    infer = backend.client.infer
+    monkeypatch.setattr(backend.client, "infer", lambda model, *a, **k: (calls.append(model), infer(model, *a, **k))[1])
+    got = ModelRuntime(tiny_bundle, backend).captions(waves, tags, options)
+    assert calls == ["captioner"]
+    assert [[t for t, _ in clip] for clip in got] == [[t for t, _ in clip] for clip in expected]
+    assert np.allclose([[p for _, p in clip] for clip in got], [[p for _, p in clip] for clip in expected], atol=1e-4)
 
 
 def test_bad_calls_are_backend_errors(backend):
@@ -136,7 +153,7 @@ def test_server_down_retries_then_breaker_opens_and_recovers(tiny_bundle, triton
         # bounded retries with backoff, then BackendDown (well within the deadline)
         caplog.clear()
         t0 = time.monotonic()
-        with pytest.raises(BackendDown, match=r"unavailable \(graph text_encoder, 3 attempts\)"):
+        with pytest.raises(BackendDown, match=r"unavailable \(model text_encoder, 3 attempts\)"):
             retrying.run("text_encoder", feed)
         assert attempts(caplog) == 3 and time.monotonic() - t0 < 5
 
