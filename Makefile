@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXTRAS := model,export,server,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run train test venv clean
+.PHONY: run train test soak venv clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -49,6 +49,12 @@ train: $(STAMP)
 	$(PY) -m blat.pipeline.run --recipe $(RECIPE) --out runs/$(RECIPE) --seeds $(SEEDS)
 	$(PY) -m export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --overwrite \
 	    --command "make train RECIPE=$(RECIPE) SEEDS=$(SEEDS)"
+
+# The long reliability runs (bench/soak.py): sustained load, 3x overload, Triton killed under load, kill -9 during
+# writes and rebuilds, on the default bundle (exported from the release first if missing). Figures: BENCHMARKS.md.
+soak: $(STAMP)
+	@test -f $(BUNDLE)/bundle.json || $(PY) -m export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite
+	$(PY) bench/soak.py --bundle $(BUNDLE) $(SOAK_ARGS)
 
 test: $(STAMP)
 	@# pytest exits 5 when it collects no test; that is not a failure of the suite itself.
