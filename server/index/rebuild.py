@@ -21,7 +21,7 @@ import numpy as np
 from server.errors import ServiceError
 from server.index import ann
 from server.index.records import ItemRecord, as_unit_rows
-from server.index.version import Version, build_from_db, new_meta, sample_queries
+from server.index.version import Version, build_from_db, new_meta, query_sets
 
 if TYPE_CHECKING:
     from server.index.store import IndexStore
@@ -193,9 +193,8 @@ class RebuildJob:
         self._check_cancel()
         got = 1.0
         if n_db:
-            queries = sample_queries(version.db, seed=2)  # not tuning's queries: no grading on its own set
-            exact = ann.exact_topk(version.db.iter_embeddings(), queries, ann.RECALL_K)
-            got = ann.recall(ann.search(version.index, queries, ann.RECALL_K), exact)
+            # not tuning's queries (no grading on its own set); the worst distance counts
+            got = ann.worst_recall(version.index, query_sets(version.db, seed=2))
         self._update(recall=got)
         need = self._min_recall if self._min_recall is not None else (
             1.0 if ann.index_type(version.index) == "flat" else self._cfg.target_recall)

@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 DB_FILE, INDEX_FILE = "items.sqlite", "index.faiss"
 FILTER_OVERFETCH = 4  # a filtered search starts by asking FAISS for 4x the candidates
 FETCH_ROUNDS = 3  # rounds of 4x more candidates for queries still short of k, before an exact scan answers them
-SAMPLE_QUERIES = 100  # queries used to measure recall when tuning and validating
-QUERY_NOISE = 0.5  # sample queries are stored vectors plus noise of this norm, then renormalised
+SAMPLE_QUERIES = 100  # queries per distance used to measure recall when tuning and validating
+# Sample queries are stored vectors plus noise of these norms, renormalised: 0.05 is a near-duplicate (an upload of
+# a stored clip), 0.3 a similar sound, 1.0 a query as far from its best match as a text is from audio (cosine
+# about 0.7). Approximate indexes differ by distance (HNSW is worst on near-duplicates), so tuning and validation
+# take the worst of the three.
+QUERY_NOISES = (0.05, 0.3, 1.0)
 TUNE_MARGIN = 0.03  # tune a little above the target so validation on other queries does not fail by noise
 SNAPSHOT_AFTER_REPLAY = 1000  # write a fresh snapshot at open when at least this many rows had to be replayed
 # Deletes only tombstone: FAISS's remove_ids is O(N) per call (about 20 ms at 1M vectors), too slow under the store
@@ -35,12 +39,19 @@ SNAPSHOT_AFTER_REPLAY = 1000  # write a fresh snapshot at open when at least thi
 PURGE_FRACTION, PURGE_MIN = 0.1, 256
 
 
-def sample_queries(db: VersionDB, n: int = SAMPLE_QUERIES, seed: int = 0) -> np.ndarray:
+def sample_queries(db: VersionDB, n: int = SAMPLE_QUERIES, seed: int = 0, noise: float = 0.3) -> np.ndarray:
     """(Q, D) unit queries near stored items: a stand-in for real queries when no query log exists."""
     rng = np.random.default_rng(seed)
-    base = db.sample_embeddings(n, rng)
-    noisy = base + QUERY_NOISE * rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(max(base.shape[1], 1))
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return ann.perturbed(db.sample_embeddings(n, rng), noise, rng)
+
+
+def query_sets(db: VersionDB, seed: int = 0) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+    """One (queries, exact top-k) set per distance in QUERY_NOISES; `seed` keeps tuning's and validation's apart."""
+    sets = [sample_queries(db, seed=seed * len(QUERY_NOISES) + i, noise=noise) for i, noise in enumerate(QUERY_NOISES)]
+    queries = np.concatenate(sets)
+    scores, fids = ann.exact_topk(db.iter_embeddings(), queries, ann.RECALL_K)  # one pass over the vectors for all
+    bounds = np.cumsum([0] + [len(q) for q in sets])
+    return [(q, (scores[a:b], fids[a:b])) for q, a, b in zip(sets, bounds[:-1], bounds[1:])]
 
 
 def build_from_db(db: VersionDB, cfg: AnnConfig, tune: bool = True) -> tuple[ann.faiss.Index, float | None]:
@@ -56,9 +67,7 @@ def build_from_db(db: VersionDB, cfg: AnnConfig, tune: bool = True) -> tuple[ann
     index = ann.build(dim, cfg, n, db.iter_embeddings(), train)
     got = None
     if tune and n and ann.index_type(index) != "flat":
-        queries = sample_queries(db)
-        got = ann.tune(index, queries, ann.exact_topk(db.iter_embeddings(), queries, ann.RECALL_K),
-                       min(1.0, cfg.target_recall + TUNE_MARGIN))
+        got = ann.tune(index, query_sets(db), min(1.0, cfg.target_recall + TUNE_MARGIN))
     return index, got
 
 

@@ -51,3 +51,28 @@ def test_recall_counts_ties_as_found():
     exact = (np.array([[0.9, 0.5, 0.5]]), np.array([[1, 2, 3]]))
     assert recall((np.array([[0.9, 0.5, 0.5]]), np.array([[1, 3, 4]])), exact, k=3) == 1.0  # 4 ties with 2
     assert recall((np.array([[0.9, 0.4, -1]]), np.array([[1, 5, -1]])), exact, k=3) == pytest.approx(1 / 3)
+
+
+def test_tuning_meets_the_target_on_every_query_distance_held_out():
+    """The tuner takes the worst of near-duplicate, similar and far (text-like) queries, so each of them reaches the
+    target on held-out queries too."""
+    from server.index import ann
+    from server.index.version import QUERY_NOISES
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((200, 64)).astype(np.float32)
+    x = centres[rng.integers(0, 200, 8000)] + rng.standard_normal((8000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fids = np.arange(len(x), dtype=np.int64)
+
+    def sets(seed):
+        r = np.random.default_rng(seed)
+        out = []
+        for noise in QUERY_NOISES:
+            q = ann.perturbed(x[r.integers(0, len(x), 100)], noise, r)
+            out.append((q, ann.exact_topk([(fids, x)], q, ann.RECALL_K)))
+        return out
+
+    index = ann.build(64, AnnConfig(kind="hnsw"), len(x), [(fids, x)])
+    assert ann.tune(index, sets(1), 0.95) >= 0.95
+    assert ann.worst_recall(index, sets(2)) >= 0.93  # held out: the tuning margin covers the noise of 100 queries
