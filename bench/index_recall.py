@@ -37,9 +37,10 @@ def chunks(x: np.ndarray, size: int = 50_000):
         yield np.arange(i, min(i + size, len(x)), dtype=np.int64), x[i: i + size]
 
 
-def query_sets(x: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
-    sets = [ann.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng) for noise in QUERY_NOISES]
-    return [(q, ann.exact_topk(chunks(x), q, ann.RECALL_K)) for q in sets]
+def query_sets(x: np.ndarray, seed: int) -> list[ann.QuerySet]:
+    """The store's kind of query sets (server.index.version.query_sets), over an array instead of a version."""
+    return ann.query_sets(lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES,
+                          SAMPLE_QUERIES, seed)
 
 
 def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = False) -> dict:
@@ -50,12 +51,13 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
     train = x[rng.choice(len(x), min(len(x), max(256 * int(np.sqrt(len(x))), 10_000)), replace=False)]
     index = ann.build(x.shape[1], cfg, len(x), chunks(x), train if kind == "ivf" else None)
     if former:
-        q = ann.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], 0.5, rng)
-        tuned = ann.tune(index, [(q, ann.exact_topk(chunks(x), q, ann.RECALL_K))], 0.9 + TUNE_MARGIN)
+        former_set = ann.query_sets(lambda n, r: x[r.integers(0, len(x), n)], lambda: chunks(x), (0.5,),
+                                    SAMPLE_QUERIES, seed)
+        tuned = ann.tune(index, former_set, 0.9 + TUNE_MARGIN)
     else:
-        tuned = ann.tune(index, query_sets(x, rng), min(1.0, target + TUNE_MARGIN))
+        tuned = ann.tune(index, query_sets(x, seed), min(1.0, target + TUNE_MARGIN))
     build_s = time.perf_counter() - t0
-    held_out = query_sets(x, np.random.default_rng(seed + 1000))
+    held_out = query_sets(x, seed + 1000)
     recalls = {f"noise {noise:g}": round(ann.recall(ann.search(index, q, ann.RECALL_K), exact), 4)
                for noise, (q, exact) in zip(QUERY_NOISES, held_out)}
     latencies = []

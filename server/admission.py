@@ -18,6 +18,9 @@ from typing import Iterator
 
 from server.errors import DeadlineExceeded, Overloaded
 
+# Threads the faces' pools keep beyond what the gates admit: item reads, stats, health checks and refusals never
+# wait behind admitted work.
+THREADS_WITHOUT_MODEL = 32
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("blat_deadline", default=None)
 
 

@@ -9,6 +9,7 @@ dependencies: a 200 MiB body would be read in full before its 401.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from starlette.routing import Match, Router
@@ -57,22 +58,20 @@ class FrontDoor:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         access = rest_access(scope["method"], template)
         limits = self.gw.limits
+        admission = contextlib.ExitStack()
         try:
             authorize(access, self.gw.settings.auth.keys, presented_key(headers), f"{scope['method']} {template}")
             cap = limits.max_upload_bytes if access.body == "audio" else limits.max_json_bytes
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
                 raise TooLarge(f"request body of {int(declared)} bytes; the limit here is {cap}")
-            admission = self.gw.admitted(access.gate)
-            admission.__enter__()
+            admission.enter_context(self.gw.admitted(access.gate))
         except ServiceError as e:
             self.gw.metrics.observe("rest", template, e.http_status, 0.0)
             await _answer(send, e)
             return
-        try:
+        with admission:
             await self.app(scope, _capped(receive, cap, limits.body_idle_s), send)
-        finally:
-            admission.__exit__(None, None, None)
 
 
 def _capped(receive: Receive, cap: int, idle_s: float) -> Receive:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from server.access import authorize, grpc_access, presented_key
-from server.admission import Gate
+from server.admission import THREADS_WITHOUT_MODEL, Gate
 from server.errors import BadRequest, DeadlineExceeded, ServiceError
 from server.index import Hit, ItemRecord, SearchFilter
 from server.index.records import iso_time
@@ -27,7 +27,6 @@ SERVICE = "blat.v1.Blat"
 MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a request
 STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-THREADS_WITHOUT_MODEL = 32  # workers beyond the gates and the stream cap (see create_grpc_server)
 HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
 
 
@@ -62,20 +61,23 @@ def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
     inbox: queue.Queue = queue.Queue(maxsize=8)  # a few chunks of read-ahead; the client waits beyond that
     done = threading.Event()
 
+    def offer(item) -> bool:  # False once the handler is gone: then nobody will read the inbox
+        while not done.is_set():
+            try:
+                inbox.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def pump() -> None:
         try:
             for msg in requests:
-                while not done.is_set():
-                    try:
-                        inbox.put(("msg", msg), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if done.is_set():
+                if not offer(("msg", msg)):
                     return
-            inbox.put(("end", None))
+            offer(("end", None))
         except Exception as e:  # noqa: BLE001 - the RPC was cancelled or ended: the handler hears of it
-            inbox.put(("error", e))
+            offer(("error", e))
 
     threading.Thread(target=pump, name="stream-reader", daemon=True).start()
     ends_at = time.monotonic() + max_s
@@ -138,14 +140,14 @@ class BlatServicer(pb_grpc.BlatServicer):
             raise BadRequest(f"encoding must be one of {sorted(STREAM_ENCODINGS)} and sample_rate in [8000, 192000]")
         rate, dtype = self.gw.runtime.sample_rate, STREAM_ENCODINGS[cfg.encoding]
         win, hop = self.gw.check_windows(cfg.window_s or 2.0, cfg.hop_s or 1.0)
-        labels, top_k = list(cfg.labels) or None, cfg.top_k or 5
+        bank, top_k = self.gw.label_bank(list(cfg.labels) or None), cfg.top_k or 5
         buffer, start, last_end, pending = np.zeros(0, np.float32), 0, 0, b""
         # One streaming resampler for the whole stream: no seams at chunk boundaries.
         resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, "float32", quality="HQ") if cfg.sample_rate != rate else None
 
         def windows(samples: np.ndarray, offset: int) -> list[pb.TagWindow]:
             with self.gw.admitted("audio"):  # each window is admitted like a request of its own
-                found = self.gw.tag_windows(samples, win, hop, labels, top_k, offset=offset)
+                found = self.gw.tag_windows(samples, win, hop, bank, top_k, offset=offset)
             return [pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in found]
 
         for msg in requests:
@@ -279,7 +281,7 @@ def create_grpc_server(gateway: Gateway, address: str, workers: int | None = Non
     admit and every stream the cap allows, plus THREADS_WITHOUT_MODEL: health checks, item reads and refusals
     (429s) never wait behind admitted work or open streams."""
     if workers is None:
-        workers = sum(g.capacity for g in gateway.gates.values()) + gateway.limits.max_streams + THREADS_WITHOUT_MODEL
+        workers = gateway.admissible + gateway.limits.max_streams + THREADS_WITHOUT_MODEL
     max_msg = gateway.limits.max_upload_bytes + MAX_MESSAGE_BYTES_SLACK  # larger messages: RESOURCE_EXHAUSTED
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          interceptors=[_Guard(gateway)], options=[("grpc.max_receive_message_length", max_msg)])

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.admission import THREADS_WITHOUT_MODEL
 from server.audio import read_limited_async
 from server.errors import BadAudio, BadRequest, ServiceError
 from server.front_door import FrontDoor
@@ -28,7 +29,6 @@ from server.service import MAX_BEAM, Gateway
 AUDIO_BODY = {"requestBody": {"required": True, "description": "an encoded clip: WAV, FLAC, OGG (Vorbis/Opus) or MP3",
                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                                           "audio/*": {"schema": {"type": "string", "format": "binary"}}}}}
-THREADS_WITHOUT_MODEL = 32  # pool threads beyond the gates' capacity: item reads, stats, rebuild control
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}}
 
@@ -39,8 +39,8 @@ def ok(model, status: int = 200) -> dict:
 
 
 def _errors(*statuses: int) -> dict:
-    text = {400: "invalid parameters", 401: "missing or unknown API key", 408: "the request body stopped arriving", 403: "key lacks the scope, or path outside the "
-            "ingest roots", 404: "not found", 409: "id or audio content already stored", 413: "upload or clip duration "
+    text = {400: "invalid parameters", 401: "missing or unknown API key", 403: "key lacks the scope, or path outside the "
+            "ingest roots", 408: "the request body stopped arriving", 404: "not found", 409: "id or audio content already stored", 413: "upload or clip duration "
             "over its limit", 415: "not WAV, FLAC, OGG or MP3", 422: "undecodable or unusable audio", 429: "overloaded "
             "(see Retry-After)", 502: "model backend error", 503: "model backend down", 504: "deadline exceeded"}
     return {s: {"description": text[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
@@ -64,7 +64,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         # Admitted requests wait for models in pool threads: give the pool room for every gate at once (plus the
         # calls that use no model), so an admitted request never waits for a thread behind another kind of request.
         limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = sum(g.capacity for g in gateway.gates.values()) + THREADS_WITHOUT_MODEL
+        limiter.total_tokens = gateway.admissible + THREADS_WITHOUT_MODEL
         yield
 
     app = FastAPI(title="BLAT gateway", version="1", description=__doc__, lifespan=lifespan)

@@ -7,6 +7,7 @@ working while the model backend is down.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,10 +40,11 @@ LABEL_CACHE_SIZE = 4096  # embeddings of custom labels kept (oldest dropped firs
 # A rebuild decodes clips into a window of at most this many clips or samples (64 MB of float32), sorts the window by
 # length and embeds it in batches of neighbours: a batch is padded to its longest clip, so mixing a 30 s ambience
 # into a batch of 1 s effects costs 30 s per clip (on the seed corpus: 7,742 padded seconds in file order for 2,667
-# seconds of audio; 3,546 with these windows).
+# seconds of audio; 4,059 with these windows: bench/rebuild_batching.py).
 REBUILD_WINDOW_CLIPS = 256
 REBUILD_WINDOW_SAMPLES = 16_000_000
 T = TypeVar("T")
+LabelBank = tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]  # names, (K, D) embeddings, scale, bias
 
 
 def window_spans(n: int, win: int, hop: int) -> list[tuple[int, int]]:
@@ -108,25 +110,6 @@ def content_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
-class _Admission:
-    """`with gateway.admitted(gate):` holds a place in the gate and sets the request's deadline for its duration."""
-
-    def __init__(self, gate: Gate | None, timeout_s: float):
-        self.gate, self.timeout_s = gate, timeout_s
-
-    def __enter__(self):
-        if self.gate is not None:
-            self.gate.try_enter()
-        self._token = set_deadline(self.timeout_s)
-        return self
-
-    def __exit__(self, *exc):
-        reset_deadline(self._token)
-        if self.gate is not None:
-            self.gate.leave()
-        return False
-
-
 class Gateway:
     def __init__(self, settings: Settings, backend: Backend | None = None, store: IndexStore | None = None,
                  metrics: Metrics | None = None):
@@ -186,9 +169,20 @@ class Gateway:
         """Seconds left of the current request's deadline (set at admission); DeadlineExceeded when none are left."""
         return remaining(self.limits.request_timeout_s)
 
-    def admitted(self, gate: str | None):
-        """The faces' entry: admission through `gate` (None: no model call) and the request's deadline."""
-        return _Admission(self.gates[gate] if gate else None, self.limits.request_timeout_s)
+    @contextlib.contextmanager
+    def admitted(self, gate: str | None) -> Iterator[None]:
+        """The faces' entry: a place in `gate` (None: no model call) and the request's deadline, for the call."""
+        with self.gates[gate].admitted() if gate else contextlib.nullcontext():
+            token = set_deadline(self.limits.request_timeout_s)
+            try:
+                yield
+            finally:
+                reset_deadline(token)
+
+    @property
+    def admissible(self) -> int:
+        """Requests the gates admit at once: the faces size their thread pools from it."""
+        return sum(g.capacity for g in self.gates.values())
 
     # -- embeddings --------------------------------------------------------------------------------------------------
 
@@ -225,7 +219,7 @@ class Gateway:
 
     # -- tagging ---------------------------------------------------------------------------------------------------
 
-    def _labels(self, labels: Sequence[str] | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    def _labels(self, labels: Sequence[str] | None) -> LabelBank:
         """(names, (K, D) embeddings, scale, bias). Unknown labels get the bank's mean calibration."""
         bank = self.runtime.labels
         if not labels:
@@ -270,10 +264,6 @@ class Gateway:
     def _probs(emb: np.ndarray, label_embs, scale, bias) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-((emb @ label_embs.T) * scale + bias)))
 
-    def tag_waveform(self, samples: np.ndarray, labels: Sequence[str] | None = None, top_k: int = 10) -> tuple[LabelScore, ...]:
-        names, embs, scale, bias = self._labels(labels)
-        return self._top(names, self._probs(self.embed_waveform(samples), embs, scale, bias), top_k)
-
     def check_windows(self, window_s: float, hop_s: float) -> tuple[int, int]:
         """Window and hop in seconds (hop 0 = the window) -> in samples; the same limits on both faces."""
         step, longest = self.manifest.audio.frame_seconds, self.limits.max_audio_seconds
@@ -284,15 +274,19 @@ class Gateway:
         rate = self.runtime.sample_rate
         return round(window_s * rate), round(hop_s * rate)
 
-    def tag_windows(self, samples: np.ndarray, win: int, hop: int, labels: Sequence[str] | None = None,
-                    top_k: int = 10, offset: int = 0) -> tuple[TagWindow, ...]:
+    def label_bank(self, labels: Sequence[str] | None = None) -> LabelBank:
+        """The labels to score (the 527 AudioSet labels by default), resolved once per request or stream."""
+        return self._labels(labels)
+
+    def tag_windows(self, samples: np.ndarray, win: int, hop: int, bank: LabelBank, top_k: int = 10,
+                    offset: int = 0) -> tuple[TagWindow, ...]:
         """Tags per window of `samples`, each window embedded as a clip of its own (the windows of one clip share
         batches). The one scoring path of windowed tagging: /v1/tag with window_s and the StreamTag RPC."""
         spans = window_spans(len(samples), win, hop)
         if len(spans) > MAX_WINDOWS or sum(b - a for a, b in spans) > MAX_WINDOWED_AUDIO * len(samples) + win:
             raise BadRequest(f"{len(spans)} windows of {win / self.runtime.sample_rate:g} s; at most {MAX_WINDOWS}, "
                              f"covering at most {MAX_WINDOWED_AUDIO}x the clip (use a larger hop_s)")
-        names, embs, scale, bias = self._labels(labels)
+        names, embs, scale, bias = bank
         futures = [self.audio_batcher.submit_future(samples[a:b], self.timeout) for a, b in spans]
         probs = self._probs(np.stack([f.result(timeout=self.timeout) for f in futures]), embs, scale, bias)
         rate = self.runtime.sample_rate
@@ -305,10 +299,10 @@ class Gateway:
         if not isinstance(top_k, int) or top_k < 1:
             raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
         spans = self.check_windows(window_s, hop_s) if (window_s or hop_s) else None
-        names, embs, scale, bias = self._labels(labels)
+        bank = names, embs, scale, bias = self._labels(labels)
         audio = self.decode(data)
         clip = self._top(names, self._probs(self.embed_waveform(audio.samples), embs, scale, bias), top_k)
-        return clip, (self.tag_windows(audio.samples, *spans, labels, top_k) if spans else ())
+        return clip, (self.tag_windows(audio.samples, *spans, bank, top_k) if spans else ())
 
     # -- captioning ------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +156,20 @@ def perturbed(base: np.ndarray, noise: float, rng: np.random.Generator) -> np.nd
 
 
 QuerySet = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]  # (queries (Q, D), exact (scores, fids) of each)
+
+
+def query_sets(sample: Callable[[int, np.random.Generator], np.ndarray],
+               vectors: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], noises: Sequence[float], n: int,
+               seed: int = 0) -> list[QuerySet]:
+    """One set of `n` perturbed queries per noise level, with its exact top-k; `sample(n, rng)` draws stored unit
+    vectors, `vectors()` streams (fids, vectors) for the exact search (one pass for all the sets)."""
+    sets = []
+    for i, noise in enumerate(noises):
+        rng = np.random.default_rng(seed * len(noises) + i)
+        sets.append(perturbed(sample(n, rng), noise, rng))
+    scores, fids = exact_topk(vectors(), np.concatenate(sets), RECALL_K)
+    bounds = np.cumsum([0] + [len(q) for q in sets])
+    return [(q, (scores[a:b], fids[a:b])) for q, a, b in zip(sets, bounds[:-1], bounds[1:])]
 
 
 def worst_recall(index: faiss.Index, sets: list[QuerySet]) -> float:

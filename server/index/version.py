@@ -39,19 +39,10 @@ SNAPSHOT_AFTER_REPLAY = 1000  # write a fresh snapshot at open when at least thi
 PURGE_FRACTION, PURGE_MIN = 0.1, 256
 
 
-def sample_queries(db: VersionDB, n: int = SAMPLE_QUERIES, seed: int = 0, noise: float = 0.3) -> np.ndarray:
-    """(Q, D) unit queries near stored items: a stand-in for real queries when no query log exists."""
-    rng = np.random.default_rng(seed)
-    return ann.perturbed(db.sample_embeddings(n, rng), noise, rng)
-
-
-def query_sets(db: VersionDB, seed: int = 0) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
-    """One (queries, exact top-k) set per distance in QUERY_NOISES; `seed` keeps tuning's and validation's apart."""
-    sets = [sample_queries(db, seed=seed * len(QUERY_NOISES) + i, noise=noise) for i, noise in enumerate(QUERY_NOISES)]
-    queries = np.concatenate(sets)
-    scores, fids = ann.exact_topk(db.iter_embeddings(), queries, ann.RECALL_K)  # one pass over the vectors for all
-    bounds = np.cumsum([0] + [len(q) for q in sets])
-    return [(q, (scores[a:b], fids[a:b])) for q, a, b in zip(sets, bounds[:-1], bounds[1:])]
+def query_sets(db: VersionDB, seed: int = 0) -> list[ann.QuerySet]:
+    """Stand-ins for real queries when no query log exists: stored vectors perturbed at each of QUERY_NOISES, with
+    their exact top-k; `seed` keeps tuning's and validation's sets apart."""
+    return ann.query_sets(db.sample_embeddings, db.iter_embeddings, QUERY_NOISES, SAMPLE_QUERIES, seed)
 
 
 def build_from_db(db: VersionDB, cfg: AnnConfig, tune: bool = True) -> tuple[ann.faiss.Index, float | None]:
