@@ -1,29 +1,52 @@
-"""Recall and latency of the index kinds (flat, IVF, HNSW) as the store builds and tunes them, on held-out queries.
+"""Recall and latency of the index kinds (flat, IVF, HNSW): FAISS alone, and through the gateway's `IndexStore`.
 
-    .venv/bin/python bench/index_recall.py                        # 10k and 100k vectors, 128-d
-    .venv/bin/python bench/index_recall.py --sizes 1000000 --json index_1m.json
+    .venv/bin/python bench/index_recall.py                        # 10k and 100k vectors, 256-d, both parts
+    .venv/bin/python bench/index_recall.py --sizes 1000000 --store-sizes 1000000 --json index_1m.json
 
 Vectors: a synthetic clustered set (unit vectors around 1,000 random centres, like embeddings of a corpus with many
-near-duplicates), of the default index dimension. Each index is built with server/index/ann.py and tuned by
-`ann.tune` on one draw of query sets (stored vectors perturbed at each distance in
-server.index.version.QUERY_NOISES); recall@10 is then measured on a second, held-out draw, per distance. Latency is
-one query at a time (p50 / p99 over the held-out queries); memory is the serialised index size; build time includes
-IVF training and tuning. Prints JSON and a table.
+near-duplicates), of the served bundle's embedding dimension (256).
+
+FAISS alone (--sizes): each index is built with server/index/ann.py and tuned by `ann.tune` on one draw of query
+sets (stored vectors perturbed at each distance in server.index.version.QUERY_NOISES); recall@10 is then measured on
+a second, held-out draw, per distance. Latency is one query at a time (p50 / p99 over the held-out queries); memory
+is the serialised index size; build time includes IVF training and tuning.
+
+Through the store (--store-sizes): a store of each kind is loaded in a temporary directory the way the gateway loads
+a collection in bulk (`IndexStore.start_rebuild` with a source of pairs: rows into SQLite, then the index built from
+them, IVF trained, nprobe / efSearch tuned, recall validated, swapped in), from the same vectors with metadata like
+a tagged sound library (an id, a source path, a duration, a caption, a content hash and 3 of 30 AudioSet labels, so
+each tag is on 10% of the items). Measured: load time (SQLite ingest, then index build + tuning + validation), the
+rebuild's validated recall@10, `store.search(q, 10)` one query at a time without and with a tag filter (p50 / p99;
+SQLite metadata of the hits included), the store's size on disk, the process's resident memory growth (Linux /proc:
+held after the load, and peak during it), and ms per item of one later `add_many` of 1,000 items.
+
+Prints one JSON object ({"faiss": rows, "store": rows}) and two tables.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import ctypes
+import gc
+import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from server.index import ann  # noqa: E402
+from server.index import IndexStore, ItemRecord, SearchFilter, ann  # noqa: E402
+from server.index.rebuild import RebuildProgress  # noqa: E402
 from server.index.version import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
+
+LABELS = ROOT / "contract" / "data" / "audioset" / "class_labels_indices.csv"
+VOCAB, TAGS_PER_ITEM = 30, 3  # each tag is on 3/30 = 10% of the items: the filtered search's selectivity
+ADD_BATCH = 1000
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centres: int = 1000, spread: float = 1.0) -> np.ndarray:
@@ -43,8 +66,14 @@ def query_sets(x: np.ndarray, seed: int) -> list[ann.QuerySet]:
                           SAMPLE_QUERIES, seed)
 
 
+def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
+    latencies = sorted(latencies)
+    return (round(1000 * latencies[len(latencies) // 2], 3),
+            round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 3))
+
+
 def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = False) -> dict:
-    """former: tune as the store did before (one query set at noise 0.5, target 0.9), for comparison."""
+    """FAISS alone. former: tune as the store did before (one query set at noise 0.5, target 0.9), for comparison."""
     rng = np.random.default_rng(seed)
     cfg = ann.AnnConfig(kind=kind, target_recall=target)
     t0 = time.perf_counter()
@@ -66,43 +95,175 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
             t = time.perf_counter()
             ann.search(index, row[None], ann.RECALL_K)
             latencies.append(time.perf_counter() - t)
-    latencies.sort()
-    return {"kind": ann.index_type(index) + (" (former tuning)" if former else ""), "n": len(x), "params": ann.params(index), "tuning_recall": round(tuned, 4),
-            "recall_held_out": recalls, "recall_worst": min(recalls.values()),
-            "p50_ms": round(1000 * latencies[len(latencies) // 2], 3),
-            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 3),
-            "build_s": round(build_s, 1), "index_mb": round(len(ann.faiss.serialize_index(index)) / 1e6, 1)}
+    p50, p99 = percentiles_ms(latencies)
+    return {"kind": ann.index_type(index) + (" (former tuning)" if former else ""), "n": len(x),
+            "params": ann.params(index), "tuning_recall": round(tuned, 4), "recall_held_out": recalls,
+            "recall_worst": min(recalls.values()), "p50_ms": p50, "p99_ms": p99, "build_s": round(build_s, 1),
+            "index_mb": round(len(ann.faiss.serialize_index(index)) / 1e6, 1)}
+
+
+# -- through the store ---------------------------------------------------------------------------------------------
+
+def vocabulary() -> list[str]:
+    """VOCAB AudioSet label names spread over the ontology (not the first 30, which are all kinds of speech)."""
+    with LABELS.open(newline="") as f:
+        names = [row["display_name"] for row in csv.DictReader(f)]
+    return names[:: len(names) // VOCAB][:VOCAB]
+
+
+def library(x: np.ndarray, vocab: list[str], seed: int):
+    """A rebuild source (a callable, as the gateway passes one): the vectors as items with metadata."""
+    def pairs():
+        rng = np.random.default_rng(seed)
+        for ids, vecs in chunks(x, 4096):
+            picks = np.argsort(rng.random((len(ids), len(vocab))), axis=1)[:, :TAGS_PER_ITEM]
+            durations = rng.uniform(0.5, 30.0, len(ids)).round(2)
+            for i, vec, pick, duration in zip(ids, vecs, picks, durations):
+                tags = tuple(vocab[j] for j in pick)
+                yield ItemRecord(id=f"lib/{i:07d}", source_uri=f"library/{i:07d}.wav", duration_s=float(duration),
+                                 tags=tags, caption=f"{tags[0]}, then {tags[1].lower()}",
+                                 content_hash=hashlib.sha256(int(i).to_bytes(8, "little")).hexdigest()), vec
+    return pairs
+
+
+def load(store: IndexStore, source, n: int) -> tuple[float, float, RebuildProgress]:
+    """Load through `start_rebuild`, the product's bulk path (seeding, folder and manifest rebuilds) -> (ingest s,
+    total s, progress). Polled, to split the SQLite ingest from the index build, tuning and validation after it."""
+    t0 = time.perf_counter()
+    job = store.start_rebuild(source, n)
+    ingest_s = None
+    while job.running:
+        if job.wait(0.1).state not in ("pending", "running") and ingest_s is None:
+            ingest_s = time.perf_counter() - t0
+    progress = job.progress()
+    if progress.state != "succeeded":
+        raise RuntimeError(f"the rebuild {progress.state}: {progress.error}")
+    return ingest_s or 0.0, time.perf_counter() - t0, progress
+
+
+def held_out_queries(x: np.ndarray, seed: int) -> np.ndarray:
+    """SAMPLE_QUERIES queries per distance in QUERY_NOISES, as the FAISS part's held-out sets (no exact top-k)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([ann.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng)
+                           for noise in QUERY_NOISES])
+
+
+def timed_searches(store: IndexStore, queries: np.ndarray, flt: SearchFilter | None) -> tuple[list[float], list]:
+    latencies, results = [], []
+    for q in queries:
+        t = time.perf_counter()
+        results.append(store.search(q, 10, flt)[0])
+        latencies.append(time.perf_counter() - t)
+    return latencies, results
+
+
+def proc_mb(key: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident since the last `settle`) of this process, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def settle() -> None:
+    """Free what earlier measurements left, so that the next growth in RSS is the next store's own: the previous
+    store is only freed by the cycle collector (it and its rebuild job refer to each other), and glibc keeps freed
+    heap pages until trimmed. Then reset the peak (Linux: VmHWM back to the current RSS)."""
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def add_ms(store: IndexStore, x: np.ndarray, vocab: list[str], rng: np.random.Generator) -> float:
+    """ms per item of one add_many of ADD_BATCH new items into the loaded store: the cost of writes after a load."""
+    vecs = ann.perturbed(x[rng.integers(0, len(x), ADD_BATCH)], 0.3, rng)
+    pairs = [(ItemRecord(id=f"new/{i}", tags=(vocab[0],), caption="added later"), v) for i, v in enumerate(vecs)]
+    t = time.perf_counter()
+    store.add_many(pairs)
+    return 1000 * (time.perf_counter() - t) / ADD_BATCH
+
+
+def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None) -> dict:
+    vocab = vocabulary()
+    queries = held_out_queries(x, seed + 1000)
+    flt = SearchFilter(tags_any=(vocab[0],))
+    with tempfile.TemporaryDirectory(prefix="index_store_", dir=parent) as root:
+        settle()
+        rss0 = proc_mb("VmRSS")
+        with IndexStore(root, x.shape[1], "bench", config=ann.AnnConfig(kind=kind, target_recall=target)) as store:
+            ingest_s, load_s, progress = load(store, library(x, vocab, seed), len(x))
+            rss, peak = proc_mb("VmRSS") - rss0, proc_mb("VmHWM") - rss0
+            disk_mb = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file()) / 1e6
+            stats = store.stats()
+            plain, _ = timed_searches(store, queries, None)
+            filtered, results = timed_searches(store, queries, flt)
+            per_add = add_ms(store, x, vocab, np.random.default_rng(seed))
+    p50, p99 = percentiles_ms(plain)
+    f50, f99 = percentiles_ms(filtered)
+    return {"kind": kind, "n": len(x), "index": stats.index_type, "params": stats.params,
+            "recall_validated": progress.recall, "ingest_s": round(ingest_s, 1), "load_s": round(load_s, 1),
+            "p50_ms": p50, "p99_ms": p99, "filter": f"tags_any {vocab[0]!r}", "filtered_p50_ms": f50,
+            "filtered_p99_ms": f99, "filtered_hits_mean": round(float(np.mean([len(r) for r in results])), 2),
+            "filtered_hits_off_tag": sum(vocab[0] not in h.item.tags for r in results for h in r),
+            "disk_mb": round(disk_mb, 1), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
+            "add_many_ms_per_item": round(per_add, 3)}
+
+
+def print_tables(rows: list[dict], store_rows: list[dict]) -> None:
+    if rows:
+        print(f"\nFAISS alone\n{'n':>8s} {'index':22s} {'params':28s} {'recall@10 by noise ' + str(QUERY_NOISES):34s} "
+              f"{'p50 ms':>7s} {'p99 ms':>7s} {'build s':>8s} {'MB':>7s}")
+    for r in rows:
+        rec = " ".join(f"{v:.3f}" for v in r["recall_held_out"].values())
+        print(f"{r['n']:8d} {r['kind']:22s} {json.dumps(r['params']):28s} {rec:34s} {r['p50_ms']:7.2f} "
+              f"{r['p99_ms']:7.2f} {r['build_s']:8.1f} {r['index_mb']:7.1f}")
+    if store_rows:
+        print(f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
+              f"{'n':>8s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} {'p50 ms':>7s} "
+              f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
+              f"{'add ms':>7s}")
+    for r in store_rows:
+        print(f"{r['n']:8d} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
+              f"{r['ingest_s']:8.1f} {r['load_s']:7.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+              f"{r['filtered_p50_ms']:8.2f} {r['filtered_p99_ms']:8.2f} {r['disk_mb']:8.1f} {r['rss_mb']:7.1f} "
+              f"{r['peak_rss_mb']:7.1f} {r['add_many_ms_per_item']:7.3f}")
+
+
+def sizes(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="10000,100000", help="comma-separated vector counts")
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--sizes", default="10000,100000", help="comma-separated vector counts for FAISS alone ('' none)")
+    p.add_argument("--store-sizes", default="10000,100000",
+                   help="comma-separated vector counts for the IndexStore part ('' none)")
+    p.add_argument("--dim", type=int, default=256, help="embedding dimension (the served bundle's is 256)")
     p.add_argument("--kinds", default="flat,ivf,hnsw")
     p.add_argument("--target", type=float, default=ann.AnnConfig().target_recall, help="recall@10 target")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     p.add_argument("--spread", type=float, default=1.0,
                    help="noise around each centre (per-dimension std before normalising): larger = harder, flatter data")
+    p.add_argument("--store-dir", type=Path, help="where the temporary stores go (default: the system's temp dir)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.threads:
         ann.faiss.omp_set_num_threads(args.threads)
-    rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    kinds, faiss_sizes, store_sizes = args.kinds.split(","), sizes(args.sizes), sizes(args.store_sizes)
+    rows, store_rows = [], []
+    for n in sorted(set(faiss_sizes) | set(store_sizes)):
         x = clustered(n, args.dim, np.random.default_rng(n), spread=args.spread)
-        for kind in args.kinds.split(","):
-            rows.append(measure(kind, x, args.target, seed=7))
-        if "hnsw" in args.kinds:
-            rows.append(measure("hnsw", x, args.target, seed=7, former=True))
-    print(json.dumps(rows, indent=2))
+        if n in faiss_sizes:
+            rows += [measure(kind, x, args.target, seed=7) for kind in kinds]
+            if "hnsw" in kinds:
+                rows.append(measure("hnsw", x, args.target, seed=7, former=True))
+        if n in store_sizes:
+            store_rows += [measure_store(kind, x, args.target, seed=7, parent=args.store_dir) for kind in kinds]
+    out = json.dumps({"faiss": rows, "store": store_rows}, indent=2)
+    print(out)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    print(f"\n{'n':>8s} {'index':22s} {'params':28s} {'recall@10 by noise ' + str(QUERY_NOISES):34s} {'p50 ms':>7s} "
-          f"{'p99 ms':>7s} {'build s':>8s} {'MB':>7s}")
-    for r in rows:
-        rec = " ".join(f"{v:.3f}" for v in r["recall_held_out"].values())
-        print(f"{r['n']:8d} {r['kind']:22s} {json.dumps(r['params']):28s} {rec:34s} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-              f"{r['build_s']:8.1f} {r['index_mb']:7.1f}")
+        args.json.write_text(out)
+    print_tables(rows, store_rows)
     return 0
 
 

@@ -3,7 +3,8 @@
     make soak                                            # the default bundle (runs/default/bundle)
     .venv/bin/python bench/soak.py --bundle runs/default/bundle --sustain-s 60 --json soak.json
 
-Phases, each against a `python -m server` subprocess on loopback (clients: asyncio + httpx):
+Phases, each against a `python -m server` subprocess on loopback (load: bench/loadgen.py's lean client; item
+writes: httpx):
   1. capacity   closed loop of text searches (80 %) and 2 s tag requests (20 %) at --concurrency for 10 s: the rps
                 the gateway sustains on this machine;
   2. sustained  the same closed loop for --sustain-s: errors (must be 0) and the server's RSS, first and last;
@@ -19,214 +20,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import loadgen  # noqa: E402
 from contract.bundle import read_bundle  # noqa: E402
+from loadgen import GatewayProcess as Gateway, RawHttp, Result, summary, wav_bytes  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    """`python -m server` as a subprocess with its own ports, index and ingest root."""
-
-    def __init__(self, bundle: Path, work: Path, **env: str):
-        self.bundle, self.work, self.extra = bundle, work, env
-        self.index, self.roots = work / "index", work / "roots"
-        self.index.mkdir(parents=True, exist_ok=True)
-        self.roots.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 180.0) -> "Gateway":
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLAT_SERVER_")}
-        env.update(BLAT_SERVER_INGEST_ROOTS=json.dumps([str(self.roots)]), PYTHONUNBUFFERED="1", **self.extra)
-        log = open(self.work / f"gateway-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", "--bundle", str(self.bundle), "--index-dir",
-                                      str(self.index), "--http-port", str(self.port), "--grpc-port", str(free_port())],
-                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gateway not ready in time")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            self.proc.wait(30)
-
-
-def wav_bytes(seconds: float, rate: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) + 0.05 * rng.standard_normal(len(t))
-    buf = io.BytesIO()
-    sf.write(buf, x.astype(np.float32), rate, format="WAV", subtype="FLOAT")
-    return buf.getvalue()
-
-
-def mixed_request(i: int, clip: bytes):
+def mixed_request(i: int, clip: bytes) -> tuple[str, bytes, str]:
+    """(path, body, content type): 80 % text searches, 20 % tagging of `clip`."""
     if i % 5 == 4:
-        return "POST", "/v1/tag", {"content": clip, "params": {"top_k": 5}}
-    return "POST", "/v1/search/text", {"json": {"query": f"a recording of sound number {i % 97}", "k": 10}}
+        return "/v1/tag?top_k=5", clip, "audio/wav"
+    return "/v1/search/text", json.dumps({"query": f"a recording of sound number {i % 97}", "k": 10}).encode(), \
+        "application/json"
 
 
-async def one(client: httpx.AsyncClient, i: int, clip: bytes) -> tuple[int, float]:
-    method, path, kwargs = mixed_request(i, clip)
-    t0 = time.monotonic()
-    try:
-        r = await client.request(method, path, **kwargs)
-        status = r.status_code
-    except httpx.HTTPError:
-        status = 0
-    return status, time.monotonic() - t0
+def mixed(clip: bytes):
+    async def send(client: RawHttp, i: int) -> Result:
+        path, body, ctype = mixed_request(i, clip)
+        return await client.request("POST", path, body, ctype)
+    return send
 
 
-async def closed_loop(url: str, clip: bytes, concurrency: int, seconds: float) -> list[tuple[int, float]]:
-    results: list[tuple[int, float]] = []
-    stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as c:
-        async def worker(w: int):
-            i = w
-            while time.monotonic() < stop:
-                results.append(await one(c, i, clip))
-                i += concurrency
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return results
-
-
-class RawHttp:
-    """A lean HTTP/1.1 client for the open loop: a free-list of kept-alive loopback connections (O(1) to take one, at
-    most `cap` open), hand-written requests, Content-Length answers. httpx's pool slows down badly with thousands of
-    connections in one process, and on shared cores that slowness would be measured as the server's latency."""
-
-    def __init__(self, url: str, cap: int):
-        self.host, self.port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
-        self.idle: list = []
-        self.open, self.cap = 0, cap
-        self.freed = asyncio.Condition()
-
-    async def _take(self):
-        async with self.freed:
-            while not self.idle and self.open >= self.cap:
-                await self.freed.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.open += 1
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def _give(self, conn, reusable: bool) -> None:
-        async with self.freed:
-            if reusable:
-                self.idle.append(conn)
-            else:
-                self.open -= 1
-                conn[1].close()
-            self.freed.notify()
-
-    async def request(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, float]:
-        """(status, seconds from the request's first byte on the wire to its answer's last byte); 0 = no answer."""
-        conn = await self._take()
-        reader, writer = conn
-        head = (f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
-                f"content-length: {len(body)}\r\n\r\n").encode()
-        t0 = time.monotonic()
-        try:
-            writer.write(head + body)
-            await writer.drain()
-            status_line = await reader.readline()
-            status = int(status_line.split()[1])
-            length, close = 0, False
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-                elif name.lower() == "connection" and "close" in value.lower():
-                    close = True
-            await reader.readexactly(length)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
-            await self._give(conn, False)
-            return 0, time.monotonic() - t0
-        await self._give(conn, not close)
-        return status, time.monotonic() - t0
-
-
-async def open_loop(url: str, clip: bytes, rps: float, seconds: float) -> tuple[list[tuple[int, float]], float, float]:
-    """Requests started on a fixed schedule whatever the answers; (results, seconds until the last answer, p99 of
-    how late the generator itself started requests: on shared cores the client can fall behind too)."""
-    client = RawHttp(url, cap=1024)
-
-    async def send(i: int) -> tuple[int, float]:
-        method, path, kwargs = mixed_request(i, clip)
-        if "json" in kwargs:
-            return await client.request(method, path, json.dumps(kwargs["json"]).encode(), "application/json")
-        return await client.request(method, path + "?top_k=5", kwargs["content"], "audio/wav")
-
-    tasks, lags, t0, i = [], [], time.monotonic(), 0
-    while (now := time.monotonic()) < t0 + seconds:
-        due = t0 + i / rps
-        if due > now:
-            await asyncio.sleep(due - now)
-        lags.append(time.monotonic() - due)
-        tasks.append(asyncio.create_task(send(i)))
-        i += 1
-    results = list(await asyncio.gather(*tasks))
-    for conn in client.idle:
-        conn[1].close()
-    lags.sort()
-    return results, time.monotonic() - t0, lags[int(0.99 * (len(lags) - 1))]
-
-
-def summary(results: list[tuple[int, float]], seconds: float) -> dict:
-    statuses: dict[str, int] = {}
-    for s, _ in results:
-        statuses[str(s)] = statuses.get(str(s), 0) + 1
-    ok = sorted(t for s, t in results if s == 200)
-    pct = (lambda q: round(ok[min(len(ok) - 1, int(q * len(ok)))] * 1000, 1) if ok else None)
-    return {"requests": len(results), "rps_ok": round(len(ok) / seconds, 1), "statuses": statuses,
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+def closed_loop(url: str, clip: bytes, concurrency: int, seconds: float) -> list[Result]:
+    return asyncio.run(loadgen.closed_loop(url, mixed(clip), concurrency, seconds))
 
 
 def phase_load(gw: Gateway, clip: bytes, concurrency: int, sustain_s: float, deadline_s: float) -> dict:
-    capacity = summary(asyncio.run(closed_loop(gw.url, clip, concurrency, 10.0)), 10.0)
+    capacity = summary(closed_loop(gw.url, clip, concurrency, 10.0), 10.0)
     rss0 = gw.rss_mb()
-    sustained = summary(asyncio.run(closed_loop(gw.url, clip, concurrency, sustain_s)), sustain_s)
+    sustained = summary(closed_loop(gw.url, clip, concurrency, sustain_s), sustain_s)
     sustained.update(rss_mb_start=round(rss0, 1), rss_mb_end=round(gw.rss_mb(), 1))
     rate = 3 * capacity["rps_ok"]
-    over, wall, lag = asyncio.run(open_loop(gw.url, clip, rate, 15.0))
+    over, wall, lag = asyncio.run(loadgen.open_loop(gw.url, mixed(clip), rate, 15.0))
     overload = summary(over, wall)
     shed = sorted(t for s, t in over if s == 429)
     overload.update(offered_rps=round(rate, 1), deadline_ms=deadline_s * 1000, wall_s=round(wall, 1),
@@ -234,7 +71,7 @@ def phase_load(gw: Gateway, clip: bytes, concurrency: int, sustain_s: float, dea
                     accepted_within_deadline=bool(overload["p99_ms"] is not None and overload["p99_ms"] < deadline_s * 1000),
                     p99_429_ms=round(shed[int(0.99 * (len(shed) - 1))] * 1000, 1) if shed else None)
     time.sleep(2)
-    probe = asyncio.run(closed_loop(gw.url, clip, 4, 5.0))
+    probe = closed_loop(gw.url, clip, 4, 5.0)
     overload["recovered"] = all(s == 200 for s, _ in probe) and bool(probe)
     return {"capacity": capacity, "sustained": sustained, "overload": overload}
 
@@ -243,21 +80,21 @@ def phase_triton(bundle: Path, work: Path, clip: bytes) -> dict:
     from export.triton import launch_cpu_server, write_repository
 
     repo = write_repository(bundle, work / "triton-repo", flavor="cpu", intra_op_threads=1)
-    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    ports = dict(grpc_port=loadgen.free_port(), http_port=loadgen.free_port(), metrics_port=loadgen.free_port())
     triton = launch_cpu_server(repo, timeout_s=300, **ports)
     gw = Gateway(bundle, work / "gw-triton", BLAT_SERVER_BACKEND="triton",
                  BLAT_SERVER_TRITON__URL=triton.grpc_url).start()
     try:
-        before = summary(asyncio.run(closed_loop(gw.url, clip, 4, 5.0)), 5.0)
+        before = summary(closed_loop(gw.url, clip, 4, 5.0), 5.0)
         triton.process.kill()
         triton.process.wait(30)
-        down = asyncio.run(closed_loop(gw.url, clip, 4, 5.0))
+        down = closed_loop(gw.url, clip, 4, 5.0)
         t_restart = time.monotonic()
         triton = launch_cpu_server(repo, timeout_s=300, **ports)
         restart_s = time.monotonic() - t_restart
         t0, recovered_after = time.monotonic(), None
         while time.monotonic() - t0 < 60:
-            if all(s == 200 for s, _ in asyncio.run(closed_loop(gw.url, clip, 2, 1.0))):
+            if all(s == 200 for s, _ in closed_loop(gw.url, clip, 2, 1.0)):
                 recovered_after = round(time.monotonic() - t0, 1)
                 break
         down_sorted = sorted(t for _, t in down)

@@ -102,7 +102,7 @@ def make_backend(settings: Settings) -> Backend:
         return TritonBackend(settings.bundle, settings.triton)
     from server.backends.ort import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads)
+    return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads, spinning=settings.ort_spinning)
 
 
 def content_hash(samples: np.ndarray) -> str:

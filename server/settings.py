@@ -82,6 +82,7 @@ class Settings:
     ingest_roots: tuple[str, ...] = ()  # server-side paths allowed for item add / rebuild
     seed_manifest: str = ""  # operator's JSON Lines manifest: an empty index is rebuilt from it at start-up
     ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
+    ort_spinning: bool = False  # let ONNX Runtime's idle threads busy-wait (faster on cores the gateway leaves free)
     log_level: str = "INFO"
     batching: BatchSettings = field(default_factory=BatchSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)

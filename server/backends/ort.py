@@ -18,11 +18,14 @@ def default_providers() -> list[str]:
 
 class OnnxRuntimeBackend:
     def __init__(self, bundle_dir: str | Path, threads: int = 0, providers: list[str] | None = None,
-                 verify: bool = True):
+                 verify: bool = True, spinning: bool = False):
         self.bundle_dir = Path(bundle_dir)
         self.manifest: BundleManifest = read_bundle(self.bundle_dir, verify=verify)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
+        # Between ops (and after a run) ONNX Runtime's pool threads busy-wait for more work by default. In the gateway
+        # they share the cores with the HTTP, JSON and index threads, whose CPU that spinning would take.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
         providers = providers or default_providers()
         self.sessions = {name: ort.InferenceSession(str(self.bundle_dir / g.file), opts, providers=providers)

@@ -151,6 +151,11 @@ class IndexStore:
         hits = self.search(vec, min(k + 1, MAX_K), filter)[0]
         return [h for h in hits if h.id != item_id][:k]
 
+    @property
+    def version(self) -> str:
+        """The live version's name (what a search answer says it searched), without computing the statistics."""
+        return self._open_live().name
+
     def stats(self) -> IndexStats:
         with self._lock:
             live = self._open_live()

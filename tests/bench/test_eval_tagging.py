@@ -2,16 +2,14 @@
 brute-force average over every ranking."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location("eval_tagging", Path(__file__).parents[2] / "bench" / "eval_tagging.py")
-eval_tagging = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_tagging)
+from tests.bench import load_bench
+
+eval_tagging = load_bench("eval_tagging")
 
 
 def test_hit_rates_on_known_scores():

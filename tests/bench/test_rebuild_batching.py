@@ -2,18 +2,15 @@
 and a clip's embedding does not depend on which clips share its batch."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-_spec = importlib.util.spec_from_file_location("rebuild_batching",
-                                               Path(__file__).parents[2] / "bench" / "rebuild_batching.py")
-rebuild_batching = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rebuild_batching)
+from tests.bench import load_bench
+
+rebuild_batching = load_bench("rebuild_batching")
 
 
 def test_length_batching_pads_less_and_embeds_the_same(tiny_bundle, tmp_path, capsys):

@@ -3,15 +3,13 @@ closed loop sees no errors, overload is answered (200 or 429, nothing else), and
 write. The long figures come from `make soak` (BENCHMARKS.md)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("soak", Path(__file__).parents[2] / "bench" / "soak.py")
-soak = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(soak)
+from tests.bench import load_bench
+
+soak = load_bench("soak")
 
 
 @pytest.mark.slow

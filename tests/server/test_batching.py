@@ -11,10 +11,12 @@ from server.batching import MicroBatcher
 from server.errors import BackendDown, BadRequest, DeadlineExceeded, Overloaded
 
 
-def doubling(calls: list[list[int]]):
-    """A model that doubles numbers and chokes on negative ones, as a tokenizer chokes on a lone surrogate."""
+def doubling(calls: list[list[int]], seconds: float = 0.0):
+    """A model that doubles numbers and chokes on negative ones, as a tokenizer chokes on a lone surrogate; each call
+    takes `seconds` (requests queue behind a busy model, and then they batch)."""
     def run(items):
         calls.append(list(items))
+        time.sleep(seconds)
         if any(x < 0 for x in items):
             raise TypeError("cannot encode a negative number")
         return [2 * x for x in items]
@@ -23,7 +25,7 @@ def doubling(calls: list[list[int]]):
 
 def test_a_poison_item_fails_alone_and_its_batch_mates_succeed():
     calls: list[list[int]] = []
-    b = MicroBatcher("t", doubling(calls), max_batch=16, max_wait_s=0.05, max_queue=256)
+    b = MicroBatcher("t", doubling(calls, 0.01), max_batch=16, max_wait_s=0.05, max_queue=256)
     items = [(-1 if i % 7 == 3 else i) for i in range(100)]
     with ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(lambda x: _outcome(b, x), items))
@@ -41,6 +43,35 @@ def _outcome(b: MicroBatcher, x: int):
         return b.submit(x, timeout_s=10), None
     except Exception as e:  # noqa: BLE001
         return None, e
+
+
+def test_a_lone_request_runs_at_once_without_waiting_for_company():
+    calls: list[list[int]] = []
+    b = MicroBatcher("t", doubling(calls), max_batch=16, max_wait_s=2.0)
+    t0 = time.monotonic()
+    assert b.submit(21, timeout_s=5) == 42
+    assert time.monotonic() - t0 < 0.5, "an idle model must not wait max_wait_s for company"
+    b.close()
+    assert calls == [[21]]
+
+
+def test_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
+    calls: list[list[int]] = []
+    started = threading.Event()
+
+    def slow(items):
+        calls.append(list(items))
+        started.set()
+        time.sleep(0.3)
+        return [2 * x for x in items]
+
+    b = MicroBatcher("t", slow, max_batch=16, max_wait_s=0.0)
+    first = b.submit_future(0, timeout_s=10)
+    assert started.wait(5)
+    rest = [b.submit_future(x, timeout_s=10) for x in range(1, 11)]  # queued while the model runs item 0
+    assert first.result(5) == 0 and [f.result(5) for f in rest] == [2 * x for x in range(1, 11)]
+    b.close()
+    assert calls == [[0], list(range(1, 11))]
 
 
 def test_an_item_that_fails_alone_with_no_good_neighbour_keeps_its_error():
