@@ -25,7 +25,6 @@ Prints one JSON object ({"faiss": rows, "store": rows}) and two tables.
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import gc
 import hashlib
@@ -40,11 +39,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract.labels import audioset_labels  # noqa: E402
 from server.index import IndexStore, ItemRecord, SearchFilter, ann  # noqa: E402
 from server.index.rebuild import RebuildProgress  # noqa: E402
 from server.index.version import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
 
-LABELS = ROOT / "contract" / "data" / "audioset" / "class_labels_indices.csv"
 VOCAB, TAGS_PER_ITEM = 30, 3  # each tag is on 3/30 = 10% of the items: the filtered search's selectivity
 ADD_BATCH = 1000
 
@@ -106,9 +105,8 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
 
 def vocabulary() -> list[str]:
     """VOCAB AudioSet label names spread over the ontology (not the first 30, which are all kinds of speech)."""
-    with LABELS.open(newline="") as f:
-        names = [row["display_name"] for row in csv.DictReader(f)]
-    return names[:: len(names) // VOCAB][:VOCAB]
+    names = audioset_labels()
+    return list(names[:: len(names) // VOCAB][:VOCAB])
 
 
 def library(x: np.ndarray, vocab: list[str], seed: int):

@@ -123,16 +123,15 @@ class RawHttp:
                 conn[1].close()
             self.freed.notify()
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json",
-                      want_body: bool = False) -> tuple[int, float] | tuple[int, float, bytes]:
-        """(status, seconds from the request's first byte on the wire to its answer's last byte[, body]); status 0 =
-        no answer."""
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      content_type: str = "application/json") -> Result:
+        """(status, seconds from the request's first byte on the wire to its answer's last byte); status 0 = no
+        answer."""
         conn = await self._take()
         reader, writer = conn
         head = (f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
                 f"content-length: {len(body)}\r\n\r\n").encode()
         t0 = time.monotonic()
-        data = b""
         try:
             writer.write(head + body)
             await writer.drain()
@@ -144,14 +143,13 @@ class RawHttp:
                     length = int(value)
                 elif name.lower() == "connection" and "close" in value.lower():
                     close = True
-            data = await reader.readexactly(length)
+            await reader.readexactly(length)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             await self._give(conn, False)
-            status, close = 0, True
+            status = 0
         else:
             await self._give(conn, not close)
-        took = time.monotonic() - t0
-        return (status, took, data) if want_body else (status, took)
+        return status, time.monotonic() - t0
 
     def close(self) -> None:
         for conn in self.idle:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,7 +64,7 @@ def seed_index(index_dir: Path, dim: int, bundle_id: str, n: int) -> None:
     vecs = rng.standard_normal((n, dim)).astype(np.float32)
     with IndexStore(index_dir, dim=dim, bundle_id=bundle_id) as store:
         for start in range(0, n, 1000):
-            store.add_many([(ItemRecord(id=f"seed/{i}", tags=tuple(labels[j] for j in rng.integers(0, 527, 3)),
+            store.add_many([(ItemRecord(id=f"seed/{i}", tags=tuple(labels[j] for j in rng.integers(0, len(labels), 3)),
                                         caption=query(i), duration_s=float(rng.uniform(0.5, 10)),
                                         content_hash=f"{i:064x}"), vecs[i])
                             for i in range(start, min(n, start + 1000))])
@@ -79,8 +82,6 @@ def sender(path: str, clip: bytes):
 
 def run_gateway(bundle: Path, work: Path, index_src: Path, max_batch: int, paths: list[str], levels: list[int],
                 seconds: float, warmup_s: float, clips: dict[str, bytes], profile: Path | None) -> dict:
-    import shutil
-
     passed = {k: v for k, v in os.environ.items() if k.startswith("BLAT_SERVER_")}  # e.g. a Triton backend
     gw = loadgen.GatewayProcess(bundle, work, **{**passed, "BLAT_SERVER_BATCHING__MAX_BATCH": str(max_batch)})
     shutil.copytree(index_src, gw.index, dirs_exist_ok=True)
@@ -234,9 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         paths.remove("caption")
     rate = manifest.audio.sample_rate
     wavs = {k: loadgen.wav_bytes(s, rate, 1) for k, s in CLIP_SECONDS.items()}
-    import soundfile as sf
-    import io
-
     waves = {k: sf.read(io.BytesIO(v), dtype="float32")[0] for k, v in wavs.items()}
     out: dict = {"bundle": manifest.id, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -3,10 +3,10 @@
 One worker thread per batcher takes the first queued request and everything queued behind it (up to `max_batch`),
 and runs them together. The wait adapts to the load: a request that finds the queue empty runs at once, since the
 model is idle and waiting would only add latency (the requests that arrive while it runs form the next batch); a
-request with others queued behind it waits at most `max_wait_s` for the batch to fill. The queue is bounded: a full queue answers `Overloaded` at
-once (HTTP 429 with Retry-After) instead of letting latency grow without limit. A job past its deadline is
-dropped (DeadlineExceeded), never run. A batch that fails is retried one item at a time, so one bad item
-fails alone and its batch-mates still get their results.
+request with others queued behind it waits at most `max_wait_s` for the batch to fill. The queue is bounded: a full
+queue answers `Overloaded` at once (HTTP 429 with Retry-After) instead of letting latency grow without limit. A job
+past its deadline is dropped (DeadlineExceeded), never run. A batch that fails is retried one item at a time, so one
+bad item fails alone and its batch-mates still get their results.
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def hits_json(gw: Gateway, hits: list[Hit]) -> dict:
 
 def answer(content: dict, status: int = 200) -> JSONResponse:
     """A route's JSON answer, encoded at once by json.dumps. Returned as a Response, FastAPI does not first walk it
-    with jsonable_encoder, which took 12 % of the gateway's GIL time under text-search load (BENCHMARKS.md)."""
+    with jsonable_encoder, which held the GIL 14.7 % of the time under text-search load (BENCHMARKS.md)."""
     return JSONResponse(content, status_code=status)
 
 
