@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 EXTRAS := model,export,server,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run train test soak venv clean
+.PHONY: run train test soak venv clean browser
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml clients/pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@# The client is its own distribution (clients/): installed first, editable, beside the server's.
+	$(PY) -m pip install --quiet -e ./clients -e ".[$(EXTRAS)]"
 	@# Only for the tritonserver binary it ships (Triton integration tests); its own pins clash with ours.
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 	@# The pretrained aisfx audio tower (CC BY 4.0): its weights file only; it pins an old librosa and numpy.
@@ -56,7 +57,12 @@ soak: $(STAMP)
 	@test -f $(BUNDLE)/bundle.json || $(PY) -m export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite
 	$(PY) bench/soak.py --bundle $(BUNDLE) $(SOAK_ARGS)
 
-test: $(STAMP)
+# The web page's end-to-end test drives Debian's chromium (tests/server/test_browser.py); installed when missing.
+browser:
+	@command -v chromium >/dev/null || { sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends chromium; }
+
+test: $(STAMP) browser
 	@# pytest exits 5 when it collects no test; that is not a failure of the suite itself.
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/stream_tag.py --bundle runs/default/bundle --fast     # send as fast as the server reads
 
 Against one `python -m server` subprocess (default settings: at most 8 streams), for each --streams K: K concurrent
-streams (clients/blat_client.py's GrpcClient.stream_tag), each sending a --seconds clip of its own as f32le PCM at the
+streams (blat_client's Client.stream_tag over grpc://), each sending a --seconds clip of its own as f32le PCM at the
 bundle's rate in --chunk-s chunks.
   paced (default)  a chunk leaves when its audio would have been recorded, the streams' starts spread evenly over one
                    hop (live sources do not start in step); the figure is each window's lag: from the moment the
@@ -32,13 +32,13 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
+from blat_client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import GatewayProcess, percentile_ms, wav_bytes  # noqa: E402
-from clients.blat_client import ClientError, GrpcClient  # noqa: E402
 from contract.bundle import read_bundle  # noqa: E402
 from server.service import window_spans  # noqa: E402
 
@@ -73,10 +73,11 @@ def one_stream(address: str, pcm: np.ndarray, plan: Plan, delay_s: float) -> dic
             yield pcm[i:i + chunk].tobytes()
 
     lags, error = [], None
-    with GrpcClient(address, timeout=3 * len(pcm) / rate + 60) as client:
-        try:
-            for w in client.stream_tag(chunks(), rate, "f32le", plan.window_s, plan.hop_s):
-                completing = min(math.ceil(round(w["end_s"] * rate) / chunk), len(sent)) - 1
+    deadline_s = 3 * len(pcm) / rate + 60
+    with Client(f"grpc://{address}", timeout=deadline_s) as client:
+        try:  # a stream is never retried; its deadline is its own
+            for w in client.stream_tag(chunks(), rate, "f32le", plan.window_s, plan.hop_s, timeout=deadline_s):
+                completing = min(math.ceil(round(w.end_s * rate) / chunk), len(sent)) - 1
                 lags.append(time.monotonic() - sent[completing])
         except ClientError as e:
             error = str(e)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from tqdm import tqdm
 
 from blat.models import DualEncoder, TagGuidedCaptioner
 from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelBank, LabelSpec, TensorInfo,
@@ -79,7 +80,7 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
             graphs += ["captioner_encoder", "captioner_decoder"]
             owners.update(captioner_encoder=captioner, captioner_decoder=captioner)
         parity = {}
-        for g in graphs:
+        for g in tqdm(graphs, desc="export: ONNX graphs, checked against PyTorch", unit="graph"):
             path = export_graph(g, owners[g], tmp / f"{g}.onnx")
             parity[g] = check_parity(g, owners[g], path)
             if parity[g] > PARITY_ATOL:

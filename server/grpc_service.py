@@ -14,6 +14,7 @@ import soxr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from contract.config import to_dict
 from server.access import authorize, grpc_access, presented_key
 from server.admission import THREADS_WITHOUT_MODEL, Gate
 from server.errors import BadRequest, DeadlineExceeded, ServiceError
@@ -47,12 +48,13 @@ def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
 
 
 def _job(p) -> pb.Job:
-    return pb.Job(job_id=p.version, state=p.state, done=p.done, total=p.total, error=p.error or "", version=p.version)
+    return pb.Job(job_id=p.version, state=p.state, done=p.done, total=p.total, error=p.error or "", version=p.version,
+                  added=p.added, skipped=p.skipped)
 
 
 def _stats(s) -> pb.StatsResponse:
     return pb.StatsResponse(items=s.count, deleted_pending=s.tombstones, index_kind=s.kind, index_version=s.version,
-                            bundle=s.bundle_id)
+                            bundle=s.bundle_id, dim=s.dim, previous_version=s.previous_version or "")
 
 
 def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
@@ -197,8 +199,7 @@ class BlatServicer(pb_grpc.BlatServicer):
         return _item(self.gw.get_item(req.id))
 
     def DeleteItem(self, req, ctx):
-        self.gw.delete_item(req.id)
-        return pb.DeleteItemResponse(deleted=True)
+        return pb.DeleteItemResponse(deleted=True, item=_item(self.gw.delete_item(req.id)))
 
     def StartRebuild(self, req, ctx):
         source = req.WhichOneof("source")
@@ -219,7 +220,8 @@ class BlatServicer(pb_grpc.BlatServicer):
 
     def Info(self, req, ctx):
         info = self.gw.info()
-        return pb.InfoResponse(bundle_json=json.dumps(info["bundle"]), backend=info["backend"])
+        return pb.InfoResponse(bundle_json=json.dumps(info["bundle"]), backend=info["backend"],
+                               limits_json=json.dumps(to_dict(self.gw.limits)))
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -241,6 +243,8 @@ class _Guard(grpc.ServerInterceptor):
 
         def fail(ctx, e: ServiceError):
             self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)
+            if hasattr(e, "retry_after_s"):  # the REST face's Retry-After header, as trailing metadata
+                ctx.set_trailing_metadata((("retry-after", str(max(1, round(e.retry_after_s)))),))
             ctx.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
 
         if handler.unary_unary:

@@ -239,10 +239,12 @@ class ItemRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class DeleteItemResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "item")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
-    def __init__(self, deleted: bool = ...) -> None: ...
+    item: Item
+    def __init__(self, deleted: bool = ..., item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("folder", "manifest")
@@ -259,43 +261,53 @@ class JobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "done", "total", "error", "version")
+    __slots__ = ("job_id", "state", "done", "total", "error", "version", "added", "skipped")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     done: int
     total: int
     error: str
     version: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., error: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    added: int
+    skipped: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., added: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle")
+    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle", "dim", "previous_version")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DELETED_PENDING_FIELD_NUMBER: _ClassVar[int]
     INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     items: int
     deleted_pending: int
     index_kind: str
     index_version: str
     bundle: str
-    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ...) -> None: ...
+    dim: int
+    previous_version: str
+    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ..., dim: _Optional[int] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("bundle_json", "backend")
+    __slots__ = ("bundle_json", "backend", "limits_json")
     BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_JSON_FIELD_NUMBER: _ClassVar[int]
     bundle_json: str
     backend: str
-    def __init__(self, bundle_json: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    limits_json: str
+    def __init__(self, bundle_json: _Optional[str] = ..., backend: _Optional[str] = ..., limits_json: _Optional[str] = ...) -> None: ...

@@ -1,7 +1,10 @@
-"""Every gateway endpoint through real HTTP and gRPC (the `clients` package), over ONNX Runtime and over Triton.
+"""Every gateway endpoint through real HTTP and gRPC (the `blat_client` package), over ONNX Runtime and over Triton.
 
 The `server` fixture runs this whole module once per backend with the same assertions. REST and gRPC must agree
-with each other, and the served embeddings, tags and captions must equal in-process ONNX Runtime on the same audio.
+with each other (the client's typed answers are equal across transports wherever the server computed the same
+thing), and the served embeddings, tags and captions must equal in-process ONNX Runtime on the same audio. The
+operations endpoints (/healthz, /readyz, /metrics, /openapi.json), which the client does not wrap, are read with
+httpx.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clients import ClientError, GrpcClient, RestClient
+from blat_client import Client, ClientError, Item, Job, SearchResult
 from contract.beam import DecodingOptions
 from contract.labels import tags_to_multi_hot
 from server.audio import decode_audio
@@ -35,13 +38,22 @@ N_ITEMS = 12
 
 @pytest.fixture(scope="module")
 def rest(server):
-    with RestClient(server.http_url, timeout=60) as c:
+    with Client(server.http_url, timeout=60) as c:
+        assert c.transport_name == "rest"
         yield c
 
 
 @pytest.fixture(scope="module")
 def rpc(server):
-    with GrpcClient(server.grpc_address, timeout=60) as c:
+    with Client(f"grpc://{server.grpc_address}", timeout=60) as c:
+        assert c.transport_name == "grpc"
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """Plain HTTP, for what the client does not wrap: health, readiness, metrics, the schema, raw JSON."""
+    with httpx.Client(base_url=server.http_url, timeout=60) as c:
         yield c
 
 
@@ -90,7 +102,8 @@ def items(rest, rpc, clips):
         client = rest if i % 2 == 0 else rpc
         source = f"{'rest' if i % 2 == 0 else 'grpc'}://{name}"
         got = client.add_item(item_id, audio=data, tags=tags, caption=f"clip {name}", source_uri=source)
-        assert got["id"] == item_id and got["tags"] == tags and got["source_uri"] == source
+        assert isinstance(got, Item)
+        assert got.id == item_id and got.tags == tuple(tags) and got.source_uri == source
         stored[item_id] = (data, tags, source)
     return stored
 
@@ -100,13 +113,20 @@ def samples_of(data: bytes) -> np.ndarray:
     return decode_audio(data, RATE).samples
 
 
-def hit_ids(result) -> list[str]:
-    return [h["id"] for h in result["hits"]]
+def assert_same_item(a: Item, b: Item) -> None:
+    """The same stored item, field for field, whichever face answered (the REST client reads JSON numbers at the
+    float32 precision the gRPC face carries them)."""
+    assert a == b, (a, b)
 
 
-def assert_same_hits(a: dict, b: dict, tol: float = ATOL) -> None:
+def hit_ids(result: SearchResult) -> list[str]:
+    assert result.ids == [h.id for h in result.hits]
+    return result.ids
+
+
+def assert_same_hits(a: SearchResult, b: SearchResult, tol: float = ATOL) -> None:
     """Same hits, same scores; neighbours whose scores tie within `tol` may trade places, including at the cut."""
-    sa, sb = [h["score"] for h in a["hits"]], [h["score"] for h in b["hits"]]
+    sa, sb = [h.score for h in a.hits], [h.score for h in b.hits]
     assert len(sa) == len(sb)
     np.testing.assert_allclose(sa, sb, atol=tol)
     assert sa == sorted(sa, reverse=True) and sb == sorted(sb, reverse=True)
@@ -116,6 +136,9 @@ def assert_same_hits(a: dict, b: dict, tol: float = ATOL) -> None:
     for item_id in set(score_a) ^ set(score_b):  # in one list only: must be a tie at the k-th place
         score = score_a.get(item_id, score_b.get(item_id))
         assert abs(score - min(sa)) <= tol, f"{item_id} is in one result only"
+    items_a, items_b = {h.id: h.item for h in a.hits}, {h.id: h.item for h in b.hits}
+    for item_id in set(items_a) & set(items_b):  # the stored metadata is the same whichever face answered
+        assert_same_item(items_a[item_id], items_b[item_id])
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:
@@ -143,13 +166,13 @@ def test_add_and_get_items(items, rest, rpc):
     for item_id, (data, tags, source) in items.items():
         a, b = rest.get_item(item_id), rpc.get_item(item_id)
         for got in (a, b):
-            assert got["id"] == item_id and got["tags"] == tags and got["source_uri"] == source
-            assert got["caption"].startswith("clip ")
-        assert a["content_hash"] == b["content_hash"] == hashlib.sha256(samples_of(data).tobytes()).hexdigest()
-        assert a["duration_s"] == pytest.approx(len(samples_of(data)) / RATE, abs=1e-4)
-        assert b["duration_s"] == pytest.approx(a["duration_s"], abs=1e-4)
-        assert a["added_at"] == b["added_at"], "one added_at format on both faces"
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", a["added_at"])
+            assert got.id == item_id and got.tags == tuple(tags) and got.source_uri == source
+            assert got.caption.startswith("clip ")
+        assert a.content_hash == b.content_hash == hashlib.sha256(samples_of(data).tobytes()).hexdigest()
+        assert a.duration_s == pytest.approx(len(samples_of(data)) / RATE, abs=1e-4)
+        assert a.added_at == b.added_at, "one added_at format on both faces"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", a.added_at)
+        assert_same_item(a, b)
 
 
 def test_add_from_server_path(server, rest, rpc):
@@ -159,9 +182,11 @@ def test_add_from_server_path(server, rest, rpc):
         path = folder / f"{face}.wav"
         path.write_bytes(wav(synth_clip(seed, 0.8)))
         got = client.add_item(f"path-{face}", path=str(path), tags=["from-path"])
-        assert got["source_uri"] == str(path.resolve()) and got["tags"] == ["from-path"]
-        assert got["duration_s"] == pytest.approx(0.8, abs=1e-3)
-        assert rest.get_item(f"path-{face}")["source_uri"] == str(path.resolve())
+        assert got.source_uri == str(path.resolve()) and got.tags == ("from-path",)
+        assert got.duration_s == pytest.approx(0.8, abs=1e-3)
+        assert rest.get_item(f"path-{face}").source_uri == str(path.resolve())
+        assert_same_item(rest.get_item(f"path-{face}"), got)
+        assert_same_item(rest.get_item(f"path-{face}"), rpc.get_item(f"path-{face}"))
 
 
 def test_duplicate_content_is_409_naming_the_existing_id(items, rest, rpc):
@@ -183,17 +208,17 @@ def test_duplicate_content_is_409_naming_the_existing_id(items, rest, rpc):
     # upsert replaces the item under its id
     replaced = rest.add_item("upsert-me", audio=wav(synth_clip(3002)), tags=["v1"])
     again = rest.add_item("upsert-me", audio=wav(synth_clip(3003)), tags=["v2"], upsert=True)
-    assert again["tags"] == ["v2"] and again["content_hash"] != replaced["content_hash"]
-    assert rpc.get_item("upsert-me")["tags"] == ["v2"]
+    assert again.tags == ("v2",) and again.content_hash != replaced.content_hash
+    assert rpc.get_item("upsert-me").tags == ("v2",)
 
 
 def test_delete_then_get_is_404(rest, rpc):
     for i, (deleter, other) in enumerate(((rest, rpc), (rpc, rest))):
         item_id = f"doomed-{i}"
-        rest.add_item(item_id, audio=wav(synth_clip(4000 + i)))
-        assert other.get_item(item_id)["id"] == item_id
+        added = rest.add_item(item_id, audio=wav(synth_clip(4000 + i)))
+        assert_same_item(added, other.get_item(item_id))
         deleted = deleter.delete_item(item_id)
-        assert deleted["deleted"] is True
+        assert_same_item(added, deleted)  # the answer is what was deleted
         for client in (rest, rpc):
             for call in (client.get_item, client.delete_item, client.search_item):
                 with pytest.raises(ClientError) as e:
@@ -207,18 +232,18 @@ def test_delete_then_get_is_404(rest, rpc):
 def test_search_text_with_k_and_filters(items, rest, rpc):
     for k in (1, 3, N_ITEMS):
         a, b = rest.search_text("dog barking", k=k), rpc.search_text("dog barking", k=k)
-        assert len(a["hits"]) == k
+        assert len(a.hits) == k
         assert_same_hits(a, b)
-        assert a["bundle"] == b["bundle"] == "tiny@test" and a["index_version"] == b["index_version"]
-    filters = [({"tags_any": ["even"]}, lambda it: "even" in it["tags"]),
-               ({"tags_all": ["odd", "low"]}, lambda it: {"odd", "low"} <= set(it["tags"])),
-               ({"source_prefix": "grpc://"}, lambda it: it["source_uri"].startswith("grpc://")),
-               ({"min_duration_s": 1.0, "max_duration_s": 2.5}, lambda it: 1.0 <= it["duration_s"] <= 2.5)]
+        assert a.bundle == b.bundle == "tiny@test" and a.index_version == b.index_version
+    filters = [({"tags_any": ["even"]}, lambda it: "even" in it.tags),
+               ({"tags_all": ["odd", "low"]}, lambda it: {"odd", "low"} <= set(it.tags)),
+               ({"source_prefix": "grpc://"}, lambda it: it.source_uri.startswith("grpc://")),
+               ({"min_duration_s": 1.0, "max_duration_s": 2.5}, lambda it: 1.0 <= it.duration_s <= 2.5)]
     for flt, ok in filters:
         expected = sum(ok(rest.get_item(i)) for i in items)
         a, b = rest.search_text("dog barking", k=50, filter=flt), rpc.search_text("dog barking", k=50, filter=flt)
         assert_same_hits(a, b)
-        assert all(ok(h["item"]) for h in a["hits"] + b["hits"]), flt
+        assert all(ok(h.item) for h in a.hits + b.hits), flt
         assert len({i for i in hit_ids(a) if i in items}) == expected > 0, flt
 
 
@@ -226,19 +251,21 @@ def test_search_audio_finds_the_clip_itself(items, rest, rpc, reference):
     for item_id, (data, tags, _) in list(items.items())[:4]:
         a, b = rest.search_audio(data, k=5), rpc.search_audio(data, k=5)
         assert_same_hits(a, b)
-        scores = dict(zip(hit_ids(a), (h["score"] for h in a["hits"])))
+        scores = dict(zip(hit_ids(a), (h.score for h in a.hits)))
         assert scores.get(item_id, 0) > 1 - 1e-4, (item_id, scores)  # its own embedding: cosine 1
         only = rest.search_audio(data, k=5, filter={"tags_any": [tags[1]]})  # n<i>: this item only
-        assert hit_ids(only) == [item_id] and only["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert hit_ids(only) == [item_id] and only.hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert hit_ids(rpc.search_audio(data, k=5, filter={"tags_any": [tags[1]]})) == [item_id]
 
 
 def test_search_item_neighbours(items, rest, rpc):
     ids = list(items)
     a, b = rest.search_item(ids[0], k=4), rpc.search_item(ids[0], k=4)
-    assert len(a["hits"]) == 4 and ids[0] not in hit_ids(a)  # the item itself is left out
+    assert len(a.hits) == 4 and ids[0] not in hit_ids(a)  # the item itself is left out
     assert hit_ids(a) == hit_ids(b)  # stored embeddings only: no model call, identical answers
-    np.testing.assert_allclose([h["score"] for h in a["hits"]], [h["score"] for h in b["hits"]], atol=1e-6)
+    np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-6)
+    for x, y in zip(a.hits, b.hits):
+        assert_same_item(x.item, y.item)
     flt = {"tags_any": ["odd"]}
     c, d = rest.search_item(ids[0], k=50, filter=flt), rpc.search_item(ids[0], k=50, filter=flt)
     assert hit_ids(c) == hit_ids(d)
@@ -270,27 +297,26 @@ def test_embed_text_matches_grpc_and_onnxruntime(rest, rpc, reference, bundle_js
 def test_tag_scores_all_527_labels(items, rest, rpc, reference):
     data = next(iter(items.values()))[0]
     a, b = rest.tag(data, top_k=527), rpc.tag(data, top_k=527)
-    assert a["windows"] == [] and b["windows"] == []
+    assert a.windows == [] and b.windows == []
     names = reference.labels.names
     assert len(names) == 527
-    got = {t["label"]: t["score"] for t in a["tags"]}
-    assert len(a["tags"]) == 527 and set(got) == set(names)
-    scores = [t["score"] for t in a["tags"]]
+    got = {t.label: t.score for t in a.tags}
+    assert len(a.tags) == 527 and set(got) == set(names)
+    scores = [t.score for t in a.tags]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
-    assert {t["label"]: t["score"] for t in b["tags"]} == pytest.approx(got, abs=1e-6)
+    assert {t.label: t.score for t in b.tags} == pytest.approx(got, abs=1e-6)
     ref = reference.labels.scores(reference.encode_audio([samples_of(data)]))[0]
     assert got == pytest.approx(dict(zip(names, ref.tolist())), abs=ATOL)
-    assert len(rest.tag(data)["tags"]) == 10  # top_k's default
+    assert len(rest.tag(data).tags) == 10  # top_k's default
 
 
 def test_tag_custom_labels(items, rest, rpc):
     data = next(iter(items.values()))[0]
     labels = ["dog barking", "Speech", "a squeaky door", "rain on a tin roof"]
     a, b = rest.tag(data, labels=labels, top_k=10), rpc.tag(data, labels=labels, top_k=10)
-    assert sorted(t["label"] for t in a["tags"]) == sorted(labels)
-    assert {t["label"]: t["score"] for t in a["tags"]} == pytest.approx({t["label"]: t["score"] for t in b["tags"]},
-                                                                        abs=1e-6)
-    assert [t["label"] for t in rest.tag(data, labels=labels, top_k=2)["tags"]] == [t["label"] for t in a["tags"]][:2]
+    assert sorted(t.label for t in a.tags) == sorted(labels)
+    assert {t.label: t.score for t in a.tags} == pytest.approx({t.label: t.score for t in b.tags}, abs=1e-6)
+    assert [t.label for t in rest.tag(data, labels=labels, top_k=2).tags] == [t.label for t in a.tags][:2]
 
 
 def test_tag_windows_cover_the_clip(rest, rpc, bundle_json):
@@ -298,19 +324,19 @@ def test_tag_windows_cover_the_clip(rest, rpc, bundle_json):
     for seconds, window, hop in ((2.3, 1.0, 0.5), (1.0, 0.5, 0.0), (0.3, 1.0, 0.0)):
         data = wav(synth_clip(5000, seconds))
         a, b = rest.tag(data, top_k=3, window_s=window, hop_s=hop), rpc.tag(data, top_k=3, window_s=window, hop_s=hop)
-        windows = a["windows"]
-        assert windows and len(windows) == len(b["windows"])
-        assert windows[0]["start_s"] == 0
-        starts = [w["start_s"] for w in windows]
+        windows = a.windows
+        assert windows and len(windows) == len(b.windows)
+        assert windows[0].start_s == 0
+        starts = [w.start_s for w in windows]
         assert all(y > x for x, y in zip(starts, starts[1:]))
-        for w, v in zip(windows, b["windows"]):
-            assert len(w["tags"]) == 3 and w["end_s"] > w["start_s"]
-            assert w["end_s"] - w["start_s"] <= window + step + 1e-6
-            assert [t["label"] for t in w["tags"]] == [t["label"] for t in v["tags"]]
-            assert (v["start_s"], v["end_s"]) == pytest.approx((w["start_s"], w["end_s"]), abs=1e-6)
+        for w, v in zip(windows, b.windows):
+            assert len(w.tags) == 3 and w.end_s > w.start_s
+            assert w.end_s - w.start_s <= window + step + 1e-6
+            assert [t.label for t in w.tags] == [t.label for t in v.tags]
+            assert (v.start_s, v.end_s) == pytest.approx((w.start_s, w.end_s), abs=1e-6)
         for w, nxt in zip(windows, windows[1:]):  # no gaps (hop <= window) ...
-            assert nxt["start_s"] <= w["end_s"] + 1e-6
-        assert windows[-1]["end_s"] >= seconds - step - 1e-6, (seconds, windows[-1])  # ... up to the clip's end
+            assert nxt.start_s <= w.end_s + 1e-6
+        assert windows[-1].end_s >= seconds - step - 1e-6, (seconds, windows[-1])  # ... up to the clip's end
 
 
 def test_caption_n_best_with_tags(items, rest, rpc, reference):
@@ -318,42 +344,46 @@ def test_caption_n_best_with_tags(items, rest, rpc, reference):
     spec = reference.manifest.captioner
     for tags in ([], ["Dog", "Bark"]):
         a, b = rest.caption(data, tags=tags, n_best=3, beam_size=4), rpc.caption(data, tags=tags, n_best=3, beam_size=4)
-        assert len(a) == 3 and [c["text"] for c in a] == [c["text"] for c in b]
-        log_probs = [c["log_prob"] for c in a]
+        assert len(a) == 3 and [c.text for c in a] == [c.text for c in b]
+        log_probs = [c.log_prob for c in a]
         assert log_probs == sorted(log_probs, reverse=True) and all(lp <= 0 for lp in log_probs)
-        np.testing.assert_allclose(log_probs, [c["log_prob"] for c in b], atol=1e-5)
+        np.testing.assert_allclose(log_probs, [c.log_prob for c in b], atol=1e-5)
         hyps = reference.caption([samples_of(data)], tags_to_multi_hot(tags)[None] if tags else None,
                                  DecodingOptions(beam_size=4, max_tokens=spec.max_tokens, n_best=3))[0]
-        assert [c["text"] for c in a] == [reference.caption_text(h) for h in hyps]
+        assert [c.text for c in a] == [reference.caption_text(h) for h in hyps]
         np.testing.assert_allclose(log_probs, [h.log_prob for h in hyps], atol=1e-4)
     assert len(rest.caption(data)) == 1
 
 
 # ------------------------------------------------------------------------------------------------ status and ops
 
-def test_stats_and_info(server, items, rest, rpc, bundle_json):
+def test_stats_and_info(server, items, rest, rpc, http, bundle_json):
     a, b = rest.stats(), rpc.stats()
-    for key in ("items", "deleted_pending", "index_kind", "index_version", "bundle"):
-        assert a[key] == b[key], key
-    assert a["items"] >= len(items) and a["index_kind"] == "flat" and a["bundle"] == "tiny@test"
-    assert a["dim"] == bundle_json["embedding_dim"]
+    assert a == b, "the same stats, field for field, over both faces"
+    assert a.items >= len(items) and a.index_kind == "flat" and a.bundle == "tiny@test"
+    assert a.dim == bundle_json["embedding_dim"]
+    raw = http.get("/v1/index/stats").json()  # REST's own fields, which the client maps onto the common ones
+    assert (raw["count"], raw["tombstones"], raw["kind"], raw["version"], raw["dim"], raw["bundle_id"]) == \
+        (a.items, a.deleted_pending, a.index_kind, a.index_version, a.dim, a.bundle)
     ia, ib = rest.info(), rpc.info()
-    assert ia["bundle"] == ib["bundle"] == bundle_json
-    assert ia["backend"] == ib["backend"] == server.backend
-    assert ia["limits"]["max_k"] == 100 and ia["limits"]["max_upload_bytes"] == 32 * 1024 * 1024
+    assert ia == ib, "the same info, limits included, over both faces"
+    assert ia.bundle == bundle_json
+    assert ia.backend == server.backend
+    assert ia.limits["max_k"] == 100 and ia.limits["max_upload_bytes"] == 32 * 1024 * 1024
 
 
-def test_health_readiness_and_metrics(items, rest, rpc):
-    assert rest.healthz() == {"status": "ok"}
-    assert rest.readyz() == {"ready": True, "detail": "ready"}
-    before = rest.metrics()
+def test_health_readiness_and_metrics(items, rest, rpc, http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "detail": "ready"}
+    before = http.get("/metrics").text
     for _ in range(3):
         rest.search_text("a door slams", k=2)
     for _ in range(2):
         rpc.search_text("a door slams", k=2)
     with pytest.raises(ClientError):
         rest.get_item("no-such-item")
-    after = rest.metrics()
+    after = http.get("/metrics").text
 
     def delta(**labels):
         return metric(after, "blat_requests_total", **labels) - metric(before, "blat_requests_total", **labels)
@@ -365,7 +395,7 @@ def test_health_readiness_and_metrics(items, rest, rpc):
     assert metric(after, "blat_batch_size_count", batcher="text_embed") >= 5
     assert metric(after, "blat_batch_size_count", batcher="audio_embed") >= len(items)
     assert 'blat_batch_size_bucket{batcher="audio_embed",le="1.0"}' in after
-    assert metric(after, "blat_index_items") == rest.stats()["items"]
+    assert metric(after, "blat_index_items") == rest.stats().items
     assert "blat_queue_depth" in after
 
 
@@ -392,33 +422,34 @@ def test_stream_tag_windows(rest, rpc):
     step = int(chunk_s * RATE) * 4
     chunks = [f32[i:i + step] for i in range(0, len(f32), step)]
     chunks = [c[:5] for c in chunks[:1]] + [chunks[0][5:]] + chunks[1:]  # a chunk that splits a sample
-    windows = list(rpc.stream_tag(iter(chunks), RATE, "f32le", window_s=2.0, hop_s=1.0, top_k=527))
-    starts = [w["start_s"] for w in windows]
+    windows = list(rpc.stream_tag(iter(chunks), RATE, "f32le", window_s=2.0, hop_s=1.0, top_k=527, timeout=60))
+    starts = [w.start_s for w in windows]
     assert starts == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=1e-6)
-    assert [w["end_s"] for w in windows] == pytest.approx([2.0, 3.0, 4.0, seconds], abs=1e-6)  # a shorter last one
+    assert [w.end_s for w in windows] == pytest.approx([2.0, 3.0, 4.0, seconds], abs=1e-6)  # a shorter last one
     # the first window's tags are the clip-level tags of its audio
     first = rest.tag(wav(clip[: 2 * RATE]), top_k=527)
-    assert {t["label"]: t["score"] for t in windows[0]["tags"]} == pytest.approx(
-        {t["label"]: t["score"] for t in first["tags"]}, abs=1e-6)
+    assert {t.label: t.score for t in windows[0].tags} == pytest.approx(
+        {t.label: t.score for t in first.tags}, abs=1e-6)
 
     # int16 PCM at 16 kHz, resampled by the server as it streams; custom labels
     rate = 16_000
     s16 = (np.clip(clip[::2], -1, 1) * 32767).astype("<i2").tobytes()
     chunks = [s16[i:i + 3001] for i in range(0, len(s16), 3001)]  # odd sizes: samples split across chunks
     got = list(rpc.stream_tag(iter(chunks), rate, "s16le", window_s=1.5, hop_s=0.5, top_k=2,
-                              labels=["dog barking", "Speech", "silence"]))
-    starts = [w["start_s"] for w in got]
+                              labels=["dog barking", "Speech", "silence"], timeout=60))
+    starts = [w.start_s for w in got]
     assert len(got) >= 5 and starts[0] == 0
     assert all(b - a == pytest.approx(0.5, abs=1e-6) for a, b in zip(starts, starts[1:]))
-    assert all(len(w["tags"]) == 2 and {t["label"] for t in w["tags"]} <= {"dog barking", "Speech", "silence"}
+    assert all(len(w.tags) == 2 and {t.label for t in w.tags} <= {"dog barking", "Speech", "silence"}
                for w in got)
-    assert got[-1]["end_s"] == pytest.approx(len(clip[::2]) / rate, abs=0.01)
+    assert got[-1].end_s == pytest.approx(len(clip[::2]) / rate, abs=0.01)
 
     with pytest.raises(ClientError) as e:  # a bad config is refused before any audio is read
-        list(rpc.stream_tag(iter([b"\0" * 64]), 1000, "f32le"))
+        list(rpc.stream_tag(iter([b"\0" * 64]), 1000, "f32le", timeout=60))
     assert e.value.code == "INVALID_ARGUMENT"
-    with pytest.raises(NotImplementedError):
-        rest.stream_tag([], RATE)
+    with pytest.raises(ClientError) as e:  # streaming is gRPC-only
+        list(rest.stream_tag([], RATE))
+    assert e.value.status == 0 and e.value.code == "unsupported"
 
 
 EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
@@ -442,8 +473,8 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
 }
 
 
-def test_openapi_documents_every_route_and_docs_serve_html(server, rest):
-    schema = rest.openapi()
+def test_openapi_documents_every_route_and_docs_serve_html(server, http):
+    schema = http.get("/openapi.json").json()
     listed = {(m, p) for p, ops in schema["paths"].items() for m in ops if p.startswith("/v1")}
     assert listed == set(EXPECTED_ROUTES)
     for (method, path), statuses in EXPECTED_ROUTES.items():
@@ -464,39 +495,61 @@ def test_openapi_documents_every_route_and_docs_serve_html(server, rest):
 
 @pytest.mark.slow
 def test_cli(server, tmp_path):
+    """`blat COMMAND ... --url URL --json` (python -m blat_cli), over REST and over gRPC (--url grpc://...)."""
     clip = tmp_path / "clip.wav"
     clip.write_bytes(wav(synth_clip(7000, 1.2)))
 
-    def cli(*args, check=True):
-        out = subprocess.run([sys.executable, "-m", "clients", "--url", server.http_url, *args], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    def blat(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "blat_cli", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+
+    def cli(*args, url=server.http_url, check=True):
+        out = blat(*args, "--url", url, "--json")
         assert (out.returncode == 0) == check, out.stderr
         return json.loads(out.stdout) if check else out
 
+    def ids(answer: dict) -> list[str]:
+        return [h["id"] for h in answer["hits"]]
+
     added = cli("add", "cli-item", str(clip), "--tag", "cli", "--caption", "from the command line")
     assert added["id"] == "cli-item" and added["tags"] == ["cli"]
-    assert "cli-item" in hit_ids(cli("search", "dog barking", "-k", "100"))
-    assert [h["id"] for h in cli("search", "dog barking", "--tags-any", "cli")["hits"]] == ["cli-item"]
+    assert "cli-item" in ids(cli("search", "dog barking", "-k", "100"))
+    assert ids(cli("search", "dog barking", "--tags-any", "cli")) == ["cli-item"]
     assert len(cli("tag", str(clip), "--top-k", "3")["tags"]) == 3
     assert len(cli("caption", str(clip), "--n-best", "2", "--beam-size", "3")) == 2
-    via_grpc = subprocess.run([sys.executable, "-m", "clients", "--grpc", server.grpc_address, "get", "cli-item"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert via_grpc.returncode == 0 and json.loads(via_grpc.stdout)["tags"] == ["cli"]
-    missing = cli("get", "no-such-item", check=False)
-    assert missing.returncode == 1 and missing.stderr.startswith("404 not_found")
-    helped = subprocess.run([sys.executable, "-m", "clients", "--help"], cwd=ROOT, capture_output=True, text=True)
+    grpc_url = f"grpc://{server.grpc_address}"
+    via_grpc = cli("get", "cli-item", url=grpc_url)
+    assert via_grpc["tags"] == ["cli"]
+    via_rest = cli("get", "cli-item")
+    assert via_grpc.pop("duration_s") == pytest.approx(via_rest.pop("duration_s"), rel=1e-6)  # float32 over gRPC
+    assert via_grpc == via_rest, "the same JSON over both transports"
+    assert ids(cli("search", "dog barking", "--tags-any", "cli", url=grpc_url)) == ["cli-item"]
+    text = blat("get", "cli-item", "--url", server.http_url)  # without --json: text
+    assert text.returncode == 0 and "id: cli-item" in text.stdout, text.stdout + text.stderr
+    for url in (server.http_url, grpc_url):
+        missing = cli("get", "no-such-item", url=url, check=False)
+        assert missing.returncode == 1 and missing.stderr.startswith("error: 404 "), missing.stderr
+    assert "not_found" in cli("get", "no-such-item", check=False).stderr
+    gone = cli("stats", url="http://127.0.0.1:1", check=False)  # nothing listens there
+    assert gone.returncode == 3, gone.stderr
+    helped = blat("--help")
     assert helped.returncode == 0
-    for word in ("search", "tag", "caption", "add", "--grpc", "--api-key", "dog barking"):
-        assert word in helped.stdout
+    for word in ("search", "tag", "caption", "add", "add-folder", "get", "delete", "rebuild", "rollback", "stats",
+                 "info"):
+        assert word in helped.stdout, word
+    helped = blat("search", "--help")
+    assert helped.returncode == 0
+    for word in ("--url", "grpc://", "--api-key", "--json", "dog barking"):
+        assert word in helped.stdout, word
 
 
 # ---------------------------------------------------------------------------------------------- micro-batching
 
 @pytest.mark.slow
-def test_concurrent_requests_are_micro_batched(rest, rpc):
+def test_concurrent_requests_are_micro_batched(rest, rpc, http):
     clips = [wav(synth_clip(8000 + i, 0.4 + 0.1 * (i % 7))) for i in range(24)]  # unequal lengths in one batch
     single = [np.array(rest.embed_audio(c)) for c in clips]  # one at a time: batches of one
-    before = rest.metrics()
+    before = http.get("/metrics").text
     barrier = threading.Barrier(len(clips))
 
     def embed(i):
@@ -506,7 +559,7 @@ def test_concurrent_requests_are_micro_batched(rest, rpc):
 
     with ThreadPoolExecutor(len(clips)) as pool:
         together = list(pool.map(embed, range(len(clips))))
-    after = rest.metrics()
+    after = http.get("/metrics").text
     for i, (a, b) in enumerate(zip(single, together)):
         np.testing.assert_allclose(a, b, atol=ATOL, err_msg=f"clip {i}")
     calls = metric(after, "blat_batch_size_count", batcher="audio_embed") - \
@@ -521,18 +574,19 @@ def test_concurrent_requests_are_micro_batched(rest, rpc):
 
 # ---------------------------------------------------------------------------------------- rebuild and rollback
 
-def _wait_job(client, job_id, timeout_s=120.0) -> dict:
+def _wait_job(client, job_id, timeout_s=120.0) -> Job:
     deadline = time.monotonic() + timeout_s
     while True:
         job = client.rebuild_status(job_id)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        assert job.finished == (job.state in ("succeeded", "failed", "cancelled")), job
+        if job.finished:
             return job
-        assert time.monotonic() < deadline, f"rebuild {job_id} still {job['state']} after {timeout_s} s"
+        assert time.monotonic() < deadline, f"rebuild {job_id} still {job.state} after {timeout_s} s"
         time.sleep(0.05)
 
 
 @pytest.mark.slow
-def test_rebuild_cancel_and_rollback(server, items, rest, rpc):
+def test_rebuild_cancel_and_rollback(server, items, rest, rpc, http):
     """Last in the module: the rebuild replaces the live index (rollback brings it back)."""
     folder = server.roots / "collection"
     (folder / "sub dir").mkdir(parents=True, exist_ok=True)
@@ -546,10 +600,10 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc):
     stop, answered, errors = threading.Event(), [], []
 
     def search_loop():
-        with RestClient(server.http_url, timeout=30) as c:
+        with Client(server.http_url, timeout=30) as c:
             while not stop.is_set():
                 try:
-                    answered.append((time.monotonic(), len(c.search_text("a sound", k=3)["hits"])))
+                    answered.append((time.monotonic(), len(c.search_text("a sound", k=3).hits)))
                 except ClientError as e:  # pragma: no cover - reported below
                     errors.append(e)
 
@@ -558,35 +612,40 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc):
     try:
         t0 = time.monotonic()
         job = rest.start_rebuild(folder=str(folder))
-        assert job["state"] in ("pending", "running") and job["total"] == n and job["job_id"] != old["index_version"]
-        done = _wait_job(rest, job["job_id"])
+        assert job.state in ("pending", "running") and job.total == n and job.job_id != old.index_version
+        done = _wait_job(rest, job.job_id)
         t1 = time.monotonic()
     finally:
         stop.set()
         searcher.join()
     assert not errors, errors
-    assert done["state"] == "succeeded" and done["done"] == done["added"] == n and done["recall"] == 1.0, done
+    assert done.state == "succeeded" and done.done == done.added == n and done.skipped == 0, done
+    assert done.error == "" and done.version == done.job_id == job.job_id, done
+    raw = http.get(f"/v1/index/rebuild/{job.job_id}").json()  # REST's progress has the recall check too
+    assert raw["state"] == "succeeded" and raw["recall"] == 1.0, raw
     assert sum(t0 < t < t1 for t, _ in answered) >= 1, "no search answered while the rebuild ran"
     assert all(k == 3 for _, k in answered)
-    assert rpc.rebuild_status(job["job_id"])["state"] == "succeeded"
+    assert rpc.rebuild_status(job.job_id) == done, "the same job, field for field, over both faces"
     new = rpc.stats()
-    assert new["index_version"] == job["job_id"] and new["items"] == n
-    assert rest.stats()["previous_version"] == old["index_version"]
+    assert new.index_version == job.job_id and new.items == n
+    assert rest.stats().previous_version == old.index_version
+    assert rest.stats() == new
     got = rest.get_item("sub_dir/clip00.wav")  # ids are relative paths, spaces made underscores
-    assert got["source_uri"] == str(folder / "sub dir" / "clip00.wav")
-    assert len(rest.search_text("a sound", k=5)["hits"]) == 5
+    assert got.source_uri == str(folder / "sub dir" / "clip00.wav")
+    assert len(rest.search_text("a sound", k=5).hits) == 5
     with pytest.raises(ClientError) as e:
         rest.get_item(next(iter(items)))
     assert e.value.status == 404
 
     # a cancelled rebuild leaves the live version as it is
     job = rpc.start_rebuild(folder=str(folder))
-    cancelled = rest.cancel_rebuild(job["job_id"])
-    assert cancelled["job_id"] == job["job_id"]
-    assert _wait_job(rpc, job["job_id"])["state"] == "cancelled"
-    assert rpc.cancel_rebuild(job["job_id"])["state"] == "cancelled"  # cancelling again changes nothing
-    assert rest.rebuild_status(job["job_id"])["state"] == "cancelled"
-    assert rest.stats()["index_version"] == new["index_version"]
+    cancelled = rest.cancel_rebuild(job.job_id)
+    assert cancelled.job_id == job.job_id
+    assert _wait_job(rpc, job.job_id).state == "cancelled"
+    assert rpc.cancel_rebuild(job.job_id).state == "cancelled"  # cancelling again changes nothing
+    assert rest.rebuild_status(job.job_id) == rpc.rebuild_status(job.job_id)
+    assert rest.rebuild_status(job.job_id).state == "cancelled"
+    assert rest.stats().index_version == new.index_version
     for client in (rest, rpc):
         with pytest.raises(ClientError) as e:
             client.rebuild_status("v9999")
@@ -594,7 +653,9 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc):
 
     # rollback (gRPC) brings the old version back with its items; a second rollback (REST) goes forward again
     back = rpc.rollback()
-    assert back["index_version"] == old["index_version"] and back["items"] == old["items"]
-    assert rest.get_item(next(iter(items)))["id"] == next(iter(items))
+    assert back.index_version == old.index_version and back.items == old.items
+    assert rest.stats() == back
+    assert rest.get_item(next(iter(items))).id == next(iter(items))
     forward = rest.rollback()
-    assert forward["index_version"] == new["index_version"] and forward["items"] == n
+    assert forward.index_version == new.index_version and forward.items == n
+    assert rpc.stats() == forward

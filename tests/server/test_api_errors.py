@@ -1,6 +1,7 @@
 """Hostile and mistaken requests against the real gateway: every bad input gets a 4xx (a non-OK, non-INTERNAL gRPC
 code), never a crash, and the server keeps answering. Also: upload limits (413), API keys (401/403), overload (429
 with Retry-After) and a Triton backend that goes away (503 within the deadline, search by stored id still works).
+The clients that must see a 429 or 503 are built with `retry=NO_RETRY`: by default `blat_client` retries them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients import ClientError, GrpcClient, RestClient
+from blat_client import NO_RETRY, Client, ClientError
 from server.audio import AudioLimits
 from tests.server.badinputs import bad_inputs
 from tests.server.conftest import running_server, start_server, synth_clip, wav
@@ -131,10 +132,10 @@ def test_upload_over_the_limit_is_413(gw, http, stub):
         assert grpc_code(getattr(stub, method), make(too_long)) == grpc.StatusCode.OUT_OF_RANGE, method
         huge = make(bytes(MAX_UPLOAD + 200 * 1024))  # over the gRPC message limit: refused before it is parsed
         assert grpc_code(getattr(stub, method), huge) == grpc.StatusCode.RESOURCE_EXHAUSTED, method
-    with RestClient(gw.http_url) as c:
+    with Client(gw.http_url) as c:
         with pytest.raises(ClientError) as e:
             c.embed_audio(big)
-    assert e.value.status == 413
+    assert e.value.status == 413 and not e.value.retryable
 
 
 # ---------------------------------------------------------------------------------------- text, ids, JSON
@@ -300,11 +301,11 @@ def test_the_server_survived_all_of_it(gw, http, good_wav):
     assert gw.alive(), gw.log_tail()
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
-    with RestClient(gw.http_url) as rest, GrpcClient(gw.grpc_address) as rpc:
+    with Client(gw.http_url) as rest, Client(f"grpc://{gw.grpc_address}") as rpc:
         rest.add_item("survivor", audio=wav(synth_clip(2, 1.0)), tags=["ok"])
-        assert rest.search_text("a sound", k=5, filter={"tags_any": ["ok"]})["hits"][0]["id"] == "survivor"
+        assert rest.search_text("a sound", k=5, filter={"tags_any": ["ok"]}).hits[0].id == "survivor"
         assert len(rpc.embed_audio(good_wav)) == len(rest.embed_text("fine")[0])
-        assert rpc.get_item("survivor")["tags"] == ["ok"]
+        assert rpc.get_item("survivor").tags == ("ok",)
     metrics = http.get("/metrics").text
     assert 'status="500"' not in metrics and 'status="INTERNAL"' not in metrics and 'status="UNKNOWN"' not in metrics
     assert "Traceback" not in gw.log_path.read_text(errors="replace"), gw.log_tail()
@@ -321,7 +322,7 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
         assert "reader-key" not in gw.log_path.read_text()  # keys are redacted in the start-up log
         url = gw.http_url
         for key, status in [(None, 401), ("wrong-key", 401)]:
-            with RestClient(url, api_key=key) as c:
+            with Client(url, api_key=key) as c:
                 for call in (c.stats, lambda: c.search_text("a"), lambda: c.embed_audio(good_wav),
                              lambda: c.add_item("x", audio=good_wav), lambda: c.get_item("x")):
                     with pytest.raises(ClientError) as e:
@@ -329,8 +330,8 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
                     assert e.value.status == status and e.value.code == "unauthorized"
         for path in ("/healthz", "/readyz", "/metrics"):  # operations endpoints stay open
             assert httpx.get(url + path, timeout=10).status_code == 200
-        with RestClient(url, api_key="reader-key") as reader:
-            assert reader.stats()["items"] == 0 and reader.search_text("a")["hits"] == []
+        with Client(url, api_key="reader-key") as reader:
+            assert reader.stats().items == 0 and reader.search_text("a").hits == []
             for call in (lambda: reader.add_item("x", audio=good_wav), lambda: reader.delete_item("x"),
                          lambda: reader.add_item("x", path=str(gw.roots / "a.wav")),
                          lambda: reader.start_rebuild(folder=str(gw.roots)), reader.rollback,
@@ -341,27 +342,28 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
         r = httpx.post(f"{url}/v1/items", params={"id": "by-header"}, content=good_wav,
                        headers={"x-api-key": "writer-key"}, timeout=30)
         assert r.status_code == 201
-        with RestClient(url, api_key="writer-key") as writer:
-            assert writer.get_item("by-header")["id"] == "by-header"
-            assert writer.delete_item("by-header")["deleted"] is True
+        with Client(url, api_key="writer-key") as writer:
+            stored = writer.get_item("by-header")
+            assert stored.id == "by-header"
+            assert writer.delete_item("by-header") == stored
 
         for key, code in [(None, "UNAUTHENTICATED"), ("wrong-key", "UNAUTHENTICATED")]:
-            with GrpcClient(gw.grpc_address, api_key=key) as c:
+            with Client(f"grpc://{gw.grpc_address}", api_key=key) as c:
                 for call in (c.stats, lambda: c.search_text("a"), lambda: c.add_item("x", audio=good_wav),
-                             lambda: list(c.stream_tag(iter([b"\0" * 64]), 32000))):
+                             lambda: list(c.stream_tag(iter([b"\0" * 64]), 32000, "f32le", timeout=60))):
                     with pytest.raises(ClientError) as e:
                         call()
                     assert e.value.code == code and e.value.status == 401
-        with GrpcClient(gw.grpc_address, api_key="reader-key") as reader:
-            assert reader.stats()["items"] == 0
+        with Client(f"grpc://{gw.grpc_address}", api_key="reader-key") as reader:
+            assert reader.stats().items == 0
             for call in (lambda: reader.add_item("x", audio=good_wav), lambda: reader.delete_item("x"),
                          lambda: reader.start_rebuild(folder=str(gw.roots)), reader.rollback,
                          lambda: reader.cancel_rebuild("v0002")):
                 with pytest.raises(ClientError) as e:
                     call()
                 assert e.value.code == "PERMISSION_DENIED" and e.value.status == 403
-        with GrpcClient(gw.grpc_address, api_key="writer-key") as writer:
-            assert writer.add_item("grpc-writer", audio=good_wav)["id"] == "grpc-writer"
+        with Client(f"grpc://{gw.grpc_address}", api_key="writer-key") as writer:
+            assert writer.add_item("grpc-writer", audio=good_wav).id == "grpc-writer"
         with grpc.insecure_channel(gw.grpc_address) as channel:  # x-api-key metadata works too
             health = health_pb2_grpc.HealthStub(channel)  # health checks need no key
             assert health.Check(health_pb2.HealthCheckRequest(service="blat.v1.Blat"), timeout=10).status == \
@@ -393,13 +395,13 @@ def test_overload_answers_429_with_retry_after(tiny_bundle, tmp_path):
             for r in answers:
                 if r.status_code == 429:
                     assert int(r.headers["retry-after"]) >= 1 and error_json(r)["code"] == "overloaded"
-            with RestClient(gw.http_url) as c:
+            with Client(gw.http_url, retry=NO_RETRY) as c:  # retrying would hide the 429
                 with pytest.raises(ClientError) as e:
                     with ThreadPoolExecutor(len(clips)) as pool:
                         list(pool.map(c.embed_audio, clips))
-                assert e.value.status == 429 and e.value.retry_after >= 1
+                assert e.value.status == 429 and e.value.retry_after >= 1 and e.value.retryable
 
-        with GrpcClient(gw.grpc_address) as rpc:
+        with Client(f"grpc://{gw.grpc_address}", retry=NO_RETRY) as rpc:
             barrier = threading.Barrier(len(clips))
 
             def grpc_call(data):
@@ -428,10 +430,11 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
            "BLAT_SERVER_TRITON__BREAKER_FAILURES": "3", "BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": "10"}
     try:
         with running_server(tiny_bundle, tmp_path, backend="triton", triton_url=triton.grpc_url, env=env) as gw, \
-                RestClient(gw.http_url) as rest, GrpcClient(gw.grpc_address) as rpc:
+                Client(gw.http_url, retry=NO_RETRY) as rest, \
+                Client(f"grpc://{gw.grpc_address}", retry=NO_RETRY) as rpc:  # the 503s must be seen, not retried
             for i in range(3):
                 rest.add_item(f"kept-{i}", audio=wav(synth_clip(70 + i)))
-            assert len(rest.search_text("a dog", k=3)["hits"]) == 3
+            assert len(rest.search_text("a dog", k=3).hits) == 3
             triton.stop()  # mid-test: the model backend goes away
 
             messages = []
@@ -440,24 +443,24 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
                 with pytest.raises(ClientError) as e:
                     rest.search_text("a dog", k=3)
                 assert time.monotonic() - t0 < 10, "slower than the request deadline"
-                assert e.value.status == 503 and e.value.code == "backend_unavailable"
+                assert e.value.status == 503 and e.value.code == "backend_unavailable" and e.value.retryable
                 messages.append(e.value.message)
             assert "Triton" in messages[0] and "unavailable" in messages[0] and "3 attempts" in messages[0], messages
             assert "circuit open" in messages[-1], messages
             with pytest.raises(ClientError) as e:
                 rpc.search_text("a dog")
-            assert e.value.code == "UNAVAILABLE"
+            assert e.value.code == "UNAVAILABLE" and e.value.status == 503
             with pytest.raises(ClientError) as e:
                 rest.embed_audio(good_wav)
             assert e.value.status == 503
 
-            hits = rest.search_item("kept-0", k=2)["hits"]  # the index alone: no model call
-            assert sorted(h["id"] for h in hits) == ["kept-1", "kept-2"]
-            assert [h["id"] for h in rpc.search_item("kept-0", k=2)["hits"]] == [h["id"] for h in hits]
-            assert rest.get_item("kept-1")["id"] == "kept-1" and rest.stats()["items"] == 3
-            ready = rest.readyz()
-            assert ready["ready"] is False and "triton" in ready["detail"]
-            assert httpx.get(f"{gw.http_url}/readyz").status_code == 503
+            found = rest.search_item("kept-0", k=2)  # the index alone: no model call
+            assert sorted(found.ids) == ["kept-1", "kept-2"]
+            assert rpc.search_item("kept-0", k=2).ids == found.ids
+            assert rest.get_item("kept-1").id == "kept-1" and rest.stats().items == 3
+            ready = httpx.get(f"{gw.http_url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["ready"] is False and "triton" in ready.json()["detail"]
             with grpc.insecure_channel(gw.grpc_address) as channel:  # gRPC health follows readiness too
                 health = health_pb2_grpc.HealthStub(channel)
                 deadline = time.monotonic() + 10
@@ -465,6 +468,6 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
                         health_pb2.HealthCheckResponse.NOT_SERVING:
                     assert time.monotonic() < deadline, "gRPC health still SERVING with the backend down"
                     time.sleep(0.2)
-            assert rest.healthz() == {"status": "ok"} and gw.alive()
+            assert httpx.get(f"{gw.http_url}/healthz", timeout=10).json() == {"status": "ok"} and gw.alive()
     finally:
         triton.stop()

@@ -1,6 +1,7 @@
 """Crash safety through the API: the gateway is killed with SIGKILL at random moments while clients add items, and
 restarted on the same index directory. Every acknowledged add (201 / OK) must survive; an add that got no answer is
 either fully there (readable, searchable by id and by its own audio) or not there at all; search keeps working.
+Clients never retry here (`retry=NO_RETRY`): each add is one attempt, acknowledged, refused or cut off by the kill.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from clients import ClientError, GrpcClient, RestClient
+from blat_client import NO_RETRY, Client, ClientError
 from tests.server.conftest import start_server, synth_clip, wav
 
 CYCLES = 10
@@ -41,7 +42,7 @@ class Ledger:
 
 
 def writer(url: str, face: str, number: int, cycle: int, ledger: Ledger, stop: threading.Event) -> None:
-    client = RestClient(url, timeout=20) if face == "rest" else GrpcClient(url, timeout=20)
+    client = Client(url if face == "rest" else f"grpc://{url}", timeout=20, retry=NO_RETRY)
     n = 0
     try:
         while not stop.is_set() and n < MAX_ADDS:
@@ -65,40 +66,41 @@ def writer(url: str, face: str, number: int, cycle: int, ledger: Ledger, stop: t
 def verify(server, ledger: Ledger, cycle: int, deep: set[str]) -> dict[str, int]:
     """Check every id ever sent, with one filtered search per cycle and writer (the items carry both as tags); the
     ids of `cycle`, the latest, are also read one by one, and `deep` ids are searched for by their own audio."""
-    rest = RestClient(server.http_url, timeout=30)
+    rest = Client(server.http_url, timeout=30, retry=NO_RETRY)
     counts = {"present": 0, "absent": 0, "unacked_present": 0}
     try:
         for c, w in sorted(set(ledger.group.values())):
             sent = {i for i, g in ledger.group.items() if g == (c, w)}
-            hits = rest.search_text("a sound", k=100, filter={"tags_all": [f"cycle{c}", f"w{w}"]})["hits"]
-            found = {h["id"]: h["item"] for h in hits}
+            hits = rest.search_text("a sound", k=100, filter={"tags_all": [f"cycle{c}", f"w{w}"]}).hits
+            found = {h.id: h.item for h in hits}
             assert len(found) == len(hits) and set(found) <= sent, sorted(set(found) - sent)
             lost = ledger.acked & (sent - set(found))
             assert not lost, f"acknowledged items lost (or unsearchable) after a SIGKILL: {sorted(lost)}"
             for item_id, item in found.items():
                 assert item_id not in ledger.rejected, (item_id, ledger.rejected[item_id])
-                assert item["content_hash"] == ledger.hashes[item_id], item_id
+                assert item.content_hash == ledger.hashes[item_id], item_id
+                assert set(item.tags) == {f"cycle{c}", f"w{w}"}, item
             for item_id in sent - set(found):  # unacknowledged and not searchable: then not stored at all
                 for call in (rest.get_item, rest.search_item):
                     with pytest.raises(ClientError) as e:
                         call(item_id)
                     assert e.value.status == 404, (item_id, e.value)
                 if item_id in deep:
-                    hits = rest.search_audio(ledger.data[item_id], k=100)["hits"]
-                    assert item_id not in [h["id"] for h in hits], f"{item_id} is searchable but not stored"
+                    found_by_audio = rest.search_audio(ledger.data[item_id], k=100)
+                    assert item_id not in found_by_audio.ids, f"{item_id} is searchable but not stored"
             if c == cycle:
                 for item_id in found:  # stored whole: readable, with its embedding
-                    assert rest.get_item(item_id)["content_hash"] == ledger.hashes[item_id]
+                    assert rest.get_item(item_id) == found[item_id]
                     rest.search_item(item_id, k=1)
             for item_id in deep & set(found):
-                scores = {h["id"]: h["score"] for h in rest.search_audio(ledger.data[item_id], k=100)["hits"]}
+                scores = {h.id: h.score for h in rest.search_audio(ledger.data[item_id], k=100).hits}
                 assert scores.get(item_id, 0) > 1 - 1e-4, f"{item_id} is stored but its own audio does not find it"
             counts["present"] += len(found)
             counts["absent"] += len(sent) - len(found)
             counts["unacked_present"] += len(set(found) - ledger.acked)
         stats = rest.stats()
-        assert stats["items"] == counts["present"], f"{stats['items']} items stored, {counts['present']} expected"
-        assert len(rest.search_text("a sound", k=10)["hits"]) == min(10, counts["present"])
+        assert stats.items == counts["present"], f"{stats.items} items stored, {counts['present']} expected"
+        assert len(rest.search_text("a sound", k=10).hits) == min(10, counts["present"])
     finally:
         rest.close()
     return counts

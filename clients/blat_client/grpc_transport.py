@@ -1,0 +1,220 @@
+"""The gRPC transport (service blat.v1.Blat in blat_client/_wire/blat.proto). Each operation is described as a
+`GrpcCall` (method, request message, parser) and sent by `send` (blocking channel) or `asend` (grpc.aio channel).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
+
+import grpc
+import grpc.aio
+
+from blat_client._wire import blat_pb2 as pb
+from blat_client._wire import blat_pb2_grpc as pb_grpc
+from blat_client.audio import Audio, read_audio
+from blat_client.errors import GRPC_TO_HTTP, ClientError, parse_retry_after
+from blat_client.filters import Filter, check_filter
+from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # uploads are capped by the server's limits, not by the channel
+
+
+@dataclass
+class GrpcCall:
+    method: str
+    request: Any
+    parse: Callable[[Any], Any]
+
+
+def item(it: pb.Item) -> Item:
+    return Item(id=it.id, source_uri=it.source_uri, duration_s=it.duration_s, tags=tuple(it.tags), caption=it.caption,
+                content_hash=it.content_hash, added_at=it.added_at)
+
+
+def search_result(r: pb.SearchResponse) -> SearchResult:
+    return SearchResult([Hit(h.id, h.score, item(h.item)) for h in r.hits], r.bundle, r.index_version)
+
+
+def scores(rows) -> list[LabelScore]:
+    return [LabelScore(t.label, t.score) for t in rows]
+
+
+def window(w: pb.TagWindow) -> TagWindow:
+    return TagWindow(w.start_s, w.end_s, scores(w.tags))
+
+
+def job(j: pb.Job) -> Job:
+    return Job(job_id=j.job_id, state=j.state, done=j.done, total=j.total, added=j.added, skipped=j.skipped,
+               error=j.error, version=j.version)
+
+
+def stats(s: pb.StatsResponse) -> Stats:
+    return Stats(items=s.items, deleted_pending=s.deleted_pending, index_kind=s.index_kind,
+                 index_version=s.index_version, previous_version=s.previous_version, dim=s.dim, bundle=s.bundle)
+
+
+def _filter(flt: Filter | None) -> pb.Filter | None:
+    flt = check_filter(flt)
+    return pb.Filter(**flt) if flt else None
+
+
+def _error(e: grpc.RpcError) -> ClientError:
+    code = e.code() if hasattr(e, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
+    trailing = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
+    details = e.details() if hasattr(e, "details") else str(e)
+    if name == "UNAVAILABLE" and "failed to connect" in (details or "").lower():
+        return ClientError(0, "unreachable", details)
+    return ClientError(GRPC_TO_HTTP.get(name, 500), name, details or "", None,
+                       parse_retry_after(trailing.get("retry-after")))
+
+
+class GrpcTransport:
+    name = "grpc"
+
+    def __init__(self, address: str, api_key: str | None, timeout: float):
+        self.address, self.timeout = address, timeout
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self._sync: pb_grpc.BlatStub | None = None
+        self._async: pb_grpc.BlatStub | None = None
+        self._channels: list = []
+
+    def _stub(self) -> pb_grpc.BlatStub:
+        if self._sync is None:
+            channel = grpc.insecure_channel(self.address, options=self._options)
+            self._channels.append(channel)
+            self._sync = pb_grpc.BlatStub(channel)
+        return self._sync
+
+    def _astub(self) -> pb_grpc.BlatStub:
+        if self._async is None:  # an aio channel belongs to the event loop it is first used in
+            channel = grpc.aio.insecure_channel(self.address, options=self._options)
+            self._channels.append(channel)
+            self._async = pb_grpc.BlatStub(channel)
+        return self._async
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+    def send(self, call: GrpcCall) -> Any:
+        try:
+            return call.parse(getattr(self._stub(), call.method)(call.request, timeout=self.timeout,
+                                                                 metadata=self.metadata))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    async def asend(self, call: GrpcCall) -> Any:
+        try:
+            return call.parse(await getattr(self._astub(), call.method)(call.request, timeout=self.timeout,
+                                                                        metadata=self.metadata))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def close(self) -> None:
+        for channel in self._channels:
+            if isinstance(channel, grpc.Channel):
+                channel.close()
+
+    async def aclose(self) -> None:
+        for channel in self._channels:
+            if isinstance(channel, grpc.aio.Channel):
+                await channel.close()
+
+    # -- streaming tags --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _config(sample_rate: int, encoding: str, window_s: float, hop_s: float, top_k: int,
+                labels: Sequence[str]) -> pb.StreamTagRequest:
+        return pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=sample_rate, encoding=encoding, window_s=window_s,
+                                                          hop_s=hop_s, top_k=top_k, labels=list(labels)))
+
+    def stream_tag(self, chunks: Iterable[bytes], sample_rate: int, encoding: str, window_s: float, hop_s: float,
+                   top_k: int, labels: Sequence[str], timeout: float | None) -> Iterator[TagWindow]:
+        def requests():
+            yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
+            for chunk in chunks:
+                yield pb.StreamTagRequest(pcm=bytes(chunk))
+
+        try:
+            for w in self._stub().StreamTag(requests(), timeout=timeout, metadata=self.metadata):
+                yield window(w)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    async def astream_tag(self, chunks, sample_rate: int, encoding: str, window_s: float, hop_s: float, top_k: int,
+                          labels: Sequence[str], timeout: float | None) -> AsyncIterator[TagWindow]:
+        async def requests():
+            yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    yield pb.StreamTagRequest(pcm=bytes(chunk))
+            else:
+                for chunk in chunks:
+                    yield pb.StreamTagRequest(pcm=bytes(chunk))
+
+        try:
+            async for w in self._astub().StreamTag(requests(), timeout=timeout, metadata=self.metadata):
+                yield window(w)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    # -- operations ------------------------------------------------------------------------------------------------
+    def search_text(self, query: str, k: int, flt: Filter | None) -> GrpcCall:
+        return GrpcCall("SearchText", pb.SearchTextRequest(query=query, k=k, filter=_filter(flt)), search_result)
+
+    def search_audio(self, audio: Audio, k: int, flt: Filter | None) -> GrpcCall:
+        return GrpcCall("SearchAudio", pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k,
+                                                             filter=_filter(flt)), search_result)
+
+    def search_item(self, item_id: str, k: int, flt: Filter | None) -> GrpcCall:
+        return GrpcCall("SearchItem", pb.SearchItemRequest(id=item_id, k=k, filter=_filter(flt)), search_result)
+
+    def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> GrpcCall:
+        req = pb.TagRequest(audio=pb.Audio(data=read_audio(audio)), labels=list(labels), top_k=top_k,
+                            window_s=window_s, hop_s=hop_s)
+        return GrpcCall("Tag", req, lambda r: Tags(scores(r.tags), [window(w) for w in r.windows]))
+
+    def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> GrpcCall:
+        req = pb.CaptionRequest(audio=pb.Audio(data=read_audio(audio)), tags=list(tags_), n_best=n_best,
+                                beam_size=beam_size)
+        return GrpcCall("Caption", req, lambda r: [Caption(c.text, c.log_prob) for c in r.captions])
+
+    def embed_audio(self, audio: Audio) -> GrpcCall:
+        return GrpcCall("EmbedAudio", pb.EmbedAudioRequest(audio=pb.Audio(data=read_audio(audio))),
+                        lambda r: list(r.embeddings[0].values))
+
+    def embed_text(self, texts: Sequence[str]) -> GrpcCall:
+        return GrpcCall("EmbedText", pb.EmbedTextRequest(texts=list(texts)),
+                        lambda r: [list(e.values) for e in r.embeddings])
+
+    def add_item(self, item_id: str, audio: Audio | None, path: str | None, tags_: Sequence[str], caption: str,
+                 source_uri: str, upsert: bool) -> GrpcCall:
+        source = {"audio": pb.Audio(data=read_audio(audio))} if audio is not None else {"path": str(path)}
+        return GrpcCall("AddItem", pb.AddItemRequest(id=item_id, tags=list(tags_), caption=caption,
+                                                     source_uri=source_uri, upsert=upsert, **source), item)
+
+    def get_item(self, item_id: str) -> GrpcCall:
+        return GrpcCall("GetItem", pb.ItemRequest(id=item_id), item)
+
+    def delete_item(self, item_id: str) -> GrpcCall:
+        return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))
+
+    def start_rebuild(self, folder: str | None, manifest: str | None) -> GrpcCall:
+        req = pb.RebuildRequest(folder=str(folder)) if folder is not None else pb.RebuildRequest(manifest=str(manifest))
+        return GrpcCall("StartRebuild", req, job)
+
+    def rebuild_status(self, job_id: str) -> GrpcCall:
+        return GrpcCall("GetRebuild", pb.JobRequest(job_id=job_id), job)
+
+    def cancel_rebuild(self, job_id: str) -> GrpcCall:
+        return GrpcCall("CancelRebuild", pb.JobRequest(job_id=job_id), job)
+
+    def rollback(self) -> GrpcCall:
+        return GrpcCall("RollbackIndex", pb.Empty(), stats)
+
+    def stats(self) -> GrpcCall:
+        return GrpcCall("Stats", pb.Empty(), stats)
+
+    def info(self) -> GrpcCall:
+        return GrpcCall("Info", pb.Empty(), lambda r: Info(json.loads(r.bundle_json), r.backend,
+                                                           json.loads(r.limits_json or "{}")))

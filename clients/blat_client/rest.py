@@ -1,0 +1,189 @@
+"""The REST transport (`/v1/...` over HTTP/JSON, with httpx). Each operation is first described as a `RestCall`,
+then sent by `send` (blocking) or `asend` (asyncio), so both modes share every path, parameter and parser.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote
+
+import httpx
+
+from blat_client.audio import Audio, read_audio
+from blat_client.errors import ClientError, parse_retry_after
+from blat_client.filters import Filter, check_filter
+from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
+
+
+@dataclass
+class RestCall:
+    method: str
+    path: str
+    parse: Callable[[Any], Any]
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    content: bytes | None = None
+
+
+def f32(x: float) -> float:
+    """A JSON number at the precision the gRPC face carries it (a protobuf float), so both faces answer equal values."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
+def item(d: Mapping[str, Any]) -> Item:
+    return Item(id=d["id"], source_uri=d.get("source_uri", ""), duration_s=f32(d.get("duration_s", 0.0)),
+                tags=tuple(d.get("tags", ())), caption=d.get("caption", ""), content_hash=d.get("content_hash", ""),
+                added_at=d.get("added_at", ""))
+
+
+def search_result(d: Mapping[str, Any]) -> SearchResult:
+    return SearchResult([Hit(h["id"], f32(h["score"]), item(h["item"])) for h in d["hits"]], d["bundle"],
+                        d["index_version"])
+
+
+def scores(rows) -> list[LabelScore]:
+    return [LabelScore(r["label"], f32(r["score"])) for r in rows]
+
+
+def tags(d: Mapping[str, Any]) -> Tags:
+    return Tags(scores(d["tags"]), [TagWindow(f32(w["start_s"]), f32(w["end_s"]), scores(w["tags"]))
+                                    for w in d["windows"]])
+
+
+def job(d: Mapping[str, Any]) -> Job:
+    return Job(job_id=d["version"], state=d["state"], done=d["done"], total=d["total"], added=d["added"],
+               skipped=d["skipped"], error=d.get("error") or "", version=d["version"])
+
+
+def stats(d: Mapping[str, Any]) -> Stats:
+    return Stats(items=d["count"], deleted_pending=d["tombstones"], index_kind=d["kind"], index_version=d["version"],
+                 previous_version=d.get("previous_version") or "", dim=d["dim"], bundle=d["bundle_id"])
+
+
+def _segment(value: str) -> str:
+    """An id as a URL path: percent-encoded, except the '/' and ':' that ids may hold."""
+    return quote(str(value), safe="/:")
+
+
+def _params(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v not in (None, [], (), "", 0, 0.0, False)}
+
+
+class RestTransport:
+    name = "rest"
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float):
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+        self._sync: httpx.Client | None = None
+        self._async: httpx.AsyncClient | None = None
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+    def send(self, call: RestCall) -> Any:
+        if self._sync is None:
+            self._sync = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        try:
+            r = self._sync.request(call.method, call.path, params=call.params, json=call.json, content=call.content)
+        except httpx.TransportError as e:
+            raise self._no_answer(call, e) from None
+        return self._answer(call, r)
+
+    async def asend(self, call: RestCall) -> Any:
+        if self._async is None:
+            self._async = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        try:
+            r = await self._async.request(call.method, call.path, params=call.params, json=call.json,
+                                          content=call.content)
+        except httpx.TransportError as e:
+            raise self._no_answer(call, e) from None
+        return self._answer(call, r)
+
+    def _no_answer(self, call: RestCall, e: httpx.TransportError) -> ClientError:
+        where = f"{call.method} {self.base_url}{call.path}"
+        if isinstance(e, httpx.TimeoutException):
+            return ClientError(0, "timeout", f"{where}: no answer within {self.timeout:g} s ({type(e).__name__})")
+        return ClientError(0, "unreachable", f"{where}: {e!r}")
+
+    @staticmethod
+    def _answer(call: RestCall, r: httpx.Response) -> Any:
+        if r.is_success:
+            return call.parse(r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text)
+        retry_after = parse_retry_after(r.headers.get("retry-after"))
+        try:
+            err = r.json()["error"]
+            raise ClientError(r.status_code, str(err["code"]), str(err["message"]), err.get("details"), retry_after)
+        except (ValueError, KeyError, TypeError):  # not the gateway's JSON error (a proxy in between, say)
+            raise ClientError(r.status_code, f"http_{r.status_code}", r.text[:500], None, retry_after) from None
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+
+    # -- operations ------------------------------------------------------------------------------------------------
+    def _upload(self, path: str, audio: Audio, params: Mapping[str, Any], parse: Callable) -> RestCall:
+        return RestCall("POST", path, parse, params=_params(params), content=read_audio(audio))
+
+    def search_text(self, query: str, k: int, flt: Filter | None) -> RestCall:
+        body = {"query": query, "k": k, **({"filter": check_filter(flt)} if flt else {})}
+        return RestCall("POST", "/v1/search/text", search_result, json=body)
+
+    def search_audio(self, audio: Audio, k: int, flt: Filter | None) -> RestCall:
+        return self._upload("/v1/search/audio", audio, {"k": k, **check_filter(flt)}, search_result)
+
+    def search_item(self, item_id: str, k: int, flt: Filter | None) -> RestCall:
+        body = {"id": item_id, "k": k, **({"filter": check_filter(flt)} if flt else {})}
+        return RestCall("POST", "/v1/search/item", search_result, json=body)
+
+    def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> RestCall:
+        return self._upload("/v1/tag", audio, {"labels": list(labels), "top_k": top_k, "window_s": window_s,
+                                               "hop_s": hop_s}, tags)
+
+    def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> RestCall:
+        return self._upload("/v1/caption", audio, {"tags": list(tags_), "n_best": n_best, "beam_size": beam_size},
+                            lambda d: [Caption(c["text"], f32(c["log_prob"])) for c in d["captions"]])
+
+    def embed_audio(self, audio: Audio) -> RestCall:
+        return self._upload("/v1/embed/audio", audio, {}, lambda d: [float(x) for x in d["embedding"]])
+
+    def embed_text(self, texts: Sequence[str]) -> RestCall:
+        return RestCall("POST", "/v1/embed/text", lambda d: d["embeddings"], json={"texts": list(texts)})
+
+    def add_item(self, item_id: str, audio: Audio | None, path: str | None, tags_: Sequence[str], caption: str,
+                 source_uri: str, upsert: bool) -> RestCall:
+        if path is not None:
+            return RestCall("POST", "/v1/items/from-path", item, json={
+                "id": item_id, "path": str(path), "tags": list(tags_), "caption": caption, "source_uri": source_uri,
+                "upsert": upsert})
+        return self._upload("/v1/items", audio, {"id": item_id, "tags": list(tags_), "caption": caption,
+                                                 "source_uri": source_uri, "upsert": upsert}, item)
+
+    def get_item(self, item_id: str) -> RestCall:
+        return RestCall("GET", f"/v1/items/{_segment(item_id)}", item)
+
+    def delete_item(self, item_id: str) -> RestCall:
+        return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))
+
+    def start_rebuild(self, folder: str | None, manifest: str | None) -> RestCall:
+        body = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest)) if v is not None}
+        return RestCall("POST", "/v1/index/rebuild", job, json=body)
+
+    def rebuild_status(self, job_id: str) -> RestCall:
+        return RestCall("GET", f"/v1/index/rebuild/{_segment(job_id)}", job)
+
+    def cancel_rebuild(self, job_id: str) -> RestCall:
+        return RestCall("POST", f"/v1/index/rebuild/{_segment(job_id)}/cancel", job)
+
+    def rollback(self) -> RestCall:
+        return RestCall("POST", "/v1/index/rollback", stats)
+
+    def stats(self) -> RestCall:
+        return RestCall("GET", "/v1/index/stats", stats)
+
+    def info(self) -> RestCall:
+        return RestCall("GET", "/v1/info", lambda d: Info(d["bundle"], d["backend"], d["limits"]))

@@ -1,0 +1,105 @@
+"""What the gateway answers, as typed values. Both transports build exactly these, field for field.
+
+`to_dict()` gives plain JSON-ready data (the CLI's --json output). Times are ISO 8601 UTC strings with milliseconds
+("2026-12-03T06:45:45.123Z"), as the server writes them on both faces.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class _Value:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Item(_Value):
+    """One stored clip's metadata."""
+    id: str
+    source_uri: str = ""  # where the audio came from (a server-side path, or what the uploader said)
+    duration_s: float = 0.0
+    tags: tuple[str, ...] = ()
+    caption: str = ""
+    content_hash: str = ""  # sha256 of the decoded audio: the server refuses a second item with the same sound
+    added_at: str = ""
+
+
+@dataclass(frozen=True)
+class Hit(_Value):
+    id: str
+    score: float  # cosine similarity in the shared space, higher is closer
+    item: Item
+
+
+@dataclass(frozen=True)
+class SearchResult(_Value):
+    hits: list[Hit]
+    bundle: str  # the model bundle that embedded the query
+    index_version: str  # the index version that answered
+
+    @property
+    def ids(self) -> list[str]:
+        return [h.id for h in self.hits]
+
+
+@dataclass(frozen=True)
+class LabelScore(_Value):
+    label: str
+    score: float  # independent per-label probability-like score in [0, 1]
+
+
+@dataclass(frozen=True)
+class TagWindow(_Value):
+    start_s: float
+    end_s: float
+    tags: list[LabelScore]
+
+
+@dataclass(frozen=True)
+class Tags(_Value):
+    tags: list[LabelScore]  # the whole clip, best first
+    windows: list[TagWindow] = field(default_factory=list)  # only when window_s > 0 was asked for
+
+
+@dataclass(frozen=True)
+class Caption(_Value):
+    text: str
+    log_prob: float  # the beam's total log-probability
+
+
+@dataclass(frozen=True)
+class Job(_Value):
+    """A background index rebuild. `state`: queued, running, validating, succeeded, failed or cancelled."""
+    job_id: str
+    state: str
+    done: int  # entries consumed, skipped ones included
+    total: int
+    added: int
+    skipped: int
+    error: str  # "" unless failed
+    version: str  # the index version it builds
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Stats(_Value):
+    items: int  # live items
+    deleted_pending: int  # deletions not yet compacted out of the vector index
+    index_kind: str  # flat, ivf or hnsw
+    index_version: str
+    previous_version: str  # what rollback() would restore; "" when there is none
+    dim: int
+    bundle: str
+
+
+@dataclass(frozen=True)
+class Info(_Value):
+    bundle: dict[str, Any]  # the served bundle's bundle.json
+    backend: str  # onnxruntime or triton
+    limits: dict[str, Any]  # the server's request limits (sizes, counts, timeouts)
