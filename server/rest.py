@@ -24,6 +24,7 @@ from server.schema import (ID, AudioEmbeddingOut, CaptionsOut, DeletedOut, Healt
                            ReadyOut, StatsOut, TagsOut, TextEmbeddingsOut, request_models)
 from server.index.records import MAX_TAGS
 from server.service import MAX_BEAM, Gateway
+from server.web import add_web_routes
 
 AUDIO_BODY = {"requestBody": {"required": True, "description": "an encoded clip: WAV, FLAC, OGG (Vorbis/Opus) or MP3",
                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -72,7 +73,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         limiter.total_tokens = gateway.admissible + THREADS_WITHOUT_MODEL
         yield
 
-    app = FastAPI(title="BLAT gateway", version="1", description=__doc__, lifespan=lifespan)
+    # /docs and /redoc come from local files (server/web.py), not from FastAPI's CDN links.
+    app = FastAPI(title="BLAT gateway", version="1", description=__doc__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.gateway = gw = gateway
     m, lim = request_models(gateway.limits), gateway.limits
     k_query, id_query, id_path = Query(10, **m.k), Query(**ID), Path(**ID)
@@ -246,6 +249,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         from contract.config import to_dict
 
         return answer({**gw.info(), "limits": to_dict(gw.limits)})
+
+    # -- the web page, /docs and item audio ------------------------------------------------------------------------
+    add_web_routes(app, gw, _errors(400, 401, 403, 404))
 
     # -- operations ------------------------------------------------------------------------------------------------
     @app.get("/healthz", response_model=None, responses=ok(HealthOut, 200), tags=["ops"])

@@ -30,6 +30,7 @@ from server.inputs import check_text
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
 from server.settings import Settings
+from server.uploads import UploadStore
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
@@ -120,6 +121,7 @@ class Gateway:
         self.audio_limits = AudioLimits(max_bytes=self.limits.max_upload_bytes, max_seconds=self.limits.max_audio_seconds)
         self.store = store or IndexStore(settings.index_dir, dim=self.manifest.embedding_dim,
                                          bundle_id=self.manifest.id, kind=settings.index_kind)
+        self.uploads = UploadStore(settings.index_dir)
         self.metrics = metrics or Metrics()
         b = settings.batching
         # The gates bound the requests; a request may queue many items (texts, labels), so the batchers' own queues
@@ -343,19 +345,55 @@ class Gateway:
                  caption: str = "", source_uri: str = "", upsert: bool = False) -> ItemRecord:
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
+        uploaded = path is None
         if path is not None:
             real = self._check_path(path)
             data, source_uri = self._read_path(real), source_uri or str(real)
         audio = self.decode(data)
         record = ItemRecord(id=item_id, source_uri=source_uri, duration_s=audio.duration_s, tags=tuple(tags),
                             caption=caption, content_hash=content_hash(audio.samples))
-        return self.store.add(record, self.embed_waveform(audio.samples), upsert=upsert)
+        embedding = self.embed_waveform(audio.samples)
+        replaced = self._existing(item_id) if upsert else None
+        if not uploaded:  # its audio stays where it is (played back from source_uri while inside the roots)
+            stored = self.store.add(record, embedding, upsert=upsert)
+        else:
+            with self.uploads.staged(data) as upload:  # durable before the commit, in place before the answer
+                stored = self.store.add(record, embedding, upsert=upsert)
+                upload.commit(item_id, stored.content_hash)
+        if replaced is not None and (replaced.content_hash != stored.content_hash or not uploaded):
+            self.uploads.remove(item_id, replaced.content_hash)  # the upload an upsert replaced
+        return stored
+
+    def _existing(self, item_id: str) -> ItemRecord | None:
+        try:
+            return self.store.get(item_id)
+        except NotFound:
+            return None
 
     def get_item(self, item_id: str) -> ItemRecord:
         return self.store.get(item_id)
 
     def delete_item(self, item_id: str) -> ItemRecord:
-        return self.store.delete(item_id)
+        removed = self.store.delete(item_id)
+        self.uploads.remove(item_id, removed.content_hash)
+        return removed
+
+    def item_audio(self, item_id: str) -> Path:
+        """The file holding a stored item's audio: its upload, or its source file while that is inside the ingest
+        roots. NotFound otherwise (the answer says which)."""
+        item = self.store.get(item_id)
+        upload = self.uploads.find(item_id, item.content_hash)
+        if upload is not None:
+            return upload
+        if item.source_uri and not item.source_uri.startswith(("http://", "https://")):
+            try:
+                real = self._check_path(item.source_uri)
+                if real.is_file():
+                    return real
+            except (Forbidden, NotFound, BadRequest):
+                pass
+        raise NotFound(f"item {item_id!r} has no playable audio here: it was not uploaded, and its source "
+                       f"{item.source_uri or '(none)'} is not a file inside the ingest roots", id=item_id)
 
     # -- rebuilds --------------------------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def examples() -> list[tuple[int, str, str, str | None]]:
 def test_readme_has_examples_to_run():
     run = [e for e in examples() if e[3] is None]
     langs = {lang for _, lang, _, _ in run}
-    assert len(run) >= 4 and langs == {"bash", "python"}, "the README's API examples are gone"
+    assert len(run) >= 6 and langs == {"bash", "python"}, "the README's API examples are gone"
     for line, _, _, why in examples():
         assert why is None or len(why) > 8, f"README.md:{line}: say why the block is not run"
 
