@@ -464,6 +464,7 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
     ("post", "/v1/items/from-path"): {400, 401, 403, 404, 409, 413, 415, 422},
     ("get", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("delete", "/v1/items/{item_id}"): {400, 401, 403, 404},
+    ("get", "/v1/audio/{item_id}"): {400, 401, 403, 404},
     ("post", "/v1/index/rebuild"): {400, 401, 403, 404, 409},
     ("get", "/v1/index/rebuild/{job_id}"): {401, 403, 404},
     ("post", "/v1/index/rebuild/{job_id}/cancel"): {401, 403, 404},
