@@ -33,7 +33,9 @@ def media_type(path: Path) -> str:
 class UploadStore:
     def __init__(self, index_dir: str | os.PathLike):
         self.root = Path(index_dir) / "audio"
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True)
+            fsync_dir(self.root.parent)  # the folder's own entry, or a crash could lose it with the first upload
         for stale in self.root.glob(".staged-*"):  # from a process killed mid-add
             stale.unlink(missing_ok=True)
 
