@@ -7,8 +7,8 @@ grpc://host:port gRPC. The API key is --api-key (default $BLAT_API_KEY). Answers
 for scripts.
 
 Exit status: 0 done; 1 the server refused or failed the request (its message on stderr); 2 a usage error or an
-unreadable local file; 3 the server could not be reached or did not answer in time; 4 finished with failures (some files of add-folder, a
-rebuild that failed or was cancelled).
+unreadable local file; 3 the server could not be reached or did not answer in time; 4 finished with failures
+(some files of add-folder, a rebuild that failed or was cancelled).
 """
 from __future__ import annotations
 

@@ -200,7 +200,8 @@ class AsyncClient(_Api):
             await asyncio.sleep(poll_s)
 
     def stream_tag(self, chunks, sample_rate: int, encoding: str = "s16le", window_s: float = 0.0, hop_s: float = 0.0,
-                   top_k: int = 0, labels: Sequence[str] = (), timeout: float | None = None) -> AsyncIterator[TagWindow]:
+                   top_k: int = 0, labels: Sequence[str] = (),
+                   timeout: float | None = None) -> AsyncIterator[TagWindow]:
         """`async for window in c.stream_tag(chunks, rate)`; `chunks` may be an iterable or an async iterable."""
         return self._streaming().astream_tag(chunks, sample_rate, encoding, window_s, hop_s, top_k, labels, timeout)
 

@@ -27,7 +27,8 @@ async function call(method, path, { json, body, type } = {}) {
   try { data = text ? JSON.parse(text) : null; } catch (e) { /* not JSON: reported below */ }
   if (!r.ok) {
     const why = data && data.error ? `${data.error.code}: ${data.error.message}` : text.slice(0, 300);
-    const hint = r.status === 401 ? " (type the API key at the top)" : r.status === 403 ? " (this key lacks the scope)" : "";
+    const hint = r.status === 401 ? " (type the API key at the top)"
+      : r.status === 403 ? " (this key lacks the scope)" : "";
     throw new Error(`${r.status} ${why}${hint}`);
   }
   return data;
@@ -64,7 +65,8 @@ function renderHits(title, answer) {
   for (const old of list.querySelectorAll("audio")) if (old.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
   list.replaceChildren();
   for (const hit of answer.hits) {
-    const similar = el("button", { class: "similar", type: "button", "data-testid": "similar-link" }, "similar to this");
+    const similar = el("button", { class: "similar", type: "button", "data-testid": "similar-link" },
+                       "similar to this");
     similar.addEventListener("click", () => run(() => searchSimilar(hit.id)));
     const tags = el("div", { class: "tags", "data-testid": "result-tags" });
     for (const t of hit.item.tags) tags.append(el("span", { class: "tag" }, t));
