@@ -14,7 +14,6 @@ import soxr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from contract.config import to_dict
 from server.access import authorize, grpc_access, presented_key
 from server.admission import THREADS_WITHOUT_MODEL, Gate
 from server.errors import BadRequest, DeadlineExceeded, ServiceError
@@ -221,7 +220,7 @@ class BlatServicer(pb_grpc.BlatServicer):
     def Info(self, req, ctx):
         info = self.gw.info()
         return pb.InfoResponse(bundle_json=json.dumps(info["bundle"]), backend=info["backend"],
-                               limits_json=json.dumps(to_dict(self.gw.limits)))
+                               limits_json=json.dumps(info["limits"]))
 
 
 class _Guard(grpc.ServerInterceptor):

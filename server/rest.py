@@ -246,9 +246,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.get("/v1/info", response_model=None, responses={**ok(InfoOut, 200), **_errors(401, 403)}, tags=["index"])
     async def info() -> JSONResponse:
         """The model bundle (bundle.json), the backend, and the limits."""
-        from contract.config import to_dict
-
-        return answer({**gw.info(), "limits": to_dict(gw.limits)})
+        return answer(gw.info())
 
     # -- the web page, /docs and item audio ------------------------------------------------------------------------
     add_web_routes(app, gw, _errors(400, 401, 403, 404))

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from contract.beam import DecodingOptions
+from contract.config import to_dict
 from contract.labels import tags_to_multi_hot
 from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
 from server.backends import Backend
@@ -385,7 +386,7 @@ class Gateway:
         upload = self.uploads.find(item_id, item.content_hash)
         if upload is not None:
             return upload
-        if item.source_uri and not item.source_uri.startswith(("http://", "https://")):
+        if item.source_uri:
             try:
                 real = self._check_path(item.source_uri)
                 if real.is_file():
@@ -482,8 +483,9 @@ class Gateway:
         return self.store.stats()
 
     def info(self) -> dict:
+        """What both faces answer for Info: the bundle's bundle.json, the backend and the limits in force."""
         return {"bundle": json.loads((Path(self.settings.bundle) / "bundle.json").read_text()),
-                "backend": self.settings.backend}
+                "backend": self.settings.backend, "limits": to_dict(self.limits)}
 
     def ready(self) -> tuple[bool, str]:
         try:

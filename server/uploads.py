@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from server.audio import sniff_format
+from server.errors import UnsupportedFormat
 from server.index.layout import fsync_dir
 
 MEDIA_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
@@ -26,7 +27,7 @@ def media_type(path: Path) -> str:
         head = f.read(4096)
     try:
         return MEDIA_TYPES[sniff_format(head)]
-    except Exception:  # a source file the decoder took by another route: let the browser sniff it
+    except UnsupportedFormat:  # not recognisable from its first bytes: let the browser sniff it
         return "application/octet-stream"
 
 

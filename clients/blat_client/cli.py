@@ -35,7 +35,8 @@ class Progress:
         self.what, self.total, self.quiet = what, total, quiet
         self.tty, self.last, self.t0 = sys.stderr.isatty(), 0.0, time.monotonic()
 
-    def update(self, done: int, note: str = "", force: bool = False) -> None:
+    def update(self, done: int, note: str = "", force: bool = False, total: int | None = None) -> None:
+        self.total = self.total if total is None else total
         now = time.monotonic()
         if self.quiet or not (force or self.tty or now - self.last >= 1.0):
             return
@@ -183,10 +184,9 @@ def rebuild(c: Client, args) -> tuple[object, int]:
     job = c.start_rebuild(args.folder, args.manifest)
     if args.no_wait:
         return job, OK
-    bar = Progress(f"rebuild {job.job_id}", max(job.total, 1), args.quiet)
-    job = c.wait_rebuild(job.job_id, on_progress=lambda j: (setattr(bar, "total", max(j.total, 1)),
-                                                            bar.update(j.done, f"{j.state} added {j.added}",
-                                                                       force=j.finished)))
+    bar = Progress(f"rebuild {job.job_id}", job.total, args.quiet)
+    job = c.wait_rebuild(job.job_id, on_progress=lambda j: bar.update(j.done, f"{j.state} added {j.added}",
+                                                                      force=j.finished, total=j.total))
     bar.close()
     return job, OK if job.state == "succeeded" else PARTIAL
 

@@ -58,7 +58,7 @@ class _Api:
         self.target, self.retry = target, retry
         self.transport = make_transport(target, api_key, timeout)
 
-    def _send(self, call, retry: bool = True):
+    def _send(self, call):
         raise NotImplementedError
 
     @property
@@ -142,12 +142,12 @@ class _Api:
 class Client(_Api):
     """Blocking client; thread-safe (one connection pool or channel shared by all threads)."""
 
-    def _send(self, call, retry: bool = True):
+    def _send(self, call):
         for attempt in range(self.retry.attempts + 1):
             try:
                 return self.transport.send(call)
             except ClientError as e:
-                if not (retry and e.retryable and attempt < self.retry.attempts):
+                if not (e.retryable and attempt < self.retry.attempts):
                     raise
                 time.sleep(self.retry.delay(attempt, e))
 
@@ -181,12 +181,12 @@ class Client(_Api):
 class AsyncClient(_Api):
     """asyncio client: every method of `Client`, awaited (`await c.search_text("rain")`)."""
 
-    async def _send(self, call, retry: bool = True) -> Any:
+    async def _send(self, call) -> Any:
         for attempt in range(self.retry.attempts + 1):
             try:
                 return await self.transport.asend(call)
             except ClientError as e:
-                if not (retry and e.retryable and attempt < self.retry.attempts):
+                if not (e.retryable and attempt < self.retry.attempts):
                     raise
                 await asyncio.sleep(self.retry.delay(attempt, e))
 

@@ -78,22 +78,21 @@ class GrpcTransport:
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                          ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self._channel: grpc.Channel | None = None
+        self._achannel: grpc.aio.Channel | None = None  # belongs to the event loop it is first used in
         self._sync: pb_grpc.BlatStub | None = None
         self._async: pb_grpc.BlatStub | None = None
-        self._channels: list = []
 
     def _stub(self) -> pb_grpc.BlatStub:
         if self._sync is None:
-            channel = grpc.insecure_channel(self.address, options=self._options)
-            self._channels.append(channel)
-            self._sync = pb_grpc.BlatStub(channel)
+            self._channel = grpc.insecure_channel(self.address, options=self._options)
+            self._sync = pb_grpc.BlatStub(self._channel)
         return self._sync
 
     def _astub(self) -> pb_grpc.BlatStub:
-        if self._async is None:  # an aio channel belongs to the event loop it is first used in
-            channel = grpc.aio.insecure_channel(self.address, options=self._options)
-            self._channels.append(channel)
-            self._async = pb_grpc.BlatStub(channel)
+        if self._async is None:
+            self._achannel = grpc.aio.insecure_channel(self.address, options=self._options)
+            self._async = pb_grpc.BlatStub(self._achannel)
         return self._async
 
     # -- sending ---------------------------------------------------------------------------------------------------
@@ -112,14 +111,12 @@ class GrpcTransport:
             raise _error(e) from None
 
     def close(self) -> None:
-        for channel in self._channels:
-            if isinstance(channel, grpc.Channel):
-                channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     async def aclose(self) -> None:
-        for channel in self._channels:
-            if isinstance(channel, grpc.aio.Channel):
-                await channel.close()
+        if self._achannel is not None:
+            await self._achannel.close()
 
     # -- streaming tags --------------------------------------------------------------------------------------------
     @staticmethod
