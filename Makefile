@@ -3,7 +3,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS := model,export,server,dev
+EXTRAS := model,export,server,milvus,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run train test soak venv clean browser

@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from contract.labels import audioset_labels  # noqa: E402
-from server.index import IndexStore, ItemRecord, SearchFilter, ann  # noqa: E402
+from server.index import AnnConfig, IndexStore, ItemRecord, SearchFilter, ann, exact  # noqa: E402
 from server.index.rebuild import RebuildProgress  # noqa: E402
-from server.index.version import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
+from server.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
 
 VOCAB, TAGS_PER_ITEM = 30, 3  # each tag is on 3/30 = 10% of the items: the filtered search's selectivity
 ADD_BATCH = 1000
@@ -59,9 +59,9 @@ def chunks(x: np.ndarray, size: int = 50_000):
         yield np.arange(i, min(i + size, len(x)), dtype=np.int64), x[i: i + size]
 
 
-def query_sets(x: np.ndarray, seed: int) -> list[ann.QuerySet]:
+def query_sets(x: np.ndarray, seed: int) -> list[exact.QuerySet]:
     """The store's kind of query sets (server.index.version.query_sets), over an array instead of a version."""
-    return ann.query_sets(lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES,
+    return exact.query_sets(lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES,
                           SAMPLE_QUERIES, seed)
 
 
@@ -74,31 +74,31 @@ def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
 def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = False) -> dict:
     """FAISS alone. former: tune as the store did before (one query set at noise 0.5, target 0.9), for comparison."""
     rng = np.random.default_rng(seed)
-    cfg = ann.AnnConfig(kind=kind, target_recall=target)
+    cfg = AnnConfig(kind=kind, target_recall=target)
     t0 = time.perf_counter()
     train = x[rng.choice(len(x), min(len(x), max(256 * int(np.sqrt(len(x))), 10_000)), replace=False)]
     index = ann.build(x.shape[1], cfg, len(x), chunks(x), train if kind == "ivf" else None)
     if former:
-        former_set = ann.query_sets(lambda n, r: x[r.integers(0, len(x), n)], lambda: chunks(x), (0.5,),
+        former_set = exact.query_sets(lambda n, r: x[r.integers(0, len(x), n)], lambda: chunks(x), (0.5,),
                                     SAMPLE_QUERIES, seed)
         tuned = ann.tune(index, former_set, 0.9 + TUNE_MARGIN)
     else:
         tuned = ann.tune(index, query_sets(x, seed), min(1.0, target + TUNE_MARGIN))
     build_s = time.perf_counter() - t0
     held_out = query_sets(x, seed + 1000)
-    recalls = {f"noise {noise:g}": round(ann.recall(ann.search(index, q, ann.RECALL_K), exact), 4)
+    recalls = {f"noise {noise:g}": round(exact.recall(ann.search(index, q, exact.RECALL_K), exact), 4)
                for noise, (q, exact) in zip(QUERY_NOISES, held_out)}
     latencies = []
     for q, _ in held_out:
         for row in q:
             t = time.perf_counter()
-            ann.search(index, row[None], ann.RECALL_K)
+            ann.search(index, row[None], exact.RECALL_K)
             latencies.append(time.perf_counter() - t)
     p50, p99 = percentiles_ms(latencies)
     return {"kind": ann.index_type(index) + (" (former tuning)" if former else ""), "n": len(x),
             "params": ann.params(index), "tuning_recall": round(tuned, 4), "recall_held_out": recalls,
             "recall_worst": min(recalls.values()), "p50_ms": p50, "p99_ms": p99, "build_s": round(build_s, 1),
-            "index_mb": round(len(ann.faiss.serialize_index(index)) / 1e6, 1)}
+            "index_mb": round(ann.size_bytes(index) / 1e6, 1)}
 
 
 # -- through the store ---------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def load(store: IndexStore, source, n: int) -> tuple[float, float, RebuildProgre
 def held_out_queries(x: np.ndarray, seed: int) -> np.ndarray:
     """SAMPLE_QUERIES queries per distance in QUERY_NOISES, as the FAISS part's held-out sets (no exact top-k)."""
     rng = np.random.default_rng(seed)
-    return np.concatenate([ann.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng)
+    return np.concatenate([exact.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng)
                            for noise in QUERY_NOISES])
 
 
@@ -174,21 +174,29 @@ def settle() -> None:
 
 def add_ms(store: IndexStore, x: np.ndarray, vocab: list[str], rng: np.random.Generator) -> float:
     """ms per item of one add_many of ADD_BATCH new items into the loaded store: the cost of writes after a load."""
-    vecs = ann.perturbed(x[rng.integers(0, len(x), ADD_BATCH)], 0.3, rng)
+    vecs = exact.perturbed(x[rng.integers(0, len(x), ADD_BATCH)], 0.3, rng)
     pairs = [(ItemRecord(id=f"new/{i}", tags=(vocab[0],), caption="added later"), v) for i, v in enumerate(vecs)]
     t = time.perf_counter()
     store.add_many(pairs)
     return 1000 * (time.perf_counter() - t) / ADD_BATCH
 
 
-def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None) -> dict:
+def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> IndexStore:
+    if engine == "milvus":  # milvus-lite: the embedded Milvus, in this process
+        from server.index.milvus import MilvusConfig
+
+        return IndexStore(None, dim, "bench", config=cfg, milvus=MilvusConfig(uri=f"{root}/milvus.db", collection="bench"))
+    return IndexStore(root, dim, "bench", config=cfg)
+
+
+def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None, engine: str = "faiss") -> dict:
     vocab = vocabulary()
     queries = held_out_queries(x, seed + 1000)
     flt = SearchFilter(tags_any=(vocab[0],))
     with tempfile.TemporaryDirectory(prefix="index_store_", dir=parent) as root:
         settle()
         rss0 = proc_mb("VmRSS")
-        with IndexStore(root, x.shape[1], "bench", config=ann.AnnConfig(kind=kind, target_recall=target)) as store:
+        with open_store(engine, root, x.shape[1], AnnConfig(kind=kind, target_recall=target)) as store:
             ingest_s, load_s, progress = load(store, library(x, vocab, seed), len(x))
             rss, peak = proc_mb("VmRSS") - rss0, proc_mb("VmHWM") - rss0
             disk_mb = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file()) / 1e6
@@ -198,7 +206,7 @@ def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Pa
             per_add = add_ms(store, x, vocab, np.random.default_rng(seed))
     p50, p99 = percentiles_ms(plain)
     f50, f99 = percentiles_ms(filtered)
-    return {"kind": kind, "n": len(x), "index": stats.index_type, "params": stats.params,
+    return {"engine": engine, "kind": kind, "n": len(x), "index": stats.index_type, "params": stats.params,
             "recall_validated": progress.recall, "ingest_s": round(ingest_s, 1), "load_s": round(load_s, 1),
             "p50_ms": p50, "p99_ms": p99, "filter": f"tags_any {vocab[0]!r}", "filtered_p50_ms": f50,
             "filtered_p99_ms": f99, "filtered_hits_mean": round(float(np.mean([len(r) for r in results])), 2),
@@ -217,11 +225,11 @@ def print_tables(rows: list[dict], store_rows: list[dict]) -> None:
               f"{r['p99_ms']:7.2f} {r['build_s']:8.1f} {r['index_mb']:7.1f}")
     if store_rows:
         print(f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
-              f"{'n':>8s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} {'p50 ms':>7s} "
+              f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} {'p50 ms':>7s} "
               f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
               f"{'add ms':>7s}")
     for r in store_rows:
-        print(f"{r['n']:8d} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
+        print(f"{r['n']:8d} {r['engine']:7s} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
               f"{r['ingest_s']:8.1f} {r['load_s']:7.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
               f"{r['filtered_p50_ms']:8.2f} {r['filtered_p99_ms']:8.2f} {r['disk_mb']:8.1f} {r['rss_mb']:7.1f} "
               f"{r['peak_rss_mb']:7.1f} {r['add_many_ms_per_item']:7.3f}")
@@ -238,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated vector counts for the IndexStore part ('' none)")
     p.add_argument("--dim", type=int, default=256, help="embedding dimension (the served bundle's is 256)")
     p.add_argument("--kinds", default="flat,ivf,hnsw")
-    p.add_argument("--target", type=float, default=ann.AnnConfig().target_recall, help="recall@10 target")
+    p.add_argument("--engines", default="faiss", help="index engines for the IndexStore part: faiss, milvus (milvus-lite)")
+    p.add_argument("--target", type=float, default=AnnConfig().target_recall, help="recall@10 target")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     p.add_argument("--spread", type=float, default=1.0,
                    help="noise around each centre (per-dimension std before normalising): larger = harder, flatter data")
@@ -246,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.threads:
-        ann.faiss.omp_set_num_threads(args.threads)
+        ann.set_threads(args.threads)
     kinds, faiss_sizes, store_sizes = args.kinds.split(","), sizes(args.sizes), sizes(args.store_sizes)
     rows, store_rows = [], []
     for n in sorted(set(faiss_sizes) | set(store_sizes)):
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             if "hnsw" in kinds:
                 rows.append(measure("hnsw", x, args.target, seed=7, former=True))
         if n in store_sizes:
-            store_rows += [measure_store(kind, x, args.target, seed=7, parent=args.store_dir) for kind in kinds]
+            store_rows += [measure_store(kind, x, args.target, seed=7, parent=args.store_dir, engine=engine)
+                           for engine in args.engines.split(",") for kind in kinds]
     out = json.dumps({"faiss": rows, "store": store_rows}, indent=2)
     print(out)
     if args.json:

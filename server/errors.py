@@ -60,6 +60,12 @@ class Forbidden(ServiceError):
     code, http_status, grpc_code = "forbidden", 403, "PERMISSION_DENIED"
 
 
+class ReadOnly(Forbidden):
+    """A write to a replica configured `read_only`: writes go to the writer."""
+
+    code = "read_only"
+
+
 class NotFound(ServiceError):
     code, http_status, grpc_code = "not_found", 404, "NOT_FOUND"
 

@@ -53,7 +53,8 @@ def _job(p) -> pb.Job:
 
 def _stats(s) -> pb.StatsResponse:
     return pb.StatsResponse(items=s.count, deleted_pending=s.tombstones, index_kind=s.kind, index_version=s.version,
-                            bundle=s.bundle_id, dim=s.dim, previous_version=s.previous_version or "")
+                            bundle=s.bundle_id, dim=s.dim, previous_version=s.previous_version or "",
+                            index_engine=s.engine)
 
 
 def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
@@ -203,7 +204,8 @@ class BlatServicer(pb_grpc.BlatServicer):
     def StartRebuild(self, req, ctx):
         source = req.WhichOneof("source")
         return _job(self.gw.start_rebuild(req.folder if source == "folder" else None,
-                                          req.manifest if source == "manifest" else None))
+                                          req.manifest if source == "manifest" else None,
+                                          embeddings=req.embeddings if source == "embeddings" else None))
 
     def GetRebuild(self, req, ctx):
         return _job(self.gw.rebuild_status(req.job_id))

@@ -7,6 +7,9 @@ here, per item, keeps one bad string from failing a batch of other people's requ
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from server.errors import BadRequest
@@ -35,3 +38,21 @@ def check_text(value: Any, what: str, max_chars: int | None = None, allow_empty:
     if problem is not None:
         raise BadRequest(f"{what} {problem}")
     return value
+
+
+def manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, {id, audio, tags, caption}) for each row of a JSON Lines audio manifest, as the rebuild and the
+    embedding job read it: `audio` (or `path`) as written, relative to the manifest's folder unless absolute; `id`
+    defaults to the file's stem; `caption` to the first of `captions`. BadRequest names a row that is not one."""
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            audio = row.get("audio") or row["path"]
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            raise BadRequest(f"{path}:{n}: need a JSON object with 'audio' or 'path'") from None
+        check_text(audio, f"{path}:{n}: audio")
+        captions = row.get("captions") or []
+        yield n, {"id": row.get("id") or Path(audio).stem, "audio": audio, "tags": row.get("tags", []),
+                  "caption": row.get("caption") or (captions[0] if captions else "")}

@@ -62,6 +62,8 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         folder: str | None = Field(None, description="a folder under the ingest roots; ids are relative paths")
         manifest: str | None = Field(None, description="a JSON Lines file under the ingest roots: id, audio|path, "
                                                        "tags, caption")
+        embeddings: str | None = Field(None, description="a finished embedding job's folder under the ingest roots "
+                                                         "(python -m jobs.embed): precomputed, not embedded again")
 
     return SimpleNamespace(FilterBody=FilterBody, SearchTextBody=SearchTextBody, SearchItemBody=SearchItemBody,
                            EmbedTextBody=EmbedTextBody, AddFromPathBody=AddFromPathBody, RebuildBody=RebuildBody,

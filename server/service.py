@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -25,9 +26,10 @@ from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
 from server.backends import Backend
 from server.admission import Gate, remaining, reset_deadline, set_deadline
 from server.batching import MicroBatcher
-from server.errors import BadRequest, Forbidden, NotFound, ServiceError
+from server.errors import BadRequest, Forbidden, NotFound, ReadOnly, ServiceError
 from server.index import Hit, IndexStore, ItemRecord, SearchFilter
-from server.inputs import check_text
+from server.index.bulk import read_folder
+from server.inputs import check_text, manifest_rows
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
 from server.settings import Settings
@@ -107,6 +109,16 @@ def make_backend(settings: Settings) -> Backend:
     return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads, spinning=settings.ort_spinning)
 
 
+def open_store(settings: Settings, dim: int, bundle_id: str) -> IndexStore:
+    """The index the settings name: FAISS versions under index_dir, or Milvus (milvus-lite in index_dir by default)."""
+    milvus = None
+    if settings.index_engine == "milvus":
+        milvus = settings.milvus
+        if not milvus.uri:
+            milvus = dataclasses.replace(milvus, uri=str(Path(settings.index_dir) / "milvus.db"))
+    return IndexStore(settings.index_dir, dim=dim, bundle_id=bundle_id, kind=settings.index_kind, milvus=milvus)
+
+
 def content_hash(samples: np.ndarray) -> str:
     """sha256 of the decoded, resampled float32 samples: the same sound in two containers is one content."""
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
@@ -120,8 +132,7 @@ class Gateway:
         self.runtime = ModelRuntime(settings.bundle, self.backend)
         self.manifest = self.runtime.manifest
         self.audio_limits = AudioLimits(max_bytes=self.limits.max_upload_bytes, max_seconds=self.limits.max_audio_seconds)
-        self.store = store or IndexStore(settings.index_dir, dim=self.manifest.embedding_dim,
-                                         bundle_id=self.manifest.id, kind=settings.index_kind)
+        self.store = store or open_store(settings, self.manifest.embedding_dim, self.manifest.id)
         self.uploads = UploadStore(settings.index_dir)
         self.metrics = metrics or Metrics()
         b = settings.batching
@@ -342,8 +353,14 @@ class Gateway:
 
     # -- items -----------------------------------------------------------------------------------------------------
 
+    def _writable(self) -> None:
+        if self.settings.read_only:
+            raise ReadOnly("this replica is read-only (settings.read_only): send writes, rebuilds and rollbacks to "
+                           "the writer")
+
     def add_item(self, item_id: str, data: bytes | None = None, path: str | None = None, tags: Sequence[str] = (),
                  caption: str = "", source_uri: str = "", upsert: bool = False) -> ItemRecord:
+        self._writable()
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
         uploaded = path is None
@@ -375,6 +392,7 @@ class Gateway:
         return self.store.get(item_id)
 
     def delete_item(self, item_id: str) -> ItemRecord:
+        self._writable()
         removed = self.store.delete(item_id)
         self.uploads.remove(item_id, removed.content_hash)
         return removed
@@ -400,7 +418,7 @@ class Gateway:
 
     def _rebuild_entries(self, folder: str | None, manifest: str | None, trusted: bool = False) -> list[dict]:
         if (folder is None) == (manifest is None):
-            raise BadRequest("give exactly one of: folder, manifest")
+            raise BadRequest("give exactly one of: folder, manifest, embeddings")
         if folder is not None:
             root = self._check_path(folder, trusted)
             if not root.is_dir():
@@ -411,19 +429,9 @@ class Gateway:
             return [{"id": str(p.relative_to(root)).replace(" ", "_"), "path": str(p)} for p in files]
         path = self._check_path(manifest, trusted)
         entries = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio = row.get("audio") or row["path"]
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise BadRequest(f"{manifest}:{n}: need a JSON object with 'audio' or 'path'") from None
-            check_text(audio, f"{manifest}:{n}: audio")
-            audio_path = self._check_path(str((path.parent / audio) if not Path(audio).is_absolute() else audio), trusted)
-            captions = row.get("captions") or []
-            entry = {"id": row.get("id") or Path(audio).stem, "path": str(audio_path), "tags": row.get("tags", []),
-                     "caption": row.get("caption") or (captions[0] if captions else "")}
+        for n, entry in manifest_rows(path):
+            audio = entry.pop("audio")
+            entry["path"] = str(self._check_path(str(path.parent / audio), trusted))  # an absolute audio stays so
             try:  # the record's own checks, now: a bad row refuses the request instead of failing the job later
                 ItemRecord(id=entry["id"], tags=entry["tags"], caption=entry["caption"])
             except BadRequest as e:
@@ -431,8 +439,20 @@ class Gateway:
             entries.append(entry)
         return entries
 
-    def start_rebuild(self, folder: str | None = None, manifest: str | None = None, trusted: bool = False):
-        """trusted: the operator's own paths (settings.seed_manifest), exempt from the ingest-roots check."""
+    def start_rebuild(self, folder: str | None = None, manifest: str | None = None, trusted: bool = False,
+                      embeddings: str | None = None):
+        """From audio (a folder or a manifest, embedded here) or from `embeddings`, a finished embedding job's folder
+        (python -m jobs.embed). trusted: the operator's own paths (settings.seed_manifest), exempt from the
+        ingest-roots check."""
+        self._writable()
+        if embeddings is not None:
+            if folder is not None or manifest is not None:
+                raise BadRequest("give exactly one of: folder, manifest, embeddings")
+            summary, pairs = read_folder(self._check_path(embeddings, trusted))
+            if summary["bundle_id"] != self.manifest.id:
+                raise BadRequest(f"{embeddings} holds embeddings of bundle {summary['bundle_id']!r}; this gateway "
+                                 f"serves {self.manifest.id!r}: embed the collection with its bundle")
+            return self.store.start_rebuild(pairs, int(summary["items"]), bundle_id=self.manifest.id).progress()
         entries = self._rebuild_entries(folder, manifest, trusted)
         batch = self.settings.batching.max_batch
 
@@ -460,17 +480,20 @@ class Gateway:
         return job.progress()
 
     def cancel_rebuild(self, job_id: str):
+        self._writable()
         progress = self.rebuild_status(job_id)
         self.store.rebuild_job.cancel()
         return progress
 
     def rollback(self):
+        self._writable()
         self.store.rollback()
         return self.store.stats()
 
     def seed_index(self):
         """At start-up: an empty index with a configured seed manifest is rebuilt from it in the background."""
-        if self.settings.seed_manifest and self.store.stats().count == 0 and self.store.rebuild_job is None:
+        if self.settings.seed_manifest and not self.settings.read_only and self.store.stats().count == 0 \
+                and self.store.rebuild_job is None:
             progress = self.start_rebuild(manifest=self.settings.seed_manifest, trusted=True)
             log.info("seeding the index", extra={"manifest": self.settings.seed_manifest, "job": progress.version,
                                                  "items": progress.total})

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from contract.config import apply_env, from_dict, to_dict
 from server.access import redact
+from server.index.milvus import MilvusConfig
+from server.index.protocol import ENGINES, KINDS
 
 ENV_PREFIX = "BLAT_SERVER_"
 CONFIG_ENV = "BLAT_SERVER_CONFIG"
@@ -31,12 +33,21 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class TritonSettings:
-    url: str = "127.0.0.1:8001"  # Triton gRPC endpoint
+    # Triton gRPC endpoint. Several replicas: "dns:///triton-headless:8001" (every address the name resolves to) or
+    # "ipv4:10.0.0.1:8001,10.0.0.2:8001", with load_balancing "round_robin" to spread calls over all of them.
+    url: str = "127.0.0.1:8001"
+    load_balancing: str = "pick_first"  # gRPC's policy: "pick_first" (one connection) or "round_robin" (each call to
+    # the next ready replica; one HTTP/2 connection per replica, so an L4 Service would pin them all to one pod)
     timeout_s: float = 10.0  # deadline of one inference call
     retries: int = 2  # extra attempts on UNAVAILABLE, with backoff
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_reset_s: float = 10.0  # open circuit: fail fast this long, then try one call
     model_version: str = ""  # "" = Triton's version policy (latest)
+
+
+    def __post_init__(self):
+        if self.load_balancing not in ("pick_first", "round_robin"):
+            raise ValueError(f"triton.load_balancing must be pick_first or round_robin, got {self.load_balancing!r}")
 
 
 @dataclass(frozen=True)
@@ -77,8 +88,11 @@ class Settings:
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 50051
-    index_dir: str = "data/index"  # FAISS index + SQLite metadata + journal
+    index_dir: str = "data/index"  # FAISS versions (SQLite + FAISS) and uploaded audio (share it across replicas)
     index_kind: str = "flat"  # "flat" (exact), "ivf" or "hnsw"
+    index_engine: str = "faiss"  # "faiss" (this host) or "milvus" (a Milvus server or cluster; milvus-lite locally)
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)  # used when index_engine is "milvus"
+    read_only: bool = False  # refuse writes, rebuilds and rollbacks (403): search replicas beside one writer
     ingest_roots: tuple[str, ...] = ()  # server-side paths allowed for item add / rebuild
     seed_manifest: str = ""  # operator's JSON Lines manifest: an empty index is rebuilt from it at start-up
     ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
@@ -92,13 +106,16 @@ class Settings:
     def __post_init__(self):
         if self.backend not in ("onnxruntime", "triton"):
             raise ValueError(f"backend must be 'onnxruntime' or 'triton', got {self.backend!r}")
-        if self.index_kind not in ("flat", "ivf", "hnsw"):
-            raise ValueError(f"index_kind must be flat, ivf or hnsw, got {self.index_kind!r}")
+        if self.index_kind not in KINDS:
+            raise ValueError(f"index_kind must be one of {', '.join(KINDS)}, got {self.index_kind!r}")
+        if self.index_engine not in ENGINES:
+            raise ValueError(f"index_engine must be one of {', '.join(ENGINES)}, got {self.index_engine!r}")
 
     def redacted(self) -> dict:
         """For the start-up log: everything but the API keys themselves."""
         d = to_dict(self)
         d["auth"]["keys"] = {redact(k): v for k, v in self.auth.keys.items()}
+        d["milvus"]["token"] = redact(self.milvus.token) if self.milvus.token else ""
         return d
 
 

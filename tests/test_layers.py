@@ -1,4 +1,5 @@
-"""The arrows between layers point one way: contract <- blat <- export; contract, wire <- server. The client
+"""The arrows between layers point one way: contract <- blat <- export; contract, wire <- server <- jobs. FAISS is
+imported only inside server/index/ (the FAISS engine). The client
 (`blat_client`, its own distribution under clients/) depends on none of them: it carries its own copy of the wire."""
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "contract": {"torch", "blat", "export", "server", "blat_client", "transformers"},
-    "server": {"torch", "blat", "export", "transformers"},
+    "server": {"torch", "blat", "export", "transformers", "jobs"},
     "blat_client": {"torch", "blat", "export", "server", "contract", "wire", "transformers", "numpy"},
     "blat": {"export", "server", "blat_client"},
     "export": {"server", "blat_client"},
     "wire": {"torch", "blat", "export", "server", "blat_client", "contract"},
+    "jobs": {"torch", "blat", "export", "transformers", "blat_client"},  # jobs/shards.py: stdlib only (its own test)
 }
 SOURCE = {"blat_client": ROOT / "clients" / "blat_client"}  # a package whose source is not at ROOT/<name>
 
@@ -59,7 +61,7 @@ def test_imports_with_torch_absent():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import pkgutil, importlib\n"
-        "for pkg in ('contract', 'wire', 'server', 'blat_client', 'blat_cli'):\n"
+        "for pkg in ('contract', 'wire', 'server', 'blat_client', 'blat_cli', 'jobs'):\n"
         "    mod = importlib.import_module(pkg)\n"
         "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
         "        if info.name.rsplit('.', 1)[-1] != '__main__' or pkg not in ('blat_client', 'blat_cli'):\n"
@@ -71,3 +73,14 @@ def test_imports_with_torch_absent():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_faiss_only_inside_the_index_engine():
+    """Nothing outside server/index/ imports FAISS: the rest reaches it through the `VectorIndex` protocol."""
+    allowed = ROOT / "server" / "index"
+    bad = []
+    for folder in ("server", "export", "blat", "blat_cli", "contract", "jobs", "wire", "bench", "clients"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if allowed not in path.parents and "faiss" in imported_roots(path):
+                bad.append(str(path.relative_to(ROOT)))
+    assert not bad, f"FAISS imported outside server/index/: {bad}"

@@ -247,12 +247,14 @@ class DeleteItemResponse(_message.Message):
     def __init__(self, deleted: bool = ..., item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
-    __slots__ = ("folder", "manifest")
+    __slots__ = ("folder", "manifest", "embeddings")
     FOLDER_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     folder: str
     manifest: str
-    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ...) -> None: ...
+    embeddings: str
+    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ..., embeddings: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -285,7 +287,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle", "dim", "previous_version")
+    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle", "dim", "previous_version", "index_engine")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DELETED_PENDING_FIELD_NUMBER: _ClassVar[int]
     INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +295,7 @@ class StatsResponse(_message.Message):
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ENGINE_FIELD_NUMBER: _ClassVar[int]
     items: int
     deleted_pending: int
     index_kind: str
@@ -300,7 +303,8 @@ class StatsResponse(_message.Message):
     bundle: str
     dim: int
     previous_version: str
-    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ..., dim: _Optional[int] = ..., previous_version: _Optional[str] = ...) -> None: ...
+    index_engine: str
+    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ..., dim: _Optional[int] = ..., previous_version: _Optional[str] = ..., index_engine: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("bundle_json", "backend", "limits_json")

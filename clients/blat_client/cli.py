@@ -119,11 +119,13 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     cmd("get", "show a stored item").add_argument("id")
     cmd("delete", "delete a stored item").add_argument("id")
-    s = cmd("rebuild", "rebuild the index from a server-side folder or manifest and wait for it",
+    s = cmd("rebuild", "rebuild the index from a server-side folder, manifest or embedding job and wait for it",
             "Starts a background rebuild (searches keep using the old version until the new one validates), then "
             "follows it with a progress bar. --status / --cancel act on a running job instead.")
     s.add_argument("folder", nargs="?", help="folder on the server, under its ingest roots")
     s.add_argument("--manifest", help="JSON Lines manifest on the server instead of a folder")
+    s.add_argument("--embeddings", metavar="JOB_DIR", help="a finished embedding job's folder on the server "
+                   "(python -m jobs.embed): loads precomputed embeddings instead of embedding audio")
     s.add_argument("--no-wait", action="store_true", help="print the started job and return")
     s.add_argument("--status", metavar="JOB", help="show a job's progress")
     s.add_argument("--cancel", metavar="JOB", help="cancel a running job")
@@ -179,9 +181,9 @@ def rebuild(c: Client, args) -> tuple[object, int]:
         return c.rebuild_status(args.status), OK
     if args.cancel:
         return c.cancel_rebuild(args.cancel), OK
-    if (args.folder is None) == (args.manifest is None):
-        raise ValueError("give a server-side folder or --manifest (or --status / --cancel JOB)")
-    job = c.start_rebuild(args.folder, args.manifest)
+    if sum(x is not None for x in (args.folder, args.manifest, args.embeddings)) != 1:
+        raise ValueError("give a server-side folder, --manifest or --embeddings (or --status / --cancel JOB)")
+    job = c.start_rebuild(args.folder, args.manifest, args.embeddings)
     if args.no_wait:
         return job, OK
     bar = Progress(f"rebuild {job.job_id}", job.total, args.quiet)

@@ -111,11 +111,13 @@ class _Api:
         return self._send(self.transport.delete_item(item_id))
 
     # -- index -----------------------------------------------------------------------------------------------------
-    def start_rebuild(self, folder: str | None = None, manifest: str | None = None) -> Job:
-        """Rebuild the index in the background from a server-side folder or JSON Lines manifest."""
-        if (folder is None) == (manifest is None):
-            raise ValueError("give exactly one of: folder, manifest")
-        return self._send(self.transport.start_rebuild(folder, manifest))
+    def start_rebuild(self, folder: str | None = None, manifest: str | None = None,
+                      embeddings: str | None = None) -> Job:
+        """Rebuild the index in the background from a server-side folder or JSON Lines manifest of audio, or from
+        a finished embedding job's folder (precomputed embeddings)."""
+        if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
+            raise ValueError("give exactly one of: folder, manifest, embeddings")
+        return self._send(self.transport.start_rebuild(folder, manifest, embeddings))
 
     def rebuild_status(self, job_id: str) -> Job:
         return self._send(self.transport.rebuild_status(job_id))

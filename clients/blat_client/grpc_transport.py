@@ -51,7 +51,8 @@ def job(j: pb.Job) -> Job:
 
 def stats(s: pb.StatsResponse) -> Stats:
     return Stats(items=s.items, deleted_pending=s.deleted_pending, index_kind=s.index_kind,
-                 index_version=s.index_version, previous_version=s.previous_version, dim=s.dim, bundle=s.bundle)
+                 index_version=s.index_version, previous_version=s.previous_version, dim=s.dim, bundle=s.bundle,
+                 index_engine=s.index_engine)
 
 
 def _filter(flt: Filter | None) -> pb.Filter | None:
@@ -196,8 +197,10 @@ class GrpcTransport:
     def delete_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None) -> GrpcCall:
-        req = pb.RebuildRequest(folder=str(folder)) if folder is not None else pb.RebuildRequest(manifest=str(manifest))
+    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> GrpcCall:
+        source = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
+                  if v is not None}
+        req = pb.RebuildRequest(**source)
         return GrpcCall("StartRebuild", req, job)
 
     def rebuild_status(self, job_id: str) -> GrpcCall:

@@ -58,7 +58,8 @@ def job(d: Mapping[str, Any]) -> Job:
 
 def stats(d: Mapping[str, Any]) -> Stats:
     return Stats(items=d["count"], deleted_pending=d["tombstones"], index_kind=d["kind"], index_version=d["version"],
-                 previous_version=d.get("previous_version") or "", dim=d["dim"], bundle=d["bundle_id"])
+                 previous_version=d.get("previous_version") or "", dim=d["dim"], bundle=d["bundle_id"],
+                 index_engine=d.get("engine", ""))
 
 
 def _segment(value: str) -> str:
@@ -169,8 +170,9 @@ class RestTransport:
     def delete_item(self, item_id: str) -> RestCall:
         return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None) -> RestCall:
-        body = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest)) if v is not None}
+    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> RestCall:
+        body = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
+                if v is not None}
         return RestCall("POST", "/v1/index/rebuild", job, json=body)
 
     def rebuild_status(self, job_id: str) -> RestCall:

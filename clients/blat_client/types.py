@@ -96,6 +96,7 @@ class Stats(_Value):
     previous_version: str  # what rollback() would restore; "" when there is none
     dim: int
     bundle: str
+    index_engine: str  # faiss or milvus
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,23 @@ class CircuitBreaker:
         return self._opened_at is not None
 
 
+def channel_args(settings: TritonSettings) -> list[tuple]:
+    """tritonclient's own defaults (unbounded messages, its keepalive), plus the load-balancing policy."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.lb_policy_name", settings.load_balancing)]
+
+
 class TritonBackend:
     def __init__(self, bundle_dir: str | Path, settings: TritonSettings, verify: bool = True):
         self.bundle_dir = Path(bundle_dir)
         self.manifest: BundleManifest = read_bundle(self.bundle_dir, verify=verify)
         self.settings = settings
-        self.client = grpcclient.InferenceServerClient(url=settings.url)
+        self.client = grpcclient.InferenceServerClient(url=settings.url, channel_args=channel_args(settings))
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
 
     def _inputs(self, graph: str, inputs: dict[str, np.ndarray]) -> list:

@@ -1,11 +1,11 @@
-"""The index store: FAISS search over stored audio embeddings, with metadata, durability and versions in SQLite.
-
-`IndexStore` (store.py) is the front door; layout.py shows the directory on disk, db.py why SQLite is the journal.
+"""The gateway's audio index: `IndexStore` (store.py) over one engine behind the `VectorIndex` protocol
+(protocol.py): FAISS + SQLite on this host (faiss_index.py; layout.py shows the directory, db.py why SQLite is the
+journal), or Milvus (milvus.py).
 """
-from server.index.ann import KINDS, AnnConfig
+from server.index.protocol import ENGINES, KINDS, AnnConfig, Staging, VectorIndex
 from server.index.rebuild import RebuildJob, RebuildProgress
 from server.index.records import Hit, IndexStats, ItemRecord, SearchFilter
 from server.index.store import IndexStore
 
-__all__ = ["KINDS", "AnnConfig", "Hit", "IndexStats", "IndexStore", "ItemRecord", "RebuildJob", "RebuildProgress",
-           "SearchFilter"]
+__all__ = ["ENGINES", "KINDS", "AnnConfig", "Hit", "IndexStats", "IndexStore", "ItemRecord", "RebuildJob",
+           "RebuildProgress", "SearchFilter", "Staging", "VectorIndex"]

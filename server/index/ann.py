@@ -11,42 +11,20 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from server.errors import BadRequest
+from server.index.exact import RECALL_K, QuerySet, recall, tune_param
 from server.index.layout import fsync_dir
+from server.index.protocol import AnnConfig
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "ivf", "hnsw")
-RECALL_K = 10  # validation and tuning measure recall@10
 DEFAULT_EF_SEARCH = 64  # FAISS's default of 16 gives recall@10 below 0.9 on hard (uniform random) data
 IVF_MIN_PER_LIST = 39  # FAISS warns below 39 training points per centroid: clusters become unstable
-
-
-@dataclass(frozen=True)
-class AnnConfig:
-    kind: str = "flat"  # flat: exact; ivf / hnsw: approximate, for large collections
-    ivf_min_items: int = 10_000  # an ivf version below this stays flat (exact, and flat is fast at this size)
-    nlist: int | None = None  # IVF lists; None: about sqrt(N), fixed when the index is trained
-    hnsw_m: int = 32  # HNSW links per node
-    ef_construction: int = 80  # HNSW build-time beam; more is slower to build, better connected
-    target_recall: float = 0.95  # recall@10 vs exact (worst query distance) that tuning aims for and a rebuild must
-    # reach (ivf / hnsw)
-    use_gpu: bool = False  # search a GPU copy of flat / IVF indexes when faiss has GPUs (faiss-gpu only)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BadRequest(f"unknown index kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.ivf_min_items < 1 or self.hnsw_m < 4 or self.ef_construction < 1:
-            raise BadRequest("ivf_min_items >= 1, hnsw_m >= 4 and ef_construction >= 1 are required")
-        if not 0.0 < self.target_recall <= 1.0:
-            raise BadRequest(f"target_recall must be in (0, 1], got {self.target_recall}")
 
 
 def index_type(index: faiss.Index) -> str:
@@ -110,68 +88,6 @@ def search(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return index.search(x, k)
 
 
-def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force (scores (Q, k), fids (Q, k)) by streaming the vectors, best first; fid -1 pads short results."""
-    q = queries.shape[0]
-    best_s = np.full((q, 0), -np.inf, np.float32)
-    best_i = np.full((q, 0), -1, np.int64)
-    for fids, vecs in chunks:
-        s = queries @ vecs.T  # (Q, b)
-        all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(fids, s.shape)], axis=1)
-        if all_s.shape[1] > k:
-            top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
-            all_s, all_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-        best_s, best_i = all_s, all_i
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
-    if best_s.shape[1] < k:
-        pad = k - best_s.shape[1]
-        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
-        best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=-1)
-    return best_s, best_i
-
-
-def recall(ann: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarray, np.ndarray], k: int = RECALL_K) -> float:
-    """Mean recall@k of `ann` vs `exact` (both (scores, fids)). A result tied with the exact k-th score counts as
-    found, so exact search scores 1.0 even when equal scores are ordered differently."""
-    (a_s, a_i), (e_s, e_i) = ann, exact
-    found = total = 0
-    for q in range(e_i.shape[0]):
-        truth = {int(f) for f in e_i[q, :k] if f >= 0}
-        if not truth:
-            continue
-        kth = e_s[q, min(k, len(truth)) - 1]
-        got = {int(f) for f, s in zip(a_i[q, :k], a_s[q, :k]) if f >= 0 and (f in truth or s >= kth - 1e-5)}
-        found += min(len(got), len(truth))
-        total += len(truth)
-    return found / total if total else 1.0
-
-
-def perturbed(base: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit queries: rows of `base` (unit vectors) plus Gaussian noise of norm about `noise`, renormalised."""
-    noisy = base + noise * rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(max(base.shape[1], 1))
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
-
-
-QuerySet = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]  # (queries (Q, D), exact (scores, fids) of each)
-
-
-def query_sets(sample: Callable[[int, np.random.Generator], np.ndarray],
-               vectors: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], noises: Sequence[float], n: int,
-               seed: int = 0) -> list[QuerySet]:
-    """One set of `n` perturbed queries per noise level, with its exact top-k; `sample(n, rng)` draws stored unit
-    vectors, `vectors()` streams (fids, vectors) for the exact search (one pass for all the sets)."""
-    sets = []
-    for i, noise in enumerate(noises):
-        rng = np.random.default_rng(seed * len(noises) + i)
-        sets.append(perturbed(sample(n, rng), noise, rng))
-    scores, fids = exact_topk(vectors(), np.concatenate(sets), RECALL_K)
-    bounds = np.cumsum([0] + [len(q) for q in sets])
-    return [(q, (scores[a:b], fids[a:b])) for q, a, b in zip(sets, bounds[:-1], bounds[1:])]
-
-
 def worst_recall(index: faiss.Index, sets: list[QuerySet]) -> float:
     """recall@10 of `index` on each query set, the lowest one."""
     return min(recall(search(index, q, RECALL_K), exact) for q, exact in sets)
@@ -189,26 +105,17 @@ def tune(index: faiss.Index, sets: list[QuerySet], target: float) -> float:
     else:
         return worst_recall(index, sets)
 
-    def measure(v: int) -> float:
-        setattr(inner, name, v)
-        return worst_recall(index, sets)
+    measured: dict[int, float] = {}
 
-    # Recall grows (nearly) monotonically with the parameter, so double until the target is met...
-    prev, v = lo - 1, lo
-    while (got := measure(v)) < target and v < top:
-        prev, v = v, min(2 * v, top)
-    if got < target:
-        return got
-    # ... then bisect between the last miss and the first hit for the smallest value that still meets it.
-    best, best_recall = v, got
-    while best - prev > 1:
-        mid = (prev + best) // 2
-        if (r := measure(mid)) >= target:
-            best, best_recall = mid, r
-        else:
-            prev = mid
+    def measure(v: int) -> float:
+        if v not in measured:
+            setattr(inner, name, v)
+            measured[v] = worst_recall(index, sets)
+        return measured[v]
+
+    best = tune_param(measure, lo, top, target)
     setattr(inner, name, best)
-    return best_recall
+    return measure(best)
 
 
 def save(index: faiss.Index, path: Path) -> None:
@@ -253,3 +160,12 @@ def to_gpu(index: faiss.Index) -> faiss.Index | None:
     except Exception as e:
         log.warning("FAISS GPU copy failed, searching on CPU: %s", e)
         return None
+
+
+def size_bytes(index: faiss.Index) -> int:
+    """What the index takes serialised (about its memory footprint)."""
+    return len(faiss.serialize_index(index))
+
+
+def set_threads(n: int) -> None:
+    faiss.omp_set_num_threads(n)

@@ -13,12 +13,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from server.errors import Conflict
+from server.index.protocol import VersionMeta
 from server.index.records import ItemRecord, SearchFilter
 
 SCHEMA = """
@@ -45,14 +45,6 @@ CREATE INDEX IF NOT EXISTS tags_fid ON tags(fid);
 """
 COLUMNS = "fid, id, source_uri, duration_s, tags, caption, content_hash, added_at, extra"
 CHUNK = 500  # ids per IN (...) query, well below SQLite's bound on bound parameters
-
-
-@dataclass(frozen=True)
-class VersionMeta:
-    dim: int
-    bundle_id: str  # the bundle whose audio encoder produced every embedding in this version
-    kind: str  # flat / ivf / hnsw
-    created_at: float
 
 
 def _record(row) -> tuple[int, ItemRecord]:

@@ -156,6 +156,7 @@ class IndexStats:
     bundle_id: str  # bundle whose embeddings the live version holds
     serving_bundle_id: str  # bundle the store was opened for (queries are embedded with it)
     kind: str  # configured: flat / ivf / hnsw
+    engine: str  # faiss / milvus
     index_type: str  # what FAISS actually holds now ("flat" while an ivf version is below its training minimum)
     index_total: int  # vectors inside FAISS, tombstones included
     tombstones: int  # deleted vectors still inside FAISS, filtered at query time until `compact()`

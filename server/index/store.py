@@ -1,9 +1,9 @@
-"""`IndexStore`: the gateway's audio index — FAISS search over stored embeddings, metadata and durability in SQLite.
+"""`IndexStore`: the gateway's audio index, over one engine (`VectorIndex`, protocol.py): FAISS + SQLite on this
+host (faiss_index.py), or a Milvus deployment (milvus.py).
 
-Durability: SQLite (WAL, synchronous=FULL) is the write-ahead journal; a write returns only after its COMMIT is
-fsynced, and the FAISS index is a cache reconciled with SQLite on open (see `version.py`). Versions: `CURRENT`
-names the live version directory; rebuilds build a new one in the background and switch the pointer atomically,
-keeping the old one for `rollback()`. Thread-safe: one lock serialises calls (searches included; each is short).
+What every engine shares lives here: argument checks, one lock that serialises calls (searches included; each is
+short), the background rebuild (rebuild.py) and the log of writes made while it runs, replayed into the new version
+just before the swap so no acknowledged write is lost.
 """
 from __future__ import annotations
 
@@ -15,57 +15,48 @@ from pathlib import Path
 import numpy as np
 
 from server.errors import BackendDown, BadRequest, Conflict, NotFound
-from server.index import ann, layout
-from server.index.ann import AnnConfig
+from server.index.protocol import AnnConfig, Staging, VectorIndex, new_meta
 from server.index.rebuild import Cancelled, RebuildJob, Source
 from server.index.records import MAX_K, Hit, IndexStats, ItemRecord, SearchFilter, as_unit_rows, check_id
-from server.index.version import INDEX_FILE, Version, build_from_db, new_meta
 
 
 class IndexStore:
-    """Open (or create) the store under `root` for embeddings of `dim` floats from bundle `bundle_id`.
+    """Open (or create) the index for embeddings of `dim` floats from bundle `bundle_id`.
 
-    `dim`, `bundle_id` and `kind` describe the store to create; an existing store keeps its own (see `stats()`),
-    and while its live version holds another bundle's embeddings, adds are refused until a rebuild replaces it.
+    The engine: FAISS versions under `root` by default, or `milvus` (a `MilvusConfig`: a server's URI, or a local
+    file for milvus-lite; `root` is then unused). `dim`, `bundle_id` and `kind` describe an index to create; an
+    existing one keeps its own (see `stats()`), and while its live version holds another bundle's embeddings, adds
+    are refused until a rebuild replaces it.
     """
 
-    def __init__(self, root: str | Path, dim: int, bundle_id: str, kind: str = "flat", *,
-                 config: AnnConfig | None = None):
+    def __init__(self, root: str | Path | None, dim: int, bundle_id: str, kind: str = "flat", *,
+                 config: AnnConfig | None = None, milvus=None):
         if dim < 1 or not bundle_id:
             raise BadRequest("dim >= 1 and a bundle_id are required")
-        self.root, self.dim, self.bundle_id = Path(root), int(dim), bundle_id
+        self.dim, self.bundle_id = int(dim), bundle_id
         self.config = config if config is not None else AnnConfig(kind=kind)
-        self._lock = threading.RLock()  # guards the live version and the pointer
+        self._lock = threading.RLock()  # guards the engine's live version
         self._maint = threading.Lock()  # one of compact / rollback / rebuild swap at a time
         self._job: RebuildJob | None = None
         self._rebuild_log: list[tuple[str, str]] | None = None  # writes during a rebuild, replayed before its swap
-        layout.versions_dir(self.root).mkdir(parents=True, exist_ok=True)
-        self._root_lock = layout.RootLock(self.root)
-        try:
-            pointer = layout.read_pointer(self.root)
-            if pointer is None:
-                layout.remove_unreferenced(self.root, set())  # a first open killed before its pointer was written
-                name = layout.next_version(self.root)
-                meta = new_meta(self.dim, bundle_id, self.config.kind)
-                self._live = Version.create(self._dir(name), meta, self.config)
-                layout.write_pointer(self.root, name, None)
-                self._previous = None
-            else:
-                current, self._previous = pointer
-                layout.remove_unreferenced(self.root, {current, self._previous} - {None})
-                self._live = Version.open(self._dir(current), self.config)
-        except BaseException:
-            self._root_lock.release()
-            raise
+        meta = new_meta(self.dim, bundle_id, self.config.kind)
+        if milvus is not None:
+            from server.index.milvus import MilvusIndex  # pymilvus only where Milvus is configured
+
+            self.index: VectorIndex = MilvusIndex(milvus, meta, self.config)
+            self.engine = "milvus"
+        else:
+            from server.index.faiss_index import FaissIndex
+
+            if root is None:
+                raise BadRequest("the FAISS engine needs an index directory")
+            self.index, self.engine = FaissIndex(root, meta, self.config), "faiss"
         self._closed = False
 
-    def _dir(self, name: str) -> Path:
-        return layout.versions_dir(self.root) / name
-
-    def _open_live(self) -> Version:
+    def _open(self) -> VectorIndex:
         if self._closed:
             raise BackendDown("the index store is closed")
-        return self._live
+        return self.index
 
     def __enter__(self) -> IndexStore:
         return self
@@ -84,17 +75,17 @@ class IndexStore:
         return self.add_many([(item, embedding)], upsert=upsert)[0]
 
     def add_many(self, pairs: Iterable[tuple[ItemRecord, np.ndarray]], upsert: bool = False) -> list[ItemRecord]:
-        """Store several items in one transaction: all of them, or none when one fails."""
+        """Store several items at once: all of them, or none when one fails."""
         pairs = list(pairs)
         with self._lock:
-            live = self._open_live()
-            meta = live.meta
+            index = self._open()
+            meta = index.meta
             if meta.bundle_id != self.bundle_id or meta.dim != self.dim:
                 raise Conflict(f"the live index holds embeddings of bundle {meta.bundle_id!r} (dim {meta.dim}), not "
                                f"{self.bundle_id!r} (dim {self.dim}): rebuild the index before adding",
                                index_bundle=meta.bundle_id, serving_bundle=self.bundle_id)
             rows = [(item, as_unit_rows(vec, self.dim)[0]) for item, vec in pairs]
-            stored = live.put_many(rows, upsert=upsert)
+            stored = index.put_many(rows, upsert=upsert)
             if self._rebuild_log is not None:
                 self._rebuild_log.extend(("put", item.id) for item in stored)
             return stored
@@ -103,7 +94,7 @@ class IndexStore:
         """Remove an item (durable when this returns); returns what was stored. NotFound if absent."""
         check_id(item_id)
         with self._lock:
-            removed = self._open_live().delete(item_id)
+            removed = self._open().delete(item_id)
             if removed is None:
                 raise NotFound(f"no item {item_id!r}", id=item_id)
             if self._rebuild_log is not None:
@@ -115,16 +106,16 @@ class IndexStore:
     def get(self, item_id: str) -> ItemRecord:
         check_id(item_id)
         with self._lock:
-            got = self._open_live().db.get(item_id)
+            got = self._open().get(item_id)
         if got is None:
             raise NotFound(f"no item {item_id!r}", id=item_id)
-        return got[1]
+        return got
 
     def embedding(self, item_id: str) -> np.ndarray:
         """The stored (D,) unit embedding: lets search-by-id work while the model backend is down."""
         check_id(item_id)
         with self._lock:
-            vec = self._open_live().db.embedding(item_id)
+            vec = self._open().embedding(item_id)
         if vec is None:
             raise NotFound(f"no item {item_id!r}", id=item_id)
         return vec
@@ -139,10 +130,11 @@ class IndexStore:
             except TypeError:
                 known = [f.name for f in dataclasses.fields(SearchFilter)]
                 raise BadRequest(f"unknown filter keys {sorted(set(filter) - set(known))}; known: {known}") from None
+        flt = None if filter is None or filter.empty else filter
         with self._lock:
-            live = self._open_live()
-            x = as_unit_rows(query, live.meta.dim, "query")
-            results = live.search(x, k, filter)
+            index = self._open()
+            x = as_unit_rows(query, index.meta.dim, "query")
+            results = index.search(x, k, flt)
         return [[Hit(item.id, score, item) for score, item in hits] for hits in results]
 
     def search_by_id(self, item_id: str, k: int = 10, filter: SearchFilter | dict | None = None) -> list[Hit]:
@@ -154,46 +146,29 @@ class IndexStore:
     @property
     def version(self) -> str:
         """The live version's name (what a search answer says it searched), without computing the statistics."""
-        return self._open_live().name
+        return self._open().name
 
     def stats(self) -> IndexStats:
         with self._lock:
-            live = self._open_live()
-            meta, s = live.meta, live.stats()
+            index = self._open()
+            meta, s = index.meta, index.stats()
             job = self._job.progress().to_dict() if self._job is not None else None
-            return IndexStats(version=live.name, previous_version=self._previous, dim=meta.dim,
-                              bundle_id=meta.bundle_id, serving_bundle_id=self.bundle_id, kind=live.cfg.kind,
-                              rebuild=job, **s)
+            return IndexStats(version=index.name, previous_version=index.previous, dim=meta.dim,
+                              bundle_id=meta.bundle_id, serving_bundle_id=self.bundle_id, kind=meta.kind,
+                              engine=self.engine, count=index.count(), rebuild=job, **s)
 
     # -- maintenance -----------------------------------------------------------------------------------------------
 
     def snapshot(self) -> None:
-        """Write the FAISS cache of the live version, so the next open replays fewer rows."""
+        """Persist what makes the next open faster (FAISS: the index file, so fewer rows are replayed)."""
         with self._lock:
-            self._open_live().snapshot()
+            self._open().snapshot()
 
     def compact(self) -> dict:
-        """Rebuild the live FAISS index without tombstones (training IVF / re-tuning when applicable).
-
-        The build reads a consistent SQLite state on its own connection without holding the store lock, so searches
-        and writes go on; writes made meanwhile are reconciled into the new index when it is installed.
-        """
+        """Rebuild the live search structure without deleted rows (FAISS: tombstones out, IVF trained / re-tuned).
+        Searches and writes go on meanwhile."""
         with self._maint:
-            with self._lock:
-                live = self._open_live()
-                before = len(live.dead)
-            reader = live.db.reader()
-            try:
-                index, got = build_from_db(reader, live.cfg)
-            finally:
-                reader.close()
-            ann.save(index, live.path / INDEX_FILE)  # the snapshot; rows written meanwhile replay on open
-            with self._lock:
-                if self._open_live() is not live:  # cannot happen while _maint is held; cheap to make sure
-                    raise Conflict("the live version changed during compaction")
-                live.install(index)
-                return {"tombstones_removed": before, "index_type": ann.index_type(index), "recall": got,
-                        "params": ann.params(index)}
+            return self._open().compact(self._lock)
 
     def start_rebuild(self, source: Source, total: int, *, bundle_id: str | None = None, kind: str | None = None,
                       min_recall: float | None = None) -> RebuildJob:
@@ -205,12 +180,13 @@ class IndexStore:
         if not isinstance(total, int) or total < 0:
             raise BadRequest(f"total must be an integer >= 0, got {total!r}")
         with self._lock:
-            live = self._open_live()
+            index = self._open()
             if self._job is not None and self._job.running:
                 raise Conflict(f"rebuild {self._job.progress().version} is already running")
-            name = layout.next_version(self.root)
-            self._job = RebuildJob(self, self._dir(name), source, total, bundle_id or self.bundle_id,
-                                   kind or live.cfg.kind, min_recall)
+            kind = kind or index.meta.kind
+            staging = index.new_version(new_meta(self.dim, bundle_id or self.bundle_id, kind),
+                                        dataclasses.replace(self.config, kind=kind))
+            self._job = RebuildJob(self, staging, source, total, bundle_id or self.bundle_id, min_recall)
             self._rebuild_log = []
             self._job.start()
             return self._job
@@ -219,31 +195,24 @@ class IndexStore:
     def rebuild_job(self) -> RebuildJob | None:
         return self._job
 
-    def _swap_in(self, job: RebuildJob, new: Version) -> None:
-        """Called by the rebuild thread after validation: replay, switch CURRENT, keep the old version for rollback."""
+    def swap_in(self, job: RebuildJob, staging: Staging) -> None:
+        """The rebuild thread's last step, after validation: replay the writes made meanwhile, then switch."""
         with self._maint, self._lock:
-            live = self._open_live()
+            index = self._open()
             if job.cancelled:
                 raise Cancelled()
             # Each logged id gets its state in the live version *now*: later entries for the same id agree with it.
             # Puts bypass the duplicate-hash check: they were acknowledged, so they must land.
             for op, item_id in self._rebuild_log or []:
-                got = live.db.get(item_id) if op == "put" else None
+                got = index.get(item_id) if op == "put" else None
                 if got is not None:
-                    new.put_many([(got[1], live.db.embedding(item_id))], upsert=True, check_hash=False)
+                    staging.put_many([(got, index.embedding(item_id))], upsert=True, check_hash=False)
                 else:
-                    new.delete(item_id)  # absent from the new version already is fine too
-            if new.index.ntotal - len(new.dead) != new.db.count():
-                raise ValueError("replaying writes made during the rebuild left FAISS and SQLite out of step")
-            new.snapshot()
-            layout.write_pointer(self.root, new.name, live.name)  # the switch: atomic, durable
-            self._live, self._previous = new, live.name
+                    staging.delete(item_id)  # absent from the new version already is fine too
+            index.swap(staging)
             self._rebuild_log = None
-            live.close()
-            new.attach_gpu()
-            layout.remove_unreferenced(self.root, {new.name, live.name})
 
-    def _rebuild_finished(self, job: RebuildJob) -> None:
+    def rebuild_finished(self, job: RebuildJob) -> None:
         with self._lock:
             if self._job is job:
                 self._rebuild_log = None
@@ -252,24 +221,13 @@ class IndexStore:
         """Make the previous version live again (and the current one the previous); returns its name."""
         with self._maint:
             with self._lock:
-                live = self._open_live()
+                index = self._open()
                 if self._job is not None and self._job.running:
                     raise Conflict("a rebuild is running: cancel it before rolling back")
-                if self._previous is None or not self._dir(self._previous).is_dir():
-                    raise NotFound("there is no previous version to roll back to")
-                previous = self._previous
-            # Open outside the store lock: nothing writes the previous version, and _maint excludes other swaps.
-            older = Version.open(self._dir(previous), self.config)
-            with self._lock:
-                if live.writes_since_snapshot:
-                    live.snapshot()
-                layout.write_pointer(self.root, older.name, live.name)
-                self._live, self._previous = older, live.name
-                live.close()
-                return older.name
+            return index.rollback(self._lock)
 
     def close(self) -> None:
-        """Cancel a running rebuild, snapshot the live FAISS index when it changed, release the directory."""
+        """Cancel a running rebuild, then close the engine (FAISS: snapshot when changed, release the directory)."""
         job = self._job
         if job is not None and job.running:
             job.cancel()
@@ -278,7 +236,4 @@ class IndexStore:
             if self._closed:
                 return
             self._closed = True
-            if self._live.writes_since_snapshot:
-                self._live.snapshot()
-            self._live.close()
-            self._root_lock.release()
+            self.index.close()

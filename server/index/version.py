@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
-from server.index import ann
-from server.index.ann import AnnConfig
-from server.index.db import VersionDB, VersionMeta
+from server.index import ann, exact
+from server.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
+from server.index.db import VersionDB
 from server.index.layout import fsync_dir
+from server.index.protocol import AnnConfig, VersionMeta
 from server.index.records import ItemRecord, SearchFilter
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,6 @@ log = logging.getLogger(__name__)
 DB_FILE, INDEX_FILE = "items.sqlite", "index.faiss"
 FILTER_OVERFETCH = 4  # a filtered search starts by asking FAISS for 4x the candidates
 FETCH_ROUNDS = 3  # rounds of 4x more candidates for queries still short of k, before an exact scan answers them
-SAMPLE_QUERIES = 100  # queries per distance used to measure recall when tuning and validating
-# Sample queries are stored vectors plus noise of these norms, renormalised: 0.05 is a near-duplicate (an upload of
-# a stored clip), 0.3 a similar sound, 1.0 a query as far from its best match as a text is from audio (cosine
-# about 0.7). Approximate indexes differ by distance (HNSW is worst on near-duplicates), so tuning and validation
-# take the worst of the three.
-QUERY_NOISES = (0.05, 0.3, 1.0)
-TUNE_MARGIN = 0.03  # tune a little above the target so validation on other queries does not fail by noise
 SNAPSHOT_AFTER_REPLAY = 1000  # write a fresh snapshot at open when at least this many rows had to be replayed
 # Deletes only tombstone: FAISS's remove_ids is O(N) per call (about 20 ms at 1M vectors), too slow under the store
 # lock for every delete. Tombstones are purged in one batch once they pass this share of the index: amortised O(1)
@@ -39,10 +32,10 @@ SNAPSHOT_AFTER_REPLAY = 1000  # write a fresh snapshot at open when at least thi
 PURGE_FRACTION, PURGE_MIN = 0.1, 256
 
 
-def query_sets(db: VersionDB, seed: int = 0) -> list[ann.QuerySet]:
+def query_sets(db: VersionDB, seed: int = 0) -> list[exact.QuerySet]:
     """Stand-ins for real queries when no query log exists: stored vectors perturbed at each of QUERY_NOISES, with
     their exact top-k; `seed` keeps tuning's and validation's sets apart."""
-    return ann.query_sets(db.sample_embeddings, db.iter_embeddings, QUERY_NOISES, SAMPLE_QUERIES, seed)
+    return exact.query_sets(db.sample_embeddings, db.iter_embeddings, QUERY_NOISES, SAMPLE_QUERIES, seed)
 
 
 def build_from_db(db: VersionDB, cfg: AnnConfig, tune: bool = True) -> tuple[ann.faiss.Index, float | None]:
@@ -238,7 +231,7 @@ class Version:
 
     def _exact(self, x: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[tuple[float, ItemRecord]]]:
         chunks = self.db.iter_fids(self.db.matching_fids(flt)) if flt else self.db.iter_embeddings()
-        scores, fids = ann.exact_topk(chunks, x, k)
+        scores, fids = exact.exact_topk(chunks, x, k)
         records = self.db.records(np.unique(fids[fids >= 0]))
         return [[(float(s), records[int(f)]) for s, f in zip(scores[q], fids[q]) if f >= 0 and int(f) in records]
                 for q in range(len(x))]
@@ -246,13 +239,9 @@ class Version:
     def stats(self) -> dict:
         kind = ann.index_type(self.index)
         return {
-            "count": self.count, "index_type": kind, "index_total": int(self.index.ntotal),
+            "index_type": kind, "index_total": int(self.index.ntotal),
             "tombstones": len(self.dead), "writes_since_snapshot": self.writes_since_snapshot,
             "params": ann.params(self.index), "gpu": self.gpu is not None,
             "needs_compaction": len(self.dead) > max(100, self.count // 5)
             or (self.cfg.kind == "ivf" and kind == "flat" and self.count >= self.cfg.ivf_min_items),
         }
-
-
-def new_meta(dim: int, bundle_id: str, kind: str) -> VersionMeta:
-    return VersionMeta(dim=dim, bundle_id=bundle_id, kind=kind, created_at=time.time())

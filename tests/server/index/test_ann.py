@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from server.index import AnnConfig, IndexStore
-from server.index.ann import exact_topk, recall
+from server.index.exact import exact_topk, recall
 from tests.server.index.helpers import brute, item, noisy, recall_at, unit
 
 N, DIM = 5000, 64  # uniform random vectors: the hardest case for IVF, which real (clustered) embeddings are not
@@ -56,8 +56,8 @@ def test_recall_counts_ties_as_found():
 def test_tuning_meets_the_target_on_every_query_distance_held_out():
     """The tuner takes the worst of near-duplicate, similar and far (text-like) queries, so each of them reaches the
     target on held-out queries too."""
-    from server.index import ann
-    from server.index.version import QUERY_NOISES
+    from server.index import ann, exact
+    from server.index.exact import QUERY_NOISES
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((200, 64)).astype(np.float32)
@@ -69,8 +69,8 @@ def test_tuning_meets_the_target_on_every_query_distance_held_out():
         r = np.random.default_rng(seed)
         out = []
         for noise in QUERY_NOISES:
-            q = ann.perturbed(x[r.integers(0, len(x), 100)], noise, r)
-            out.append((q, ann.exact_topk([(fids, x)], q, ann.RECALL_K)))
+            q = exact.perturbed(x[r.integers(0, len(x), 100)], noise, r)
+            out.append((q, exact.exact_topk([(fids, x)], q, exact.RECALL_K)))
         return out
 
     index = ann.build(64, AnnConfig(kind="hnsw"), len(x), [(fids, x)])

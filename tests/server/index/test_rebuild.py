@@ -1,4 +1,5 @@
-"""Background rebuilds: progress, the old version serving meanwhile, validation, cancel, rollback, replayed writes."""
+"""Background rebuilds on each engine: progress, the old version serving meanwhile, validation, cancel, rollback,
+replayed writes. FAISS only: leftover version directories (Milvus: leftover collections, below)."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from server.errors import Conflict, NotFound
-from server.index import AnnConfig, IndexStore, ItemRecord
+from server.index import AnnConfig, ItemRecord
+from tests.server.index.conftest import faiss_open, stored_versions
 from tests.server.index.helpers import item, unit
 
 DIM = 16
@@ -34,22 +36,22 @@ class Gate:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = IndexStore(tmp_path, DIM, "bundle-1")
+def store(tmp_path, open_store):
+    s = open_store(tmp_path, DIM, "bundle-1")
     s.add_many((item(i, "old"), OLD[i]) for i in range(60))
     yield s
     s.close()
 
 
-def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, tmp_path):
+def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, version_name):
     store.add(item(7, "new"), NEW[7])  # an item both in the live version and in the rebuild's source
     src = Gate(NEW, pause_at=120)
     job = store.start_rebuild(src, total=200)
     assert src.paused.wait(10)
     p = job.progress()
-    assert p.state == "running" and p.version == "v0002" and 0 < p.done <= 120 and p.total == 200
+    assert p.state == "running" and p.version == version_name(2) and 0 < p.done <= 120 and p.total == 200
     assert store.search(OLD[3], 1)[0][0].id == "old-3"  # still the old version
-    assert store.stats().version == "v0001" and store.stats().rebuild["state"] == "running"
+    assert store.stats().version == version_name(1) and store.stats().rebuild["state"] == "running"
     with pytest.raises(Conflict):
         store.start_rebuild([], total=0)
     with pytest.raises(Conflict):
@@ -64,26 +66,29 @@ def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, tmp_path
     p = job.wait(30)
     assert p.state == "succeeded" and (p.done, p.added, p.skipped, p.error) == (200, 200, 0, None) and p.recall == 1.0
     s = store.stats()
-    assert (s.version, s.previous_version, s.count) == ("v0002", "v0001", 200 - 1 + 1)  # - new-7 + during
+    assert (s.version, s.previous_version, s.count) == (version_name(2), version_name(1), 200 - 1 + 1)  # -new-7 +during
     assert store.search(NEW[10], 1)[0][0].id == "new-10"
     assert store.search(extra, 1)[0][0].id == "during"
     with pytest.raises(NotFound):
         store.get("new-7")
     with pytest.raises(NotFound):
         store.get("old-3")
-    assert sorted(p.name for p in (tmp_path / "versions").iterdir()) == ["v0001", "v0002"]
+    assert stored_versions(store) == [version_name(1), version_name(2)]
 
 
-def test_rollback_and_forward_again(store, tmp_path):
+def test_rollback_and_forward_again(store, tmp_path, open_store, version_name):
     assert store.start_rebuild(((item(i, "new"), NEW[i]) for i in range(50)), total=50).wait(30).state == "succeeded"
-    assert store.rollback() == "v0001"
-    assert store.search(OLD[3], 1)[0][0].id == "old-3" and store.stats().previous_version == "v0002"
+    assert store.rollback() == version_name(1)
+    assert store.search(OLD[3], 1)[0][0].id == "old-3" and store.stats().previous_version == version_name(2)
     store.close()
-    with IndexStore(tmp_path, DIM, "bundle-1") as again:  # the rollback is durable
-        assert again.stats().version == "v0001" and again.get("old-1").id == "old-1"
-        assert again.rollback() == "v0002" and again.get("new-1").id == "new-1"
-    with IndexStore(tmp_path, DIM, "bundle-1") as again:
-        assert again.stats().version == "v0002"
+    with open_store(tmp_path, DIM, "bundle-1") as again:  # the rollback is durable
+        assert again.stats().version == version_name(1) and again.get("old-1").id == "old-1"
+        assert again.rollback() == version_name(2) and again.get("new-1").id == "new-1"
+        assert again.search(NEW[3], 1)[0][0].id == "new-3"
+    with open_store(tmp_path, DIM, "bundle-1") as again:
+        assert again.stats().version == version_name(2)
+        assert again.start_rebuild([(item(0, "third"), NEW[0])], total=1).wait(30).state == "succeeded"
+        assert stored_versions(again) == [version_name(2), version_name(3)]  # the oldest is dropped
 
 
 def test_no_previous_version(store):
@@ -92,7 +97,7 @@ def test_no_previous_version(store):
 
 
 @pytest.mark.parametrize("case", ["short source", "other bundle", "source raises", "recall"])
-def test_failed_validation_leaves_old_version_live(store, tmp_path, case):
+def test_failed_validation_leaves_old_version_live(store, case, version_name):
     pairs = [(item(i, "new"), NEW[i]) for i in range(40)]
     if case == "short source":
         job = store.start_rebuild(pairs, total=45)
@@ -110,22 +115,22 @@ def test_failed_validation_leaves_old_version_live(store, tmp_path, case):
     assert {"short source": "expected 45", "other bundle": "bundle-2", "source raises": "manifest unreadable",
             "recall": "recall"}[case] in p.error
     s = store.stats()
-    assert (s.version, s.previous_version, s.count) == ("v0001", None, 60)
+    assert (s.version, s.previous_version, s.count) == (version_name(1), None, 60)
     assert store.search(OLD[0], 1)[0][0].id == "old-0"
-    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]
+    assert stored_versions(store) == [version_name(1)]
     store.add(ItemRecord(id="after"), NEW[0])  # writes work again, and are not logged for a dead job
     assert store._rebuild_log is None
 
 
-def test_cancel(store, tmp_path):
+def test_cancel(store, version_name):
     src = Gate(NEW, pause_at=30)
     job = store.start_rebuild(src, total=200)
     assert src.paused.wait(10)
     job.cancel()
     src.release()
     p = job.wait(30)
-    assert p.state == "cancelled" and store.stats().version == "v0001"
-    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]
+    assert p.state == "cancelled" and store.stats().version == version_name(1)
+    assert stored_versions(store) == [version_name(1)]
     assert store.start_rebuild([(item(0, "new"), NEW[0])], total=1).wait(30).state == "succeeded"
 
 
@@ -137,18 +142,23 @@ def test_duplicates_in_source_are_skipped_and_counted(store):
     assert p.state == "succeeded" and (p.done, p.added, p.skipped) == (13, 10, 3) and len(p.skipped_reasons) == 3
 
 
-def test_ivf_rebuild_validates_recall(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_rebuild_is_tuned_and_validated(tmp_path, open_store, kind):
     vecs = unit(3000, DIM, seed=4)
-    with IndexStore(tmp_path, DIM, "b", config=AnnConfig(kind="ivf", ivf_min_items=1000)) as store:
-        p = store.start_rebuild(((item(i), vecs[i]) for i in range(3000)), total=3000).wait(60)
-        assert p.state == "succeeded" and p.recall >= 0.9
+    with open_store(tmp_path, DIM, "b", config=AnnConfig(kind=kind, ivf_min_items=1000, nlist=64)) as store:
+        p = store.start_rebuild(((item(i), vecs[i]) for i in range(3000)), total=3000).wait(120)
+        assert p.state == "succeeded" and p.recall >= 0.95
         s = store.stats()
-        assert s.index_type == "ivf" and s.count == 3000 and s.params["nprobe"] <= s.params["nlist"]
+        assert s.index_type == kind and s.count == 3000
+        key = {"ivf": "nprobe", "hnsw": "ef" if store.engine == "milvus" else "efSearch"}[kind]
+        assert 1 <= s.params[key] <= (64 if kind == "ivf" else 1024)  # tuned: the smallest that reaches the target
+        q = vecs[:50]
+        assert [h[0].id for h in store.search(q, 1)] == [item(i).id for i in range(50)]
 
 
-def test_rebuild_for_a_new_bundle(store, tmp_path):
+def test_rebuild_for_a_new_bundle(store, tmp_path, open_store):
     store.close()
-    with IndexStore(tmp_path, DIM, "bundle-2") as upgraded:  # the gateway now serves another bundle
+    with open_store(tmp_path, DIM, "bundle-2") as upgraded:  # the gateway now serves another bundle
         with pytest.raises(Conflict):
             upgraded.add(ItemRecord(id="x"), NEW[0])  # would mix two embedding spaces in one index
         p = upgraded.start_rebuild(((item(i, "new"), NEW[i]) for i in range(20)), total=20).wait(30)
@@ -156,17 +166,29 @@ def test_rebuild_for_a_new_bundle(store, tmp_path):
         upgraded.add(ItemRecord(id="x"), NEW[0])
 
 
-def test_leftover_build_directory_is_removed_on_open(store, tmp_path):
-    store.close()
+def test_leftover_build_directory_is_removed_on_open(tmp_path):
+    faiss_open(tmp_path, DIM, "bundle-1").close()
     (tmp_path / "versions" / "v0007").mkdir()  # a rebuild killed mid-way
     (tmp_path / "CURRENT.tmp").write_text("torn")
-    with IndexStore(tmp_path, DIM, "bundle-1") as again:
+    with faiss_open(tmp_path, DIM, "bundle-1") as again:
+        again.add_many((item(i, "old"), OLD[i]) for i in range(60))
         assert again.stats().count == 60
     assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"] and not (tmp_path / "CURRENT.tmp").exists()
 
 
-def test_close_cancels_a_running_rebuild(tmp_path):
-    store = IndexStore(tmp_path, DIM, "b")
+def test_leftover_milvus_collection_is_dropped_by_the_next_rebuild(tmp_path):
+    from tests.server.index.conftest import VERSION_NAMES, milvus_open
+
+    version_name = VERSION_NAMES["milvus"].format
+    with milvus_open(tmp_path, DIM, "b") as store:
+        store.index._create(version_name(7), store.index.meta, store.config)  # a rebuild killed before its swap
+        assert stored_versions(store) == [version_name(1), version_name(7)]
+        assert store.start_rebuild([(item(0), NEW[0])], total=1).wait(30).state == "succeeded"
+        assert stored_versions(store) == [version_name(1), version_name(2)]  # v0007 dropped first
+
+
+def test_close_cancels_a_running_rebuild(tmp_path, open_store):
+    store = open_store(tmp_path, DIM, "b")
     src = Gate(NEW, pause_at=5)
     job = store.start_rebuild(src, total=200)
     assert src.paused.wait(10)

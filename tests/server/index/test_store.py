@@ -1,4 +1,5 @@
-"""IndexStore: exact search vs numpy, writes, duplicates, filters, persistence, snapshot + replay, compaction."""
+"""IndexStore on each engine: exact search vs numpy, writes, duplicates, filters, persistence. FAISS only:
+snapshot + replay, tombstones, compaction, the directory lock (see conftest.py)."""
 from __future__ import annotations
 
 import threading
@@ -8,16 +9,17 @@ import pytest
 
 from server.errors import BackendDown, BadRequest, Conflict, NotFound
 from server.index import AnnConfig, IndexStore, ItemRecord, SearchFilter
+from tests.server.index.conftest import faiss_open
 from tests.server.index.helpers import brute, item, mask, noisy, unit
 
 DIM = 32
 
 
 @pytest.fixture
-def filled(tmp_path):
-    """A flat store of 300 items; yields (store, items, vectors)."""
+def filled(tmp_path, open_store):
+    """A flat store of 300 items on the engine under test; yields (store, items, vectors)."""
     items, vecs = [item(i) for i in range(300)], unit(300, DIM)
-    store = IndexStore(tmp_path / "idx", DIM, "bundle-a")
+    store = open_store(tmp_path / "idx", DIM, "bundle-a")
     store.add_many(zip(items, vecs))
     yield store, items, vecs
     store.close()
@@ -65,8 +67,8 @@ def test_inputs_are_checked(filled):
         store.delete("bad id")
 
 
-def test_embeddings_are_normalised(tmp_path):
-    with IndexStore(tmp_path, 3, "b") as store:
+def test_embeddings_are_normalised(tmp_path, open_store):
+    with open_store(tmp_path, 3, "b") as store:
         store.add(ItemRecord(id="a"), [0.0, 3.0, 4.0])
         np.testing.assert_allclose(store.embedding("a"), [0, 0.6, 0.8], atol=1e-6)
         assert store.search([0, 1, 1], 1)[0][0].score == pytest.approx((0.6 + 0.8) / np.sqrt(2), abs=1e-6)
@@ -122,24 +124,53 @@ def test_add_many_is_all_or_nothing(filled):
     assert store.stats().count == 300
 
 
-@pytest.mark.parametrize("rounds", [1, 3], ids=["scan-early", "fetch-more"])
-@pytest.mark.parametrize("flt, rare", [
-    (SearchFilter(tags_any=("dog",)), False),  # about half the items: the first candidates suffice
-    (SearchFilter(tags_all=("dog", "rain", "speech", "music")), True),  # rare: more candidates, or an exact scan
-    (SearchFilter(source_prefix="s3://bucket/b/", min_duration_s=5, max_duration_s=20), True),
-    (SearchFilter(tags_any=("none-such",)), True),
-], ids=["common", "rare", "prefix+duration", "empty"])
-def test_filtered_search_is_exact(filled, flt, rare, rounds, monkeypatch):
-    """Both ways of finding enough matches (over-fetching rounds; the exact scan of matching rows) are exact."""
+FILTERS = {
+    "common": (SearchFilter(tags_any=("dog",)), False),  # about half the items: the first candidates suffice
+    "rare": (SearchFilter(tags_all=("dog", "rain", "speech", "music")), True),  # more candidates, or an exact scan
+    "prefix+duration": (SearchFilter(source_prefix="s3://bucket/b/", min_duration_s=5, max_duration_s=20), True),
+    "empty": (SearchFilter(tags_any=("none-such",)), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_filtered_search_is_exact(filled, name):
     store, items, vecs = filled
+    assert_matches_brute(store, items, vecs, noisy(vecs[:15], seed=3), k=10, flt=FILTERS[name][0])
+
+
+def test_filters_with_awkward_values(tmp_path, open_store):
+    """Prefixes holding the characters a query language escapes (% _ \\ "), tags with quotes, durations at the
+    bounds and missing: every engine answers exactly what `SearchFilter.matches` says."""
+    odd = ["/a/100%_x", "/a/100x", '/a/q"uote', "/a/back\\slash", "/a/b_c", "/a/bxc", "/a/"]
+    items = [ItemRecord(id=f"o{i}", source_uri=uri, duration_s=None if i % 3 == 0 else float(i),
+                        tags=('say "hi"', "t") if i % 2 else ("it's",)) for i, uri in enumerate(odd * 3)]
+    vecs = unit(len(items), DIM, seed=8)
+    with open_store(tmp_path, DIM, "b") as store:
+        store.add_many(zip(items, vecs))
+        for flt in (SearchFilter(source_prefix="/a/100%"), SearchFilter(source_prefix="/a/b_c"),
+                    SearchFilter(source_prefix='/a/q"'), SearchFilter(source_prefix="/a/back\\"),
+                    SearchFilter(tags_any=('say "hi"',)), SearchFilter(tags_all=("it's",), min_duration_s=-1),
+                    SearchFilter(max_duration_s=4.0), SearchFilter(min_duration_s=4.0, max_duration_s=4.0)):
+            assert_matches_brute(store, items, vecs, vecs[:3], k=len(items), flt=flt)
+
+
+@pytest.mark.parametrize("rounds", [1, 3], ids=["scan-early", "fetch-more"])
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_faiss_filtered_search_paths(tmp_path, name, rounds, monkeypatch):
+    """FAISS finds enough matches two ways (over-fetching rounds; the exact scan of matching rows): both exact."""
     from server.index import version
 
+    flt, rare = FILTERS[name]
+    items, vecs = [item(i) for i in range(300)], unit(300, DIM)
+    store = faiss_open(tmp_path, DIM, "bundle-a")
+    store.add_many(zip(items, vecs))
     scans = []
     real = version.Version._exact
     monkeypatch.setattr(version.Version, "_exact", lambda self, x, k, f: scans.append(len(x)) or real(self, x, k, f))
     monkeypatch.setattr(version, "FETCH_ROUNDS", rounds)
     assert_matches_brute(store, items, vecs, noisy(vecs[:15], seed=3), k=10, flt=flt)
     assert bool(scans) == (rare and rounds == 1)  # with 3 rounds the 300 vectors are all seen before a scan
+    store.close()
 
 
 def test_filter_from_a_json_dict(filled):
@@ -176,7 +207,7 @@ def test_search_by_id(filled):
         store.search_by_id("missing", 5)
 
 
-def test_persistence_across_reopen(filled, tmp_path):
+def test_persistence_across_reopen(filled, tmp_path, open_store, version_name):
     store, items, vecs = filled
     store.delete("clip-0")
     queries = noisy(vecs[:10], seed=4)
@@ -184,11 +215,11 @@ def test_persistence_across_reopen(filled, tmp_path):
     store.close()
     with pytest.raises(BackendDown):
         store.search(queries, 8)
-    with IndexStore(tmp_path / "idx", DIM, "bundle-a") as again:
+    with open_store(tmp_path / "idx", DIM, "bundle-a") as again:
         after = [[(h.id, h.score) for h in hits] for hits in again.search(queries, 8)]
         assert after == before
         s = again.stats()
-        assert (s.count, s.index_total, s.writes_since_snapshot, s.version) == (299, 299, 0, "v0001")
+        assert (s.count, s.index_total, s.writes_since_snapshot, s.version) == (299, 299, 0, version_name(1))
         assert again.get("clip-1") == store_get_like(items[1], again)
 
 
@@ -196,16 +227,16 @@ def store_get_like(it, store):
     return ItemRecord(**{**vars(it), "added_at": store.get(it.id).added_at})
 
 
-def test_one_process_at_a_time(filled, tmp_path):
-    with pytest.raises(Conflict):
-        IndexStore(tmp_path / "idx", DIM, "bundle-a")
+def test_one_process_at_a_time(tmp_path):
+    with faiss_open(tmp_path / "idx", DIM, "bundle-a"), pytest.raises(Conflict):
+        faiss_open(tmp_path / "idx", DIM, "bundle-a")
 
 
 def crash(store: IndexStore) -> None:
     """Drop a store the way kill -9 would: no snapshot, no checkpoint; only the directory lock is released."""
     store._closed = True
-    store._live.db.conn.close()
-    store._root_lock.release()
+    store.index.live.db.conn.close()
+    store.index._root_lock.release()
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -230,8 +261,10 @@ def test_snapshot_then_replay(tmp_path, kind):
         assert not found & {items[i].id for i in range(0, 300, 10)}
 
 
-def test_damaged_snapshot_is_rebuilt_from_rows(filled, tmp_path):
-    store, items, vecs = filled
+def test_damaged_snapshot_is_rebuilt_from_rows(tmp_path):
+    items, vecs = [item(i) for i in range(300)], unit(300, DIM)
+    store = faiss_open(tmp_path / "idx", DIM, "bundle-a")
+    store.add_many(zip(items, vecs))
     store.snapshot()
     store.close()
     (tmp_path / "idx" / "versions" / "v0001" / "index.faiss").write_bytes(b"not a faiss index")
@@ -277,10 +310,10 @@ def test_compaction_trains_ivf_once_large_enough(tmp_path):
         assert s.index_type == "ivf" and s.params == report["params"] and s.count == 1501
 
 
-def test_bundle_mismatch_refuses_adds_but_searches(filled, tmp_path):
+def test_bundle_mismatch_refuses_adds_but_searches(filled, tmp_path, open_store):
     store, _, vecs = filled
     store.close()
-    with IndexStore(tmp_path / "idx", DIM, "bundle-b") as other:
+    with open_store(tmp_path / "idx", DIM, "bundle-b") as other:
         s = other.stats()
         assert s.bundle_id == "bundle-a" and s.serving_bundle_id == "bundle-b" and s.bundle_mismatch
         with pytest.raises(Conflict):
@@ -288,10 +321,10 @@ def test_bundle_mismatch_refuses_adds_but_searches(filled, tmp_path):
         assert other.search(vecs[0], 1)[0][0].id == "clip-0"
 
 
-def test_concurrent_writers_and_readers(tmp_path):
+def test_concurrent_writers_and_readers(tmp_path, open_store):
     vecs = unit(400, DIM, seed=11)
     errors = []
-    with IndexStore(tmp_path, DIM, "b", "hnsw") as store:
+    with open_store(tmp_path, DIM, "b", "hnsw") as store:
         def writer(part):
             try:
                 for i in range(part, 400, 4):
@@ -319,7 +352,7 @@ def test_concurrent_writers_and_readers(tmp_path):
 
 
 def test_writes_during_compaction_are_kept(tmp_path, monkeypatch):
-    from server.index import store as store_module
+    from server.index import faiss_index as store_module
 
     vecs = unit(3000, DIM, seed=13)
     items = [item(i) for i in range(3000)]

@@ -1,0 +1,51 @@
+"""Precomputed embeddings as a rebuild source: the folder a sharded embedding job leaves (`python -m jobs.embed`).
+
+The contract between that job and the gateway (jobs/embed.py writes it, this module reads it):
+
+    <folder>/complete.json     {"bundle_id", "items", "dim", "shards": ["shard-00000.npz", ...], ...}, written last
+    <folder>/shard-NNNNN.npz   records: JSON strings {id, source_uri, duration_s, tags, caption, content_hash}
+                               embeddings: float32 (n, D), row i belonging to records[i]
+
+`complete.json` exists only once a merge found every shard whole, so a folder without it is refused.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import BadRequest
+from server.index.records import ItemRecord
+
+COMPLETE = "complete.json"
+RECORD_FIELDS = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash")
+
+
+def read_folder(folder: str | Path) -> tuple[dict, Callable[[], Iterator[tuple[ItemRecord, np.ndarray]]]]:
+    """(the job's summary, a callable yielding (ItemRecord, (D,) embedding) for every item); BadRequest when the
+    folder is not a finished embedding job."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / COMPLETE).read_text())
+        shards = [folder / name for name in summary["shards"]]
+        int(summary["items"]), str(summary["bundle_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadRequest(f"{folder} is not a finished embedding job: no readable {COMPLETE} "
+                         "(run python -m jobs.embed run, then merge)") from None
+    missing = [p.name for p in shards if not p.is_file() or p.parent != folder]
+    if missing:
+        raise BadRequest(f"{folder}: shards named by {COMPLETE} are missing: {missing[:5]}")
+
+    def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
+        for path in shards:
+            with np.load(path, allow_pickle=False) as z:
+                records, embeddings = z["records"].tolist(), z["embeddings"]
+            if len(records) != len(embeddings):
+                raise ValueError(f"{path.name}: {len(records)} records, {len(embeddings)} embeddings")
+            for text, vec in zip(records, embeddings):
+                r = json.loads(text)
+                yield ItemRecord(**{k: r[k] for k in RECORD_FIELDS if k in r}), vec
+
+    return summary, pairs

@@ -1,0 +1,451 @@
+"""`MilvusIndex`: the `VectorIndex` on a Milvus deployment (or milvus-lite, the embedded Milvus, for one host).
+
+Each version is a collection `<name>__v0001`, ...; searches and writes go through the alias `<name>`, and the alias
+`<name>__previous` keeps the version a rollback returns to. A rebuild fills a new collection, validates it, and
+moves the alias (zero downtime: a search resolves the alias once). Each collection's properties carry its
+`VersionMeta` and its tuned search parameters, so a gateway holds no state of its own: replicas behind a Service
+read the same aliases. Writes and rebuilds go through one writer (`read_only` replicas refuse them): the duplicate
+checks read before they write, and a rebuild replays only the writes made through its own process.
+
+Durability: Milvus acknowledges an insert, upsert or delete once it is in its write-ahead log (a message queue on a
+cluster, a local WAL file in milvus-lite). One request is one log entry, so `put_many` is all or nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.errors import BackendDown, BadRequest, Conflict, NotFound
+from server.index import exact
+from server.index.protocol import AnnConfig, Pair, Scored, VersionMeta
+from server.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
+from server.index.records import MAX_TAG_CHARS, MAX_TAGS, ItemRecord, SearchFilter
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
+VERSION_RE = r"__v(\d{4,})"
+META, SEARCH = "blat.meta", "blat.search_params"  # collection properties
+MAX_VARCHAR = 65_535  # bytes: Milvus's limit for one VARCHAR value
+FIELDS = ["id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at", "extra"]
+INDEX_WAIT_S = 3600.0  # a rebuild waits this long for Milvus to index the new collection
+DEFAULT_SEARCH = {"flat": {}, "ivf": {"nprobe": 16}, "hnsw": {"ef": 64}}  # until `finish` tunes them
+TUNED = {"ivf": ("nprobe", 1), "hnsw": ("ef", exact.RECALL_K)}  # the parameter tuning raises, from this value
+
+
+@dataclass(frozen=True)
+class MilvusConfig:
+    uri: str = ""  # "http://milvus:19530" (a Milvus server or cluster), or a file path (milvus-lite, one process)
+    collection: str = "blat_audio"  # the alias searches go through; versions are <collection>__v0001, ...
+    token: str = ""  # "user:password" or an API key; "" when Milvus runs without authentication
+    db_name: str = ""  # "" = Milvus's default database
+    timeout_s: float = 10.0  # per Milvus call
+
+    @property
+    def local(self) -> bool:
+        """A file path: milvus-lite, embedded in this process (one process per file, like the FAISS directory)."""
+        return "://" not in self.uri
+
+    def __post_init__(self):
+        if not NAME_RE.fullmatch(self.collection):
+            raise BadRequest(f"milvus.collection must match {NAME_RE.pattern}, got {self.collection!r}")
+
+
+# -- expressions ----------------------------------------------------------------------------------------------------
+
+def _str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _strs(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_str(v) for v in values) + "]"
+
+
+def milvus_filter(flt: SearchFilter | None) -> str:
+    """The boolean expression equal to `flt.matches` (a null duration fails any bound, as in SQL)."""
+    if flt is None:
+        return ""
+    parts = []
+    if flt.tags_any:
+        parts.append(f"array_contains_any(tags, {_strs(flt.tags_any)})")
+    if flt.tags_all:
+        parts.append(f"array_contains_all(tags, {_strs(flt.tags_all)})")
+    if flt.source_prefix:  # LIKE with %, _ and \ escaped: a path's own % and _ are literal
+        pattern = re.sub(r"([%_\\])", r"\\\1", flt.source_prefix) + "%"
+        parts.append(f"source_uri like {_str(pattern)}")
+    if flt.min_duration_s is not None:
+        parts.append(f"duration_s >= {float(flt.min_duration_s)!r}")
+    if flt.max_duration_s is not None:
+        parts.append(f"duration_s <= {float(flt.max_duration_s)!r}")
+    return " and ".join(parts)
+
+
+def _row(item: ItemRecord, vec: np.ndarray) -> dict:
+    row = {"id": item.id, "vec": np.asarray(vec, dtype=np.float32).tolist(), "source_uri": item.source_uri,
+           "duration_s": item.duration_s, "tags": list(item.tags), "caption": item.caption,
+           "content_hash": item.content_hash, "added_at": time.time() if item.added_at is None else item.added_at,
+           "extra": json.dumps(item.extra)}
+    for name in ("source_uri", "caption", "content_hash", "extra"):
+        if len(row[name].encode()) > MAX_VARCHAR:
+            raise BadRequest(f"{item.id}: {name} is longer than Milvus stores ({MAX_VARCHAR} bytes)", id=item.id)
+    return row
+
+
+def _record(e: dict) -> ItemRecord:
+    return ItemRecord(id=e["id"], source_uri=e["source_uri"], duration_s=e.get("duration_s"), tags=tuple(e["tags"]),
+                      caption=e["caption"], content_hash=e["content_hash"], added_at=e["added_at"],
+                      extra=json.loads(e["extra"]))
+
+
+# -- one collection -------------------------------------------------------------------------------------------------
+
+class Collection:
+    """Item operations on one collection or alias: what the live version and a staging version share."""
+
+    def __init__(self, client, name: str):
+        self.client, self.name = client, name
+
+    def call(self, method: str, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except MilvusException as e:
+            raise BackendDown(f"Milvus {method} on {self.name}: {e.message}") from None
+
+    def get(self, item_id: str) -> ItemRecord | None:
+        got = self.call("get", self.name, ids=[item_id], output_fields=FIELDS)
+        return _record(got[0]) if got else None
+
+    def embedding(self, item_id: str) -> np.ndarray | None:
+        got = self.call("get", self.name, ids=[item_id], output_fields=["vec"])
+        return np.asarray(got[0]["vec"], dtype=np.float32) if got else None
+
+    def count(self) -> int:
+        return int(self.call("query", self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def put_many(self, pairs: Sequence[Pair], upsert: bool, check_hash: bool = True) -> list[ItemRecord]:
+        """Checks first (Conflict, as the FAISS engine words it), then one upsert request: all or nothing."""
+        ids = [item.id for item, _ in pairs]
+        if not upsert:
+            repeated = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+            found = self.call("get", self.name, ids=ids, output_fields=["id"])
+            taken = repeated or (found[0]["id"] if found else None)
+            if taken is not None:
+                raise Conflict(f"item {taken!r} already exists (use upsert to replace it)", id=taken)
+        if check_hash:
+            hashes = sorted({item.content_hash for item, _ in pairs if item.content_hash})
+            owners: dict[str, set[str]] = {}
+            if hashes:
+                for r in self.call("query", self.name, filter=f"content_hash in {_strs(hashes)}",
+                                   output_fields=["id", "content_hash"]):
+                    owners.setdefault(r["content_hash"], set()).add(r["id"])
+            for item, _ in pairs:  # earlier items of the batch count as stored, as in one SQLite transaction
+                others = sorted(owners.get(item.content_hash, set()) - {item.id}) if item.content_hash else []
+                if others:
+                    raise Conflict(f"the same audio (content hash {item.content_hash[:16]}...) is already stored as "
+                                   f"{others[0]!r}", id=item.id, existing_id=others[0], content_hash=item.content_hash)
+                if item.content_hash:
+                    owners.setdefault(item.content_hash, set()).add(item.id)
+        now = time.time()
+        stored = {}  # by id: with upsert a repeated id keeps its last record, like successive SQLite puts
+        for item, vec in pairs:
+            if item.added_at is None:
+                item = ItemRecord(**{**item.__dict__, "added_at": now})
+            stored[item.id] = (item, vec)
+        self.call("upsert", self.name, [_row(item, vec) for item, vec in stored.values()])
+        return [item for item, _ in stored.values()]
+
+    def delete(self, item_id: str) -> ItemRecord | None:
+        got = self.get(item_id)
+        if got is not None:
+            self.call("delete", self.name, ids=[item_id])
+        return got
+
+    def search(self, x: np.ndarray, k: int, flt: SearchFilter | None, params: dict) -> list[list[Scored]]:
+        if "ef" in params:
+            params = {**params, "ef": max(params["ef"], k)}  # HNSW cannot return more than its beam
+        res = self.call("search", self.name, data=x.tolist(), limit=k, filter=milvus_filter(flt),
+                        output_fields=FIELDS, search_params={"metric_type": "IP", "params": params})
+        return [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
+
+    def scan(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every (ids, vectors (n, D)) of the collection, in batches."""
+        it = self.call("query_iterator", self.name, batch_size=batch, filter="", output_fields=["id", "vec"])
+        try:
+            while rows := it.next():
+                yield [r["id"] for r in rows], np.asarray([r["vec"] for r in rows], dtype=np.float32)
+        finally:
+            it.close()
+
+
+# -- versions --------------------------------------------------------------------------------------------------------
+
+class MilvusIndex:
+    """Open (or create, with `meta`) the versions of `config.collection`. Safe to open from many processes."""
+
+    def __init__(self, config: MilvusConfig, meta: VersionMeta, cfg: AnnConfig):
+        from pymilvus import MilvusClient
+
+        if not config.uri:
+            raise BadRequest("milvus.uri is required: http://host:19530, or a file path for milvus-lite")
+        self.config, self.cfg = config, cfg
+        self.alias, self.previous_alias = config.collection, config.collection + "__previous"
+        try:
+            self.client = MilvusClient(uri=config.uri, token=config.token, db_name=config.db_name,
+                                       timeout=config.timeout_s)
+        except Exception as e:  # pymilvus raises several types for an unreachable or misconfigured server
+            raise BackendDown(f"cannot connect to Milvus at {config.uri}: {e}") from None
+        self._meta: dict[str, tuple[VersionMeta, dict]] = {}  # per collection: both are fixed once it is built
+        self.live = Collection(self.client, self.alias)
+        if self._target(self.alias) is None:
+            first = self._create(self._next_name(), meta, cfg)
+            self.live.call("create_alias", first, self.alias)
+        self.live.call("load_collection", self.name)  # milvus-lite releases collections when its process ends
+
+    # -- names -----------------------------------------------------------------------------------------------------
+
+    def _target(self, alias: str) -> str | None:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return self.client.describe_alias(alias)["collection_name"]
+        except MilvusException:
+            return None
+
+    def _versions(self) -> list[str]:
+        pattern = re.compile(re.escape(self.alias) + VERSION_RE)
+        return sorted(c for c in self.live.call("list_collections") if pattern.fullmatch(c))
+
+    def _next_name(self) -> str:
+        numbers = [int(re.search(VERSION_RE + "$", c).group(1)) for c in self._versions()]
+        return f"{self.alias}__v{max(numbers, default=0) + 1:04d}"
+
+    @property
+    def name(self) -> str:
+        target = self._target(self.alias)
+        if target is None:
+            raise BackendDown(f"Milvus has no alias {self.alias!r}: was the collection dropped?")
+        return target
+
+    @property
+    def previous(self) -> str | None:
+        return self._target(self.previous_alias)
+
+    def _info(self, collection: str) -> tuple[VersionMeta, dict]:
+        if collection not in self._meta:
+            props = self.live.call("describe_collection", collection).get("properties", {})
+            if META not in props:
+                raise BackendDown(f"Milvus collection {collection} has no {META} property: not made by this server")
+            self._meta[collection] = (VersionMeta(**json.loads(props[META])), json.loads(props.get(SEARCH, "{}")))
+        return self._meta[collection]
+
+    @property
+    def meta(self) -> VersionMeta:
+        return self._info(self.name)[0]
+
+    def _create(self, name: str, meta: VersionMeta, cfg: AnnConfig) -> str:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=meta.dim)
+        schema.add_field("source_uri", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("duration_s", DataType.DOUBLE, nullable=True)
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS,
+                         max_length=4 * MAX_TAG_CHARS)  # bytes: 4 per character at most in UTF-8
+        schema.add_field("caption", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("added_at", DataType.DOUBLE)
+        schema.add_field("extra", DataType.VARCHAR, max_length=MAX_VARCHAR)  # JSON text, kept verbatim
+        index = self.client.prepare_index_params()
+        kinds = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": cfg.nlist or 1024}),
+                 "hnsw": ("HNSW", {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction})}
+        index_type, params = kinds[meta.kind]
+        index.add_index(field_name="vec", index_type=index_type, metric_type="IP", params=params)
+        self.live.call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong",
+                       properties={META: json.dumps(meta.__dict__), SEARCH: json.dumps(DEFAULT_SEARCH[meta.kind])})
+        return name
+
+    # -- items -----------------------------------------------------------------------------------------------------
+
+    def put_many(self, pairs: Sequence[Pair], upsert: bool, check_hash: bool = True) -> list[ItemRecord]:
+        return self.live.put_many(pairs, upsert, check_hash)
+
+    def delete(self, item_id: str) -> ItemRecord | None:
+        return self.live.delete(item_id)
+
+    def get(self, item_id: str) -> ItemRecord | None:
+        return self.live.get(item_id)
+
+    def embedding(self, item_id: str) -> np.ndarray | None:
+        return self.live.embedding(item_id)
+
+    def search(self, x: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[Scored]]:
+        return self.live.search(x, k, flt, self._info(self.name)[1])
+
+    def count(self) -> int:
+        return self.live.count()
+
+    def stats(self) -> dict:
+        name = self.name
+        meta, params = self._info(name)
+        n = self.live.count()
+        return {"index_type": meta.kind, "index_total": n, "tombstones": 0, "writes_since_snapshot": 0,
+                "needs_compaction": False, "params": params, "gpu": False}
+
+    # -- versions --------------------------------------------------------------------------------------------------
+
+    def new_version(self, meta: VersionMeta, cfg: AnnConfig) -> MilvusStaging:
+        keep = {self.name, self.previous}
+        for stale in set(self._versions()) - keep:  # a rebuild killed before its swap
+            log.info("dropping unreferenced Milvus collection %s", stale)
+            self.live.call("drop_collection", stale)
+        return MilvusStaging(self, self._create(self._next_name(), meta, cfg), cfg)
+
+    def swap(self, staging: MilvusStaging) -> None:
+        live, older = self.name, self.previous
+        self._point(self.previous_alias, live)  # first: a crash between the two calls leaves the old version live
+        self.live.call("alter_alias", staging.name, self.alias)  # the switch
+        staging.swapped = True
+        self.live.call("release_collection", live)  # the previous version stays on disk, out of memory
+        if older is not None and older not in (live, staging.name):
+            self.live.call("drop_collection", older)
+
+    def _point(self, alias: str, collection: str) -> None:
+        if self._target(alias) is None:
+            self.live.call("create_alias", collection, alias)
+        else:
+            self.live.call("alter_alias", collection, alias)
+
+    def rollback(self, lock: threading.RLock) -> str:
+        with lock:
+            previous, live = self.previous, self.name
+        if previous is None:
+            raise NotFound("there is no previous version to roll back to")
+        self.live.call("load_collection", previous)  # outside the lock: loading a large collection takes a while
+        with lock:
+            self.live.call("alter_alias", previous, self.alias)
+            self._point(self.previous_alias, live)
+            self.live.call("release_collection", live)
+        return previous
+
+    def compact(self, lock: threading.RLock) -> dict:
+        """Milvus compacts segments on its own; this asks for one now (deleted rows are dropped from disk)."""
+        job = self.live.call("compact", self.name)
+        meta, params = self._info(self.name)
+        return {"tombstones_removed": None, "index_type": meta.kind, "recall": None, "params": params,
+                "milvus_compaction_id": job}
+
+    def snapshot(self) -> None:
+        """Nothing to do: Milvus seals and persists segments on its own schedule (explicit flushes only make small
+        segments), and milvus-lite 3.2 can duplicate rows when killed during one."""
+
+    def close(self) -> None:
+        self.client.close()
+        if self.config.local:  # milvus-lite runs inside this process: stop it, releasing its lock on the file
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.config.uri)
+
+
+class MilvusStaging:
+    """A collection being filled beside the live one; the alias moves to it in `MilvusIndex.swap`."""
+
+    def __init__(self, owner: MilvusIndex, name: str, cfg: AnnConfig):
+        self.owner, self.name, self.cfg = owner, name, cfg
+        self.rows = Collection(owner.client, name)
+        self.loaded, self.swapped = 0, False
+
+    @property
+    def required_recall(self) -> float:
+        return 1.0 if self.cfg.kind == "flat" else self.cfg.target_recall
+
+    def load(self, pairs: Sequence[Pair]) -> int:
+        self.rows.call("insert", self.name, [_row(item, vec) for item, vec in pairs])  # ids screened by the caller
+        self.loaded += len(pairs)
+        return len(pairs)
+
+    def finish(self) -> float:
+        self._seal()
+        n = self.rows.count()
+        if n != self.loaded:
+            raise ValueError(f"validation: {self.loaded} items added, Milvus holds {n}")
+        if n == 0:
+            return 1.0
+        sets = self._query_sets()
+        params = dict(DEFAULT_SEARCH[self.cfg.kind])
+        if self.cfg.kind in TUNED:  # the smallest nprobe / ef that reaches the target on tuning's queries
+            key, start = TUNED[self.cfg.kind]
+            measured: dict[int, float] = {}
+
+            def measure(v: int) -> float:
+                if v not in measured:
+                    measured[v] = self._recall(sets[0], {**params, key: v})
+                return measured[v]
+
+            top = (self.cfg.nlist or 1024) if key == "nprobe" else 1024
+            params[key] = exact.tune_param(measure, start, top, min(1.0, self.cfg.target_recall + TUNE_MARGIN))
+            self.rows.call("alter_collection_properties", self.name, properties={SEARCH: json.dumps(params)})
+            self.owner._meta.pop(self.name, None)
+        return self._recall(sets[1], params)  # graded on other queries than it was tuned on
+
+    def _seal(self) -> None:
+        """Flush, wait for Milvus to index every sealed row, then load: recall is measured on the index that will
+        serve, not on the brute-force scan Milvus uses for rows it has not indexed yet."""
+        self.rows.call("flush", self.name)
+        deadline = time.monotonic() + INDEX_WAIT_S
+        while (pending := self.rows.call("describe_index", self.name, "vec").get("pending_index_rows", 0)) > 0:
+            if time.monotonic() > deadline:
+                raise ValueError(f"validation: Milvus still has {pending} rows to index after {INDEX_WAIT_S:.0f} s")
+            time.sleep(0.5)
+        self.rows.call("release_collection", self.name)  # milvus-lite builds a segment's index at load, too
+        self.rows.call("load_collection", self.name)
+
+    def _query_sets(self) -> tuple[list, list]:
+        """(tuning's, validation's) query sets: stored vectors perturbed at each distance, with exact answers."""
+        ids: list[str] = []
+        vecs = []
+        for chunk_ids, chunk in self.rows.scan():
+            ids += chunk_ids
+            vecs.append(chunk)
+        x = np.concatenate(vecs)  # fine for a test-sized or mid-sized collection; see README for the scale limits
+        self._ids = ids
+        positions = lambda: [(np.arange(len(x), dtype=np.int64), x)]  # noqa: E731
+        sample = lambda n, rng: x[rng.choice(len(x), size=min(n, len(x)), replace=False)]  # noqa: E731
+        return (exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=0),
+                exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=2))
+
+    def _recall(self, sets: list, params: dict) -> float:
+        """Worst recall@10 over the query sets, searching the collection with `params`."""
+        where = {i: n for n, i in enumerate(self._ids)}
+        worst = 1.0
+        for queries, truth in sets:
+            hits = self.rows.search(queries, exact.RECALL_K, None, params)
+            scores = np.full((len(queries), exact.RECALL_K), -np.inf, np.float32)
+            fids = np.full((len(queries), exact.RECALL_K), -1, np.int64)
+            for q, row in enumerate(hits):
+                for j, (s, item) in enumerate(row):
+                    scores[q, j], fids[q, j] = s, where[item.id]
+            worst = min(worst, exact.recall((scores, fids), truth))
+        return worst
+
+    def put_many(self, pairs: Sequence[Pair], upsert: bool = True, check_hash: bool = False) -> list[ItemRecord]:
+        return self.rows.put_many(pairs, upsert, check_hash)
+
+    def delete(self, item_id: str) -> ItemRecord | None:
+        return self.rows.delete(item_id)
+
+    def count(self) -> int:
+        return self.rows.count()
+
+    def discard(self) -> None:
+        if not self.swapped:
+            self.rows.call("drop_collection", self.name)
