@@ -7,7 +7,7 @@ Vectors: a synthetic clustered set (unit vectors around 1,000 random centres, li
 near-duplicates), of the served bundle's embedding dimension (256).
 
 FAISS alone (--sizes): each index is built with server/index/ann.py and tuned by `ann.tune` on one draw of query
-sets (stored vectors perturbed at each distance in server.index.version.QUERY_NOISES); recall@10 is then measured on
+sets (stored vectors perturbed at each distance in server.index.exact.QUERY_NOISES); recall@10 is then measured on
 a second, held-out draw, per distance. Latency is one query at a time (p50 / p99 over the held-out queries); memory
 is the serialised index size; build time includes IVF training and tuning.
 
@@ -18,7 +18,9 @@ a tagged sound library (an id, a source path, a duration, a caption, a content h
 each tag is on 10% of the items). Measured: load time (SQLite ingest, then index build + tuning + validation), the
 rebuild's validated recall@10, `store.search(q, 10)` one query at a time without and with a tag filter (p50 / p99;
 SQLite metadata of the hits included), the store's size on disk, the process's resident memory growth (Linux /proc:
-held after the load, and peak during it), and ms per item of one later `add_many` of 1,000 items.
+held after the load, and peak during it), and ms per item of one later `add_many` of 1,000 items. `--engines
+faiss,milvus` measures the store on each engine (milvus: milvus-lite, the embedded Milvus, in this process; its
+disk figure is its data folder).
 
 Prints one JSON object ({"faiss": rows, "store": rows}) and two tables.
 """
@@ -86,8 +88,8 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
         tuned = ann.tune(index, query_sets(x, seed), min(1.0, target + TUNE_MARGIN))
     build_s = time.perf_counter() - t0
     held_out = query_sets(x, seed + 1000)
-    recalls = {f"noise {noise:g}": round(exact.recall(ann.search(index, q, exact.RECALL_K), exact), 4)
-               for noise, (q, exact) in zip(QUERY_NOISES, held_out)}
+    recalls = {f"noise {noise:g}": round(exact.recall(ann.search(index, q, exact.RECALL_K), truth), 4)
+               for noise, (q, truth) in zip(QUERY_NOISES, held_out)}
     latencies = []
     for q, _ in held_out:
         for row in q:
@@ -185,11 +187,13 @@ def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> IndexStore:
     if engine == "milvus":  # milvus-lite: the embedded Milvus, in this process
         from server.index.milvus import MilvusConfig
 
-        return IndexStore(None, dim, "bench", config=cfg, milvus=MilvusConfig(uri=f"{root}/milvus.db", collection="bench"))
+        milvus = MilvusConfig(uri=f"{root}/milvus.db", collection="bench")
+        return IndexStore(None, dim, "bench", config=cfg, milvus=milvus)
     return IndexStore(root, dim, "bench", config=cfg)
 
 
-def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None, engine: str = "faiss") -> dict:
+def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None,
+                  engine: str = "faiss") -> dict:
     vocab = vocabulary()
     queries = held_out_queries(x, seed + 1000)
     flt = SearchFilter(tags_any=(vocab[0],))
@@ -225,7 +229,8 @@ def print_tables(rows: list[dict], store_rows: list[dict]) -> None:
               f"{r['p99_ms']:7.2f} {r['build_s']:8.1f} {r['index_mb']:7.1f}")
     if store_rows:
         print(f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
-              f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} {'p50 ms':>7s} "
+              f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} "
+              f"{'p50 ms':>7s} "
               f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
               f"{'add ms':>7s}")
     for r in store_rows:
@@ -246,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated vector counts for the IndexStore part ('' none)")
     p.add_argument("--dim", type=int, default=256, help="embedding dimension (the served bundle's is 256)")
     p.add_argument("--kinds", default="flat,ivf,hnsw")
-    p.add_argument("--engines", default="faiss", help="index engines for the IndexStore part: faiss, milvus (milvus-lite)")
+    p.add_argument("--engines", default="faiss",
+                   help="index engines for the IndexStore part: faiss, milvus (milvus-lite)")
     p.add_argument("--target", type=float, default=AnnConfig().target_recall, help="recall@10 target")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     p.add_argument("--spread", type=float, default=1.0,

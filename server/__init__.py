@@ -1,1 +1,2 @@
-"""The gateway (REST + gRPC). Torch-free: depends on `contract`, onnxruntime/tritonclient and faiss only."""
+"""The gateway (REST + gRPC). Torch-free: depends on `contract`, `wire`, onnxruntime / tritonclient, and faiss or
+pymilvus (the index engine, inside `server/index/`)."""

@@ -182,7 +182,8 @@ class FaissStaging:
         version.install(index)
         n_db = version.db.count()
         if n_db != self.loaded or version.index.ntotal - len(version.dead) != n_db:
-            raise ValueError(f"validation: {self.loaded} items added, SQLite holds {n_db}, FAISS {version.index.ntotal}")
+            raise ValueError(f"validation: {self.loaded} items added, SQLite holds {n_db}, "
+                             f"FAISS {version.index.ntotal}")
         # Not tuning's queries (no grading on its own set); the worst distance counts.
         got = ann.worst_recall(version.index, query_sets(version.db, seed=2)) if n_db else 1.0
         version.snapshot()

@@ -270,6 +270,10 @@ class MilvusIndex:
                  "hnsw": ("HNSW", {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction})}
         index_type, params = kinds[meta.kind]
         index.add_index(field_name="vec", index_type=index_type, metric_type="IP", params=params)
+        # Scalar indexes for the filtered fields, so a filter does not scan every row. milvus-lite has no index on
+        # ARRAY fields (tags): there a tag filter scans (fine for the tests and one-process use it serves).
+        for field in ("source_uri", "duration_s") + (() if self.config.local else ("tags",)):
+            index.add_index(field_name=field, index_type="INVERTED")
         self.live.call("create_collection", name, schema=schema, index_params=index, consistency_level="Strong",
                        properties={META: json.dumps(meta.__dict__), SEARCH: json.dumps(DEFAULT_SEARCH[meta.kind])})
         return name

@@ -376,7 +376,8 @@ def test_images_secret_and_command_agree_between_k8s_compose_and_dockerfile():
     # the client is its own distribution: not copied into the server image
     copies = [shlex.split(args)[:-1] for ins, args in dockerfile() if ins == "COPY"]
     assert not any(src.rstrip("/") == "clients" for srcs in copies for src in srcs)
-    assert any(ins == "RUN" and 'pip install --no-cache-dir ".[server,gpu,milvus]"' in args for ins, args in dockerfile())
+    install = 'pip install --no-cache-dir ".[server,gpu,milvus]"'
+    assert any(ins == "RUN" and install in args for ins, args in dockerfile())
     exposed = {int(p) for ins, args in dockerfile() if ins == "EXPOSE" for p in args.split()}
     assert {p["containerPort"] for p in container["ports"]} <= exposed
     # the example Secret: API keys that say they must be replaced, with scopes the settings accept
