@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from server.errors import Forbidden, Unauthorized
+from server.errors import Forbidden, ReadOnly, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,20 @@ def presented_key(headers_or_metadata) -> str:
     return auth[7:] if auth.lower().startswith("bearer ") else headers_or_metadata.get("x-api-key", "")
 
 
-def authorize(access: Access, keys: dict[str, list[str]], key: str, what: str) -> None:
-    """Unauthorized (401) or Forbidden (403) unless `key` may make a call that needs `access`."""
+def authorize(access: Access, keys: dict[str, list[str]], key: str, what: str, read_only: bool = False) -> None:
+    """Unauthorized (401) or Forbidden (403) unless `key` may make a call that needs `access`; on a `read_only`
+    replica (settings.read_only) every call that needs the write scope is refused (403 read_only)."""
     if access is UNDECLARED:
         raise Forbidden(f"{what} is not open to clients")
-    if access.scope == PUBLIC or not keys:
-        return
-    if key not in keys:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
-                           "(gRPC: metadata 'authorization' or 'x-api-key')")
-    if access.scope not in keys[key]:
-        raise Forbidden(f"this key lacks the '{access.scope}' scope")
+    if access.scope != PUBLIC and keys:
+        if key not in keys:
+            raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+                               "(gRPC: metadata 'authorization' or 'x-api-key')")
+        if access.scope not in keys[key]:
+            raise Forbidden(f"this key lacks the '{access.scope}' scope")
+    if read_only and access.scope == WRITE:
+        raise ReadOnly("this replica is read-only (settings.read_only): send writes, rebuilds and rollbacks to "
+                       "the writer")
 
 
 def redact(key: str) -> str:

@@ -77,7 +77,8 @@ class FrontDoor:
         limits = self.gw.limits
         admission = contextlib.ExitStack()
         try:
-            authorize(access, self.gw.settings.auth.keys, presented_key(headers), f"{scope['method']} {template}")
+            authorize(access, self.gw.settings.auth.keys, presented_key(headers), f"{scope['method']} {template}",
+                      read_only=self.gw.settings.read_only)
             cap = limits.max_upload_bytes if access.body == "audio" else limits.max_json_bytes
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:

@@ -240,7 +240,8 @@ class _Guard(grpc.ServerInterceptor):
         access = grpc_access(method)
 
         def check():
-            authorize(access, self.gw.settings.auth.keys, presented_key(meta), method)
+            authorize(access, self.gw.settings.auth.keys, presented_key(meta), method,
+                      read_only=self.gw.settings.read_only)
 
         def fail(ctx, e: ServiceError):
             self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)

@@ -221,7 +221,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def start_rebuild(req: m.RebuildBody) -> JSONResponse:
         """Rebuild the index from a folder or manifest in the background; searches use the old version until the
         new one validates, then it swaps (see /v1/index/rollback)."""
-        return answer((await run_in_threadpool(gw.start_rebuild, req.folder, req.manifest, False, req.embeddings)).to_dict(), 202)
+        job = await run_in_threadpool(gw.start_rebuild, req.folder, req.manifest, embeddings=req.embeddings)
+        return answer(job.to_dict(), 202)
 
     @app.get("/v1/index/rebuild/{job_id}", response_model=None,
              responses={**ok(JobOut, 200), **_errors(401, 403, 404)}, tags=["index"])

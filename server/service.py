@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections import OrderedDict
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -26,7 +26,7 @@ from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
 from server.backends import Backend
 from server.admission import Gate, remaining, reset_deadline, set_deadline
 from server.batching import MicroBatcher
-from server.errors import BadRequest, Forbidden, NotFound, ReadOnly, ServiceError
+from server.errors import BadRequest, Forbidden, NotFound, ServiceError
 from server.index import Hit, IndexStore, ItemRecord, SearchFilter
 from server.index.bulk import read_folder
 from server.inputs import check_text, manifest_rows
@@ -353,14 +353,8 @@ class Gateway:
 
     # -- items -----------------------------------------------------------------------------------------------------
 
-    def _writable(self) -> None:
-        if self.settings.read_only:
-            raise ReadOnly("this replica is read-only (settings.read_only): send writes, rebuilds and rollbacks to "
-                           "the writer")
-
     def add_item(self, item_id: str, data: bytes | None = None, path: str | None = None, tags: Sequence[str] = (),
                  caption: str = "", source_uri: str = "", upsert: bool = False) -> ItemRecord:
-        self._writable()
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
         uploaded = path is None
@@ -392,7 +386,6 @@ class Gateway:
         return self.store.get(item_id)
 
     def delete_item(self, item_id: str) -> ItemRecord:
-        self._writable()
         removed = self.store.delete(item_id)
         self.uploads.remove(item_id, removed.content_hash)
         return removed
@@ -417,8 +410,6 @@ class Gateway:
     # -- rebuilds --------------------------------------------------------------------------------------------------
 
     def _rebuild_entries(self, folder: str | None, manifest: str | None, trusted: bool = False) -> list[dict]:
-        if (folder is None) == (manifest is None):
-            raise BadRequest("give exactly one of: folder, manifest, embeddings")
         if folder is not None:
             root = self._check_path(folder, trusted)
             if not root.is_dir():
@@ -444,10 +435,9 @@ class Gateway:
         """From audio (a folder or a manifest, embedded here) or from `embeddings`, a finished embedding job's folder
         (python -m jobs.embed). trusted: the operator's own paths (settings.seed_manifest), exempt from the
         ingest-roots check."""
-        self._writable()
+        if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
+            raise BadRequest("give exactly one of: folder, manifest, embeddings")
         if embeddings is not None:
-            if folder is not None or manifest is not None:
-                raise BadRequest("give exactly one of: folder, manifest, embeddings")
             summary, pairs = read_folder(self._check_path(embeddings, trusted))
             if summary["bundle_id"] != self.manifest.id:
                 raise BadRequest(f"{embeddings} holds embeddings of bundle {summary['bundle_id']!r}; this gateway "
@@ -480,13 +470,11 @@ class Gateway:
         return job.progress()
 
     def cancel_rebuild(self, job_id: str):
-        self._writable()
         progress = self.rebuild_status(job_id)
         self.store.rebuild_job.cancel()
         return progress
 
     def rollback(self):
-        self._writable()
         self.store.rollback()
         return self.store.stats()
 

@@ -44,7 +44,6 @@ class TritonSettings:
     breaker_reset_s: float = 10.0  # open circuit: fail fast this long, then try one call
     model_version: str = ""  # "" = Triton's version policy (latest)
 
-
     def __post_init__(self):
         if self.load_balancing not in ("pick_first", "round_robin"):
             raise ValueError(f"triton.load_balancing must be pick_first or round_robin, got {self.load_balancing!r}")

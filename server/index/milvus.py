@@ -187,7 +187,7 @@ class MilvusIndex:
         name = self.name
         meta, params = self._info(name)
         n = self.live.count()
-        return {"index_type": meta.kind, "index_total": n, "tombstones": 0, "writes_since_snapshot": 0,
+        return {"count": n, "index_type": meta.kind, "index_total": n, "tombstones": 0, "writes_since_snapshot": 0,
                 "needs_compaction": False, "params": params, "gpu": False}
 
     # -- versions --------------------------------------------------------------------------------------------------
@@ -228,8 +228,9 @@ class MilvusIndex:
 
     def compact(self, lock: threading.RLock) -> dict:
         """Milvus compacts segments on its own; this asks for one now (deleted rows are dropped from disk)."""
-        job = self.live.call("compact", self.name)
-        meta, params = self._info(self.name)
+        name = self.name
+        job = self.live.call("compact", name)
+        meta, params = self._info(name)
         return {"tombstones_removed": None, "index_type": meta.kind, "recall": None, "params": params,
                 "milvus_compaction_id": job}
 

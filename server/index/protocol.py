@@ -121,7 +121,7 @@ class VectorIndex(Protocol):
     def count(self) -> int: ...
 
     def stats(self) -> dict:
-        """Engine figures for `IndexStats`: index_type, index_total, tombstones, writes_since_snapshot,
+        """Engine figures for `IndexStats`: count, index_type, index_total, tombstones, writes_since_snapshot,
         needs_compaction, params, gpu."""
 
     def new_version(self, meta: VersionMeta, cfg: AnnConfig) -> Staging: ...

@@ -155,7 +155,7 @@ class IndexStore:
             job = self._job.progress().to_dict() if self._job is not None else None
             return IndexStats(version=index.name, previous_version=index.previous, dim=meta.dim,
                               bundle_id=meta.bundle_id, serving_bundle_id=self.bundle_id, kind=meta.kind,
-                              engine=self.engine, count=index.count(), rebuild=job, **s)
+                              engine=self.engine, rebuild=job, **s)
 
     # -- maintenance -----------------------------------------------------------------------------------------------
 

@@ -239,7 +239,7 @@ class Version:
     def stats(self) -> dict:
         kind = ann.index_type(self.index)
         return {
-            "index_type": kind, "index_total": int(self.index.ntotal),
+            "count": self.count, "index_type": kind, "index_total": int(self.index.ntotal),
             "tombstones": len(self.dead), "writes_since_snapshot": self.writes_since_snapshot,
             "params": ann.params(self.index), "gpu": self.gpu is not None,
             "needs_compaction": len(self.dead) > max(100, self.count // 5)
