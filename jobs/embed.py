@@ -103,7 +103,7 @@ def open_job(out: str | Path, manifest: str | Path | None = None, bundle: str | 
 def make_runtime(bundle: str | Path, backend: str = "onnxruntime", triton_url: str | None = None, threads: int = 0,
                  device: str = "cpu"):
     """The gateway's ModelRuntime over ONNX Runtime in-process, or over Triton (the settings the gateway takes)."""
-    # server.* is imported here, not at the top: merge and iter_pairs need no model, and server.index may import us.
+    # server's model side is imported here, not at the top: merge and iter_pairs need no model.
     from server.runtime import ModelRuntime
     from server.settings import Settings, TritonSettings
 
@@ -125,26 +125,17 @@ def make_runtime(bundle: str | Path, backend: str = "onnxruntime", triton_url: s
 def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tuple[list[dict], np.ndarray]:
     """Records and (n, D) embeddings of `entries`, in their order: decoded and batched as the gateway's rebuild."""
     from server.audio import AudioLimits, decode_audio, read_limited
-    from server.errors import ServiceError
-    from server.service import content_hash, length_batches
+    from server.service import embed_files
     from server.settings import LimitSettings
 
     lim = LimitSettings()
     limits = AudioLimits(max_bytes=lim.max_upload_bytes, max_seconds=lim.max_audio_seconds)
 
-    def decoded():
-        for e in entries:
-            try:
-                with open(e["path"], "rb") as f:
-                    yield e, decode_audio(read_limited(f, lim.max_upload_bytes), runtime.sample_rate, limits)
-            except ServiceError as err:
-                raise ValueError(f"{e['path']}: {err.message}") from None
+    def decode(path: str):
+        with open(path, "rb") as f:
+            return decode_audio(read_limited(f, lim.max_upload_bytes), runtime.sample_rate, limits)
 
-    out: dict[str, tuple[dict, np.ndarray]] = {}
-    for chunk in length_batches(decoded(), lambda ed: len(ed[1].samples), batch_size):
-        for (e, d), emb in zip(chunk, runtime.encode_audio([d.samples for _, d in chunk])):
-            out[e["id"]] = ({"id": e["id"], "source_uri": e["path"], "duration_s": d.duration_s, "tags": e["tags"],
-                             "caption": e["caption"], "content_hash": content_hash(d.samples)}, emb)
+    out = {record["id"]: (record, emb) for record, emb in embed_files(runtime, entries, decode, batch_size)}
     records = [out[e["id"]][0] for e in entries]
     return records, np.stack([out[e["id"]][1] for e in entries]).astype(np.float32)
 

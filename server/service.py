@@ -124,6 +124,24 @@ def content_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
+def embed_files(runtime: ModelRuntime, entries: Iterable[dict], decode: Callable[[str], DecodedAudio],
+                batch: int) -> Iterator[tuple[dict, np.ndarray]]:
+    """(record fields, (D,) embedding) for each {id, path, tags, caption} entry, as a rebuild stores it: each file
+    decoded by `decode(path)`, embedded in batches of similar length (so the order changes). A file that fails to
+    decode raises ValueError naming it. The gateway's rebuild and the embedding job (jobs/embed.py) both use this."""
+    def decoded() -> Iterator[tuple[dict, DecodedAudio]]:
+        for e in entries:
+            try:
+                yield e, decode(e["path"])
+            except ServiceError as err:
+                raise ValueError(f"{e['path']}: {err.message}") from None
+
+    for chunk in length_batches(decoded(), lambda ed: len(ed[1].samples), batch):
+        for (e, d), emb in zip(chunk, runtime.encode_audio([d.samples for _, d in chunk])):
+            yield {"id": e["id"], "source_uri": e["path"], "duration_s": d.duration_s, "tags": list(e.get("tags", ())),
+                   "caption": e.get("caption", ""), "content_hash": content_hash(d.samples)}, emb
+
+
 class Gateway:
     def __init__(self, settings: Settings, backend: Backend | None = None, store: IndexStore | None = None,
                  metrics: Metrics | None = None):
@@ -444,22 +462,11 @@ class Gateway:
                                  f"serves {self.manifest.id!r}: embed the collection with its bundle")
             return self.store.start_rebuild(pairs, int(summary["items"]), bundle_id=self.manifest.id).progress()
         entries = self._rebuild_entries(folder, manifest, trusted)
-        batch = self.settings.batching.max_batch
-
-        def decoded() -> Iterator[tuple[dict, DecodedAudio]]:
-            for e in entries:
-                try:
-                    yield e, self.decode(self._read_path(Path(e["path"])))
-                except ServiceError as err:
-                    raise ValueError(f"{e['path']}: {err.message}") from None
 
         def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
-            for chunk in length_batches(decoded(), lambda ed: len(ed[1].samples), batch):
-                embs = self.runtime.encode_audio([d.samples for _, d in chunk])
-                for (e, d), emb in zip(chunk, embs):
-                    yield (ItemRecord(id=e["id"], source_uri=e["path"], duration_s=d.duration_s,
-                                      tags=tuple(e.get("tags", ())), caption=e.get("caption", ""),
-                                      content_hash=content_hash(d.samples)), emb)
+            decode = lambda path: self.decode(self._read_path(Path(path)))  # noqa: E731
+            for record, emb in embed_files(self.runtime, entries, decode, self.settings.batching.max_batch):
+                yield ItemRecord(**record), emb
 
         return self.store.start_rebuild(pairs, len(entries), bundle_id=self.manifest.id).progress()
 
