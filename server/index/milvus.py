@@ -147,7 +147,9 @@ class MilvusIndex:
         # field type (milvus-lite has none for ARRAY, i.e. tags) scans that field instead.
         for field in ("source_uri", "duration_s", "tags"):
             self._index(name, field, optional=True, index_type="INVERTED")
-        self.live.call("load_collection", name)
+        # Released until sealed (`MilvusStaging._seal`). Milvus leaves a new collection released anyway; milvus-lite
+        # starts it loaded, and would then build segment indexes in a background thread after each flush.
+        self.live.call("release_collection", name)
         return name
 
     def _index(self, collection: str, field: str, optional: bool = False, **spec) -> None:
@@ -289,14 +291,18 @@ class MilvusStaging:
 
     def _seal(self) -> None:
         """Flush, wait for Milvus to index every sealed row, then load: recall is measured on the index that will
-        serve, not on the brute-force scan Milvus uses for rows it has not indexed yet."""
+        serve, not on the brute-force scan Milvus uses for rows it has not indexed yet.
+
+        The collection is loaded here for the first time. milvus-lite builds a loaded collection's segment indexes
+        in a background thread after each flush, and neither `describe_index` nor `load_collection` waits for it:
+        recall would be measured partly on brute force (and tuned too low), and a reload could read a half-written
+        index file. Released until now, the collection gets no background builds; the load builds them all."""
         self.rows.call("flush", self.name)
         deadline = time.monotonic() + INDEX_WAIT_S
         while (pending := self.rows.call("describe_index", self.name, "vec").get("pending_index_rows", 0)) > 0:
             if time.monotonic() > deadline:
                 raise ValueError(f"validation: Milvus still has {pending} rows to index after {INDEX_WAIT_S:.0f} s")
             time.sleep(0.5)
-        self.rows.call("release_collection", self.name)  # milvus-lite builds a segment's index at load, too
         self.rows.call("load_collection", self.name)
 
     def _query_sets(self) -> tuple[list, list]:
