@@ -14,7 +14,7 @@ the manifest's sha256, so shards of another model or manifest are never mixed.
 Each shard is shard-00000.npz: `ids` (n,), `embeddings` (n, D) float32, `records` (n,) JSON strings {id,
 source_uri, duration_s, tags, caption, content_hash} and `worker`, the worker that wrote it. It counts as finished
 when it loads and its ids, records and embeddings all agree with the planned ids. `merge` checks completeness and
-writes complete.json; `iter_pairs` yields (record, embedding) in id order from a complete job.
+writes complete.json; `server.index.bulk.read_folder` reads the finished folder (the gateway's rebuild does).
 """
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ import argparse
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -81,7 +79,7 @@ def _write_shard(f, result: tuple[list[dict], np.ndarray, str]) -> None:
 def open_job(out: str | Path, manifest: str | Path | None = None, bundle: str | Path | None = None,
              shard_size: int = 256, batch_size: int = BATCH, overwrite: bool = False, reset: bool = True,
              readonly: bool = False) -> tuple[js.Job, dict[str, dict]]:
-    """The job in `out` and its entries by id. Without manifest/bundle (merge, iter_pairs) they come from job.json,
+    """The job in `out` and its entries by id. Without manifest/bundle (merge) they come from job.json,
     and the manifest must still hash to the recorded sha256."""
     out = Path(out)
     if manifest is None or bundle is None:
@@ -103,7 +101,7 @@ def open_job(out: str | Path, manifest: str | Path | None = None, bundle: str | 
 def make_runtime(bundle: str | Path, backend: str = "onnxruntime", triton_url: str | None = None, threads: int = 0,
                  device: str = "cpu"):
     """The gateway's ModelRuntime over ONNX Runtime in-process, or over Triton (the settings the gateway takes)."""
-    # server's model side is imported here, not at the top: merge and iter_pairs need no model.
+    # server's model side is imported here, not at the top: merge needs no model.
     from server.runtime import ModelRuntime
     from server.settings import Settings, TritonSettings
 
@@ -154,17 +152,7 @@ def run(manifest, bundle, out, *, shard_size: int = 256, batch_size: int = BATCH
     log.info("embedding", extra={"items": len(entries), "shards": len(job.shards), "out": str(out),
                                  "rank": ident.rank, "world_size": ident.world_size, "local_workers": workers})
     if workers > 1:
-        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked ONNX Runtime thread pools
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        procs = [ctx.Process(target=_local_worker, args=(manifest, bundle, out, kw, Identity(i, workers, i), level),
-                             name=f"embed-worker-{i}") for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        if any(p.exitcode for p in procs):
-            log.warning("local workers failed; what they left is done here",
-                        extra={"exit_codes": {p.name: p.exitcode for p in procs if p.exitcode}})
+        js.run_local_workers(_local_worker, (manifest, bundle, out, kw), workers, "embed-worker")
     summary = _work(job, entries, bundle, kw, ident, wait=ident.rank == 0)
     if ident.rank == 0:
         merge(out)
@@ -205,16 +193,6 @@ def merge(out: str | Path) -> Path:
         f.write(json.dumps({**spec, "shards": [p.name for p in paths], "dim": dim}, indent=1).encode() + b"\n")
 
     return js.merge(job, MERGED, summary)
-
-
-def iter_pairs(out: str | Path) -> Iterator[tuple[dict, np.ndarray]]:
-    """(record, (D,) float32 embedding) for every item of a complete job, in id order (Incomplete otherwise)."""
-    job, _ = open_job(out)
-    for path in js.check_complete(job):
-        with np.load(path, allow_pickle=False) as z:
-            records, emb = z["records"].tolist(), z["embeddings"]
-        for r, e in zip(records, emb):
-            yield json.loads(r), e
 
 
 # --- command line -------------------------------------------------------------------------------------------------

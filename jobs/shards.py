@@ -12,7 +12,8 @@ Workers (`run_worker`) go over the unfinished shards, each starting at an offset
 out: claim (O_CREAT|O_EXCL), compute, write, release. While a shard is worked on, a heartbeat thread touches its
 claim every lease_s/3; a claim untouched for lease_s belongs to a dead worker and is taken over (`_take_over`). A
 claim of a process on this machine that no longer exists is stale at once, so a rerun after a kill resumes without
-waiting out the lease. Finished shards need no claim: the output is the record.
+waiting out the lease. Finished shards need no claim: the output is the record. `run_local_workers` starts several workers
+as processes of this machine (the `--workers N` of a job's command line).
 
 Workers may be processes on one machine or on several nodes sharing the job folder (NFS, Lustre, ...): O_EXCL
 creates and renames are atomic there. Staleness compares claim mtimes with the local clock, so nodes' clocks must
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import threading
@@ -365,6 +367,26 @@ def run_worker(job: Job, process: Callable[[int, list[str]], Any], identity: Ide
         time.sleep(poll)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
+
+
+def run_local_workers(target: Callable, args: tuple, n: int, name: str,
+                      poll: Callable[[], None] | None = None) -> None:
+    """Run `target(*args, Identity(i, n, i), log_level)` in n fresh processes (spawned: no forked thread pools or
+    held locks) and wait for them, calling `poll` about every 0.5 s. A worker that fails is logged; its shards are
+    left to the caller's own pass (a dead process's claims are stale at once on this machine)."""
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    procs = [ctx.Process(target=target, args=(*args, Identity(i, n, i), level), name=f"{name}-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        while p.is_alive():
+            p.join(0.5)
+            if poll:
+                poll()
+    failed = {p.name: p.exitcode for p in procs if p.exitcode}
+    if failed:
+        log.warning("local workers failed; what they left is done here", extra={"exit_codes": failed})
 
 
 def _ledger(job: Job, ident: Identity, summary: Summary) -> None:

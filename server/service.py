@@ -11,9 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import dataclasses
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -115,7 +114,7 @@ def open_store(settings: Settings, dim: int, bundle_id: str) -> IndexStore:
     if settings.index_engine == "milvus":
         milvus = settings.milvus
         if not milvus.uri:
-            milvus = dataclasses.replace(milvus, uri=str(Path(settings.index_dir) / "milvus.db"))
+            milvus = replace(milvus, uri=str(Path(settings.index_dir) / "milvus.db"))
     return IndexStore(settings.index_dir, dim=dim, bundle_id=bundle_id, kind=settings.index_kind, milvus=milvus)
 
 

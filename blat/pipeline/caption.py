@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
@@ -55,11 +54,6 @@ __all__ = ["JOB", "MERGED", "Incomplete", "JobMismatch", "caption_split", "read_
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.jsonl"
-
-
-def shard_ids(ids: list[str], shard_size: int) -> list[list[str]]:
-    """Shards are fixed by the sorted ids, so a rerun recomputes exactly the missing ones."""
-    return js.plan(ids, shard_size)
 
 
 def _decoding(cfg: CaptioningConfig) -> dict:
@@ -245,25 +239,14 @@ def caption_split(scenes_manifest: str | Path, out_dir: str | Path, config: Capt
 
 
 def _run_local_workers(task: _Task, args: tuple, n: int, lease_s: float, progress: bool) -> None:
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools or held locks
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    procs = [ctx.Process(target=_local_worker, args=(*args, Identity(i, n, i), lease_s, level),
-                         name=f"caption-worker-{i}") for i in range(n)]
-    for p in procs:
-        p.start()
     bar = tqdm(total=len(task.job.ids), initial=_rows_present(task.job), desc=f"stage 2: {task.cfg.mode} ({n} workers)",
                unit="clip", disable=not progress)
-    for p in procs:
-        while p.is_alive():
-            p.join(0.5)
-            bar.update(_rows_present(task.job) - bar.n)
+    js.run_local_workers(_local_worker, (*args, lease_s), n, "caption-worker",
+                         poll=lambda: bar.update(_rows_present(task.job) - bar.n))
     bar.close()
-    failed = {p.name: p.exitcode for p in procs if p.exitcode}
-    if failed:
-        log.warning("local workers failed; what they left is done here", extra={"exit_codes": failed})
 
 
-def _local_worker(manifest, out, cfg: CaptioningConfig, checkpoint, limit, ident: Identity, lease_s: float,
+def _local_worker(manifest, out, cfg: CaptioningConfig, checkpoint, limit, lease_s: float, ident: Identity,
                   level: str) -> None:
     """One --workers process: the claim loop, no waiting, no merge (the parent does both)."""
     from contract.logs import setup_logging

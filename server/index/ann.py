@@ -105,17 +105,13 @@ def tune(index: faiss.Index, sets: list[QuerySet], target: float) -> float:
     else:
         return worst_recall(index, sets)
 
-    measured: dict[int, float] = {}
-
     def measure(v: int) -> float:
-        if v not in measured:
-            setattr(inner, name, v)
-            measured[v] = worst_recall(index, sets)
-        return measured[v]
+        setattr(inner, name, v)
+        return worst_recall(index, sets)
 
-    best = tune_param(measure, lo, top, target)
+    best, got = tune_param(measure, lo, top, target)
     setattr(inner, name, best)
-    return measure(best)
+    return got
 
 
 def save(index: faiss.Index, path: Path) -> None:

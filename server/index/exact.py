@@ -81,18 +81,26 @@ def query_sets(sample: Callable[[int, np.random.Generator], np.ndarray],
     return [(q, (scores[a:b], fids[a:b])) for q, a, b in zip(sets, bounds[:-1], bounds[1:])]
 
 
-def tune_param(measure: Callable[[int], float], lo: int, top: int, target: float) -> int:
-    """The smallest value in [lo, top] at which `measure(value)` (a recall, growing nearly monotonically with the
-    value: nprobe, efSearch) reaches `target`: doubling, then bisecting. `top` when the target is out of reach."""
+def tune_param(measure: Callable[[int], float], lo: int, top: int, target: float) -> tuple[int, float]:
+    """(the smallest value in [lo, top] at which `measure(value)` reaches `target`, the recall measured there).
+    `measure` is a recall growing nearly monotonically with the value (nprobe, efSearch); each value is measured
+    once: doubling, then bisecting. `top` when the target is out of reach."""
+    measured: dict[int, float] = {}
+
+    def at(v: int) -> float:
+        if v not in measured:
+            measured[v] = measure(v)
+        return measured[v]
+
     prev, v = lo - 1, lo
-    while measure(v) < target and v < top:
+    while at(v) < target and v < top:
         prev, v = v, min(2 * v, top)
-    if measure(v) < target:
-        return top
+    if at(v) < target:
+        return top, at(top)
     while v - prev > 1:  # the last miss and the first hit: bisect for the smallest hit
         mid = (prev + v) // 2
-        if measure(mid) >= target:
+        if at(mid) >= target:
             v = mid
         else:
             prev = mid
-    return v
+    return v, at(v)

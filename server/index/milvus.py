@@ -276,15 +276,9 @@ class MilvusStaging:
         params = dict(DEFAULT_SEARCH[self.cfg.kind])
         if self.cfg.kind in TUNED:  # the smallest nprobe / ef that reaches the target on tuning's queries
             key, start = TUNED[self.cfg.kind]
-            measured: dict[int, float] = {}
-
-            def measure(v: int) -> float:
-                if v not in measured:
-                    measured[v] = self._recall(sets[0], {**params, key: v})
-                return measured[v]
-
             top = (self.cfg.nlist or 1024) if key == "nprobe" else 1024
-            params[key] = exact.tune_param(measure, start, top, min(1.0, self.cfg.target_recall + TUNE_MARGIN))
+            params[key], _ = exact.tune_param(lambda v: self._recall(sets[0], {**params, key: v}), start, top,
+                                              min(1.0, self.cfg.target_recall + TUNE_MARGIN))
             self.rows.call("alter_collection_properties", self.name, properties={SEARCH: json.dumps(params)})
             self.owner._meta.pop(self.name, None)
         return self._recall(sets[1], params)  # graded on other queries than it was tuned on
@@ -313,7 +307,7 @@ class MilvusStaging:
             ids += chunk_ids
             vecs.append(chunk)
         x = np.concatenate(vecs)  # fine for a test-sized or mid-sized collection; see README for the scale limits
-        self._ids = ids
+        self._position = {item_id: n for n, item_id in enumerate(ids)}  # id -> row of x, the ground truth's fid
         positions = lambda: [(np.arange(len(x), dtype=np.int64), x)]  # noqa: E731
         sample = lambda n, rng: x[rng.choice(len(x), size=min(n, len(x)), replace=False)]  # noqa: E731
         return (exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=0),
@@ -321,7 +315,6 @@ class MilvusStaging:
 
     def _recall(self, sets: list, params: dict) -> float:
         """Worst recall@10 over the query sets, searching the collection with `params`."""
-        where = {i: n for n, i in enumerate(self._ids)}
         worst = 1.0
         for queries, truth in sets:
             hits = self.rows.search(queries, exact.RECALL_K, None, params)
@@ -329,7 +322,7 @@ class MilvusStaging:
             fids = np.full((len(queries), exact.RECALL_K), -1, np.int64)
             for q, row in enumerate(hits):
                 for j, (s, item) in enumerate(row):
-                    scores[q, j], fids[q, j] = s, where[item.id]
+                    scores[q, j], fids[q, j] = s, self._position[item.id]
             worst = min(worst, exact.recall((scores, fids), truth))
         return worst
 

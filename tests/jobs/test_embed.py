@@ -5,6 +5,7 @@ Equality is exact (np.array_equal): every worker runs ONNX Runtime with one thre
 inputs go through the same kernels (seen: bit-identical)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import soundfile as sf
 
 from jobs import embed
 from jobs import shards as js
+from server.index.bulk import read_folder
 from tests.jobs.claims import kill_holding
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +48,11 @@ def collection(tmp_path_factory) -> Path:
 
 
 def result(out: Path) -> tuple[list[dict], np.ndarray]:
-    pairs = list(embed.iter_pairs(out))
-    return [r for r, _ in pairs], np.stack([e for _, e in pairs])
+    """The finished folder as the gateway's rebuild reads it (server.index.bulk): records as dicts (tags a list, as
+    the job wrote them) and embeddings, in id order."""
+    _, pairs = read_folder(out)
+    pairs = list(pairs())
+    return [{**dataclasses.asdict(r), "tags": list(r.tags)} for r, _ in pairs], np.stack([e for _, e in pairs])
 
 
 @pytest.fixture(scope="module")
