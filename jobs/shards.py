@@ -12,8 +12,8 @@ Workers (`run_worker`) go over the unfinished shards, each starting at an offset
 out: claim (O_CREAT|O_EXCL), compute, write, release. While a shard is worked on, a heartbeat thread touches its
 claim every lease_s/3; a claim untouched for lease_s belongs to a dead worker and is taken over (`_take_over`). A
 claim of a process on this machine that no longer exists is stale at once, so a rerun after a kill resumes without
-waiting out the lease. Finished shards need no claim: the output is the record. `run_local_workers` starts several workers
-as processes of this machine (the `--workers N` of a job's command line).
+waiting out the lease. Finished shards need no claim: the output is the record. `run_local_workers` starts
+several workers as processes of this machine (the `--workers N` of a job's command line).
 
 Workers may be processes on one machine or on several nodes sharing the job folder (NFS, Lustre, ...): O_EXCL
 creates and renames are atomic there. Staleness compares claim mtimes with the local clock, so nodes' clocks must
