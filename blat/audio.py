@@ -53,7 +53,7 @@ def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
     fb = np.maximum(0.0, np.minimum(rising, falling))  # (M, F)
     if cfg.mel_norm == "slaney":
         fb *= (2.0 / (upper - lower))  # each filter integrates to the same area
-    else:
+    elif cfg.mel_norm == "l1":
         sums = fb.sum(axis=1, keepdims=True)
         fb = np.divide(fb, sums, out=np.zeros_like(fb), where=sums > 0)  # empty bands stay zero
     return fb.T.astype(np.float32)
@@ -69,10 +69,10 @@ class _Buffers(nn.Module):
 
 
 class LogMelFrontEnd(nn.Module):
-    """(B, N) waveform and (B,) valid lengths -> (B, T, n_mels) log-mel in dB, with T = 1 + N // hop.
+    """(B, N) waveform and (B,) valid lengths -> (B, T, n_mels) log-mel, T = `cfg.num_frames(N)`.
 
-    Frames are centred with reflect padding at *each clip's own* end (not the batch's), so a clip
-    padded into a batch gets exactly the frames it gets alone.
+    Centred frames are padded at *each clip's own* end (not the batch's), so a clip padded into a batch gets exactly
+    the frames it gets alone; uncentred frames see zeros past each clip's end, so the same holds for them.
     """
 
     def __init__(self, cfg: FrontEndConfig):
@@ -87,12 +87,15 @@ class LogMelFrontEnd(nn.Module):
         B, N = waveform.shape
         if lengths is None:
             lengths = torch.full((B,), N, dtype=torch.long, device=waveform.device)
-        pad = cfg.n_fft // 2
+        pad = cfg.n_fft // 2 if cfg.centered else 0
         inside = torch.arange(N, device=waveform.device)[None, :] < lengths[:, None]  # (B, N)
         if cfg.peak_normalize:  # each clip by its own peak, so batching does not change it
             peak = (waveform.abs() * inside).amax(dim=1, keepdim=True)  # (B, 1)
             waveform = waveform / torch.where(peak > 0, peak, torch.ones_like(peak))
-        if cfg.pad_mode == "constant":
+        if not cfg.centered:  # window i starts at sample i * hop: its FFT frame starts (n_fft - win) // 2 earlier
+            left = (cfg.n_fft - cfg.win_length) // 2
+            padded = nn.functional.pad(waveform * inside, (left, cfg.n_fft - cfg.win_length - left))
+        elif cfg.pad_mode == "constant":
             padded = nn.functional.pad(waveform * inside, (pad, pad))  # zeros before and after each clip
         else:
             # Index of every sample of the padded signal, reflected at 0 and at each clip's last sample.
@@ -110,10 +113,16 @@ class LogMelFrontEnd(nn.Module):
         power = spec.real.square() + spec.imag.square()  # (B, F, T)
         if cfg.power_gain != 1.0:
             power = power * cfg.power_gain
+        if cfg.magnitude:
+            power = power.sqrt()
         mel = torch.matmul(power.transpose(1, 2), self.mel_scale.fb)  # (B, T, M)
         if cfg.compression == "log1p":
             return torch.log10(1.0 + cfg.log_gain * mel) / cfg.log_divisor
+        if cfg.compression == "log":
+            return torch.log(mel + cfg.log_offset)
         return 10.0 * torch.log10(mel.clamp(min=cfg.amin))
 
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.centered:
+            return 1 + torch.div(lengths - self.cfg.win_length, self.cfg.hop_length, rounding_mode="floor")
         return 1 + torch.div(lengths, self.cfg.hop_length, rounding_mode="floor")

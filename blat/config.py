@@ -11,15 +11,19 @@ from contract.labels import NUM_AUDIOSET_CLASSES
 from contract.vocab import MAX_CAPTION_TOKENS
 
 
-AUDIO_ARCHS = ("cnn14", "aisfx")  # blat/models/towers.py builds each
+AUDIO_ARCHS = ("cnn14", "aisfx", "yamnet")  # blat/models/towers.py builds each
+PATCH_ARCHS = ("yamnet",)  # towers that run on fixed log-mel patches, one output frame per patch
 
 
 @dataclass(frozen=True)
 class AudioEncoderConfig:
-    """An audio tower: double-conv blocks over a log-mel front end, each block but the last followed by 2x2 pooling.
+    """An audio tower over a log-mel front end.
 
-    `arch` picks the tower: "cnn14" (PANNs / BLAT: BatchNorm over mel bins, average pooling, max + mean over time,
-    fc1 + ReLU) or "aisfx" (Ma & Lerch, ISMIR 2022: max pooling, max over time, no fc; `embed_dim` = last width).
+    `arch` picks the tower: "cnn14" (PANNs / BLAT: double-conv blocks, each but the last followed by 2x2 average
+    pooling, BatchNorm over mel bins, max + mean over time, fc1 + ReLU), "aisfx" (Ma & Lerch, ISMIR 2022: the same
+    blocks with max pooling, max over time, no fc; `embed_dim` = last width) or "yamnet" (Google's MobileNet-v1
+    AudioSet tagger: `channels` are its 14 layer widths, run on `patch_frames`-frame patches every `patch_hop`
+    frames, one output frame per patch, mean over patches).
     """
 
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
@@ -28,16 +32,31 @@ class AudioEncoderConfig:
     dropout: float = 0.2  # after each block (training only)
     arch: str = "cnn14"  # one of AUDIO_ARCHS
     pretrained: str | None = None  # tower weights loaded when it is built: a file or "package:<module>/<path>"
+    patch_frames: int = 0  # patch towers: log-mel frames per patch (0 for the others)
+    patch_hop: int = 0  # patch towers: log-mel frames between patch starts = frames per output frame
+    # A supervised AudioSet head on the tower: a CSV (file or "package:...") with a `mid` column, one row per class in
+    # the head's output order. None: the tower has no head (tagging is zero-shot only).
+    head_classes: str | None = None
 
     def __post_init__(self):
         if self.arch not in AUDIO_ARCHS:
             raise ConfigError(f"audio.arch must be one of {AUDIO_ARCHS}, got {self.arch!r}")
         if not self.channels:
             raise ConfigError("channels must name at least one block")
-        if self.frontend.n_mels % (2 ** self.num_pools):
+        if self.is_patch_tower:
+            if not 0 < self.patch_hop <= self.patch_frames:
+                raise ConfigError(f"{self.arch} needs 0 < patch_hop <= patch_frames, got {self.patch_hop}, "
+                                  f"{self.patch_frames}")
+            if self.frontend.centered:
+                raise ConfigError(f"{self.arch} frames its patches from uncentred frames (frontend.centered=false)")
+        elif self.frontend.n_mels % (2 ** self.num_pools):
             raise ConfigError(f"n_mels={self.frontend.n_mels} must be divisible by 2**{self.num_pools} (one per pooling)")
         if self.arch == "aisfx" and self.embed_dim != self.out_channels:
             raise ConfigError(f"aisfx has no fc: embed_dim must equal the last width {self.out_channels}")
+
+    @property
+    def is_patch_tower(self) -> bool:
+        return self.arch in PATCH_ARCHS
 
     @property
     def num_pools(self) -> int:
@@ -46,7 +65,7 @@ class AudioEncoderConfig:
     @property
     def time_stride(self) -> int:
         """Log-mel frames per output frame."""
-        return 2 ** self.num_pools
+        return self.patch_hop if self.is_patch_tower else 2 ** self.num_pools
 
     @property
     def out_channels(self) -> int:
@@ -56,6 +75,8 @@ class AudioEncoderConfig:
     @property
     def min_samples(self) -> int:
         """Shortest clip that yields one output frame; shorter clips are zero-padded to it."""
+        if self.is_patch_tower:  # one whole patch of uncentred frames
+            return self.frontend.win_length + (self.patch_frames - 1) * self.frontend.hop_length
         return (self.time_stride - 1) * self.frontend.hop_length
 
     @property

@@ -20,17 +20,19 @@ AMIN = 1e-10  # power floor before 10*log10, so silence is -100 dB rather than -
 
 
 MEL_SCALES = ("slaney", "htk")  # slaney: linear below 1 kHz, log above; htk: 2595 * log10(1 + f / 700)
-MEL_NORMS = ("slaney", "l1")  # slaney: every filter has the same area; l1: every filter's weights sum to 1
+MEL_NORMS = ("slaney", "l1", "none")  # slaney: every filter has the same area; l1: weights sum to 1; none: peak 1
 PAD_MODES = ("reflect", "constant")  # centred frames: mirror each clip at its own ends, or zeros
-COMPRESSIONS = ("db", "log1p")  # db: 10 * log10(max(power, amin)); log1p: log10(1 + log_gain * power) / log_divisor
+# db: 10 * log10(max(mel, amin)); log1p: log10(1 + log_gain * mel) / log_divisor; log: ln(mel + log_offset)
+COMPRESSIONS = ("db", "log1p", "log")
 
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """Waveform -> log-mel settings. A periodic Hann window and centred frames.
+    """Waveform -> log-mel settings. A periodic Hann window; centred frames, or frames that start at each hop.
 
-    The defaults are BLAT's (CNN14). Other towers change the mel layout, the compression and the padding; a tower
-    trained at a higher rate can keep its band layout (`f_max` above Nyquist): bands above Nyquist stay empty.
+    The defaults are BLAT's (CNN14). Other towers change the mel layout, the compression, the padding, the framing
+    and magnitude for power; a tower trained at a higher rate can keep its band layout (`f_max` above Nyquist): bands
+    above Nyquist stay empty.
     """
 
     sample_rate: int = SAMPLE_RATE  # Hz; input audio must be resampled to this
@@ -49,6 +51,9 @@ class FrontEndConfig:
     log_divisor: float = 1.0  # log1p only: the result is divided by this
     power_gain: float = 1.0  # power multiplier (a shorter window than the tower was trained with has less energy)
     peak_normalize: bool = False  # divide each clip by its own peak |sample| first (silence is left as is)
+    centered: bool = True  # frame i centred on sample i * hop (padded by pad_mode); False: window starts there, no pad
+    magnitude: bool = False  # mel of |STFT| (after power_gain on the power) instead of |STFT|^2
+    log_offset: float = 1e-3  # log only: ln(mel + log_offset)
 
     def __post_init__(self):
         if not 0 < self.win_length <= self.n_fft:
@@ -61,13 +66,15 @@ class FrontEndConfig:
                               ("compression", COMPRESSIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if min(self.log_gain, self.log_divisor, self.power_gain) <= 0:
-            raise ValueError("log_gain, log_divisor and power_gain must be positive")
+        if min(self.log_gain, self.log_divisor, self.power_gain, self.log_offset) <= 0:
+            raise ValueError("log_gain, log_divisor, power_gain and log_offset must be positive")
 
     @property
     def n_freqs(self) -> int:
         return self.n_fft // 2 + 1
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames that a clip of `num_samples` gives (centred framing)."""
-        return 1 + num_samples // self.hop_length
+        """Frames that a clip of `num_samples` gives."""
+        if self.centered:
+            return 1 + num_samples // self.hop_length
+        return 1 + (num_samples - self.win_length) // self.hop_length if num_samples >= self.win_length else 0

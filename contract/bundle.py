@@ -67,6 +67,15 @@ class LabelSpec:
 
 
 @dataclass(frozen=True)
+class TaggerSpec:
+    """A supervised AudioSet head (graph audio_tagger): per-class probabilities for `labels`, in output order."""
+
+    labels: tuple[str, ...]  # AudioSet display names (a subset of the 527) of the K outputs
+    source: str  # what the head is (network, training data, licence)
+    pooling: str  # how a clip's score comes from its frames
+
+
+@dataclass(frozen=True)
 class CaptionerSpec:
     vocab: str  # vocab.json: a list of tokens, pad/start/end/unk first
     max_tokens: int  # words per caption
@@ -88,6 +97,7 @@ class BundleManifest:
     graphs: dict[str, GraphInfo]
     files: dict[str, str]  # file name -> sha256 hex, for every file but bundle.json
     captioner: CaptionerSpec | None = None
+    tagger: TaggerSpec | None = None  # None: every label is scored zero-shot through the label bank
     source: dict[str, Any] = field(default_factory=dict)  # checkpoints it came from (path, sha256, meta)
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results when known
     format: str = BUNDLE_FORMAT
@@ -134,6 +144,8 @@ def read_bundle(bundle_dir: str | Path, verify: bool = True) -> BundleManifest:
     needed = {g.file for g in manifest.graphs.values()} | {manifest.text.tokenizer, manifest.labels.file}
     if manifest.captioner:
         needed.add(manifest.captioner.vocab)
+    if manifest.tagger and "audio_tagger" not in manifest.graphs:
+        raise BundleError(f"{path}: a tagger is declared but there is no audio_tagger graph")
     unlisted = sorted(needed - set(manifest.files))
     if unlisted:
         raise BundleError(f"{path}: files used but not hashed: {unlisted}")

@@ -12,14 +12,27 @@ NUM_AUDIOSET_CLASSES = 527
 
 
 @lru_cache(maxsize=1)
-def audioset_labels() -> tuple[str, ...]:
-    """Display names, index-aligned with the 527-d tag vector."""
+def _rows() -> tuple[dict[str, str], ...]:
     path = resources.files("contract") / "data" / "audioset" / "class_labels_indices.csv"
     with path.open(newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
-    names = tuple(r["display_name"] for r in rows)
-    assert len(names) == NUM_AUDIOSET_CLASSES, len(names)
-    return names
+        rows = tuple(sorted(csv.DictReader(f), key=lambda r: int(r["index"])))
+    assert len(rows) == NUM_AUDIOSET_CLASSES, len(rows)
+    return rows
+
+
+def audioset_labels() -> tuple[str, ...]:
+    """Display names, index-aligned with the 527-d tag vector."""
+    return tuple(r["display_name"] for r in _rows())
+
+
+def labels_for_mids(mids: Iterable[str]) -> tuple[str, ...]:
+    """AudioSet machine ids ("/m/09x0r") -> display names ("Speech"). An id outside the 527 raises KeyError."""
+    by_mid = {r["mid"]: r["display_name"] for r in _rows()}
+    mids = list(mids)
+    unknown = [m for m in mids if m not in by_mid]
+    if unknown:
+        raise KeyError(f"not AudioSet class ids: {unknown[:5]}")
+    return tuple(by_mid[m] for m in mids)
 
 
 @lru_cache(maxsize=1)

@@ -17,9 +17,11 @@ import torch
 from tqdm import tqdm
 
 from blat.models import DualEncoder, TagGuidedCaptioner
-from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelBank, LabelSpec, TensorInfo,
-                             TextSpec, sha256_file, write_manifest)
-from export.graphs import _WRAPPERS, GRAPH_SPECS, _example_inputs, export_graph
+from contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelBank, LabelSpec, TaggerSpec,
+                             TensorInfo, TextSpec, sha256_file, write_manifest)
+from blat.models.towers import read_head_classes
+from contract.labels import labels_for_mids
+from export.graphs import _WRAPPERS, GRAPH_SPECS, _example_inputs, export_graph, has_tagger
 from export.labels import DEFAULT_PROMPT, build_label_bank
 from export.staging import staged_directory
 
@@ -74,7 +76,7 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
         raise ValueError("the captioner and the dual encoder must share one audio front end (sample rate etc.)")
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     with staged_directory(out_dir, overwrite) as tmp:
-        graphs = ["audio_encoder", "audio_pool", "text_encoder"]
+        graphs = ["audio_encoder", "audio_pool", "text_encoder"] + (["audio_tagger"] if has_tagger(dual) else [])
         owners = {g: dual for g in graphs}
         if captioner is not None:
             graphs += ["captioner_encoder", "captioner_decoder"]
@@ -110,6 +112,7 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
             captioner=None if captioner is None else CaptionerSpec(
                 vocab="vocab.json", max_tokens=captioner.cfg.max_tokens, beam_size=beam_size,
                 use_tags=captioner.cfg.use_tags, n_tags=captioner.cfg.n_tags),
+            tagger=tagger_spec(dual),
             graphs={g: _graph_info(g) for g in graphs},
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
             source=dict(source or {}), metrics={**(metrics or {}), "export_parity_max_abs": parity},
@@ -118,6 +121,15 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
     log.info("bundle written", extra={"bundle": str(out_dir), "id": manifest.id,
                                       "files": len(manifest.files), "label_calibration": method})
     return out_dir
+
+
+def tagger_spec(dual: DualEncoder) -> TaggerSpec | None:
+    """What the bundle says of the audio tower's supervised head, if it has one."""
+    if not has_tagger(dual):
+        return None
+    tower = dual.audio_encoder
+    return TaggerSpec(labels=labels_for_mids(read_head_classes(dual.cfg.audio.head_classes)),
+                      source=tower.head_source, pooling=tower.head_pooling)
 
 
 def checkpoint_source(path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:

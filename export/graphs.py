@@ -56,6 +56,23 @@ class AudioPoolGraph(nn.Module):
         return nn.functional.normalize(self.proj(self.encoder.pool(frames, frame_lengths)), dim=-1, eps=NORM_EPS)
 
 
+class AudioTaggerGraph(nn.Module):
+    """frames (B, T, C), frame_lengths (B,) -> class_probs (B, K): the tower's supervised AudioSet head (towers that
+    carry one), on the same frames the audio encoder returns."""
+
+    def __init__(self, model: DualEncoder):
+        super().__init__()
+        self.encoder = model.audio_encoder
+
+    def forward(self, frames, frame_lengths):
+        return self.encoder.class_probs(frames, frame_lengths)
+
+
+def has_tagger(model: DualEncoder) -> bool:
+    """Whether the dual encoder's audio tower carries a supervised head (exported as the audio_tagger graph)."""
+    return bool(model.cfg.audio.head_classes)
+
+
 class TextEncoderGraph(nn.Module):
     """input_ids, attention_mask (B, L) int64 -> text_embedding (B, D) unit norm."""
 
@@ -98,11 +115,12 @@ def _i(name, *shape):
     return TensorSpec(name, "int64", shape)
 
 
-# graph name -> (inputs, outputs); D embedding dim, C frame channels, d decoder width, V vocabulary
+# graph name -> (inputs, outputs); D embedding dim, C frame channels, K head classes, d decoder width, V vocabulary
 GRAPH_SPECS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "audio_encoder": ((_f("waveform", "B", "N"), _i("lengths", "B")),
                       (_f("audio_embedding", "B", "D"), _f("frames", "B", "T", "C"), _i("frame_lengths", "B"))),
     "audio_pool": ((_f("frames", "B", "T", "C"), _i("frame_lengths", "B")), (_f("audio_embedding", "B", "D"),)),
+    "audio_tagger": ((_f("frames", "B", "T", "C"), _i("frame_lengths", "B")), (_f("class_probs", "B", "K"),)),
     "text_encoder": ((_i("input_ids", "B", "L"), _i("attention_mask", "B", "L")), (_f("text_embedding", "B", "D"),)),
     "captioner_encoder": ((_f("waveform", "B", "N"), _i("lengths", "B"), _f("tags", "B", 527)),
                           (_f("memory", "B", "T", "d"), _i("memory_lengths", "B"), _f("tag_vector", "B", "d"))),
@@ -123,7 +141,7 @@ def _example_inputs(name: str, model: nn.Module) -> tuple[torch.Tensor, ...]:
             return wave, lengths
         tags = (torch.rand(3, 527, generator=g) < 0.01).float()
         return wave, lengths, tags
-    if name == "audio_pool":
+    if name in ("audio_pool", "audio_tagger"):
         c = model.cfg.audio.out_channels
         return torch.randn(3, 11, c, generator=g), torch.tensor([11, 7, 5])
     if name == "text_encoder":
@@ -137,7 +155,8 @@ def _example_inputs(name: str, model: nn.Module) -> tuple[torch.Tensor, ...]:
     raise KeyError(name)
 
 
-_WRAPPERS = {"audio_encoder": AudioEncoderGraph, "audio_pool": AudioPoolGraph, "text_encoder": TextEncoderGraph,
+_WRAPPERS = {"audio_encoder": AudioEncoderGraph, "audio_pool": AudioPoolGraph, "audio_tagger": AudioTaggerGraph,
+             "text_encoder": TextEncoderGraph,
              "captioner_encoder": CaptionerEncoderGraph, "captioner_decoder": CaptionerDecoderGraph}
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"  # committed config.pbtxt.tmpl files
 MODEL_CODE = Path(__file__).resolve().parent / "triton_models"  # model.py sources copied into version dirs
-GRAPHS = ("audio_encoder", "audio_pool", "text_encoder", "captioner_encoder", "captioner_decoder")
+GRAPHS = ("audio_encoder", "audio_pool", "audio_tagger", "text_encoder", "captioner_encoder", "captioner_decoder")
 CAPTIONER = "captioner"
 VERSION_INFO = "version_info.json"
 DYNAMIC_AXES = frozenset("BSNTL")  # batch, steps, samples, frames, tokens; other symbolic axes are model sizes

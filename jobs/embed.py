@@ -124,7 +124,7 @@ def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tupl
     """Records and (n, D) embeddings of `entries`, in their order: decoded and batched as the gateway's rebuild."""
     from server.audio import AudioLimits, decode_audio, read_limited
     from server.service import embed_files
-    from server.settings import LimitSettings
+    from server.settings import LimitSettings, PredictSettings
 
     lim = LimitSettings()
     limits = AudioLimits(max_bytes=lim.max_upload_bytes, max_seconds=lim.max_audio_seconds)
@@ -133,7 +133,8 @@ def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tupl
         with open(path, "rb") as f:
             return decode_audio(read_limited(f, lim.max_upload_bytes), runtime.sample_rate, limits)
 
-    out = {record["id"]: (record, emb) for record, emb in embed_files(runtime, entries, decode, batch_size)}
+    out = {record["id"]: (record, emb) for record, emb in embed_files(runtime, entries, decode, batch_size,
+                                                                      PredictSettings())}
     records = [out[e["id"]][0] for e in entries]
     return records, np.stack([out[e["id"]][1] for e in entries]).astype(np.float32)
 

@@ -19,7 +19,8 @@ from server.admission import THREADS_WITHOUT_MODEL, Gate
 from server.errors import BadRequest, DeadlineExceeded, ServiceError
 from server.index import Hit, ItemRecord, SearchFilter
 from server.index.records import iso_time
-from server.service import Gateway, LabelScore
+from server.service import Gateway
+from server.tagging import LabelScore
 from wire import blat_pb2 as pb
 from wire import blat_pb2_grpc as pb_grpc
 
@@ -43,7 +44,7 @@ def _item(it: ItemRecord) -> pb.Item:
 
 
 def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
-    return [pb.LabelScore(label=t.label, score=t.score) for t in tags]
+    return [pb.LabelScore(label=t.label, score=t.score, scorer=t.scorer) for t in tags]
 
 
 def _job(p) -> pb.Job:
@@ -177,7 +178,8 @@ class BlatServicer(pb_grpc.BlatServicer):
 
     def Caption(self, req, ctx):
         caps = self.gw.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
-        return pb.CaptionResponse(captions=[pb.Caption(text=c.text, log_prob=c.log_prob) for c in caps])
+        return pb.CaptionResponse(captions=[pb.Caption(text=c.text, log_prob=c.log_prob, guide_tags=c.guide_tags,
+                                                       tags_predicted=c.tags_predicted) for c in caps])
 
     def EmbedAudio(self, req, ctx):
         vec = self.gw.embed_audio(req.audio.data)

@@ -156,8 +156,9 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def tag(data: Annotated[bytes, Depends(body)], labels: list[str] = Query([], max_length=lim.max_labels),
                   top_k: int = Query(10, ge=1, le=lim.max_labels), window_s: float = seconds_query(),
                   hop_s: float = seconds_query()) -> JSONResponse:
-        """Zero-shot tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0
-        adds tags per window over time."""
+        """Tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0 adds tags per
+        window over time. Each tag says its `scorer`: the bundle's supervised AudioSet tagger for the classes it was
+        trained on, zero-shot (the label's prompt against the audio embedding) for any other label."""
         clip, windows = await run_in_threadpool(gw.tag, data, labels or None, top_k, window_s, hop_s)
         windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
         return answer({"tags": [vars(t) for t in clip], "windows": windows_json})

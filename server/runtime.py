@@ -44,6 +44,21 @@ class ModelRuntime:
         """-> (B, D) unit-norm audio embeddings."""
         return self.audio_features(waves)[0]
 
+    @property
+    def has_tagger(self) -> bool:
+        return self.manifest.tagger is not None
+
+    def analyze_audio(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """-> embeddings (B, D) and, when the bundle has a supervised tagger, its class probabilities (B, K)."""
+        emb, frames, frame_lengths = self.audio_features(waves)
+        return emb, (self.class_probs(frames, frame_lengths) if self.has_tagger else None)
+
+    def class_probs(self, frames: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
+        """(B, T, C) frames with (B,) valid counts -> (B, K) probabilities of the tagger's labels."""
+        out = self.backend.run("audio_tagger", {"frames": frames.astype(np.float32),
+                                                "frame_lengths": frame_lengths.astype(np.int64)})
+        return out["class_probs"]
+
     def audio_features(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> embeddings (B, D), frames (B, T, C), frame_lengths (B,)."""
         batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)

@@ -98,6 +98,8 @@ class HitsOut(BaseModel):
 class LabelScoreOut(BaseModel):
     label: str
     score: float = Field(description="independent per-label probability")
+    scorer: str = Field(description="'tagger': the bundle's supervised AudioSet head; 'zero_shot': the label's "
+                                    "prompt embedding against the audio embedding, calibrated")
 
 
 class TagWindowOut(BaseModel):
@@ -114,6 +116,8 @@ class TagsOut(BaseModel):
 class CaptionOut(BaseModel):
     text: str
     log_prob: float
+    guide_tags: list[str] = Field(description="the AudioSet tags that guided the captioner: given, or predicted")
+    tags_predicted: bool = Field(description="the guide tags were predicted by the bundle's tagger")
 
 
 class CaptionsOut(BaseModel):

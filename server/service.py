@@ -31,7 +31,8 @@ from server.index.bulk import read_folder
 from server.inputs import check_text, manifest_rows
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
-from server.settings import Settings
+from server.settings import PredictSettings, Settings
+from server.tagging import LabelScore, LabelSet, confident_tags, head_index
 from server.uploads import UploadStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ LABEL_CACHE_SIZE = 4096  # embeddings of custom labels kept (oldest dropped firs
 REBUILD_WINDOW_CLIPS = 256
 REBUILD_WINDOW_SAMPLES = 16_000_000
 T = TypeVar("T")
-LabelBank = tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]  # names, (K, D) embeddings, scale, bias
 
 
 def window_spans(n: int, win: int, hop: int) -> list[tuple[int, int]]:
@@ -80,12 +80,6 @@ def length_batches(items: Iterable[T], length: Callable[[T], int], batch: int, w
 
 
 @dataclass(frozen=True)
-class LabelScore:
-    label: str
-    score: float  # independent per-label probability
-
-
-@dataclass(frozen=True)
 class TagWindow:
     start_s: float
     end_s: float
@@ -96,6 +90,8 @@ class TagWindow:
 class CaptionResult:
     text: str
     log_prob: float
+    guide_tags: list[str]  # the AudioSet tags that guided the captioner: given, or predicted
+    tags_predicted: bool  # the guide tags were predicted by the bundle's tagger (none were given)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -123,11 +119,32 @@ def content_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
+def predicted_fields(runtime: ModelRuntime, probs: np.ndarray | None, predict: PredictSettings | None,
+                     tags: Sequence[str]) -> dict:
+    """Record fields for audio that came without tags: the tagger's confident tags, and their scores under
+    extra["predicted_tags"] (so a reader can tell them from given tags). Nothing when tags were given, the bundle
+    has no tagger, or prediction is off."""
+    if tags or probs is None or predict is None or not predict.tags:
+        return {}
+    found = confident_tags(runtime.manifest.tagger.labels, probs, predict.tag_threshold, predict.max_tags)
+    return {"tags": list(found), "extra": {"predicted_tags": found}} if found else {}
+
+
+def guided_captions(runtime: ModelRuntime, waves: Sequence[np.ndarray], tags: Sequence[Sequence[str]],
+                    predict: PredictSettings) -> list[str]:
+    """One best caption per clip, each guided by its first `predict.caption_tags` tags (BLAT's captioner)."""
+    spec = runtime.manifest.captioner
+    multi_hot = np.stack([tags_to_multi_hot(list(t)[: predict.caption_tags]) for t in tags])
+    options = DecodingOptions(beam_size=spec.beam_size, max_tokens=spec.max_tokens)
+    return [hyps[0][0] if hyps else "" for hyps in runtime.captions(list(waves), multi_hot, options)]
+
+
 def embed_files(runtime: ModelRuntime, entries: Iterable[dict], decode: Callable[[str], DecodedAudio],
-                batch: int) -> Iterator[tuple[dict, np.ndarray]]:
+                batch: int, predict: PredictSettings | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """(record fields, (D,) embedding) for each {id, path, tags, caption} entry, as a rebuild stores it: each file
-    decoded by `decode(path)`, embedded in batches of similar length (so the order changes). A file that fails to
-    decode raises ValueError naming it. The gateway's rebuild and the embedding job (jobs/embed.py) both use this."""
+    decoded by `decode(path)`, embedded in batches of similar length (so the order changes). With `predict`, an
+    entry without tags gets predicted ones (and, with predict.captions, a caption guided by them). A file that fails
+    to decode raises ValueError naming it. The gateway's rebuild and the embedding job (jobs/embed.py) use this."""
     def decoded() -> Iterator[tuple[dict, DecodedAudio]]:
         for e in entries:
             try:
@@ -136,9 +153,22 @@ def embed_files(runtime: ModelRuntime, entries: Iterable[dict], decode: Callable
                 raise ValueError(f"{e['path']}: {err.message}") from None
 
     for chunk in length_batches(decoded(), lambda ed: len(ed[1].samples), batch):
-        for (e, d), emb in zip(chunk, runtime.encode_audio([d.samples for _, d in chunk])):
-            yield {"id": e["id"], "source_uri": e["path"], "duration_s": d.duration_s, "tags": list(e.get("tags", ())),
-                   "caption": e.get("caption", ""), "content_hash": content_hash(d.samples)}, emb
+        embeddings, probs = runtime.analyze_audio([d.samples for _, d in chunk])
+        records = []
+        for i, (e, d) in enumerate(chunk):
+            records.append({"id": e["id"], "source_uri": e["path"], "duration_s": d.duration_s,
+                            "tags": list(e.get("tags", ())), "caption": e.get("caption", ""),
+                            "content_hash": content_hash(d.samples),
+                            **predicted_fields(runtime, None if probs is None else probs[i], predict, e.get("tags"))})
+        todo = [i for i, r in enumerate(records) if predict and predict.captions and runtime.manifest.captioner
+                and not r["caption"] and "predicted_tags" in r.get("extra", {})]
+        if todo:
+            texts = guided_captions(runtime, [chunk[i][1].samples for i in todo], [records[i]["tags"] for i in todo],
+                                    predict)
+            for i, text in zip(todo, texts):
+                records[i]["caption"] = text
+                records[i]["extra"]["predicted_caption"] = True
+        yield from zip(records, embeddings)
 
 
 class Gateway:
@@ -159,7 +189,7 @@ class Gateway:
         batcher = lambda name, fn: MicroBatcher(name, fn, b.max_batch, b.max_wait_ms / 1000, items,  # noqa: E731
                                                 on_batch=self.metrics.observe_batch)
         self.gates = {"audio": Gate("audio", b.max_queue), "text": Gate("text", b.max_queue)}
-        self.audio_batcher = batcher("audio_embed", lambda waves: list(self.runtime.encode_audio(waves)))
+        self.audio_batcher = batcher("audio_embed", self._analyze_batch)
         self.text_batcher = batcher("text_embed", lambda texts: list(self.runtime.encode_text(texts)))
         self.caption_batcher = batcher("caption", self._caption_batch)
         self.metrics.bind(self)
@@ -217,8 +247,16 @@ class Gateway:
 
     # -- embeddings --------------------------------------------------------------------------------------------------
 
-    def embed_waveform(self, samples: np.ndarray) -> np.ndarray:
+    def _analyze_batch(self, waves: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        emb, probs = self.runtime.analyze_audio(waves)
+        return [(e, None if probs is None else probs[i]) for i, e in enumerate(emb)]
+
+    def analyze_waveform(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """-> the (D,) embedding and the tagger's (H,) class probabilities (None when the bundle has no tagger)."""
         return self.audio_batcher.submit(samples, self.timeout)
+
+    def embed_waveform(self, samples: np.ndarray) -> np.ndarray:
+        return self.analyze_waveform(samples)[0]
 
     def embed_audio(self, data: bytes) -> np.ndarray:
         """Encoded audio bytes -> (D,) unit-norm embedding."""
@@ -250,11 +288,13 @@ class Gateway:
 
     # -- tagging ---------------------------------------------------------------------------------------------------
 
-    def _labels(self, labels: Sequence[str] | None) -> LabelBank:
-        """(names, (K, D) embeddings, scale, bias). Unknown labels get the bank's mean calibration."""
+    def _labels(self, labels: Sequence[str] | None) -> LabelSet:
+        """The labels to score: the bank's (the 527 AudioSet labels) by default. A label the tagger knows is scored
+        by it; a label the bank lacks is embedded through the prompt and gets the bank's mean calibration."""
         bank = self.runtime.labels
+        tagger = self.manifest.tagger.labels if self.manifest.tagger else None
         if not labels:
-            return bank.names, bank.embeddings, bank.scale, bank.bias
+            return LabelSet(bank.names, bank.embeddings, bank.scale, bank.bias, head_index(bank.names, tagger))
         if len(labels) > self.limits.max_labels:
             raise BadRequest(f"at most {self.limits.max_labels} labels, got {len(labels)}")
         index = {n.lower(): i for i, n in enumerate(bank.names)}
@@ -284,16 +324,8 @@ class Gateway:
             bias.append(b)
         while len(self._label_cache) > LABEL_CACHE_SIZE:
             self._label_cache.popitem(last=False)
-        return tuple(names), np.stack(embs), np.array(scale, np.float32), np.array(bias, np.float32)
-
-    @staticmethod
-    def _top(names, probs: np.ndarray, top_k: int) -> tuple[LabelScore, ...]:
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        return tuple(LabelScore(names[i], float(probs[i])) for i in order)
-
-    @staticmethod
-    def _probs(emb: np.ndarray, label_embs, scale, bias) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-((emb @ label_embs.T) * scale + bias)))
+        return LabelSet(tuple(names), np.stack(embs), np.array(scale, np.float32), np.array(bias, np.float32),
+                        head_index(tuple(names), tagger))
 
     def check_windows(self, window_s: float, hop_s: float) -> tuple[int, int]:
         """Window and hop in seconds (hop 0 = the window) -> in samples; the same limits on both faces."""
@@ -305,23 +337,28 @@ class Gateway:
         rate = self.runtime.sample_rate
         return round(window_s * rate), round(hop_s * rate)
 
-    def label_bank(self, labels: Sequence[str] | None = None) -> LabelBank:
+    def label_bank(self, labels: Sequence[str] | None = None) -> LabelSet:
         """The labels to score (the 527 AudioSet labels by default), resolved once per request or stream."""
         return self._labels(labels)
 
-    def tag_windows(self, samples: np.ndarray, win: int, hop: int, bank: LabelBank, top_k: int = 10,
+    @staticmethod
+    def _score(outputs: Sequence[tuple[np.ndarray, np.ndarray | None]], labels: LabelSet) -> np.ndarray:
+        """Clips' (embedding, class probabilities) -> (B, K) scores of `labels`."""
+        probs = [p for _, p in outputs]
+        return labels.scores(np.stack([e for e, _ in outputs]), None if probs[0] is None else np.stack(probs))
+
+    def tag_windows(self, samples: np.ndarray, win: int, hop: int, labels: LabelSet, top_k: int = 10,
                     offset: int = 0) -> tuple[TagWindow, ...]:
-        """Tags per window of `samples`, each window embedded as a clip of its own (the windows of one clip share
+        """Tags per window of `samples`, each window analysed as a clip of its own (the windows of one clip share
         batches). The one scoring path of windowed tagging: /v1/tag with window_s and the StreamTag RPC."""
         spans = window_spans(len(samples), win, hop)
         if len(spans) > MAX_WINDOWS or sum(b - a for a, b in spans) > MAX_WINDOWED_AUDIO * len(samples) + win:
             raise BadRequest(f"{len(spans)} windows of {win / self.runtime.sample_rate:g} s; at most {MAX_WINDOWS}, "
                              f"covering at most {MAX_WINDOWED_AUDIO}x the clip (use a larger hop_s)")
-        names, embs, scale, bias = bank
         futures = [self.audio_batcher.submit_future(samples[a:b], self.timeout) for a, b in spans]
-        probs = self._probs(np.stack([f.result(timeout=self.timeout) for f in futures]), embs, scale, bias)
+        probs = self._score([f.result(timeout=self.timeout) for f in futures], labels)
         rate = self.runtime.sample_rate
-        return tuple(TagWindow((offset + a) / rate, (offset + b) / rate, self._top(names, p, top_k))
+        return tuple(TagWindow((offset + a) / rate, (offset + b) / rate, labels.top(p, top_k))
                      for (a, b), p in zip(spans, probs))
 
     def tag(self, data: bytes, labels: Sequence[str] | None = None, top_k: int = 10, window_s: float = 0.0,
@@ -330,14 +367,16 @@ class Gateway:
         if not isinstance(top_k, int) or top_k < 1:
             raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
         spans = self.check_windows(window_s, hop_s) if (window_s or hop_s) else None
-        bank = names, embs, scale, bias = self._labels(labels)
+        label_set = self._labels(labels)
         audio = self.decode(data)
-        clip = self._top(names, self._probs(self.embed_waveform(audio.samples), embs, scale, bias), top_k)
-        return clip, (self.tag_windows(audio.samples, *spans, bank, top_k) if spans else ())
+        clip = label_set.top(self._score([self.analyze_waveform(audio.samples)], label_set)[0], top_k)
+        return clip, (self.tag_windows(audio.samples, *spans, label_set, top_k) if spans else ())
 
     # -- captioning ------------------------------------------------------------------------------------------------
 
     def caption(self, data: bytes, tags: Sequence[str] = (), n_best: int = 1, beam_size: int = 0) -> list[CaptionResult]:
+        """Captions guided by `tags`; without tags, by the clip's confident predicted tags (bundles with a tagger;
+        settings.predict.caption_tags of them), else unguided. Each answer names the tags that guided it."""
         spec = self.manifest.captioner
         if spec is None:
             raise NotFound(f"bundle {self.manifest.id} has no captioner")
@@ -351,9 +390,16 @@ class Gateway:
         except KeyError as e:
             raise BadRequest(f"unknown AudioSet tag(s): {e.args[0]}") from None
         audio = self.decode(data)
+        guide, predicted = list(tags), False
+        p = self.settings.predict
+        if not tags and spec.use_tags and self.runtime.has_tagger and p.caption_tags:
+            probs = self.analyze_waveform(audio.samples)[1]
+            guide = list(confident_tags(self.manifest.tagger.labels, probs, p.tag_threshold, p.caption_tags))
+            predicted = bool(guide)
+            multi_hot = tags_to_multi_hot(guide) if guide else None
         options = DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best)
         hyps = self.caption_batcher.submit((audio.samples, multi_hot, options), self.timeout)
-        return [CaptionResult(text, log_prob) for text, log_prob in hyps]
+        return [CaptionResult(text, log_prob, guide, predicted) for text, log_prob in hyps]
 
     def _caption_batch(self, jobs: Sequence[tuple[np.ndarray, np.ndarray | None, DecodingOptions]]) -> list:
         """Clips that share decoding options are captioned in one beam search; no tags = an all-zero tag vector."""
@@ -372,6 +418,8 @@ class Gateway:
 
     def add_item(self, item_id: str, data: bytes | None = None, path: str | None = None, tags: Sequence[str] = (),
                  caption: str = "", source_uri: str = "", upsert: bool = False) -> ItemRecord:
+        """Store one item. Without tags it gets the tagger's predicted ones (settings.predict), marked in
+        extra["predicted_tags"] with their scores; with predict.captions and no caption, a caption guided by them."""
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
         uploaded = path is None
@@ -381,7 +429,17 @@ class Gateway:
         audio = self.decode(data)
         record = ItemRecord(id=item_id, source_uri=source_uri, duration_s=audio.duration_s, tags=tuple(tags),
                             caption=caption, content_hash=content_hash(audio.samples))
-        embedding = self.embed_waveform(audio.samples)
+        embedding, probs = self.analyze_waveform(audio.samples)
+        predicted = predicted_fields(self.runtime, probs, self.settings.predict, record.tags)
+        if predicted:
+            extra = dict(predicted["extra"])
+            if self.settings.predict.captions and not caption and self.manifest.captioner:
+                options = DecodingOptions(beam_size=self.manifest.captioner.beam_size,
+                                          max_tokens=self.manifest.captioner.max_tokens)
+                guide = tags_to_multi_hot(predicted["tags"][: self.settings.predict.caption_tags])
+                caption = self.caption_batcher.submit((audio.samples, guide, options), self.timeout)[0][0]
+                extra["predicted_caption"] = True
+            record = replace(record, tags=tuple(predicted["tags"]), caption=caption, extra=extra)
         replaced = self._existing(item_id) if upsert else None
         if not uploaded:  # its audio stays where it is (played back from source_uri while inside the roots)
             stored = self.store.add(record, embedding, upsert=upsert)
@@ -464,7 +522,8 @@ class Gateway:
 
         def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
             decode = lambda path: self.decode(self._read_path(Path(path)))  # noqa: E731
-            for record, emb in embed_files(self.runtime, entries, decode, self.settings.batching.max_batch):
+            for record, emb in embed_files(self.runtime, entries, decode, self.settings.batching.max_batch,
+                                           self.settings.predict):
                 yield ItemRecord(**record), emb
 
         return self.store.start_rebuild(pairs, len(entries), bundle_id=self.manifest.id).progress()

@@ -81,6 +81,22 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class PredictSettings:
+    """What the gateway predicts for audio that arrives without tags, with bundles whose audio tower carries a
+    supervised tagger (BLAT's bootstrapping applied to the user's own audio)."""
+
+    tags: bool = True  # items added or rebuilt without tags get the tagger's confident tags, marked as predicted
+    tag_threshold: float = 0.2  # least probability of a predicted tag
+    max_tags: int = 5  # predicted tags per item (best first)
+    captions: bool = False  # items added or rebuilt without a caption get one, guided by their predicted tags
+    caption_tags: int = 3  # predicted tags that guide a caption (of those above tag_threshold)
+
+    def __post_init__(self):
+        if not 0 < self.tag_threshold < 1 or self.max_tags < 1 or self.caption_tags < 0:
+            raise ValueError("predict: need 0 < tag_threshold < 1, max_tags >= 1, caption_tags >= 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     bundle: str = "bundles/default"  # model bundle directory (bundle.json inside)
     backend: str = "onnxruntime"  # "onnxruntime" (in-process) or "triton"
@@ -101,6 +117,7 @@ class Settings:
     triton: TritonSettings = field(default_factory=TritonSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    predict: PredictSettings = field(default_factory=PredictSettings)
 
     def __post_init__(self):
         if self.backend not in ("onnxruntime", "triton"):

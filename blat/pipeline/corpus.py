@@ -7,12 +7,16 @@ mono 32 kHz 16-bit FLAC clips plus a JSON Lines manifest and each package's copy
     <out>/audio/<id>.flac   <out>/manifest.jsonl   <out>/licenses/<package>/copyright   <out>/build_report.json
 
 Or the same from your own folder of audio and a CSV of tags/captions. Run `python -m blat.pipeline.corpus -h`.
+
+Besides sound effects the corpus holds speech and human sounds (game voice lines, alsa-utils' spoken channel names),
+music (game soundtracks cut into up to `EXCERPTS_PER_TRACK` excerpts of `EXCERPT_SECONDS`, tagged
+"Music; Video game music" and more only where a name says it) and single instrument notes rendered from a Debian
+General-MIDI SoundFont (`blat.pipeline.instruments`). `blat.pipeline.families` groups the tags into families.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -23,7 +27,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from math import gcd
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from blat.pipeline import sources
+from blat.pipeline.families import MUSIC, family
 from blat.pipeline.sources import Member, SourceError
 from blat.pipeline.tags import TagTable, TagTableError, load_tag_table, parse_tags
 from contract.audio import SAMPLE_RATE
@@ -45,6 +50,9 @@ SILENCE_DBFS = -60.0  # a clip whose peak is below this is treated as silent and
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)  # 0.001 of full scale
 DEFAULT_CACHE = Path("~/.cache/blat/corpus")  # or $BLAT_CACHE / --cache
 UNASSIGNED = "unassigned"  # split, until a later stage assigns them by source recording
+EXCERPT_SECONDS = 10.0  # music tracks longer than EXCERPT_MIN_TRACK are cut into excerpts of this length ...
+EXCERPTS_PER_TRACK = 3  # ... at most this many, spread evenly over the track (they share one recording group)
+EXCERPT_MIN_TRACK = 32.0  # shorter music is kept whole (up to MAX_SECONDS), like every other sound
 
 
 @dataclass
@@ -99,11 +107,25 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     return wave, sr
 
 
+def load_member(member: Member) -> tuple[np.ndarray, int]:
+    """A member's audio: decoded from its bytes (cut to its excerpt window) or rendered from its SoundFont."""
+    if member.note is not None:
+        from blat.pipeline.instruments import render_note
+
+        bank, program, key, velocity = member.note
+        return render_note(member.file, bank, program, key, velocity, SAMPLE_RATE), SAMPLE_RATE
+    wave, sr = decode(sources.read_member(member))
+    if member.window is not None:
+        start, length = member.window
+        wave = wave[int(round(start * sr)): int(round((start + length) * sr))]
+    return wave, sr
+
+
 def _process(job: tuple[Member, str, float]) -> tuple[str, float]:
     """Worker: decode, downmix, resample and write one clip. Returns (outcome, seconds)."""
     member, out, min_seconds = job
     try:
-        wave = to_mono(*decode(sources.read_member(member)))
+        wave = to_mono(*load_member(member))
     except Exception as e:  # a file libsndfile cannot read is skipped, not fatal
         return f"failed: {type(e).__name__}: {e}", 0.0
     seconds = len(wave) / SAMPLE_RATE
@@ -270,22 +292,51 @@ def _scan_package(package: str, cache: Path, out: Path, table: TagTable,
     st.files, items = len(members), []
     for m in members:
         rule = table.match(package, m.path)
-        if rule is None:
+        if rule is None and m.tags:  # a SoundFont note: labelled by data/gm_instruments.csv unless a rule says else
+            tags, hint = m.tags, f"a {m.path.split('/')[-2][4:]} note"
+        elif rule is None:
             st.unmatched += 1
             st.unmatched_paths.append(m.path)
             continue
-        if rule.excludes:
+        elif rule.excludes:
             st.excluded += 1
             continue
+        else:
+            tags, hint = rule.tags, rule.caption_hint
         st.tagged += 1
         licence = m.credit or sources.licence_for(copyright_text, m.origin, spec.licence)
-        items.append((m, ManifestRow(
-            id=ids[m.path], audio=f"audio/{ids[m.path]}.flac", duration=0.0, tags=list(rule.tags),
-            captions=[m.caption] if m.caption else [], caption_hint=rule.caption_hint, split=UNASSIGNED,
-            package=package, path=m.origin, source=recording_group(package, m.origin, m.group), licence=licence)))
+        row = ManifestRow(
+            id=ids[m.path], audio=f"audio/{ids[m.path]}.flac", duration=0.0, tags=list(tags),
+            captions=[m.caption] if m.caption else [], caption_hint=hint, split=UNASSIGNED,
+            package=package, path=m.origin, source=recording_group(package, m.origin, m.group), licence=licence)
+        items += excerpts(m, row) if "Music" in tags and family(tags) == MUSIC else [(m, row)]
     log.info("package scanned", extra={"package": package, "files": st.files, "tagged": st.tagged,
                                        "excluded": st.excluded, "unmatched": st.unmatched})
     return items
+
+
+def excerpts(member: Member, row: ManifestRow) -> list[tuple[Member, ManifestRow]]:
+    """A music track longer than EXCERPT_MIN_TRACK -> up to EXCERPTS_PER_TRACK excerpts of EXCERPT_SECONDS, evenly
+    spread between 5 s after its start and its end; ids get "-at-<start>s", paths "#t=<start>,<end>" (a media
+    fragment), and all excerpts keep the track's recording group. Shorter (or unreadable) tracks stay one clip."""
+    try:
+        info = sf.info(io.BytesIO(sources.read_member(member)))
+        seconds = info.frames / info.samplerate
+    except Exception:  # decoding will report it
+        return [(member, row)]
+    if seconds < EXCERPT_MIN_TRACK:
+        return [(member, row)]
+    first, last = min(5.0, seconds - EXCERPT_SECONDS), seconds - EXCERPT_SECONDS - 1.0
+    count = max(1, min(EXCERPTS_PER_TRACK, int((last - first) // EXCERPT_SECONDS) + 1))
+    starts = [first + (last - first) * i / max(count - 1, 1) for i in range(count)] if count > 1 else [first]
+    out = []
+    for start in starts:
+        start = float(int(start))
+        cut_id = f"{row.id}-at-{int(start)}s"
+        out.append((replace(member, window=(start, EXCERPT_SECONDS)),
+                    replace(row, id=cut_id, audio=f"audio/{cut_id}.flac",
+                            path=f"{row.path}#t={int(start)},{int(start + EXCERPT_SECONDS)}")))
+    return out
 
 
 def _drop_duplicates(items: list[tuple[Member, ManifestRow]],
@@ -293,7 +344,7 @@ def _drop_duplicates(items: list[tuple[Member, ManifestRow]],
     """Keep the first of byte-identical files: a copy under another name would leak across splits."""
     seen, kept = set(), []
     for member, row in tqdm(items, desc="hashing", unit="file"):
-        digest = hashlib.sha1(sources.read_member(member)).digest()
+        digest = sources.member_digest(member)
         if digest in seen:
             stats[member.package].duplicates += 1
         else:

@@ -1,5 +1,6 @@
 """Where corpus audio comes from: Debian packages fetched with `apt-get download`, unpacked with `dpkg-deb -x`
-(never installed), and the containers inside them (zip/pk3 archives, OpenTTD's `opensfx.cat` sound catalogue).
+(never installed), and the containers inside them (zip/pk3 archives, OpenTTD's `opensfx.cat` sound catalogue), plus
+General-MIDI SoundFonts whose instruments are rendered note by note (`blat.pipeline.instruments`).
 
 Each sound is a `Member`: a picklable pointer (file on disk, optional zip entry or byte span) that a worker
 process can read without sharing open handles.
@@ -7,6 +8,7 @@ process can read without sharing open handles.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import re
@@ -33,6 +35,7 @@ class PackageSpec:
     root: str  # folder inside the package holding its sounds; tag-rule patterns and clip ids are relative to it
     note: str = ""  # what is in it, for --help
     licence: str = "see copyright"  # for files its copyright file does not name (or is not machine-readable)
+    plan: str = ""  # SoundFont packages: which notes to render (a key of instruments.PLANS); "" = audio files
 
 
 PACKAGES = {p.name: p for p in [
@@ -78,18 +81,29 @@ PACKAGES = {p.name: p for p in [
     PackageSpec("torcs-data", "usr/share/games/torcs/data/sound",
                 "333 MB .deb: one engine recording per car model, crashes, skids", "GPL-2+"),
     PackageSpec("scratch", "usr/share/scratch",
-                "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, coughs, sneezes (the rest is music)",
+                "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, human sounds, music loops, instruments",
                 "CC-BY-SA-3.0"),
+    PackageSpec("alsa-utils", "usr/share/sounds/alsa", "1 MB .deb: a woman speaking the names of speaker channels"),
+    PackageSpec("fluid-soundfont-gm", "usr/share/sounds/sf2",
+                "120 MB .deb: FluidR3 General-MIDI SoundFont, ~580 notes of 87 instruments and 34 drums rendered",
+                "MIT", plan="full"),
+    PackageSpec("timgm6mb-soundfont", "usr/share/sounds/sf2",
+                "5 MB .deb: TimGM6mb General-MIDI SoundFont, one note of each of 56 instrument classes rendered",
+                "GPL-2", plan="small"),
 ]}
 _CI = ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop")
 SIZES = {
     "ci": _CI,
     # The gateway's default index: ~1,000 real recordings of 100+ AudioSet classes for 450 MB of downloads.
-    "seed": _CI + ("scorched3d-data", "btanks-data", "scratch", "openarena-data", "lincity-ng-data", "megaglest-data"),
+    # Plus speech (megaglest unit voices, alsa-utils), music (megaglest and scorched3d soundtracks, scratch loops) and
+    # one rendered note per instrument class (timgm6mb-soundfont, 5 MB).
+    "seed": _CI + ("scorched3d-data", "btanks-data", "scratch", "openarena-data", "lincity-ng-data", "megaglest-data",
+                   "alsa-utils", "timgm6mb-soundfont"),
     "demo": _CI + ("0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game",
                    "widelands-data", "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data",
                    "supertuxkart-data", "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data",
-                   "nexuiz-data", "berusky2-data", "btanks-data", "torcs-data", "scratch"),
+                   "nexuiz-data", "berusky2-data", "btanks-data", "torcs-data", "scratch", "alsa-utils",
+                   "fluid-soundfont-gm"),
 }
 
 
@@ -110,6 +124,9 @@ class Member:
     caption: str | None = None  # a human description shipped with the sound
     credit: str | None = None  # author/licence line shipped with the sound
     group: str | None = None  # recording identity when the path does not give it (catalogue entries)
+    note: tuple[int, int, int, int] | None = None  # SoundFont notes: (bank, program, key, velocity) to render from file
+    tags: tuple[str, ...] = ()  # AudioSet tags the source itself gives (SoundFont notes); the tag table may override
+    window: tuple[float, float] | None = None  # an excerpt: (start, length) in seconds of the decoded recording
 
 
 # --- apt-get download + dpkg-deb -x ----------------------------------------------------------------------------
@@ -245,11 +262,31 @@ def _zip_members(package: str, file: Path, rel: str, origin: str) -> list[Member
     return [Member(package, f"{rel}/{n}", str(file), f"{origin}!{n}", inner=n) for n in sorted(names)]
 
 
+def _soundfont_members(spec: PackageSpec, root: Path, tree: Path) -> list[Member]:
+    """One member per note of the package's plan, for each .sf2 under the root: "<file>.sf2/program/040 Violin/G4 v112"."""
+    from blat.pipeline import instruments
+
+    members = []
+    for file in sorted(root.rglob("*.sf2")):
+        if file.is_symlink():
+            continue
+        rel, origin = file.relative_to(root).as_posix(), file.relative_to(tree).as_posix()
+        for n in instruments.plan_notes(spec.plan):
+            where = f"{rel}/{n.path}"
+            members.append(Member(spec.name, where, str(file), f"{origin}!{n.path}",
+                                  caption=None, group=f"{rel}/{n.path.rsplit('/', 1)[0]}",
+                                  note=(n.entry.bank, n.program, n.key, n.velocity), tags=n.entry.tags))
+    return members
+
+
 def list_members(spec: PackageSpec, tree: Path) -> list[Member]:
-    """Every sound under the package root: plain audio files, audio inside zips, and catalogue entries."""
+    """Every sound under the package root: plain audio files, audio inside zips, and catalogue entries (or, for a
+    SoundFont package, the notes of its plan)."""
     root = tree / spec.root
     if not root.is_dir():
         raise SourceError(f"{spec.name}: expected sounds under {spec.root}, which the unpacked package lacks")
+    if spec.plan:
+        return _soundfont_members(spec, root, tree)
     members = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -265,6 +302,18 @@ def list_members(spec: PackageSpec, tree: Path) -> list[Member]:
             elif low.endswith(CATALOGUE_EXTENSIONS):
                 members += _cat_members(spec.name, file, rel, origin)
     return members
+
+
+def member_digest(m: Member) -> bytes:
+    """Identity of a member's audio for de-duplication: its bytes (plus the excerpt window), or for a rendered note
+    the SoundFont file and the note (hashing a 148 MB SoundFont per note would be slow and say nothing)."""
+    if m.note is not None:
+        st = os.stat(m.file)
+        return hashlib.sha1(f"{os.path.basename(m.file)}:{st.st_size}:{m.note}".encode()).digest()
+    h = hashlib.sha1(read_member(m))
+    if m.window is not None:
+        h.update(repr(m.window).encode())
+    return h.digest()
 
 
 def read_member(m: Member) -> bytes:

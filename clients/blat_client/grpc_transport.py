@@ -37,7 +37,7 @@ def search_result(r: pb.SearchResponse) -> SearchResult:
 
 
 def scores(rows) -> list[LabelScore]:
-    return [LabelScore(t.label, t.score) for t in rows]
+    return [LabelScore(t.label, t.score, t.scorer) for t in rows]
 
 
 def window(w: pb.TagWindow) -> TagWindow:
@@ -175,7 +175,8 @@ class GrpcTransport:
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> GrpcCall:
         req = pb.CaptionRequest(audio=pb.Audio(data=read_audio(audio)), tags=list(tags_), n_best=n_best,
                                 beam_size=beam_size)
-        return GrpcCall("Caption", req, lambda r: [Caption(c.text, c.log_prob) for c in r.captions])
+        return GrpcCall("Caption", req, lambda r: [Caption(c.text, c.log_prob, list(c.guide_tags), c.tags_predicted)
+                                                            for c in r.captions])
 
     def embed_audio(self, audio: Audio) -> GrpcCall:
         return GrpcCall("EmbedAudio", pb.EmbedAudioRequest(audio=pb.Audio(data=read_audio(audio))),

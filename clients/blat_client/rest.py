@@ -43,7 +43,7 @@ def search_result(d: Mapping[str, Any]) -> SearchResult:
 
 
 def scores(rows) -> list[LabelScore]:
-    return [LabelScore(r["label"], f32(r["score"])) for r in rows]
+    return [LabelScore(r["label"], f32(r["score"]), r.get("scorer", "")) for r in rows]
 
 
 def tags(d: Mapping[str, Any]) -> Tags:
@@ -147,7 +147,8 @@ class RestTransport:
 
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> RestCall:
         return self._upload("/v1/caption", audio, {"tags": list(tags_), "n_best": n_best, "beam_size": beam_size},
-                            lambda d: [Caption(c["text"], f32(c["log_prob"])) for c in d["captions"]])
+                            lambda d: [Caption(c["text"], f32(c["log_prob"]), list(c.get("guide_tags", [])),
+                                                   bool(c.get("tags_predicted", False))) for c in d["captions"]])
 
     def embed_audio(self, audio: Audio) -> RestCall:
         return self._upload("/v1/embed/audio", audio, {}, lambda d: [float(x) for x in d["embedding"]])

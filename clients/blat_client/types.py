@@ -49,6 +49,7 @@ class SearchResult(_Value):
 class LabelScore(_Value):
     label: str
     score: float  # independent per-label probability-like score in [0, 1]
+    scorer: str = ""  # "tagger" (the bundle's supervised AudioSet head) or "zero_shot" (prompt embedding)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Tags(_Value):
 class Caption(_Value):
     text: str
     log_prob: float  # the beam's total log-probability
+    guide_tags: list[str] = field(default_factory=list)  # the AudioSet tags that guided it: given, or predicted
+    tags_predicted: bool = False  # the guide tags were predicted by the bundle's tagger (none were given)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The contract between that job and the gateway (jobs/embed.py writes it, this module reads it):
 
     <folder>/complete.json     {"bundle_id", "items", "dim", "shards": ["shard-00000.npz", ...], ...}, written last
-    <folder>/shard-NNNNN.npz   records: JSON strings {id, source_uri, duration_s, tags, caption, content_hash}
+    <folder>/shard-NNNNN.npz   records: JSON strings {id, source_uri, duration_s, tags, caption, content_hash,
+                               extra} (extra: predicted tags' scores, when tags were predicted)
                                embeddings: float32 (n, D), row i belonging to records[i]
 
 `complete.json` exists only once a merge found every shard whole, so a folder without it is refused.
@@ -20,7 +21,7 @@ from server.errors import BadRequest
 from server.index.records import ItemRecord
 
 COMPLETE = "complete.json"
-RECORD_FIELDS = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash")
+RECORD_FIELDS = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash", "extra")
 
 
 def read_folder(folder: str | Path) -> tuple[dict, Callable[[], Iterator[tuple[ItemRecord, np.ndarray]]]]:

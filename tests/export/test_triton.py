@@ -16,13 +16,14 @@ from contract.beam import DecodingOptions, beam_search
 from contract.bundle import read_bundle, sha256_file
 from contract.vocab import Vocabulary
 from export import triton
-from export.triton import (CAPTIONER, GRAPHS, RepositoryError, TritonSettings, TritonStartError, TritonUnavailable,
+from export.triton import (CAPTIONER, GRAPHS as ALL_GRAPHS, RepositoryError, TritonSettings, TritonStartError, TritonUnavailable,
                            launch_cpu_server, read_repository, write_repository)
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 ATOL = 1e-5  # Triton vs in-process ONNX Runtime on the same graphs
+GRAPHS = tuple(g for g in ALL_GRAPHS if g != "audio_tagger")  # the tiny bundle's tower has no supervised head
 DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
 
@@ -59,6 +60,15 @@ def onnx_sizes(bundle):
 
 
 # ------------------------------------------------------------------------------------------------------- writer
+
+def test_a_tagger_bundle_gets_the_audio_tagger_model(yamnet_bundle, tmp_path):
+    repo = write_repository(yamnet_bundle, tmp_path / "repo")
+    assert sorted(p.name for p in repo.iterdir()) == sorted([*ALL_GRAPHS, CAPTIONER])
+    config = parse(repo, "audio_tagger")
+    assert [o.name for o in config.output] == ["class_probs"] and list(config.output[0].dims) == [521]
+    assert [i.name for i in config.input] == ["frames", "frame_lengths"]
+    assert list(config.input[0].dims) == [-1, 1024]
+
 
 def test_gpu_flavour_configs(tiny_bundle, tmp_path):
     repo = write_repository(tiny_bundle, tmp_path / "repo", tensorrt=True, max_batch_size=16, max_queue_delay_us=500)

@@ -97,12 +97,14 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., bundle: _Optional[str] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
-    __slots__ = ("label", "score")
+    __slots__ = ("label", "score", "scorer")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    scorer: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scorer: _Optional[str] = ...) -> None: ...
 
 class TagRequest(_message.Message):
     __slots__ = ("audio", "labels", "top_k", "window_s", "hop_s")
@@ -173,12 +175,16 @@ class CaptionRequest(_message.Message):
     def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., n_best: _Optional[int] = ..., beam_size: _Optional[int] = ...) -> None: ...
 
 class Caption(_message.Message):
-    __slots__ = ("text", "log_prob")
+    __slots__ = ("text", "log_prob", "guide_tags", "tags_predicted")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    GUIDE_TAGS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_PREDICTED_FIELD_NUMBER: _ClassVar[int]
     text: str
     log_prob: float
-    def __init__(self, text: _Optional[str] = ..., log_prob: _Optional[float] = ...) -> None: ...
+    guide_tags: _containers.RepeatedScalarFieldContainer[str]
+    tags_predicted: bool
+    def __init__(self, text: _Optional[str] = ..., log_prob: _Optional[float] = ..., guide_tags: _Optional[_Iterable[str]] = ..., tags_predicted: bool = ...) -> None: ...
 
 class CaptionResponse(_message.Message):
     __slots__ = ("captions",)

@@ -19,17 +19,28 @@ def test_committed_table_loads_and_every_tag_is_an_audioset_class():
         assert rule.package == "*" or rule.package in sources.PACKAGES, f"line {rule.line}: unknown package"
 
 
-def test_committed_table_excludes_speech_and_music():
+def test_committed_table_tags_real_voices_and_music_and_excludes_the_doubtful():
     table = load_tag_table()
-    forbidden = {"Speech", "Music", "Singing", "Male speech, man speaking", "Female speech, woman speaking"}
-    assert not table.tags_used() & forbidden
-    # voices and music are matched by exclusion rows (empty tags), not left to chance
-    for package, path in [("ufoai-sound", "0snd.pk3/sound/soldiers/malehurt01.ogg"),
-                          ("0ad-data", "public.zip/audio/voice/greek/civ/civ_male_attack.ogg"),
-                          ("0ad-data", "public.zip/audio/music/gaia/Peaceful_Island.ogg"),
-                          ("sound-theme-freedesktop", "audio-channel-front-left.oga")]:
+    tagged = {
+        ("ufoai-sound", "0snd.pk3/sound/civilians/civfemscream01a.ogg"): "Screaming",
+        ("0ad-data", "public.zip/audio/voice/greek/civ/civ_male_attack_1.ogg"): "Male speech, man speaking",
+        ("0ad-data", "public.zip/audio/music/Peaceful_Island.ogg"): "Video game music",
+        ("sound-theme-freedesktop", "audio-channel-front-left.oga"): "Speech",
+        ("scratch", "Media/Sounds/Human/Laugh-male1.wav"): "Laughter",
+        ("scratch", "Media/Sounds/Instruments/Trumpet1.wav"): "Trumpet",
+        ("alsa-utils", "Front_Left.wav"): "Female speech, woman speaking",
+    }
+    for (package, path), tag in tagged.items():
+        rule = table.match(package, path)
+        assert rule is not None and tag in rule.tags, (package, path)
+    # fictional creature voices, interface stingers and most synthetic voices stay out
+    for package, path in [("ufoai-sound", "0snd.pk3/sound/aliens/ortnok/die1.ogg"),
+                          ("openarena-data", "missionpack/mp-pak0.pk3/sound/voices/festivoxmale/jerk.ogg"),
+                          ("hedgewars-data", "voices/Robot/Hello.ogg")]:
         rule = table.match(package, path)
         assert rule is not None and rule.excludes, (package, path)
+    synthetic = table.match("openarena-data", "missionpack/mp-pak0.pk3/sound/voices/festivoxmale/yes.ogg")
+    assert "Speech synthesizer" in synthetic.tags  # synthetic speech can be counted apart
 
 
 @pytest.mark.parametrize("package,path,expected", [
