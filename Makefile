@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml clients/pyproject.toml Makefile
 # on first use while the index's seed corpus (about 1,000 real recordings from small Debian packages, 450 MB of
 # downloads, cached) is built; then the gateway on 127.0.0.1 answers at once and seeds its index in the background.
 # A second `make run` reuses the bundle, the corpus and the index and starts in seconds.
-RELEASE ?= releases/blat-demo/1
+RELEASE ?= releases/blat-demo/2
 DEFAULT := runs/default
 BUNDLE := $(DEFAULT)/bundle
 SEED := $(DEFAULT)/seed
@@ -51,7 +51,7 @@ RECIPE ?= demo
 SEEDS ?= 0,1,2
 train: $(STAMP)
 	$(PY) -m blat.pipeline.run --recipe $(RECIPE) --out runs/$(RECIPE) --seeds $(SEEDS)
-	$(PY) -m export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --overwrite \
+	$(PY) -m export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --version $(notdir $(RELEASE)) --overwrite \
 	    --command "make train RECIPE=$(RECIPE) SEEDS=$(SEEDS)"
 
 # The long reliability runs (bench/soak.py): sustained load, 3x overload, Triton killed under load, kill -9 during
