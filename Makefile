@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXTRAS := model,export,server,milvus,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run train test soak venv clean browser
+.PHONY: run train test soak venv clean browser eval-families
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml clients/pyproject.toml Makefile
@@ -48,11 +48,23 @@ run: $(STAMP)
 # ~5.6 GB of downloads; ci is the small set the tests run) over three seeds, then the release it writes to
 # $(RELEASE), to commit. Every stage skips what is already built.
 RECIPE ?= demo
+comma := ,
 SEEDS ?= 0,1,2
 train: $(STAMP)
 	$(PY) -m blat.pipeline.run --recipe $(RECIPE) --out runs/$(RECIPE) --seeds $(SEEDS)
 	$(PY) -m export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --version $(notdir $(RELEASE)) --overwrite \
 	    --command "make train RECIPE=$(RECIPE) SEEDS=$(SEEDS)"
+
+# Evaluation by sound family (bench/eval_families.py) of the run behind RELEASE, over its seeds, beside the previous
+# release blat-demo/1: needs `make train` first (runs/$(RECIPE)). Output committed: bench/results/eval_families.json.
+FAMILY_BUNDLES := runs/$(RECIPE)/seed-bundles
+eval-families: $(STAMP)
+	$(PY) bench/seed_bundles.py --run runs/$(RECIPE) --seeds $(SEEDS) --out $(FAMILY_BUNDLES) --version $(notdir $(RELEASE))
+	@test -f $(FAMILY_BUNDLES)/previous/bundle.json || \
+	  $(PY) -m export bundle --release releases/blat-demo/1 --out $(FAMILY_BUNDLES)/previous --overwrite
+	$(PY) bench/eval_families.py --manifest runs/$(RECIPE)/scenes/manifest.jsonl --out bench/results/eval_families.json \
+	  --bundle $(foreach s,$(subst $(comma), ,$(SEEDS)),blat-$(RECIPE)/$(notdir $(RELEASE)).$(s)=$(FAMILY_BUNDLES)/bundle-$(s)) \
+	  blat-demo/1=$(FAMILY_BUNDLES)/previous
 
 # The long reliability runs (bench/soak.py): sustained load, 3x overload, Triton killed under load, kill -9 during
 # writes and rebuilds, on the default bundle (exported from the release first if missing). Figures: BENCHMARKS.md.

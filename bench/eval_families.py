@@ -1,8 +1,11 @@
 """Evaluation by sound family of served bundles (ONNX Runtime, the gateway's own scoring; no torch), on held-out
 single events: what `/v1/tag` and `/v1/caption` give a user, per family (blat/pipeline/families.py).
 
-    .venv/bin/python bench/eval_families.py --bundle new=runs/default/bundle old=runs/v1/bundle \
+    make eval-families    # seed bundles of runs/demo (bench/seed_bundles.py), blat-demo/1, then this script:
+    .venv/bin/python bench/eval_families.py --bundle new.0=B0 new.1=B1 new.2=B2 old=B \
         --manifest runs/demo/scenes/manifest.jsonl --out bench/results/eval_families.json
+
+Bundles named NAME.SEED are one model over seeds: the summary gives their mean, min and max per figure.
 
 Per bundle and family:
 - tag top-1 / top-5: the best label, or any of the best 5, of the 527 AudioSet labels is the clip's class (its first
@@ -34,7 +37,6 @@ from contract.labels import audioset_labels, tags_to_multi_hot  # noqa: E402
 from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
 from server.runtime import ModelRuntime  # noqa: E402
 from server.settings import PredictSettings  # noqa: E402
-from server.tagging import LabelSet, confident_tags, head_index  # noqa: E402
 
 # Words that name no sound source: left out when matching a caption against a class's name and phrases.
 FILLER = set("a an the of and or is are in on at to by with from for its his her their some someone something sound "
@@ -55,9 +57,7 @@ def names_class(caption: str, words: set[str]) -> bool:
 
 def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: dict, batch: int = 16) -> dict:
     runtime = ModelRuntime(bundle, OnnxRuntimeBackend(bundle, threads=2))
-    bank, tagger = runtime.labels, runtime.manifest.tagger
-    labels = LabelSet(bank.names, bank.embeddings, bank.scale, bank.bias,
-                      head_index(bank.names, tagger.labels if tagger else None))
+    bank, tagger, labels = runtime.labels, runtime.manifest.tagger, runtime.default_labels
     emb, probs = [], []
     for i in range(0, len(waves), batch):
         e, p = runtime.analyze_audio(waves[i:i + batch])
@@ -69,7 +69,11 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
     index = {n: i for i, n in enumerate(bank.names)}
     primary = [{index[r["tags"][0]]} for r in rows]
     anytag = [{index[t] for t in r["tags"] if t in index} for r in rows]
-    head = np.where(labels.head_index[None, :] >= 0, scores, -1.0) if tagger else None
+    head = None
+    if tagger:  # the supervised head alone: its own probabilities, other labels ranked last
+        head = np.full_like(scores, -1.0)
+        known = labels.head_index >= 0
+        head[:, known] = probs[:, labels.head_index[known]]
     classes = sorted({r["tags"][0] for r in rows})
     cosine = emb @ bank.embeddings[[index[c] for c in classes]].T
     zero_shot = np.argmax(cosine, axis=1) == np.array([classes.index(r["tags"][0]) for r in rows])
@@ -80,9 +84,10 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
         options = DecodingOptions(beam_size=spec.beam_size, max_tokens=spec.max_tokens)
         for i in range(0, len(waves), batch):
             guide = None
-            if tagger and spec.use_tags:
-                guide = np.stack([tags_to_multi_hot(confident_tags(tagger.labels, p, predict.tag_threshold,
-                                                                   predict.caption_tags)) for p in probs[i:i + batch]])
+            if tagger and spec.use_tags:  # as /v1/caption without tags: the clip's predicted tags
+                guide = np.stack([tags_to_multi_hot(runtime.predicted_tags(e, p, predict.tag_threshold,
+                                                                           predict.caption_tags))
+                                  for e, p in zip(emb[i:i + batch], probs[i:i + batch])])
             captions += [h[0][0] for h in runtime.captions(waves[i:i + batch], guide, options)]
     fams = [family(r["tags"]) for r in rows]
     out = {}
@@ -105,6 +110,24 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
     return {"bundle": runtime.manifest.id, "path": str(bundle), "classes": len(classes), "families": out,
             "examples": [{"id": rows[i]["id"], "tags": rows[i]["tags"], "caption": captions[i] if captions else ""}
                          for i in range(0, len(rows), max(1, len(rows) // 12))]}
+
+
+def over_seeds(results: dict, keys: tuple[str, ...]) -> dict:
+    """{NAME: {family: {key: {mean, min, max, n}}}} over the bundles named NAME or NAME.SEED."""
+    groups = defaultdict(list)
+    for name, res in results.items():
+        groups[name.rsplit(".", 1)[0] if "." in name else name].append(res["families"])
+    out = {}
+    for name, runs in groups.items():
+        out[name] = {}
+        for fam in runs[0]:
+            out[name][fam] = {}
+            for k in keys:
+                vals = [r[fam][k] for r in runs if fam in r and k in r[fam]]
+                if vals:
+                    out[name][fam][k] = {"mean": float(np.mean(vals)), "min": float(min(vals)),
+                                         "max": float(max(vals)), "n": len(vals)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         for fam, m in res["families"].items():
             print(f"{name:10s} {fam:18s} " + " ".join(f"{m[k]:19.3f}" if k in m else f"{'-':>19s}" for k in keys))
+    summary = over_seeds(results, keys)
+    print("\nover seeds (mean [min, max]):")
+    for name, fams in summary.items():
+        for fam, m in fams.items():
+            print(f"{name:10s} {fam:18s} " + " ".join(
+                f"{m[k]['mean']:.3f} [{m[k]['min']:.3f},{m[k]['max']:.3f}]" if k in m else f"{'-':>19s}" for k in keys))
     if args.out:
         args.out.write_text(json.dumps({"command": "python bench/eval_families.py " + " ".join(argv or sys.argv[1:]),
-                                        "results": results}, indent=1) + "\n")
+                                        "summary": summary, "results": results}, indent=1) + "\n")
     return 0
 
 

@@ -73,6 +73,9 @@ class TaggerSpec:
     labels: tuple[str, ...]  # AudioSet display names (a subset of the 527) of the K outputs
     source: str  # what the head is (network, training data, licence)
     pooling: str  # how a clip's score comes from its frames
+    # Share of the zero-shot score in the labels the head knows: p = (1 - w) * head + w * zero-shot (0: the head
+    # alone). The release chooses it (release.json `tagger_zero_shot_weight`); /v1/tag names the mix `tagger+zero_shot`.
+    zero_shot_weight: float = 0.0
 
 
 @dataclass(frozen=True)

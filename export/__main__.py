@@ -105,7 +105,8 @@ def _bundle_from_release(args) -> int:
     out = write_bundle(args.out, dual, captioner, name=release.name, version=release.version,
                        prompt=release.label_prompt, label_bank=(bank, release.label_calibration),
                        source={"release": str(args.release), "release_id": release.id, "command": release.command},
-                       beam_size=args.beam_size, metrics=release.metrics, overwrite=args.overwrite)
+                       beam_size=args.beam_size, metrics=release.metrics,
+                       tagger_zero_shot_weight=release.tagger_zero_shot_weight, overwrite=args.overwrite)
     print(out)
     if args.triton:
         args.bundle = out
@@ -143,7 +144,8 @@ def cmd_release(args) -> int:
                variant: model_metrics["evaluation"]}
     out = write_release(args.out, dual, captioner, bank, name=args.name, version=args.version, command=args.command,
                         recipe=report["recipe"], seeds=tuple(report.get("seeds") or ()), label_prompt=args.prompt,
-                        label_calibration=method, model_card=card, metrics=metrics, overwrite=args.overwrite)
+                        label_calibration=method, model_card=card, metrics=metrics,
+                        tagger_zero_shot_weight=args.tagger_zero_shot_weight, overwrite=args.overwrite)
     print(out)
     return 0
 
@@ -204,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--command", default="make train RECIPE=demo", help="the command that reproduces it, recorded")
     s.add_argument("--prompt", default="this is a sound of {label}")
     s.add_argument("--calibration-splits", default="captioned", help="splits of the run's scenes for calibration")
+    s.add_argument("--tagger-zero-shot-weight", type=float, default=0.5,
+                   help="towers with a supervised AudioSet head: share of the zero-shot score mixed into the head's "
+                        "labels by /v1/tag (0: the head alone). 0.5 for blat-demo/2: see README, Results by family")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_release)
 

@@ -63,11 +63,13 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
                  name: str = "blat", version: str | None = None, prompt: str = DEFAULT_PROMPT,
                  source: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                  calibration: tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None] | None = None,
-                 label_bank: tuple[LabelBank, str] | None = None, beam_size: int = 3, overwrite: bool = False) -> Path:
+                 label_bank: tuple[LabelBank, str] | None = None, beam_size: int = 3,
+                 tagger_zero_shot_weight: float = 0.0, overwrite: bool = False) -> Path:
     """Export `dual` (+ `captioner`) into the bundle directory `out_dir`; returns it.
 
     calibration: (waveforms (M, N), lengths (M,) or None, 0/1 targets (M, 527) or None) reference clips.
     label_bank: (bank, calibration method) fitted already (a release's); its text embeddings must be `dual`'s.
+    tagger_zero_shot_weight: share of the zero-shot score mixed into the supervised head's labels (TaggerSpec).
     """
     out_dir = Path(out_dir)
     dual, captioner = dual.eval(), captioner.eval() if captioner is not None else None
@@ -112,7 +114,7 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
             captioner=None if captioner is None else CaptionerSpec(
                 vocab="vocab.json", max_tokens=captioner.cfg.max_tokens, beam_size=beam_size,
                 use_tags=captioner.cfg.use_tags, n_tags=captioner.cfg.n_tags),
-            tagger=tagger_spec(dual),
+            tagger=tagger_spec(dual, tagger_zero_shot_weight),
             graphs={g: _graph_info(g) for g in graphs},
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
             source=dict(source or {}), metrics={**(metrics or {}), "export_parity_max_abs": parity},
@@ -123,13 +125,15 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
     return out_dir
 
 
-def tagger_spec(dual: DualEncoder) -> TaggerSpec | None:
+def tagger_spec(dual: DualEncoder, zero_shot_weight: float = 0.0) -> TaggerSpec | None:
     """What the bundle says of the audio tower's supervised head, if it has one."""
     if not has_tagger(dual):
         return None
+    if not 0.0 <= zero_shot_weight <= 1.0:
+        raise ValueError(f"tagger_zero_shot_weight must lie in [0, 1], got {zero_shot_weight}")
     tower = dual.audio_encoder
     return TaggerSpec(labels=labels_for_mids(read_head_classes(dual.cfg.audio.head_classes)),
-                      source=tower.head_source, pooling=tower.head_pooling)
+                      source=tower.head_source, pooling=tower.head_pooling, zero_shot_weight=zero_shot_weight)
 
 
 def checkpoint_source(path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from blat.models import DualEncoder, TagGuidedCaptioner, build_model, get_model_
 from blat.models.text import PACKAGE_PREFIX, resolve_path
 from contract.bundle import LabelBank, sha256_file, verify_files
 from contract.config import from_dict, to_dict
+from export.graphs import has_tagger
 from export.staging import staged_directory
 
 RELEASE_FORMAT = "blat-release"
@@ -59,6 +60,7 @@ class ReleaseManifest:
     files: dict[str, str]  # name -> sha256, every file but release.json
     packages: tuple[PackageSource, ...] = ()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tagger_zero_shot_weight: float = 0.0  # the bundle's TaggerSpec.zero_shot_weight (towers with a supervised head)
     format: str = RELEASE_FORMAT
     format_version: int = RELEASE_FORMAT_VERSION
 
@@ -127,7 +129,7 @@ def _save(model, path: Path, meta: dict) -> list[str]:
 def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCaptioner, bank: LabelBank, *,
                   name: str, version: str, command: str, recipe: str, seeds: tuple[int, ...], label_prompt: str,
                   label_calibration: str, model_card: str, metrics: dict[str, Any] | None = None,
-                  overwrite: bool = False) -> Path:
+                  tagger_zero_shot_weight: float = 0.0, overwrite: bool = False) -> Path:
     """Write the release atomically (a temporary sibling renamed into place); returns its directory."""
     out_dir = Path(out_dir)
     with staged_directory(out_dir, overwrite) as tmp:
@@ -140,7 +142,8 @@ def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCa
             name=name, version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command=command,
             recipe=recipe, seeds=tuple(seeds), label_prompt=label_prompt, label_calibration=label_calibration,
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            packages=tuple(package_source(s) for s in omitted), metrics=dict(metrics or {}))
+            packages=tuple(package_source(s) for s in omitted), metrics=dict(metrics or {}),
+            tagger_zero_shot_weight=tagger_zero_shot_weight if has_tagger(dual) else 0.0)
         (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")
     return out_dir
 

@@ -158,7 +158,8 @@ def create_app(gateway: Gateway) -> FastAPI:
                   hop_s: float = seconds_query()) -> JSONResponse:
         """Tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0 adds tags per
         window over time. Each tag says its `scorer`: the bundle's supervised AudioSet tagger for the classes it was
-        trained on, zero-shot (the label's prompt against the audio embedding) for any other label."""
+        trained on (`tagger+zero_shot` where the bundle mixes in the zero-shot score), zero-shot (the label's prompt
+        against the audio embedding) for any other label."""
         clip, windows = await run_in_threadpool(gw.tag, data, labels or None, top_k, window_s, hop_s)
         windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
         return answer({"tags": [vars(t) for t in clip], "windows": windows_json})

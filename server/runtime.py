@@ -15,6 +15,7 @@ from contract.beam import DecodingOptions, Hypothesis, beam_search
 from contract.bundle import LabelBank
 from contract.vocab import Vocabulary
 from server.backends import Backend
+from server.tagging import LabelSet, confident_tags, head_index
 
 
 def pad_batch(waves: Sequence[np.ndarray], min_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +35,11 @@ class ModelRuntime:
         self.tokenizer.enable_truncation(max_length=m.text.max_tokens)
         self.tokenizer.enable_padding(pad_id=m.text.pad_id)
         self.labels = LabelBank.load(self.bundle_dir / m.labels.file)
+        tagger = m.tagger
+        # The 527 labels as /v1/tag scores them by default: the tagger's (mixed as the bundle says) and zero-shot.
+        self.default_labels = LabelSet(self.labels.names, self.labels.embeddings, self.labels.scale, self.labels.bias,
+                                       head_index(self.labels.names, tagger.labels if tagger else None),
+                                       tagger.zero_shot_weight if tagger else 0.0)
         self.vocab = Vocabulary.from_json((self.bundle_dir / m.captioner.vocab).read_text()) if m.captioner else None
 
     @property
@@ -52,6 +58,15 @@ class ModelRuntime:
         """-> embeddings (B, D) and, when the bundle has a supervised tagger, its class probabilities (B, K)."""
         emb, frames, frame_lengths = self.audio_features(waves)
         return emb, (self.class_probs(frames, frame_lengths) if self.has_tagger else None)
+
+    def predicted_tags(self, embedding: np.ndarray, probs: np.ndarray | None, threshold: float,
+                       limit: int) -> dict[str, float]:
+        """One clip's confident tags, as /v1/tag ranks the 527 labels by default (at most `limit` scoring at least
+        `threshold`, best first). Empty without a tagger: a bundle without one predicts no tags."""
+        if probs is None:
+            return {}
+        scores = self.default_labels.scores(embedding[None, :], probs[None, :])[0]
+        return confident_tags(self.default_labels.names, scores, threshold, limit)
 
     def class_probs(self, frames: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
         """(B, T, C) frames with (B,) valid counts -> (B, K) probabilities of the tagger's labels."""

@@ -98,8 +98,10 @@ class HitsOut(BaseModel):
 class LabelScoreOut(BaseModel):
     label: str
     score: float = Field(description="independent per-label probability")
-    scorer: str = Field(description="'tagger': the bundle's supervised AudioSet head; 'zero_shot': the label's "
-                                    "prompt embedding against the audio embedding, calibrated")
+    scorer: str = Field(description="'tagger': the bundle's supervised AudioSet head; 'tagger+zero_shot': the "
+                                    "head's probability mixed with the zero-shot one (bundle.json "
+                                    "tagger.zero_shot_weight); 'zero_shot': the label's prompt embedding against the "
+                                    "audio embedding, calibrated")
 
 
 class TagWindowOut(BaseModel):

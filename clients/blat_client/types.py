@@ -49,7 +49,7 @@ class SearchResult(_Value):
 class LabelScore(_Value):
     label: str
     score: float  # independent per-label probability-like score in [0, 1]
-    scorer: str = ""  # "tagger" (the bundle's supervised AudioSet head) or "zero_shot" (prompt embedding)
+    scorer: str = ""  # "tagger" (supervised AudioSet head), "tagger+zero_shot" (the two mixed), "zero_shot" (prompt)
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,40 @@ def test_caption_without_tags_is_guided_by_predicted_tags(gateway, phone):
     assert cap["guide_tags"] == [t["label"] for t in tagged if t["score"] >= 0.2][:3]
     given = httpx.post(f"{gateway.http_url}/v1/caption", params={"tags": "Rain"}, content=phone, timeout=60).json()
     assert given["captions"][0]["guide_tags"] == ["Rain"] and given["captions"][0]["tags_predicted"] is False
+
+
+@pytest.fixture(scope="module")
+def mixing_gateway(yamnet_bundle, tmp_path_factory):
+    """The same bundle, its bundle.json saying that the tagger's labels mix in the zero-shot score at 0.5."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("mixing") / "bundle"
+    shutil.copytree(yamnet_bundle, folder)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["tagger"]["zero_shot_weight"] = 0.5
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    with running_server(folder, tmp_path_factory.mktemp("mixing-index")) as server:
+        yield server
+
+
+def test_a_mixing_bundle_says_so_and_scores_the_mean(gateway, mixing_gateway, phone):
+    labels = ["Busy signal", "Telephone", "a squeaky hinge"]
+
+    def scores(server):
+        r = httpx.post(f"{server.http_url}/v1/tag", params={"top_k": 3, "labels": labels}, content=phone, timeout=60)
+        assert r.status_code == 200, r.text
+        return {t["label"]: t for t in r.json()["tags"]}
+
+    head, mixed = scores(gateway), scores(mixing_gateway)
+    assert {k: v["scorer"] for k, v in mixed.items()} == {"Busy signal": "tagger+zero_shot",
+                                                          "Telephone": "tagger+zero_shot",
+                                                          "a squeaky hinge": "zero_shot"}
+    # zero-shot alone: the same free-text label on both gateways
+    assert mixed["a squeaky hinge"]["score"] == pytest.approx(head["a squeaky hinge"]["score"], rel=1e-4)
+    for label in ("Busy signal", "Telephone"):  # mixed = (head + zero-shot) / 2, so the zero-shot part is a probability
+        zero_shot = 2 * mixed[label]["score"] - head[label]["score"]
+        assert -1e-4 <= zero_shot <= 1 + 1e-4
+        assert mixed[label]["score"] != pytest.approx(head[label]["score"], abs=1e-3)  # the random projection's part
+    info = httpx.get(f"{mixing_gateway.http_url}/v1/info", timeout=10).json()
+    assert info["bundle"]["tagger"]["zero_shot_weight"] == 0.5
