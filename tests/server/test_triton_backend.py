@@ -195,3 +195,23 @@ def test_server_down_retries_then_breaker_opens_and_recovers(tiny_bundle, triton
         retrying.close()
         breaking.close()
         triton.stop()
+
+
+def test_yamnet_tagger_in_triton_equals_onnxruntime(yamnet_bundle, real_clips, tmp_path):
+    """The default's tower (YAMNet) and its supervised head (audio_tagger) served by a real Triton: the same
+    embeddings and class probabilities as in-process ONNX Runtime, on real recordings of unequal lengths."""
+    from export.triton import write_repository
+
+    repo = write_repository(yamnet_bundle, tmp_path / "repo", flavor="cpu", intra_op_threads=1)
+    assert (repo / "audio_tagger" / "config.pbtxt").is_file()
+    with launch_triton(repo) as process:
+        triton = TritonBackend(yamnet_bundle, TritonSettings(url=process.grpc_url))
+        try:
+            waves = [real_clips["phone-outgoing-busy"], real_clips["bell"][: 32000 * 3]]
+            got = ModelRuntime(yamnet_bundle, triton).analyze_audio(waves)
+            want = ModelRuntime(yamnet_bundle, OnnxRuntimeBackend(yamnet_bundle, threads=1)).analyze_audio(waves)
+        finally:
+            triton.close()
+    np.testing.assert_allclose(got[0], want[0], atol=ATOL)
+    assert got[1].shape == want[1].shape == (2, 521)
+    np.testing.assert_allclose(got[1], want[1], atol=ATOL)
