@@ -129,7 +129,7 @@ class RawHttp:
         answer."""
         conn = await self._take()
         reader, writer = conn
-        head = (f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
                 f"content-length: {len(body)}\r\n\r\n").encode()
         t0 = time.monotonic()
         try:

@@ -15,6 +15,11 @@ writes: httpx):
   5. kill -9    items added concurrently, the gateway SIGKILLed mid-stream, restarted: every acknowledged item must
                 be there; then again with a rebuild running (a rebuild that finished before the kill replaced the
                 items stored before it started: from then on, the writes acknowledged since it started must be there).
+  6. memory     16 concurrent requests at the documented maxima of each kind (a 120 s caption at beam 10, windowed
+                tags at the smallest hop, 1,000 labels, a max-size upload): the gateway's peak and after-load RSS,
+                against --memory-bound-mb (the README's stated peak); bench/soak_memory.py.
+  7. slow       --slow-drips (128) connections drip their bodies (1 byte a second, reopened when ended) while text
+                searches and tag requests keep coming: all must be 200, p99 under 1 s; bench/soak_slow.py.
 Prints one JSON object and a table. Figures go into BENCHMARKS.md with this command.
 """
 from __future__ import annotations
@@ -31,12 +36,15 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+MEMORY_BOUND_MB = 2500.0  # the peak the README states for this phase (Operations: Memory); measured 2.1 GB
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loadgen  # noqa: E402
 from contract.bundle import read_bundle  # noqa: E402
 from loadgen import GatewayProcess as Gateway, RawHttp, Result, summary, wav_bytes  # noqa: E402
+from soak_memory import memory_lines, phase_memory  # noqa: E402
+from soak_slow import phase_slow_clients, slow_lines  # noqa: E402
 
 
 def mixed_request(i: int, clip: bytes) -> tuple[str, bytes, str]:
@@ -173,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True,
                    help="run the backend-fault phase over a real tritonserver (the nvidia-pytriton wheel's)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--phases", default="load,triton,kill9", help="comma-separated subset of load, triton, kill9")
+    p.add_argument("--phases", default="load,triton,kill9,memory,slow",
+                   help="comma-separated subset of load, triton, kill9, memory, slow")
+    p.add_argument("--memory-concurrency", type=int, default=16, help="memory phase: requests at once per kind")
+    p.add_argument("--slow-drips", type=int, default=128, help="slow phase: connections dripping their bodies")
+    p.add_argument("--memory-bound-mb", type=float, default=MEMORY_BOUND_MB,
+                   help="memory phase: the peak RSS the README states; a higher peak fails the soak")
     args = p.parse_args(argv)
     manifest = read_bundle(args.bundle, verify=False)
     rate = manifest.audio.sample_rate
@@ -192,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             out["backend_fault"] = phase_triton(args.bundle, work, clip)
         if "kill9" in phases:
             out["kill9"] = phase_kill9(args.bundle, work, rate, args.kill_cycles)
+        if "memory" in phases:
+            out["memory"] = phase_memory(args.bundle, work, args.memory_concurrency)
+            out["memory"]["bound_mb"] = args.memory_bound_mb
+        if "slow" in phases:
+            out["slow"] = phase_slow_clients(args.bundle, work, rate, args.slow_drips)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
@@ -212,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         k = out["kill9"]
         print(f"{'kill -9':12s} {k['cycles']} kills ({k['during_rebuild']} during a rebuild), {k['acknowledged']} "
               f"acknowledged writes, {k['lost']} lost")
+    if "memory" in out:
+        print("\n".join(memory_lines(out["memory"])) + f" (bound {args.memory_bound_mb:g} MB)")
+    if "slow" in out:
+        print("\n".join(slow_lines(out["slow"])))
     failed = ("sustained" in out and (out["sustained"]["statuses"].keys() - {"200"} or not out["overload"]["recovered"])
-              or out.get("kill9", {}).get("lost"))
+              or out.get("kill9", {}).get("lost")
+              or "slow" in out and not out["slow"]["ok"]
+              or "memory" in out and ("aborted" in out["memory"] or out["memory"]["rss_mb_peak"] > args.memory_bound_mb))
     return 1 if failed else 0
 
 

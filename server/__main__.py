@@ -12,6 +12,16 @@ import signal
 import sys
 
 log = logging.getLogger("server")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def exposure_warning(settings) -> str | None:
+    """What to warn about a gateway that other machines can reach and that asks no key (None: nothing)."""
+    host = settings.host.strip("[]").lower()
+    if settings.auth.keys or host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return (f"the gateway listens on {settings.host}, reachable from other machines, and auth.keys is empty: anyone "
+            "who can reach it may add, delete and roll back; set auth.keys (BLAT_SERVER_AUTH__KEYS) or bind 127.0.0.1")
 
 
 def serve(settings) -> int:
@@ -22,6 +32,9 @@ def serve(settings) -> int:
     from server.rest import create_app
     from server.service import Gateway
 
+    warning = exposure_warning(settings)
+    if warning:
+        log.warning(warning)
     gateway = Gateway(settings)
     gateway.seed_index()
     grpc_server, grpc_port = create_grpc_server(gateway, f"{settings.host}:{settings.grpc_port}")
@@ -60,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-port", type=int)
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
+    p.add_argument("--rollback", action="store_true",
+                   help="make the previous index version live again and exit, without serving (the way back from a "
+                        "live version that fails its integrity check at start)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"bundle": args.bundle, "index_dir": args.index_dir, "http_port": args.http_port,
                                    "grpc_port": args.grpc_port}.items() if v is not None}
@@ -74,12 +90,35 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(settings.redacted(), indent=2))
         return 0
+    from server.errors import ServiceError
+
+    if args.rollback:
+        return rollback(settings)
     log.info("settings", extra={"settings": settings.redacted()})
     try:
         return serve(settings)
     except (ValueError, OSError) as e:  # a missing or broken bundle, a port in use, ...
         log.error(str(e))
         return 2
+    except ServiceError as e:  # a damaged index version, an index directory another process holds, ...
+        log.error(e.message)
+        return 2
+
+
+def rollback(settings) -> int:
+    from server.errors import ServiceError
+    from server.index.faiss_index import rollback_offline
+
+    if settings.index_engine != "faiss":
+        log.error("--rollback works on the FAISS engine's index directory; with Milvus, roll back through a gateway")
+        return 2
+    try:
+        live, previous = rollback_offline(settings.index_dir)
+    except (ServiceError, OSError) as e:
+        log.error(getattr(e, "message", None) or str(e))
+        return 2
+    log.info(f"index {settings.index_dir}: version {live} is live again; {previous} is the previous version")
+    return 0
 
 
 if __name__ == "__main__":

@@ -196,12 +196,13 @@ def sniff_format(data: bytes) -> str:
         return "MP3"
     what = next((name for magic, name in _NOT_AUDIO if head.startswith(magic)), None)
     if what is None and head[:4] == b"RIFF":
-        what = f"a RIFF {head[8:12]!r} file, not WAVE"
+        what = "a RIFF file other than WAVE"
     elif what is None and head[4:8] == b"ftyp":
         what = "MP4/M4A (AAC)"
     elif what is None and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         what = "text, such as JSON or HTML"
-    hint = f"it looks like {what}" if what else f"unrecognised leading bytes {head[:8].hex(' ')}"
+    # Never the bytes themselves: server-side paths (add from path, rebuilds) would quote files the caller cannot read.
+    hint = f"it looks like {what}" if what else "no known audio signature"
     raise UnsupportedFormat(f"unsupported audio format ({hint}); accepted: WAV, FLAC, OGG (Vorbis, Opus), MP3",
                             accepted=list(FORMATS))
 

@@ -38,11 +38,11 @@ class _Job(Generic[T]):
 class MicroBatcher(Generic[T, R]):
     def __init__(self, name: str, run_batch: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 16,
                  max_wait_s: float = 0.005, max_queue: int = 64,
-                 on_batch: Callable[[str, int], None] | None = None):
+                 on_batch: Callable[[str, int], None] | None = None, on_idle: Callable[[], None] | None = None):
         self.name, self.run_batch = name, run_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        self._on_batch = on_batch
+        self._on_batch, self._on_idle = on_batch, on_idle  # on_idle: after a batch that leaves the queue empty
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -115,6 +115,8 @@ class MicroBatcher(Generic[T, R]):
             if self._on_batch:
                 self._on_batch(self.name, len(live))
             self._run(live)
+            if self._on_idle and self._queue.empty():
+                self._on_idle()
 
     def _run(self, live: list[_Job]) -> None:
         try:

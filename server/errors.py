@@ -66,6 +66,19 @@ class ReadOnly(Forbidden):
     code = "read_only"
 
 
+class ForeignOrigin(Forbidden):
+    """A state-changing request from a web page of another origin (the browser's Origin header): browser.cors_origins
+    names the pages that may call."""
+
+    code = "forbidden_origin"
+
+
+class MisdirectedRequest(ServiceError):
+    """A Host header this gateway does not answer to (a DNS name rebound to its address): browser.allowed_hosts."""
+
+    code, http_status, grpc_code = "misdirected_request", 421, "PERMISSION_DENIED"
+
+
 class NotFound(ServiceError):
     code, http_status, grpc_code = "not_found", 404, "NOT_FOUND"
 
@@ -96,3 +109,10 @@ class BackendError(ServiceError):
     """The model backend answered with an error for a well-formed request (a bundle/backend mismatch, a crash)."""
 
     code, http_status, grpc_code = "backend_error", 502, "INTERNAL"
+
+
+class IndexDamaged(ServiceError):
+    """A stored index version fails its integrity check at open (a damaged items.sqlite): nothing is served from it.
+    The message names the file and the way back (an offline rollback, or a rebuild)."""
+
+    code, http_status, grpc_code = "index_damaged", 500, "DATA_LOSS"

@@ -1,7 +1,9 @@
 """gRPC face of the gateway (wire/blat.proto), with health checking and reflection. Same Gateway calls as REST."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -15,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from server.access import authorize, grpc_access, presented_key
-from server.admission import THREADS_WITHOUT_MODEL, Gate
+from server.admission import THREADS_WITHOUT_MODEL, Gate, reset_deadline, set_deadline
 from server.errors import BadRequest, DeadlineExceeded, ServiceError
 from server.index import Hit, ItemRecord, SearchFilter
 from server.index.records import iso_time
@@ -29,6 +31,7 @@ MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a reques
 STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
+log = logging.getLogger(__name__)
 
 
 def _filter(f: pb.Filter) -> SearchFilter | None:
@@ -104,6 +107,20 @@ def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
         done.set()
 
 
+def _first_message(requests: Iterator, idle_s: float, deadline_s: float):
+    """A unary call's request, read with the time limits of a REST body: DeadlineExceeded when it stalls for idle_s
+    or is not in within the request's deadline (a call waiting for its message holds a worker thread)."""
+    paced = _paced(requests, min(idle_s, deadline_s), deadline_s)
+    try:
+        return next(paced)
+    except StopIteration:
+        raise BadRequest("the call carried no request message") from None
+    except DeadlineExceeded:
+        raise DeadlineExceeded(f"the request message was not in within {min(idle_s, deadline_s):g} s") from None
+    finally:
+        paced.close()
+
+
 class BlatServicer(pb_grpc.BlatServicer):
     def __init__(self, gateway: Gateway):
         self.gw = gateway
@@ -145,6 +162,7 @@ class BlatServicer(pb_grpc.BlatServicer):
         win, hop = self.gw.check_windows(cfg.window_s or 2.0, cfg.hop_s or 1.0)
         bank, top_k = self.gw.label_bank(list(cfg.labels) or None), cfg.top_k or 5
         buffer, start, last_end, pending = np.zeros(0, np.float32), 0, 0, b""
+        began, received_s, limits = time.monotonic(), 0.0, self.gw.limits
         # One streaming resampler for the whole stream: no seams at chunk boundaries.
         resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, "float32", quality="HQ") if cfg.sample_rate != rate else None
 
@@ -156,6 +174,11 @@ class BlatServicer(pb_grpc.BlatServicer):
         for msg in requests:
             if msg.WhichOneof("payload") != "pcm":
                 raise BadRequest("only PCM chunks may follow the config")
+            received_s += len(msg.pcm) / dtype.itemsize / cfg.sample_rate
+            lived_s = time.monotonic() - began
+            if lived_s > limits.stream_idle_s and received_s < limits.stream_min_realtime * lived_s:
+                raise DeadlineExceeded(f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
+                                       f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)")
             raw = pending + msg.pcm
             usable = len(raw) - len(raw) % dtype.itemsize
             pending = raw[usable:]
@@ -251,21 +274,37 @@ class _Guard(grpc.ServerInterceptor):
                 ctx.set_trailing_metadata((("retry-after", str(max(1, round(e.retry_after_s)))),))
             ctx.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        def unexpected(ctx, e: Exception):  # the catch-all: a status with a message, never UNKNOWN
+            if isinstance(e, TimeoutError):
+                fail(ctx, DeadlineExceeded("the request's deadline passed while its work was running"))
+            log.exception("unhandled error in %s", method)
+            fail(ctx, ServiceError("internal error (the gateway's log has the details)"))
 
-            def unary(req, ctx):
+        if handler.unary_unary:
+            inner, limits = handler.unary_unary, self.gw.limits
+
+            # Served as a client stream of one message (the same bytes on the wire): gRPC would otherwise hand the
+            # call a worker thread that waits for the message with no time limit.
+            def unary(reqs, ctx):
                 t0 = time.perf_counter()
+                token = set_deadline(limits.request_timeout_s)  # the deadline covers the message's arrival
                 try:
                     check()
-                    with self.gw.admitted(access.gate):
+                    req = _first_message(reqs, limits.body_idle_s, limits.request_timeout_s)
+                    gate = self.gw.gates[access.gate].admitted() if access.gate else contextlib.nullcontext()
+                    with gate:
                         out = inner(req, ctx)
                 except ServiceError as e:
                     fail(ctx, e)
+                except Exception as e:  # noqa: BLE001
+                    unexpected(ctx, e)
+                finally:
+                    reset_deadline(token)
                 self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
                 return out
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer,
+                                                        handler.response_serializer)
         if handler.stream_stream:
             inner_stream = handler.stream_stream
 
@@ -276,6 +315,8 @@ class _Guard(grpc.ServerInterceptor):
                     yield from inner_stream(reqs, ctx)
                 except ServiceError as e:
                     fail(ctx, e)
+                except Exception as e:  # noqa: BLE001
+                    unexpected(ctx, e)
                 self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
 
             return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)

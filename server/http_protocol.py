@@ -17,7 +17,12 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from server.browser import PAGE_CSP, SECURITY_HEADERS
+
 DRAIN_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
+# The headers every answer carries (server/browser.py), these refusals included.
+SECURED = "".join(f"{k.decode()}: {v.decode()}\r\n" for k, v in SECURITY_HEADERS) \
+    + f"content-security-policy: {PAGE_CSP}\r\n"
 
 
 def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11Protocol]:
@@ -77,7 +82,7 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
             body = json.dumps({"error": {"code": code, "message": message}}).encode()
             reason = {408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}[status]
             self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-                                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+                                 f"content-length: {len(body)}\r\n{SECURED}connection: close\r\n\r\n".encode() + body)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(DRAIN_S, self.transport.close)

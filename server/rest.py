@@ -191,8 +191,8 @@ def create_app(gateway: Gateway) -> FastAPI:
               responses={**ok(ItemOut, 201), **AUDIO_ERRORS, **_errors(409)}, openapi_extra=AUDIO_BODY,
               status_code=201, tags=["items"])
     async def add_item(data: Annotated[bytes, Depends(body)], id: str = id_query,
-                       tags: list[str] = Query([], max_length=MAX_TAGS), caption: str = "",
-                       source_uri: str = "", upsert: bool = False) -> JSONResponse:
+                       tags: list[m.Tag] = Query([], **m.stored.tags), caption: str = Query("", **m.stored.caption),
+                       source_uri: str = Query("", **m.stored.source_uri), upsert: bool = False) -> JSONResponse:
         """Store an uploaded clip under `id` (durable when this answers)."""
         item = await run_in_threadpool(gw.add_item, id, data, None, tags, caption, source_uri, upsert)
         return answer(item.to_dict(), 201)

@@ -2,6 +2,9 @@
 
 Audio arrives as mono float32 at the bundle's sample rate (decoding and resampling happen before this).
 Batches are padded to the longest clip, with true lengths passed along, so the graphs mask the padding.
+The memory of a model call grows with its input (clips x longest clip for the audio graphs, clips x beam for the
+captioner's decoder), so a batch larger than the runtime's budget is cut into several calls of neighbours in length
+(`sub_batches`); the graphs mask by length, so how a batch is cut never changes a result.
 """
 from __future__ import annotations
 
@@ -18,6 +21,18 @@ from server.backends import Backend
 from server.tagging import LabelSet, confident_tags, head_index
 
 
+def sub_batches(lengths: Sequence[int], max_padded: int, max_items: int) -> list[list[int]]:
+    """Indices of clips of these `lengths`, shortest first, cut into batches of at most `max_items` whose padded size
+    (clips x longest) is at most `max_padded`; a clip longer than that alone is a batch of its own."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < max_items and (len(batches[-1]) + 1) * lengths[i] <= max_padded:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def pad_batch(waves: Sequence[np.ndarray], min_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Clips of any lengths -> (B, N) zero-padded float32 (N >= min_samples) and (B,) int64 true lengths."""
     lengths = np.array([len(w) for w in waves], dtype=np.int64)
@@ -28,9 +43,14 @@ def pad_batch(waves: Sequence[np.ndarray], min_samples: int) -> tuple[np.ndarray
 
 
 class ModelRuntime:
-    def __init__(self, bundle_dir: str | Path, backend: Backend):
+    def __init__(self, bundle_dir: str | Path, backend: Backend, max_call_seconds: float = 120.0,
+                 max_caption_rows: int = 32):
+        """max_call_seconds: padded audio per audio-graph call (clips x longest clip); max_caption_rows: hypotheses
+        per captioner-decoder call (clips x beam). Larger batches are cut into several calls."""
         self.bundle_dir, self.backend = Path(bundle_dir), backend
         self.manifest = m = backend.manifest
+        self.max_call_samples = max(int(max_call_seconds * m.audio.sample_rate), m.audio.min_samples)
+        self.max_caption_rows = max_caption_rows
         self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / m.text.tokenizer))
         self.tokenizer.enable_truncation(max_length=m.text.max_tokens)
         self.tokenizer.enable_padding(pad_id=m.text.pad_id)
@@ -48,16 +68,30 @@ class ModelRuntime:
 
     def encode_audio(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """-> (B, D) unit-norm audio embeddings."""
-        return self.audio_features(waves)[0]
+        return self.analyze_audio(waves, tagger=False)[0]
+
+    def audio_calls(self, waves: Sequence[np.ndarray], per_clip_rows: int = 1,
+                    max_rows: int | None = None) -> list[list[int]]:
+        """How a batch of clips is cut into model calls within the budget (indices into `waves`)."""
+        lengths = [max(len(w), self.manifest.audio.min_samples) for w in waves]
+        return sub_batches(lengths, self.max_call_samples, max(1, (max_rows or len(waves)) // per_clip_rows))
 
     @property
     def has_tagger(self) -> bool:
         return self.manifest.tagger is not None
 
-    def analyze_audio(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def analyze_audio(self, waves: Sequence[np.ndarray], tagger: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """-> embeddings (B, D) and, when the bundle has a supervised tagger, its class probabilities (B, K)."""
-        emb, frames, frame_lengths = self.audio_features(waves)
-        return emb, (self.class_probs(frames, frame_lengths) if self.has_tagger else None)
+        emb, probs = None, None
+        for idx in self.audio_calls(waves):
+            e, frames, frame_lengths = self.audio_features([waves[i] for i in idx])
+            emb = np.empty((len(waves), e.shape[1]), e.dtype) if emb is None else emb
+            emb[idx] = e
+            if tagger and self.has_tagger:
+                p = self.class_probs(frames, frame_lengths)
+                probs = np.empty((len(waves), p.shape[1]), p.dtype) if probs is None else probs
+                probs[idx] = p
+        return emb, probs
 
     def predicted_tags(self, embedding: np.ndarray, probs: np.ndarray | None, threshold: float,
                        limit: int) -> dict[str, float]:
@@ -75,7 +109,7 @@ class ModelRuntime:
         return out["class_probs"]
 
     def audio_features(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> embeddings (B, D), frames (B, T, C), frame_lengths (B,)."""
+        """-> embeddings (B, D), frames (B, T, C), frame_lengths (B,), in one call whatever its size."""
         batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)
         out = self.backend.run("audio_encoder", {"waveform": batch, "lengths": lengths})
         return out["audio_embedding"], out["frames"], out["frame_lengths"]
@@ -94,7 +128,8 @@ class ModelRuntime:
 
     def caption(self, waves: Sequence[np.ndarray], tags: np.ndarray | None = None,
                 options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
-        """Beam search over the captioner graphs; tags (B, 527) multi-hot or None (no tag guidance)."""
+        """Beam search over the captioner graphs, in one call of each whatever its size; tags (B, 527) multi-hot or
+        None (no tag guidance)."""
         if self.manifest.captioner is None:
             raise ValueError(f"bundle {self.manifest.id} has no captioner")
         spec = self.manifest.captioner
@@ -112,15 +147,23 @@ class ModelRuntime:
 
     def captions(self, waves: Sequence[np.ndarray], tags: np.ndarray | None,
                  options: DecodingOptions) -> list[list[tuple[str, float]]]:
-        """Per clip, its n-best (caption, log-probability): in one call where the backend runs the whole beam search
-        (Triton's BLS `captioner`: no round trip per decoding step), else by `caption` here."""
-        whole = getattr(self.backend, "captions", None)
-        if whole is None:
-            return [[(self.caption_text(h), float(h.log_prob)) for h in hyps] for hyps in self.caption(waves, tags, options)]
+        """Per clip, its n-best (caption, log-probability), in calls within the budget (clips x beam rows, padded
+        audio): each a whole beam search where the backend runs one (Triton's BLS `captioner`: no round trip per
+        decoding step), else by `caption` here."""
         spec = self.manifest.captioner
-        batch, lengths = pad_batch(waves, self.manifest.audio.min_samples)
         tags = np.zeros((len(waves), spec.n_tags), np.float32) if tags is None else tags.astype(np.float32)
-        return whole(batch, lengths, tags, options)
+        whole = getattr(self.backend, "captions", None)
+        out: list = [None] * len(waves)
+        for idx in self.audio_calls(waves, options.beam_size, self.max_caption_rows):
+            clips = [waves[i] for i in idx]
+            if whole is None:
+                found = [[(self.caption_text(h), float(h.log_prob)) for h in hyps]
+                         for hyps in self.caption(clips, tags[idx], options)]
+            else:
+                found = whole(*pad_batch(clips, self.manifest.audio.min_samples), tags[idx], options)
+            for i, hyps in zip(idx, found):
+                out[i] = hyps
+        return out
 
     def caption_text(self, hyp: Hypothesis) -> str:
         return self.vocab.decode(hyp.tokens)

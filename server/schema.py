@@ -8,7 +8,7 @@ schema test (schemathesis against the live server) checks that the answers confo
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,15 @@ ID = {"json_schema_extra": {"pattern": f"^{ID_PATTERN.pattern}$"},
 
 def request_models(limits: LimitSettings) -> SimpleNamespace:
     text_range = {"min_length": 1, "max_length": limits.max_text_chars}
+    # What an item stores (server/item_limits.py checks the same limits on both faces and in rebuilds).
+    stored = SimpleNamespace(
+        caption={"max_length": limits.max_caption_chars,
+                 "description": f"at most {limits.max_caption_chars} characters"},
+        source_uri={"max_length": limits.max_source_uri_chars,
+                    "description": f"at most {limits.max_source_uri_chars} characters"},
+        tags={"max_length": limits.max_tags,
+              "description": f"at most {limits.max_tags} tags of {limits.max_tag_chars} characters"})
+    Tag = Annotated[str, Field(max_length=limits.max_tag_chars)]
     k_range = {"ge": 1, "le": limits.max_k, "description": f"results, 1-{limits.max_k}"}
 
     class FilterBody(BaseModel):
@@ -53,9 +62,9 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
     class AddFromPathBody(BaseModel):
         id: str = Field(**ID)
         path: str = Field(min_length=1, description="a file under one of the configured ingest roots")
-        tags: list[str] = Field([], max_length=MAX_TAGS)
-        caption: str = ""
-        source_uri: str = ""
+        tags: list[Tag] = Field([], **stored.tags)
+        caption: str = Field("", **stored.caption)
+        source_uri: str = Field("", **stored.source_uri)
         upsert: bool = False
 
     class RebuildBody(BaseModel):
@@ -67,7 +76,7 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
 
     return SimpleNamespace(FilterBody=FilterBody, SearchTextBody=SearchTextBody, SearchItemBody=SearchItemBody,
                            EmbedTextBody=EmbedTextBody, AddFromPathBody=AddFromPathBody, RebuildBody=RebuildBody,
-                           k=k_range)
+                           k=k_range, stored=stored, Tag=Tag)
 
 
 # -- responses ---------------------------------------------------------------------------------------------------
@@ -155,6 +164,8 @@ class JobOut(BaseModel):
     error: str | None
     started_at: float
     finished_at: float | None
+    unreadable: int = Field(description="entries that could not be read (undecodable, outside the ingest roots, "
+                                        "over a stored-string limit), skipped: counted in `skipped` too")
 
 
 class StatsOut(BaseModel):

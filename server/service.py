@@ -21,14 +21,18 @@ import numpy as np
 from contract.beam import DecodingOptions
 from contract.config import to_dict
 from contract.labels import tags_to_multi_hot
-from server.audio import AudioLimits, DecodedAudio, decode_audio, read_limited
+from server.audio import AudioLimits, DecodedAudio, decode_audio
 from server.backends import Backend
 from server.admission import Gate, remaining, reset_deadline, set_deadline
 from server.batching import MicroBatcher
-from server.errors import BadRequest, Forbidden, NotFound, ServiceError
+from server.errors import BadRequest, DeadlineExceeded, Forbidden, NotFound, ServiceError
 from server.index import Hit, IndexStore, ItemRecord, SearchFilter
 from server.index.bulk import read_folder
+from server.index.rebuild import Entry, Skipped
+from server.ingest import check_path, read_inside_roots
 from server.inputs import check_text, manifest_rows
+from server.item_limits import check_fields, check_record
+from server.memory import MemoryReleaser
 from server.metrics import Metrics
 from server.runtime import ModelRuntime
 from server.settings import PredictSettings, Settings
@@ -101,7 +105,8 @@ def make_backend(settings: Settings) -> Backend:
         return TritonBackend(settings.bundle, settings.triton)
     from server.backends.ort import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads, spinning=settings.ort_spinning)
+    return OnnxRuntimeBackend(settings.bundle, threads=settings.ort_threads, spinning=settings.ort_spinning,
+                              memory_arena=settings.ort_memory_arena)
 
 
 def open_store(settings: Settings, dim: int, bundle_id: str) -> IndexStore:
@@ -140,17 +145,21 @@ def guided_captions(runtime: ModelRuntime, waves: Sequence[np.ndarray], tags: Se
 
 
 def embed_files(runtime: ModelRuntime, entries: Iterable[dict], decode: Callable[[str], DecodedAudio],
-                batch: int, predict: PredictSettings | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+                batch: int, predict: PredictSettings | None = None,
+                on_unreadable: Callable[[dict, str], None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """(record fields, (D,) embedding) for each {id, path, tags, caption} entry, as a rebuild stores it: each file
     decoded by `decode(path)`, embedded in batches of similar length (so the order changes). With `predict`, an
     entry without tags gets predicted ones (and, with predict.captions, a caption guided by them). A file that fails
-    to decode raises ValueError naming it. The gateway's rebuild and the embedding job (jobs/embed.py) use this."""
+    to decode raises ValueError naming it, or with `on_unreadable` is reported to it as (entry, "path: why") and
+    left out. The gateway's rebuild and the embedding job (jobs/embed.py) use this."""
     def decoded() -> Iterator[tuple[dict, DecodedAudio]]:
         for e in entries:
             try:
                 yield e, decode(e["path"])
             except ServiceError as err:
-                raise ValueError(f"{e['path']}: {err.message}") from None
+                if on_unreadable is None:
+                    raise ValueError(f"{e['path']}: {err.message}") from None
+                on_unreadable(e, f"{e['path']}: {err.message}")
 
     for chunk in length_batches(decoded(), lambda ed: len(ed[1].samples), batch):
         embeddings, probs = runtime.analyze_audio([d.samples for _, d in chunk])
@@ -176,8 +185,10 @@ class Gateway:
     def __init__(self, settings: Settings, backend: Backend | None = None, store: IndexStore | None = None,
                  metrics: Metrics | None = None):
         self.settings, self.limits = settings, settings.limits
+        self.memory = MemoryReleaser()  # first, before the threads: caps malloc arenas, returns freed memory
         self.backend = backend or make_backend(settings)
-        self.runtime = ModelRuntime(settings.bundle, self.backend)
+        self.runtime = ModelRuntime(settings.bundle, self.backend, settings.batching.max_call_seconds,
+                                    settings.batching.max_caption_rows)
         self.manifest = self.runtime.manifest
         self.audio_limits = AudioLimits(max_bytes=self.limits.max_upload_bytes, max_seconds=self.limits.max_audio_seconds)
         self.store = store or open_store(settings, self.manifest.embedding_dim, self.manifest.id)
@@ -188,7 +199,7 @@ class Gateway:
         # are only a backstop sized for full gates of full requests.
         items = b.max_queue * max(self.limits.max_texts, self.limits.max_labels, 1)
         batcher = lambda name, fn: MicroBatcher(name, fn, b.max_batch, b.max_wait_ms / 1000, items,  # noqa: E731
-                                                on_batch=self.metrics.observe_batch)
+                                                on_batch=self.metrics.observe_batch, on_idle=self.memory.soon)
         self.gates = {"audio": Gate("audio", b.max_queue), "text": Gate("text", b.max_queue)}
         self.audio_batcher = batcher("audio_embed", self._analyze_batch)
         self.text_batcher = batcher("text_embed", lambda texts: list(self.runtime.encode_text(texts)))
@@ -211,25 +222,23 @@ class Gateway:
 
     def _check_path(self, path: str, trusted: bool = False) -> Path:
         """A server-side path must resolve (symlinks included) inside one of the configured ingest roots."""
-        real = Path(check_text(path, "path")).resolve()
-        roots = [Path(r).resolve() for r in self.settings.ingest_roots]
-        if not trusted and not any(real == r or r in real.parents for r in roots):
-            raise Forbidden(f"{path} is outside the configured ingest roots"
-                            + ("" if roots else " (none are configured: set ingest_roots)"))
-        if not real.exists():
-            raise NotFound(f"{path} does not exist")
-        return real
+        return check_path(path, self.settings.ingest_roots, trusted)
 
-    def _read_path(self, path: Path) -> bytes:
-        if not path.is_file():
-            raise BadRequest(f"{path} is not a file")
-        with open(path, "rb") as f:
-            return read_limited(f, self.limits.max_upload_bytes)
+    def _read_path(self, path: str | Path, trusted: bool = False) -> bytes:
+        """Checked against the roots again as it is opened (server/ingest.py): a rebuild opens files later."""
+        return read_inside_roots(path, self.settings.ingest_roots, self.limits.max_upload_bytes, trusted)
 
     @property
     def timeout(self) -> float:
         """Seconds left of the current request's deadline (set at admission); DeadlineExceeded when none are left."""
         return remaining(self.limits.request_timeout_s)
+
+    def _result(self, future):
+        """A batcher future's result within the request's deadline; DeadlineExceeded (504) past it, as `submit`."""
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:  # concurrent.futures.TimeoutError is TimeoutError since Python 3.11
+            raise DeadlineExceeded("the request's deadline passed while its model work was running") from None
 
     @contextlib.contextmanager
     def admitted(self, gate: str | None) -> Iterator[None]:
@@ -270,7 +279,7 @@ class Gateway:
             raise BadRequest(f"at most {self.limits.max_texts} texts per request, got {len(texts)}")
         checked = [self._check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
         futures = [self.text_batcher.submit_future(t, self.timeout) for t in checked]
-        return np.stack([f.result(timeout=self.timeout) for f in futures])
+        return np.stack([self._result(f) for f in futures])
 
     # -- search --------------------------------------------------------------------------------------------------------
 
@@ -306,7 +315,7 @@ class Gateway:
         # New labels are embedded together: their futures join the same text batches.
         prompts = [self.manifest.labels.prompt_template.format(label=label.lower()) for label in new]
         futures = [self.text_batcher.submit_future(p, self.timeout) for p in prompts]
-        fresh = {label: f.result(timeout=self.timeout) for label, f in zip(new, futures)}
+        fresh = {label: self._result(f) for label, f in zip(new, futures)}
         mean_scale, mean_bias = float(bank.scale.mean()), float(bank.bias.mean())
         names, embs, scale, bias = [], [], [], []
         for label in labels:
@@ -358,7 +367,7 @@ class Gateway:
             raise BadRequest(f"{len(spans)} windows of {win / self.runtime.sample_rate:g} s; at most {MAX_WINDOWS}, "
                              f"covering at most {MAX_WINDOWED_AUDIO}x the clip (use a larger hop_s)")
         futures = [self.audio_batcher.submit_future(samples[a:b], self.timeout) for a, b in spans]
-        probs = self._score([f.result(timeout=self.timeout) for f in futures], labels)
+        probs = self._score([self._result(f) for f in futures], labels)
         rate = self.runtime.sample_rate
         return tuple(TagWindow((offset + a) / rate, (offset + b) / rate, labels.top(p, top_k))
                      for (a, b), p in zip(spans, probs))
@@ -424,6 +433,7 @@ class Gateway:
         extra["predicted_tags"] with their scores; with predict.captions and no caption, a caption guided by them."""
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
+        check_fields(self.limits, tags, caption, source_uri)  # before any model work
         uploaded = path is None
         if path is not None:
             real = self._check_path(path)
@@ -442,6 +452,7 @@ class Gateway:
                 caption = self.caption_batcher.submit((audio.samples, guide, options), self.timeout)[0][0]
                 extra["predicted_caption"] = True
             record = replace(record, tags=tuple(predicted["tags"]), caption=caption, extra=extra)
+        check_record(record, self.limits)  # what was derived too: a path as source_uri, predicted fields
         replaced = self._existing(item_id) if upsert else None
         if not uploaded:  # its audio stays where it is (played back from source_uri while inside the roots)
             stored = self.store.add(record, embedding, upsert=upsert)
@@ -502,6 +513,7 @@ class Gateway:
             entry["path"] = str(self._check_path(str(path.parent / audio), trusted))  # an absolute audio stays so
             try:  # the record's own checks, now: a bad row refuses the request instead of failing the job later
                 ItemRecord(id=entry["id"], tags=entry["tags"], caption=entry["caption"])
+                check_fields(self.limits, entry["tags"], entry["caption"], entry["path"])
             except BadRequest as e:
                 raise BadRequest(f"{manifest}:{n}: {e.message}") from None
             entries.append(entry)
@@ -514,21 +526,33 @@ class Gateway:
         ingest-roots check."""
         if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
             raise BadRequest("give exactly one of: folder, manifest, embeddings")
+        share = self.settings.rebuild_max_unreadable_share
         if embeddings is not None:
-            summary, pairs = read_folder(self._check_path(embeddings, trusted))
+            summary, pairs = read_folder(self._check_path(embeddings, trusted), lambda r: check_record(r, self.limits))
             if summary["bundle_id"] != self.manifest.id:
                 raise BadRequest(f"{embeddings} holds embeddings of bundle {summary['bundle_id']!r}; this gateway "
                                  f"serves {self.manifest.id!r}: embed the collection with its bundle")
-            return self.store.start_rebuild(pairs, int(summary["items"]), bundle_id=self.manifest.id).progress()
+            return self.store.start_rebuild(pairs, int(summary["items"]), bundle_id=self.manifest.id,
+                                            max_unreadable_share=share).progress()
         entries = self._rebuild_entries(folder, manifest, trusted)
 
-        def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
-            decode = lambda path: self.decode(self._read_path(Path(path)))  # noqa: E731
+        def pairs() -> Iterator[Entry]:
+            """Each file opened under the roots' check; an unreadable one, or one whose record breaks a limit, is
+            `Skipped` with its reason (the job counts them)."""
+            decode = lambda path: self.decode(self._read_path(path, trusted))  # noqa: E731
+            unreadable: list[str] = []
             for record, emb in embed_files(self.runtime, entries, decode, self.settings.batching.max_batch,
-                                           self.settings.predict):
-                yield ItemRecord(**record), emb
+                                           self.settings.predict, lambda _, why: unreadable.append(why)):
+                yield from (Skipped(why) for why in unreadable)
+                unreadable.clear()
+                try:
+                    yield check_record(ItemRecord(**record), self.limits), emb
+                except BadRequest as e:
+                    yield Skipped(f"{record['source_uri']}: {e.message}")
+            yield from (Skipped(why) for why in unreadable)
 
-        return self.store.start_rebuild(pairs, len(entries), bundle_id=self.manifest.id).progress()
+        return self.store.start_rebuild(pairs, len(entries), bundle_id=self.manifest.id,
+                                        max_unreadable_share=share).progress()
 
     def rebuild_status(self, job_id: str):
         job = self.store.rebuild_job
@@ -577,5 +601,6 @@ class Gateway:
     def close(self) -> None:
         for b in (self.audio_batcher, self.text_batcher, self.caption_batcher):
             b.close()
+        self.memory.close()
         self.store.close()
         self.backend.close()

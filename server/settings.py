@@ -15,6 +15,8 @@ from contract.config import apply_env, from_dict, to_dict
 from server.access import redact
 from server.index.milvus import MilvusConfig
 from server.index.protocol import ENGINES, KINDS
+from server.index.records import MAX_TAG_CHARS, MAX_TAGS
+from server.item_limits import GRPC_DEFAULT_MAX_RECEIVE, worst_search_reply_bytes
 
 ENV_PREFIX = "BLAT_SERVER_"
 CONFIG_ENV = "BLAT_SERVER_CONFIG"
@@ -25,10 +27,17 @@ class BatchSettings:
     max_batch: int = 16  # requests merged into one model call
     max_wait_ms: float = 5.0  # how long the first request waits for company
     max_queue: int = 64  # requests admitted at once per model input type (audio, text); more get 429 at once
+    # The memory budget of one model call (its memory grows with its input): a batch past it is cut into several
+    # calls. Seconds of padded audio per audio-graph call (clips x longest; a longer clip runs alone), and
+    # hypotheses per captioner-decoder call (clips x beam).
+    max_call_seconds: float = 120.0
+    max_caption_rows: int = 32
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
             raise ValueError("batching: max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+        if self.max_call_seconds <= 0 or self.max_caption_rows < 1:
+            raise ValueError("batching: need max_call_seconds > 0 and max_caption_rows >= 1")
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,29 @@ class LimitSettings:
     max_streams: int = 8  # concurrent StreamTag streams; more get RESOURCE_EXHAUSTED
     stream_idle_s: float = 30.0  # a stream that sends nothing this long is closed (DEADLINE_EXCEEDED)
     stream_max_s: float = 3600.0  # no stream lasts longer
+    # A stream that is never idle yet sends audio far slower than it plays (a drip) would hold a stream place for
+    # stream_max_s: after its first stream_idle_s it must have sent at least this much audio per second of its life.
+    stream_min_realtime: float = 0.25
+    # Request bodies are read before admission (a slow body must not hold a gate); this bounds the bytes of the
+    # bodies held at once (read or being served). Past it uploads get 429. Default: 64 maximal uploads.
+    max_body_bytes_in_flight: int = 64 * 32 * 1024 * 1024
+    # What an item stores (add, rebuild, manifests alike; 400). Search answers carry these strings: with max_k hits
+    # at these lengths a gRPC reply stays under a default client's 4 MiB (server/item_limits.py; 2.8 MiB at most).
+    max_caption_chars: int = 2000
+    max_tags: int = 64  # tags per item (at most records.MAX_TAGS, the stores' own bound)
+    max_tag_chars: int = 64  # per tag (at most records.MAX_TAG_CHARS); AudioSet names take at most 40
+    max_source_uri_chars: int = 1024
+    max_extra_bytes: int = 16 * 1024  # `extra` as compact JSON (REST answers only; gRPC does not carry it)
+
+    def __post_init__(self):
+        if self.max_body_bytes_in_flight < max(self.max_upload_bytes, self.max_json_bytes):
+            raise ValueError("limits.max_body_bytes_in_flight must hold at least one maximal upload")
+        if not (1 <= self.max_tags <= MAX_TAGS and 1 <= self.max_tag_chars <= MAX_TAG_CHARS):
+            raise ValueError(f"limits: need 1 <= max_tags <= {MAX_TAGS}, 1 <= max_tag_chars <= {MAX_TAG_CHARS}")
+        if (worst := worst_search_reply_bytes(self)) > GRPC_DEFAULT_MAX_RECEIVE:
+            raise ValueError(f"limits: a gRPC search answer of max_k={self.max_k} items at the stored-string limits "
+                             f"could take {worst / 2**20:.1f} MiB, over the 4 MiB a default gRPC client accepts: "
+                             "lower max_k or the max_caption_chars / max_tag(s) / max_source_uri_chars limits")
 
 
 @dataclass(frozen=True)
@@ -78,6 +110,24 @@ class AuthSettings:
             bad = set(scopes) - {"read", "write"}
             if bad or not key:
                 raise ValueError(f"auth.keys: scopes must be 'read'/'write', got {sorted(bad)}")
+
+
+@dataclass(frozen=True)
+class BrowserSettings:
+    """What keeps other web pages off a gateway (a browser on the same machine or network can reach it)."""
+
+    # Host values served on non-public routes, besides localhost, 127.0.0.1, [::1] and the bound `host`: a DNS
+    # name rebound to this address (another site's page, Host: evil.example) gets 421. "*": any; ".example.com":
+    # it and its subdomains. Health, metrics, the page and the docs answer any Host (probes use the pod address).
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins (scheme://host[:port]) whose pages may call the API (CORS answers, and their state-changing
+    # requests pass the Origin check). Empty: no cross-origin calls at all; only the gateway's own page.
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        bad = [o for o in self.cors_origins if o == "*" or "://" not in o or o.endswith("/")]
+        if bad:
+            raise ValueError(f"browser.cors_origins: give scheme://host[:port] origins, no '*', got {bad}")
 
 
 @dataclass(frozen=True)
@@ -110,14 +160,19 @@ class Settings:
     read_only: bool = False  # refuse writes, rebuilds and rollbacks (403): search replicas beside one writer
     ingest_roots: tuple[str, ...] = ()  # server-side paths allowed for item add / rebuild
     seed_manifest: str = ""  # operator's JSON Lines manifest: an empty index is rebuilt from it at start-up
+    # A rebuild skips entries it cannot read, decode or store (each reason kept on the job) and fails only when more
+    # than this share of its entries were skipped so: a folder of mostly foreign files is a mistake, not a collection.
+    rebuild_max_unreadable_share: float = 0.5
     ort_threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
     ort_spinning: bool = False  # let ONNX Runtime's idle threads busy-wait (faster on cores the gateway leaves free)
+    ort_memory_arena: bool = False  # ONNX Runtime's CPU arena: keeps each graph's largest call's memory for good
     log_level: str = "INFO"
     batching: BatchSettings = field(default_factory=BatchSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     predict: PredictSettings = field(default_factory=PredictSettings)
+    browser: BrowserSettings = field(default_factory=BrowserSettings)
 
     def __post_init__(self):
         if self.backend not in ("onnxruntime", "triton"):
@@ -126,6 +181,10 @@ class Settings:
             raise ValueError(f"index_kind must be one of {', '.join(KINDS)}, got {self.index_kind!r}")
         if self.index_engine not in ENGINES:
             raise ValueError(f"index_engine must be one of {', '.join(ENGINES)}, got {self.index_engine!r}")
+        if not 0 <= self.rebuild_max_unreadable_share <= 1:
+            raise ValueError(f"rebuild_max_unreadable_share must be in [0, 1], got {self.rebuild_max_unreadable_share}")
+        if self.predict.max_tags > self.limits.max_tags:  # predicted tags are stored: they must fit the limit
+            raise ValueError(f"predict.max_tags {self.predict.max_tags} > limits.max_tags {self.limits.max_tags}")
 
     def redacted(self) -> dict:
         """For the start-up log: everything but the API keys themselves."""

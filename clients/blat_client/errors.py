@@ -7,6 +7,8 @@ GRPC_TO_HTTP = {"INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 413, "UNAUTHENTICATED":
                 "DEADLINE_EXCEEDED": 504, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNKNOWN": 500,
                 "FAILED_PRECONDITION": 400, "CANCELLED": 499, "ABORTED": 409, "DATA_LOSS": 500}
 RETRYABLE = (429, 503)  # refused before any work was done: overloaded, or the model backend is down
+# No answer, but nothing done either: the connection was reset while the request was still being sent.
+RETRYABLE_CODES = ("connection_reset",)
 
 
 class ClientError(Exception):
@@ -14,8 +16,9 @@ class ClientError(Exception):
 
     status: HTTP status; over gRPC, the status REST answers for the same failure; 0 when no answer came
     code: REST's error code ("bad_audio", "not_found", ...) or the gRPC status name ("NOT_FOUND", ...);
-          with status 0: "unreachable" (no connection), "timeout" (no answer in time), "unsupported" (a call
-          the transport lacks)
+          with status 0: "unreachable" (no connection), "timeout" (no answer in time), "connection_reset" (the
+          server closed before reading the whole request, as a refusal under load can: retried like a 429),
+          "unsupported" (a call the transport lacks)
     message: the server's explanation; details: REST's error details
     retry_after: seconds the server asked to wait (429 / RESOURCE_EXHAUSTED), or None
     """
@@ -29,7 +32,7 @@ class ClientError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE
+        return self.status in RETRYABLE or (self.status == 0 and self.code in RETRYABLE_CODES)
 
 
 def parse_retry_after(value: str | None) -> float | None:

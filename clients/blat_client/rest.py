@@ -71,6 +71,22 @@ def _params(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in (None, [], (), "", 0, 0.0, False)}
 
 
+class _Sending:
+    """httpcore's trace of one request: whether sending it was cut off. A gateway that refuses a request before
+    reading all of it (429 under load) and closes makes the kernel reset the connection, and the answer can be lost
+    with it; httpcore then reports only that no answer came."""
+
+    def __init__(self):
+        self.cut = False
+
+    def trace(self, event: str, info: dict) -> None:
+        if event in ("http11.send_request_headers.failed", "http11.send_request_body.failed"):
+            self.cut = True
+
+    async def atrace(self, event: str, info: dict) -> None:
+        self.trace(event, info)
+
+
 class RestTransport:
     name = "rest"
 
@@ -85,26 +101,32 @@ class RestTransport:
     def send(self, call: RestCall) -> Any:
         if self._sync is None:
             self._sync = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        sent = _Sending()
         try:
-            r = self._sync.request(call.method, call.path, params=call.params, json=call.json, content=call.content)
+            r = self._sync.request(call.method, call.path, params=call.params, json=call.json, content=call.content,
+                                   extensions={"trace": sent.trace})
         except httpx.TransportError as e:
-            raise self._no_answer(call, e) from None
+            raise self._no_answer(call, e, sent) from None
         return self._answer(call, r)
 
     async def asend(self, call: RestCall) -> Any:
         if self._async is None:
             self._async = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+        sent = _Sending()
         try:
             r = await self._async.request(call.method, call.path, params=call.params, json=call.json,
-                                          content=call.content)
+                                          content=call.content, extensions={"trace": sent.atrace})
         except httpx.TransportError as e:
-            raise self._no_answer(call, e) from None
+            raise self._no_answer(call, e, sent) from None
         return self._answer(call, r)
 
-    def _no_answer(self, call: RestCall, e: httpx.TransportError) -> ClientError:
+    def _no_answer(self, call: RestCall, e: httpx.TransportError, sent: _Sending) -> ClientError:
         where = f"{call.method} {self.base_url}{call.path}"
         if isinstance(e, httpx.TimeoutException):
             return ClientError(0, "timeout", f"{where}: no answer within {self.timeout:g} s ({type(e).__name__})")
+        if sent.cut:  # retryable: the server cannot have acted on a request it did not read to the end
+            return ClientError(0, "connection_reset", f"{where}: the server closed the connection before it had "
+                                                      f"read the whole request (a refusal under load): {e!r}")
         return ClientError(0, "unreachable", f"{where}: {e!r}")
 
     @staticmethod

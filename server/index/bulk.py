@@ -18,15 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from server.errors import BadRequest
+from server.index.rebuild import Entry, Skipped
 from server.index.records import ItemRecord
 
 COMPLETE = "complete.json"
 RECORD_FIELDS = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash", "extra")
 
 
-def read_folder(folder: str | Path) -> tuple[dict, Callable[[], Iterator[tuple[ItemRecord, np.ndarray]]]]:
-    """(the job's summary, a callable yielding (ItemRecord, (D,) embedding) for every item); BadRequest when the
-    folder is not a finished embedding job."""
+def read_folder(folder: str | Path, check: Callable[[ItemRecord], ItemRecord] = lambda r: r,
+                ) -> tuple[dict, Callable[[], Iterator[Entry]]]:
+    """(the job's summary, a callable yielding (ItemRecord, (D,) embedding) for every item, or `Skipped` for a
+    record that is not a valid item or fails `check`, e.g. the stored-string limits); BadRequest when the folder is
+    not a finished embedding job."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / COMPLETE).read_text())
@@ -39,14 +42,17 @@ def read_folder(folder: str | Path) -> tuple[dict, Callable[[], Iterator[tuple[I
     if missing:
         raise BadRequest(f"{folder}: shards named by {COMPLETE} are missing: {missing[:5]}")
 
-    def pairs() -> Iterator[tuple[ItemRecord, np.ndarray]]:
+    def pairs() -> Iterator[Entry]:
         for path in shards:
             with np.load(path, allow_pickle=False) as z:
                 records, embeddings = z["records"].tolist(), z["embeddings"]
             if len(records) != len(embeddings):
                 raise ValueError(f"{path.name}: {len(records)} records, {len(embeddings)} embeddings")
-            for text, vec in zip(records, embeddings):
-                r = json.loads(text)
-                yield ItemRecord(**{k: r[k] for k in RECORD_FIELDS if k in r}), vec
+            for n, (text, vec) in enumerate(zip(records, embeddings)):
+                try:
+                    r = json.loads(text)
+                    yield check(ItemRecord(**{k: r[k] for k in RECORD_FIELDS if k in r})), vec
+                except BadRequest as e:
+                    yield Skipped(f"{path.name} record {n}: {e.message}")
 
     return summary, pairs

@@ -4,6 +4,8 @@ SQLite in WAL mode with `synchronous=FULL` fsyncs the log before COMMIT returns,
 checksummed and salted, so a torn tail (a kill -9 or power cut mid-write) is detected and dropped on the next open.
 A write is acknowledged only after its COMMIT, hence every acknowledged write survives and an unacknowledged one is
 either whole or absent: row, tags and embedding commit together. The FAISS index is a cache rebuilt from these rows.
+Rows are written one commit at a time, so the file carries no checksum of ours: at open, SQLite checks its own
+structure (`PRAGMA quick_check`, one pass over the file) and a damaged file is refused (`IndexDamaged`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.errors import Conflict
+from server.errors import Conflict, IndexDamaged
 from server.index.protocol import VersionMeta
 from server.index.records import ItemRecord, SearchFilter
 
@@ -77,12 +79,15 @@ def filter_sql(flt: SearchFilter) -> tuple[str, list]:
 class VersionDB:
     """Not thread-safe on its own: the store serialises writers; other threads open their own `reader()`."""
 
-    def __init__(self, path: Path, readonly: bool = False):
+    def __init__(self, path: Path, readonly: bool = False, check: bool = False):
+        """check: verify an existing file before anything writes to it (IndexDamaged if it fails)."""
         self.path = path
         self._meta: VersionMeta | None = None
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
         self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        if check:
+            self._check()
         if not readonly:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every COMMIT: the durability point
@@ -95,6 +100,20 @@ class VersionDB:
             for key, value in vars(meta).items():
                 db.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         return db
+
+    def _check(self) -> None:
+        """SQLite's structural check (pages, b-trees, record formats; it reads the WAL too), then the version's meta:
+        an empty or truncated-to-nothing file is a valid empty database to SQLite, but not a version."""
+        try:
+            problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)") if r[0] != "ok"]
+            if not problems:
+                self.meta
+        except (sqlite3.DatabaseError, TypeError, ValueError) as e:  # TypeError / ValueError: meta keys or JSON
+            problems = [str(e)]
+        if problems:
+            self.conn.close()
+            raise IndexDamaged(f"{self.path} is damaged: SQLite's check says {'; '.join(problems)[:300]}",
+                               file=str(self.path))
 
     def reader(self) -> VersionDB:
         """A second connection (for another thread); in WAL mode its read transactions see one consistent state."""

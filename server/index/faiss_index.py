@@ -14,11 +14,42 @@ from pathlib import Path
 
 import numpy as np
 
-from server.errors import BackendDown, Conflict, NotFound
+from server.errors import BackendDown, Conflict, IndexDamaged, NotFound
 from server.index import ann, layout
 from server.index.protocol import AnnConfig, Pair, Scored, VersionMeta
 from server.index.records import ItemRecord, SearchFilter
-from server.index.version import INDEX_FILE, Version, build_from_db, query_sets
+from server.index.db import VersionDB
+from server.index.version import DB_FILE, INDEX_FILE, Version, build_from_db, query_sets
+
+
+def way_back(root: Path, previous: str | None) -> str:
+    """What an operator can do about a live version that fails its check (the gateway will not serve it)."""
+    rebuild = (f"move {root} aside, start the gateway on an empty index and rebuild it from your audio "
+               "(POST /v1/index/rebuild, or settings.seed_manifest)")
+    if previous is None:
+        return rebuild
+    return (f"`python -m server --index-dir {root} --rollback` (or `blat serve ... --rollback`) makes the previous "
+            f"version {previous} live again, without the writes made since it was replaced; or {rebuild}")
+
+
+def rollback_offline(root: str | Path) -> tuple[str, str]:
+    """With no gateway running: make the previous version live again -> (live, previous). The way back from a live
+    version that fails its check at start; the previous version must pass it (IndexDamaged otherwise)."""
+    root = Path(root)
+    lock = layout.RootLock(root)
+    try:
+        pointer = layout.read_pointer(root)
+        if pointer is None or pointer[1] is None or not (layout.versions_dir(root) / pointer[1]).is_dir():
+            raise NotFound(f"index {root} has no previous version to roll back to")
+        current, previous = pointer
+        db = layout.versions_dir(root) / previous / DB_FILE
+        if not db.is_file():  # never let SQLite create an empty database in its place
+            raise IndexDamaged(f"index version {previous} has no {DB_FILE}", file=str(db))
+        VersionDB(db, check=True).close()
+        layout.write_pointer(root, previous, current)
+        return previous, current
+    finally:
+        lock.release()
 
 
 class FaissIndex:
@@ -39,7 +70,11 @@ class FaissIndex:
             else:
                 current, self._previous = pointer
                 layout.remove_unreferenced(self.root, {current, self._previous} - {None})
-                self._live = Version.open(self._dir(current), cfg)
+                try:
+                    self._live = Version.open(self._dir(current), cfg)
+                except IndexDamaged as e:
+                    raise IndexDamaged(f"index version {current} cannot be served: {e.message}. "
+                                       f"The way back: {way_back(self.root, self._previous)}", **e.details) from None
         except BaseException:
             self._root_lock.release()
             raise

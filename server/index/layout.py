@@ -3,7 +3,8 @@
     root/
       LOCK                  flock'ed while a process has the store open (the kernel drops it on kill -9)
       CURRENT               {"current": "v0003", "previous": "v0002"}: replaced atomically, never edited in place
-      versions/v0003/       one complete version: items.sqlite (metadata + embeddings) and index.faiss (a cache)
+      versions/v0003/       one complete version: items.sqlite (metadata + embeddings), index.faiss (a cache) and
+                            index.faiss.sha256 (the snapshot's checksum, verified at open; SQLite checks its own file)
       versions/v0002/       the version `rollback()` returns to
       versions/v0004/       a rebuild in progress (deleted on open if no pointer names it)
 """
@@ -16,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from contract.bundle import sha256_file
 from server.errors import Conflict
 
 VERSION_RE = re.compile(r"v(\d{4,})")
@@ -39,6 +41,31 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_checksums(path: Path) -> list[str] | None:
+    """The sha256 values `path` may have (one; two while a replacement's rename is pending), or None when none were
+    recorded (a file written before checksums were)."""
+    sums = checksum_path(path)
+    return sums.read_text().split() if sums.exists() else None
+
+
+def replace_checksummed(tmp: Path, path: Path) -> None:
+    """Rename the fsynced `tmp` over `path`, keeping its checksum file true at every instant: it names the old and
+    the new content while the rename is pending, so a kill at any point leaves a file that verifies. The caller
+    serialises replacements of one path."""
+    new = sha256_file(tmp)  # read back from the page cache: one pass over a snapshot, never per item
+    # A file from before checksums is never vouched for: a kill inside this window makes the next open call it
+    # damaged and rebuild the cache from the rows, which is always safe.
+    old = [s for s in recorded_checksums(path) or [] if s != new] if path.exists() else []
+    write_atomic(checksum_path(path), "\n".join(old + [new]).encode())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    write_atomic(checksum_path(path), new.encode())
 
 
 def versions_dir(root: Path) -> Path:

@@ -1,10 +1,12 @@
 """A background rebuild: a new version built from (item, embedding) pairs, validated, then swapped in atomically.
 
-The live version keeps answering searches and taking writes throughout. Writes made meanwhile are logged by the
-store and replayed into the new version under the store lock just before the swap, so none is lost. Validation
-before the swap: every expected item arrived, the engine's rows and search structure agree, the embeddings come
-from the bundle the store serves, and recall@10 of the new version against an exact search on sample queries reaches
-the threshold. The job sees the engine only through the `Staging` protocol.
+The live version keeps answering searches and taking writes throughout. A source may yield `Skipped(reason)` for an
+entry it could not read (an undecodable file, a path that left the ingest roots): the job counts it and keeps the
+reason, and fails only when more than `max_unreadable_share` of its entries were skipped so. Writes made meanwhile
+are logged by the store and replayed into the new version under the store lock just before the swap, so none is
+lost. Validation before the swap: every expected item arrived, the engine's rows and search structure agree, the
+embeddings come from the bundle the store serves, and recall@10 of the new version against an exact search on sample
+queries reaches the threshold. The job sees the engine only through the `Staging` protocol.
 """
 from __future__ import annotations
 
@@ -30,8 +32,18 @@ log = logging.getLogger(__name__)
 STATES = ("pending", "running", "validating", "succeeded", "failed", "cancelled")
 BATCH = 512  # pairs per bulk write while building: one fsync (SQLite) or request (Milvus) per batch, not per item
 MAX_REASONS = 10  # skipped items whose reasons are kept for the progress report
+MAX_REASON_CHARS = 300  # each reason: a path and a message, never a document
 
-Source = Iterable[tuple[ItemRecord, np.ndarray]] | Callable[[], Iterable[tuple[ItemRecord, np.ndarray]]]
+
+@dataclass(frozen=True)
+class Skipped:
+    """What a source yields in place of an entry it could not read: "path: why"."""
+
+    reason: str
+
+
+Entry = tuple[ItemRecord, np.ndarray] | Skipped
+Source = Iterable[Entry] | Callable[[], Iterable[Entry]]
 
 
 class Cancelled(Exception):
@@ -45,12 +57,13 @@ class RebuildProgress:
     done: int  # pairs consumed from the source, skipped ones included
     total: int  # pairs the caller announced
     added: int
-    skipped: int  # duplicates (same id or same content hash) and invalid pairs
+    skipped: int  # duplicates (same id or same content hash), invalid pairs and unreadable entries
     skipped_reasons: tuple[str, ...]  # the first few
     recall: float | None  # recall@10 vs exact measured during validation
     error: str | None
     started_at: float
     finished_at: float | None
+    unreadable: int = 0  # entries the source could not read (`Skipped`), counted in `skipped` too
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,9 +73,10 @@ class RebuildJob:
     """Create with `IndexStore.start_rebuild`; poll `progress()`, `cancel()`, or `wait()`."""
 
     def __init__(self, store: IndexStore, staging: Staging, source: Source, total: int, bundle_id: str,
-                 min_recall: float | None):
+                 min_recall: float | None, max_unreadable_share: float = 0.5):
         self._store, self._staging, self._source = store, staging, source
         self._bundle_id, self._min_recall = bundle_id, min_recall
+        self._max_unreadable_share = max_unreadable_share
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()  # guards _progress against readers on other threads
@@ -126,13 +140,19 @@ class RebuildJob:
     def _ingest(self) -> None:
         source = self._source() if callable(self._source) else self._source
         batch: list[tuple[ItemRecord, np.ndarray]] = []
-        done = added = skipped = 0
+        done = added = skipped = unreadable = 0
         reasons: list[str] = []
         seen_ids: set[str] = set()
         seen_hashes: set[str] = set()
-        for item, vec in source:
+        for entry in source:
             self._check_cancel()
             done += 1
+            if isinstance(entry, Skipped):
+                skipped, unreadable = skipped + 1, unreadable + 1
+                if len(reasons) < MAX_REASONS:
+                    reasons.append(entry.reason[:MAX_REASON_CHARS])
+                continue
+            item, vec = entry
             try:
                 if item.id in seen_ids:
                     raise ValueError(f"{item.id}: id repeated in the source")
@@ -145,15 +165,16 @@ class RebuildJob:
             except (ValueError, ServiceError) as e:
                 skipped += 1
                 if len(reasons) < MAX_REASONS:
-                    reasons.append(getattr(e, "message", None) or str(e))
+                    reasons.append((getattr(e, "message", None) or str(e))[:MAX_REASON_CHARS])
             if len(batch) >= BATCH:
                 added += self._staging.load(batch)  # rows only: the search structure is built once, in _validate
                 batch = []
             if done % 64 == 0:
-                self._update(done=done, added=added + len(batch), skipped=skipped, skipped_reasons=tuple(reasons))
+                self._update(done=done, added=added + len(batch), skipped=skipped, skipped_reasons=tuple(reasons),
+                             unreadable=unreadable)
         if batch:
             added += self._staging.load(batch)
-        self._update(done=done, added=added, skipped=skipped, skipped_reasons=tuple(reasons))
+        self._update(done=done, added=added, skipped=skipped, skipped_reasons=tuple(reasons), unreadable=unreadable)
 
     def _check_bundle(self) -> None:
         if self._bundle_id != self._store.bundle_id:
@@ -164,6 +185,10 @@ class RebuildJob:
         p = self.progress()
         if p.done != p.total:
             raise ValueError(f"validation: expected {p.total} items from the source, got {p.done}")
+        if p.unreadable > self._max_unreadable_share * p.done:
+            raise ValueError(f"{p.unreadable} of {p.done} entries could not be read, more than the "
+                             f"{self._max_unreadable_share:.0%} allowed (settings.rebuild_max_unreadable_share): "
+                             + "; ".join(p.skipped_reasons[:3]))
         self._check_bundle()
         self._check_cancel()
         got = self._staging.finish()  # builds the search structure, checks it against the rows, measures recall

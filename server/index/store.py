@@ -171,9 +171,10 @@ class IndexStore:
             return self._open().compact(self._lock)
 
     def start_rebuild(self, source: Source, total: int, *, bundle_id: str | None = None, kind: str | None = None,
-                      min_recall: float | None = None) -> RebuildJob:
+                      min_recall: float | None = None, max_unreadable_share: float = 0.5) -> RebuildJob:
         """Build a new version from `source` (pairs of (ItemRecord, embedding), or a callable returning them) in a
-        background thread; `total` is how many pairs it will yield (validated). Searches and writes keep using the
+        background thread; `total` is how many pairs it will yield (validated), `Skipped` entries included: the
+        job fails when more than `max_unreadable_share` of them are. Searches and writes keep using the
         live version until the new one validates and is swapped in. One rebuild at a time (Conflict otherwise)."""
         if kind is not None:
             dataclasses.replace(self.config, kind=kind)  # validates the kind name
@@ -186,7 +187,8 @@ class IndexStore:
             kind = kind or index.meta.kind
             staging = index.new_version(new_meta(self.dim, bundle_id or self.bundle_id, kind),
                                         dataclasses.replace(self.config, kind=kind))
-            self._job = RebuildJob(self, staging, source, total, bundle_id or self.bundle_id, min_recall)
+            self._job = RebuildJob(self, staging, source, total, bundle_id or self.bundle_id, min_recall,
+                                   max_unreadable_share)
             self._rebuild_log = []
             self._job.start()
             return self._job

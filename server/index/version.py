@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server.errors import IndexDamaged
 from server.index import ann, exact
 from server.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
 from server.index.db import VersionDB
@@ -82,14 +83,17 @@ class Version:
 
     @classmethod
     def open(cls, path: Path, cfg: AnnConfig) -> Version:
+        """IndexDamaged when items.sqlite is missing or fails SQLite's check; a damaged snapshot is only logged,
+        rebuilt from the rows and written again (it is a cache of them)."""
         if not (path / DB_FILE).is_file():  # never let SQLite create an empty database in its place
-            raise FileNotFoundError(f"index version {path} has no {DB_FILE}")
+            raise IndexDamaged(f"index version {path} has no {DB_FILE}", file=str(path / DB_FILE))
         for tmp in path.glob("*.tmp"):  # a snapshot write cut short by a kill
             tmp.unlink(missing_ok=True)
-        db = VersionDB(path / DB_FILE)
+        db = VersionDB(path / DB_FILE, check=True)
         vcfg = dataclasses.replace(cfg, kind=db.meta.kind)
         index = ann.load(path / INDEX_FILE, db.meta.dim)
-        if index is None:  # no snapshot yet, or a damaged one: the rows in SQLite are enough to rebuild it
+        rebuilt = index is None
+        if rebuilt:  # no snapshot yet, or a damaged one: the rows in SQLite are enough to rebuild it
             index, _ = build_from_db(db, vcfg, tune=False)
             inner = ann.faiss.downcast_index(index.index)
             for key, obj in (("nprobe", inner), ("efSearch", getattr(inner, "hnsw", None))):
@@ -97,8 +101,8 @@ class Version:
                     setattr(obj, key, min(int(v), getattr(inner, "nlist", int(v))))
         version = cls(path, db, index, cfg)
         added, _ = version.reconcile()
-        if added >= SNAPSHOT_AFTER_REPLAY:
-            version.snapshot()
+        if added >= SNAPSHOT_AFTER_REPLAY or (rebuilt and (path / INDEX_FILE).exists()):
+            version.snapshot()  # a damaged snapshot is replaced now, not found again at every start
         version.attach_gpu()
         return version
 

@@ -74,9 +74,12 @@ def wait_for_playable_audio(page, count: int) -> None:
 def page(browser, gw):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    blocked: list[str] = []  # the page runs under the gateway's Content-Security-Policy: nothing may need more
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(gw.http_url + "/")
     yield page
     context.close()
+    assert blocked == [], blocked
 
 
 def test_search_listen_similar(page, gw):
@@ -84,7 +87,7 @@ def test_search_listen_similar(page, gw):
     assert "401" in page.inner_text("[data-testid=error]")
     page.fill("[data-testid=api-key]", KEY)
     page.press("[data-testid=api-key]", "Tab")  # a change event: the page stores the key and reloads the stats
-    page.wait_for_function(f"document.getElementById('stats-items').textContent === '{N_ITEMS}'")
+    page.wait_for_function(f"() => document.getElementById('stats-items').textContent === '{N_ITEMS}'")
     assert page.locator("[data-testid=error]").is_hidden()
 
     page.fill("[data-testid=search-input]", QUERY)
@@ -102,7 +105,8 @@ def test_search_listen_similar(page, gw):
 
     target = shown_ids(page)[2]
     page.locator(f"[data-testid=result][data-id='{target}'] [data-testid=similar-link]").click()
-    page.wait_for_function(f"document.getElementById('results-title').textContent.startsWith('Similar to {target}')")
+    page.wait_for_function(
+        f"() => document.getElementById('results-title').textContent.startsWith('Similar to {target}')")
     with api(gw) as c:
         neighbours = c.post("/v1/search/item", json={"id": target, "k": 10}).json()
     assert shown_ids(page) == [h["id"] for h in neighbours["hits"]]
@@ -119,7 +123,7 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
     path.write_bytes(data)
     page.set_input_files("[data-testid=file-input]", str(path))
     page.wait_for_selector("[data-testid=window]")
-    page.wait_for_function("document.getElementById('results-title').textContent.startsWith('Sounds like')")
+    page.wait_for_function("() => document.getElementById('results-title').textContent.startsWith('Sounds like')")
     with api(gw) as c:
         tags = c.post("/v1/tag", params={"top_k": 10, "window_s": 5}, content=data).json()
         similar = c.post("/v1/search/audio", params={"k": 10}, content=data).json()
@@ -128,7 +132,7 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
     assert shown == [[t["label"], f"{t['score']:.3f}"] for t in tags["tags"]]
     assert page.locator("[data-testid=window]").count() == len(tags["windows"]) >= 2
     assert shown_ids(page) == [h["id"] for h in similar["hits"]]
-    page.wait_for_function("document.getElementById('caption-output').textContent !== '…'")
+    page.wait_for_function("() => document.getElementById('caption-output').textContent !== '…'")
     assert page.inner_text("[data-testid=caption-output]")
     page.screenshot(path=str(SHOTS / "3-upload.png"), full_page=True)
 
@@ -140,8 +144,9 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
         dt.items.add(new File([bytes], name, {type: 'audio/wav'}));
         document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
     }""", [base64.b64encode(short).decode(), "dropped.wav"])
-    page.wait_for_function("document.getElementById('clip-name').textContent.startsWith('dropped.wav')")
-    page.wait_for_function("document.getElementById('results-title').textContent.startsWith('Sounds like dropped')")
+    page.wait_for_function("() => document.getElementById('clip-name').textContent.startsWith('dropped.wav')")
+    page.wait_for_function(
+        "() => document.getElementById('results-title').textContent.startsWith('Sounds like dropped')")
     with api(gw) as c:
         tags = c.post("/v1/tag", params={"top_k": 10}, content=short).json()
     labels = page.locator("[data-testid=tags-output] tr td:first-child").all_inner_texts()
