@@ -36,13 +36,13 @@ run: $(STAMP)
 	@set -e; exporter=; \
 	if [ ! -f $(BUNDLE)/bundle.json ] || [ $(RELEASE)/release.json -nt $(BUNDLE)/bundle.json ]; then \
 	  rm -rf $(DEFAULT)/index; \
-	  $(PY) -m export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite & exporter=$$!; \
+	  $(PY) -m blat_export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite & exporter=$$!; \
 	fi; \
 	test -f $(SEED)/index_seed.jsonl || $(PY) -m blat.pipeline.corpus --size seed --min-seconds 0.1 --out $(SEED) \
 	    --index-seed $(SEED)/index_seed.jsonl; \
 	if [ -n "$$exporter" ]; then wait $$exporter; fi
 	BLAT_SERVER_SEED_MANIFEST=$(SEED)/index_seed.jsonl BLAT_SERVER_INGEST_ROOTS='["$(SEED)"]' \
-	    $(PY) -m server --bundle $(BUNDLE) --index-dir $(DEFAULT)/index
+	    $(PY) -m blat_gateway --bundle $(BUNDLE) --index-dir $(DEFAULT)/index
 
 # Training, apart from serving: the BLAT pipeline on real recordings from Debian packages (RECIPE=demo: 25 packages,
 # ~5.6 GB of downloads; ci is the small set the tests run) over three seeds, then the release it writes to
@@ -52,7 +52,7 @@ comma := ,
 SEEDS ?= 0,1,2
 train: $(STAMP)
 	$(PY) -m blat.pipeline.run --recipe $(RECIPE) --out runs/$(RECIPE) --seeds $(SEEDS)
-	$(PY) -m export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --version $(notdir $(RELEASE)) --overwrite \
+	$(PY) -m blat_export release --run runs/$(RECIPE) --out $(RELEASE) --name blat-$(RECIPE) --version $(notdir $(RELEASE)) --overwrite \
 	    --command "make train RECIPE=$(RECIPE) SEEDS=$(SEEDS)"
 
 # Evaluation by sound family (bench/eval_families.py) of the run behind RELEASE, over its seeds, beside the previous
@@ -61,7 +61,7 @@ FAMILY_BUNDLES := runs/$(RECIPE)/seed-bundles
 eval-families: $(STAMP)
 	$(PY) bench/seed_bundles.py --run runs/$(RECIPE) --seeds $(SEEDS) --out $(FAMILY_BUNDLES) --version $(notdir $(RELEASE))
 	@test -f $(FAMILY_BUNDLES)/previous/bundle.json || \
-	  $(PY) -m export bundle --release releases/blat-demo/1 --out $(FAMILY_BUNDLES)/previous --overwrite
+	  $(PY) -m blat_export bundle --release releases/blat-demo/1 --out $(FAMILY_BUNDLES)/previous --overwrite
 	$(PY) bench/eval_families.py --manifest runs/$(RECIPE)/scenes/manifest.jsonl --out bench/results/eval_families.json \
 	  --bundle $(foreach s,$(subst $(comma), ,$(SEEDS)),blat-$(RECIPE)/$(notdir $(RELEASE)).$(s)=$(FAMILY_BUNDLES)/bundle-$(s)) \
 	  blat-demo/1=$(FAMILY_BUNDLES)/previous
@@ -69,7 +69,7 @@ eval-families: $(STAMP)
 # The long reliability runs (bench/soak.py): sustained load, 3x overload, Triton killed under load, kill -9 during
 # writes and rebuilds, on the default bundle (exported from the release first if missing). Figures: BENCHMARKS.md.
 soak: $(STAMP)
-	@test -f $(BUNDLE)/bundle.json || $(PY) -m export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite
+	@test -f $(BUNDLE)/bundle.json || $(PY) -m blat_export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite
 	$(PY) bench/soak.py --bundle $(BUNDLE) $(SOAK_ARGS)
 
 # The web page's end-to-end test drives Debian's chromium (tests/server/test_browser.py); installed when missing.

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import wav_bytes  # noqa: E402
-from contract.beam import DecodingOptions  # noqa: E402
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
+from blat_contract.beam import DecodingOptions  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime  # noqa: E402
 
 Captions = list[tuple[str, float]]  # per clip: its best caption and log-probability
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 import blat
-from export.graphs import export_graph
+from blat_export.graphs import export_graph
 
 SENTENCES = ["a dog barks while cars pass by", "rain falls on a tin roof", "a man speaks and a door slams",
              "birds chirp in the distance", "an engine idles then accelerates", "footsteps on gravel",

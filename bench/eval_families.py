@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.eval_tagging import hit_rate  # noqa: E402
 from blat.pipeline.families import FAMILIES, family  # noqa: E402
-from contract.beam import DecodingOptions  # noqa: E402
-from contract.labels import audioset_labels, tags_to_multi_hot  # noqa: E402
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
-from server.settings import PredictSettings  # noqa: E402
+from blat_contract.beam import DecodingOptions  # noqa: E402
+from blat_contract.labels import audioset_labels, tags_to_multi_hot  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime  # noqa: E402
+from blat_gateway.settings import PredictSettings  # noqa: E402
 
 # Words that name no sound source: left out when matching a caption against a class's name and phrases.
 FILLER = set("a an the of and or is are in on at to by with from for its his her their some someone something sound "

@@ -21,8 +21,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime  # noqa: E402
 
 
 def hit_rate(scores: np.ndarray, targets: list[set[int]], k: int) -> float:

@@ -9,7 +9,7 @@ gateway over that Triton and over in-process ONNX Runtime on CUDA; everything la
 1. Checks first: nvidia-smi sees a GPU; a tritonserver (--tritonserver, one on PATH, or docker with the NVIDIA
    runtime running --image); perf_analyzer (on PATH, e.g. `pip install perf-analyzer`, whose wheels need glibc
    >= 2.38, or docker running the -sdk twin of --image).
-2. `python -m export triton --flavor gpu [--tensorrt]` writes <out>/repo, and 3. Triton serves it on loopback.
+2. `python -m blat_export triton --flavor gpu [--tensorrt]` writes <out>/repo, and 3. Triton serves it on loopback.
 4. perf_analyzer: text_encoder (16 tokens) and audio_encoder (a 10 s clip), one run per concurrency.
 5. throughput.py with BLAT_SERVER_BACKEND=triton (Triton's statistics must show the gateway's calls), then with
    the in-process backend on CUDA (skipped, saying why, when onnxruntime-gpu cannot run CUDA here).
@@ -91,7 +91,7 @@ def prerequisites(args) -> tuple[list[str] | None, list[str] | None]:
         die(f"{args.bundle} is not a bundle directory (no bundle.json); pass --bundle")
     pa = shutil.which("perf_analyzer", path=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if args.cpu_check:
-        from export.triton import TritonUnavailable, pytriton_server_dir
+        from blat_export.triton import TritonUnavailable, pytriton_server_dir
         try:
             pytriton_server_dir()
         except TritonUnavailable as e:
@@ -116,8 +116,8 @@ def prerequisites(args) -> tuple[list[str] | None, list[str] | None]:
 
 
 def start_triton(args, how: list[str] | None):
-    """A ready export.triton.TritonProcess serving <out>/repo on loopback."""
-    from export.triton import TritonProcess, launch_cpu_server
+    """A ready blat_export.triton.TritonProcess serving <out>/repo on loopback."""
+    from blat_export.triton import TritonProcess, launch_cpu_server
     from loadgen import free_port
     log = args.out / "tritonserver.log"
     if how is None:
@@ -147,7 +147,7 @@ def perf_inputs(args) -> dict[str, Path]:
     import numpy as np
     from tokenizers import Tokenizer
 
-    from contract.bundle import read_bundle
+    from blat_contract.bundle import read_bundle
     m = read_bundle(args.bundle, verify=False)
     tok, n = Tokenizer.from_file(str(args.bundle / m.text.tokenizer)), min(16, m.text.max_tokens)
     tok.enable_truncation(max_length=n)
@@ -213,7 +213,7 @@ def cuda_unusable(bundle: Path) -> str | None:
     """None when in-process ONNX Runtime really runs on CUDA here, else why not."""
     import onnxruntime as ort
 
-    from contract.bundle import read_bundle
+    from blat_contract.bundle import read_bundle
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu in its place)"
     graph = str(bundle / read_bundle(bundle, verify=False).graphs["text_encoder"].file)
@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     flavor = ["--flavor", "cpu" if args.cpu_check else "gpu", *(["--tensorrt"] if args.tensorrt else [])]
     triton = None
     try:
-        if run([PY, "-m", "export", "triton", "--bundle", str(args.bundle), "--triton", str(args.out / "repo"),
-                *flavor], args.out / "export.log", timeout=600)[0]:
-            die(f"python -m export triton failed, see {args.out / 'export.log'}")
+        if run([PY, "-m", "blat_export", "triton", "--bundle", str(args.bundle), "--triton", str(args.out / "repo"),
+                *flavor], args.out / "blat_export.log", timeout=600)[0]:
+            die(f"python -m blat_export triton failed, see {args.out / 'blat_export.log'}")
         triton = start_triton(args, how)
         with urllib.request.urlopen(triton.http_url + "/v2", timeout=10) as r, open(args.out / "env.txt", "a") as f:
             f.write(f"triton server {json.load(r).get('version')}\n")

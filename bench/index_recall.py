@@ -6,8 +6,8 @@
 Vectors: a synthetic clustered set (unit vectors around 1,000 random centres, like embeddings of a corpus with many
 near-duplicates), of the served bundle's embedding dimension (256).
 
-FAISS alone (--sizes): each index is built with server/index/ann.py and tuned by `ann.tune` on one draw of query
-sets (stored vectors perturbed at each distance in server.index.exact.QUERY_NOISES); recall@10 is then measured on
+FAISS alone (--sizes): each index is built with server/blat_gateway/index/ann.py and tuned by `ann.tune` on one draw of query
+sets (stored vectors perturbed at each distance in blat_gateway.index.exact.QUERY_NOISES); recall@10 is then measured on
 a second, held-out draw, per distance. Latency is one query at a time (p50 / p99 over the held-out queries); memory
 is the serialised index size; build time includes IVF training and tuning.
 
@@ -41,10 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from contract.labels import audioset_labels  # noqa: E402
-from server.index import AnnConfig, IndexStore, ItemRecord, SearchFilter, ann, exact  # noqa: E402
-from server.index.rebuild import RebuildProgress  # noqa: E402
-from server.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
+from blat_contract.labels import audioset_labels  # noqa: E402
+from blat_gateway.index import AnnConfig, IndexStore, ItemRecord, SearchFilter, ann, exact  # noqa: E402
+from blat_gateway.index.rebuild import RebuildProgress  # noqa: E402
+from blat_gateway.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
 
 VOCAB, TAGS_PER_ITEM = 30, 3  # each tag is on 3/30 = 10% of the items: the filtered search's selectivity
 ADD_BATCH = 1000
@@ -62,7 +62,7 @@ def chunks(x: np.ndarray, size: int = 50_000):
 
 
 def query_sets(x: np.ndarray, seed: int) -> list[exact.QuerySet]:
-    """The store's kind of query sets (server.index.version.query_sets), over an array instead of a version."""
+    """The store's kind of query sets (blat_gateway.index.version.query_sets), over an array instead of a version."""
     return exact.query_sets(lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES,
                           SAMPLE_QUERIES, seed)
 
@@ -185,7 +185,7 @@ def add_ms(store: IndexStore, x: np.ndarray, vocab: list[str], rng: np.random.Ge
 
 def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> IndexStore:
     if engine == "milvus":  # milvus-lite: the embedded Milvus, in this process
-        from server.index.milvus import MilvusConfig
+        from blat_gateway.index.milvus import MilvusConfig
 
         milvus = MilvusConfig(uri=f"{root}/milvus.db", collection="bench")
         return IndexStore(None, dim, "bench", config=cfg, milvus=milvus)

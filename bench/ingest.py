@@ -3,13 +3,13 @@
     .venv/bin/python bench/ingest.py --bundle runs/default/bundle --clips 200 --json ingest.json
 
 Writes --clips WAVs of log-uniform lengths in [--min-s, --max-s] (most clips short, a few long, as in a sound-effects
-library), then, each against a fresh `python -m server` subprocess (an empty index; default settings):
+library), then, each against a fresh `python -m blat_gateway` subprocess (an empty index; default settings):
   rebuild      POST /v1/index/rebuild {"folder"}, polled until the job has succeeded (decode, embed in length-sorted
                batches, write, build and validate the index); job_s is the job's own start-to-finish time;
   from-path    POST /v1/items/from-path for every file, at each --concurrency (the micro-batcher merges concurrent
                requests; every item is durable when its 201 answers).
 Then, with no gateway running, the encoder alone: the same clips decoded (not timed) and embedded in-process by
-ModelRuntime over ONNX Runtime in `server.service.length_batches` of --batch, with --threads (0 = all cores, the
+ModelRuntime over ONNX Runtime in `blat_gateway.service.length_batches` of --batch, with --threads (0 = all cores, the
 gateway's default). Prints one JSON object and a table: clips/s and audio seconds/s of each path and its ratio to the
 encoder-only rate. Exit 1 when a path did not ingest every clip.
 """
@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import GatewayProcess, RawHttp, percentile_ms, wav_bytes  # noqa: E402
-from contract.bundle import read_bundle  # noqa: E402
-from server.audio import decode_audio  # noqa: E402
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
-from server.service import length_batches  # noqa: E402
+from blat_contract.bundle import read_bundle  # noqa: E402
+from blat_gateway.audio import decode_audio  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime  # noqa: E402
+from blat_gateway.service import length_batches  # noqa: E402
 
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """`python -m server` as a subprocess with its own ports, index and ingest root; `env` adds BLAT_SERVER_*."""
+    """`python -m blat_gateway` as a subprocess with its own ports, index and ingest root; `env` adds BLAT_SERVER_*."""
 
     def __init__(self, bundle: Path, work: Path, **env: str):
         self.bundle, self.work, self.extra = bundle, work, env
@@ -52,7 +52,7 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLAT_SERVER_")}
         env.update(BLAT_SERVER_INGEST_ROOTS=json.dumps([str(self.roots)]), PYTHONUNBUFFERED="1", **self.extra)
         log = open(self.work / f"gateway-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", "--bundle", str(self.bundle), "--index-dir",
+        self.proc = subprocess.Popen([sys.executable, "-m", "blat_gateway", "--bundle", str(self.bundle), "--index-dir",
                                       str(self.index), "--http-port", str(self.port), "--grpc-port",
                                       str(self.grpc_port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/rebuild_batching.py --bundle runs/default/bundle --manifest runs/default/seed/index_seed.jsonl
 
-Decodes every clip of the manifest as the gateway does (server.audio.decode_audio), then embeds them twice with the
+Decodes every clip of the manifest as the gateway does (blat_gateway.audio.decode_audio), then embeds them twice with the
 bundle's audio graph on ONNX Runtime: in file order, in batches of --batch (the old rebuild), and in the batches
-`server.service.length_batches` makes (the rebuild now). Prints the padded audio seconds each way, the wall time
+`blat_gateway.service.length_batches` makes (the rebuild now). Prints the padded audio seconds each way, the wall time
 of each and their ratio, and the largest difference between a clip's two embeddings (masking by length makes a
 clip's embedding independent of its batch-mates, so it should be ~1e-6).
 """
@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.audio import decode_audio  # noqa: E402
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime  # noqa: E402
-from server.service import length_batches  # noqa: E402
+from blat_gateway.audio import decode_audio  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime  # noqa: E402
+from blat_gateway.service import length_batches  # noqa: E402
 
 
 def embed(runtime: ModelRuntime, waves: list[np.ndarray], batches: list[list[int]]) -> tuple[np.ndarray, float]:

@@ -3,7 +3,7 @@
     make soak                                            # the default bundle (runs/default/bundle)
     .venv/bin/python bench/soak.py --bundle runs/default/bundle --sustain-s 60 --json soak.json
 
-Phases, each against a `python -m server` subprocess on loopback (load: bench/loadgen.py's lean client; item
+Phases, each against a `python -m blat_gateway` subprocess on loopback (load: bench/loadgen.py's lean client; item
 writes: httpx):
   1. capacity   closed loop of text searches (80 %) and 2 s tag requests (20 %) at --concurrency for 10 s: the rps
                 the gateway sustains on this machine;
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loadgen  # noqa: E402
-from contract.bundle import read_bundle  # noqa: E402
+from blat_contract.bundle import read_bundle  # noqa: E402
 from loadgen import GatewayProcess as Gateway, RawHttp, Result, summary, wav_bytes  # noqa: E402
 from soak_memory import memory_lines, phase_memory  # noqa: E402
 from soak_slow import phase_slow_clients, slow_lines  # noqa: E402
@@ -86,7 +86,7 @@ def phase_load(gw: Gateway, clip: bytes, concurrency: int, sustain_s: float, dea
 
 
 def phase_triton(bundle: Path, work: Path, clip: bytes) -> dict:
-    from export.triton import launch_cpu_server, write_repository
+    from blat_export.triton import launch_cpu_server, write_repository
 
     repo = write_repository(bundle, work / "triton-repo", flavor="cpu", intra_op_threads=1)
     ports = dict(grpc_port=loadgen.free_port(), http_port=loadgen.free_port(), metrics_port=loadgen.free_port())

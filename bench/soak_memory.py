@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py --bundle runs/default/bundle --phases memory
 
-Kinds, one after another, each as `concurrency` (16) requests at once against a fresh `python -m server`:
+Kinds, one after another, each as `concurrency` (16) requests at once against a fresh `python -m blat_gateway`:
   caption   a 120 s clip (limits.max_audio_seconds) at beam 10 (the largest beam_size);
   windows   /v1/tag over the same clip at the smallest hop (one frame step, or what the 2,000-window cap allows) with
             the widest window the windowed-audio limit allows (8 hops): every window is a model input;
@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from loadgen import GatewayProcess, wav_bytes
-from server.service import MAX_WINDOWS
+from blat_gateway.service import MAX_WINDOWS
 
 WAV_HEADER_BYTES = 4096  # room left under the upload cap for the WAV header
 

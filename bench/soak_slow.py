@@ -5,7 +5,7 @@
 `drips` raw connections (half to /v1/tag, half to /v1/search/text) each declare a body and send one byte of it every
 `drip_every_s`; each is reopened when the gateway ends it (408 at the request's deadline). Meanwhile a closed loop
 of legitimate requests (text searches and 1 s tag requests, 4 at once) runs for `seconds`: every answer must be 200
-and their p99 under 1 s. The gateway admits a request only once its body is in (server/front_door.py), so the drips
+and their p99 under 1 s. The gateway admits a request only once its body is in (server/blat_gateway/front_door.py), so the drips
 hold connections, never admission places.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     .venv/bin/python bench/stream_tag.py --bundle runs/default/bundle --streams 1 4 8 --json stream_tag.json
     .venv/bin/python bench/stream_tag.py --bundle runs/default/bundle --fast     # send as fast as the server reads
 
-Against one `python -m server` subprocess (default settings: at most 8 streams), for each --streams K: K concurrent
+Against one `python -m blat_gateway` subprocess (default settings: at most 8 streams), for each --streams K: K concurrent
 streams (blat_client's Client.stream_tag over grpc://), each sending a --seconds clip of its own as f32le PCM at the
 bundle's rate in --chunk-s chunks.
   paced (default)  a chunk leaves when its audio would have been recorded, the streams' starts spread evenly over one
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import GatewayProcess, percentile_ms, wav_bytes  # noqa: E402
-from contract.bundle import read_bundle  # noqa: E402
-from server.service import window_spans  # noqa: E402
+from blat_contract.bundle import read_bundle  # noqa: E402
+from blat_gateway.service import window_spans  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

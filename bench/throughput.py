@@ -4,14 +4,14 @@ micro-batching on and off, all in one run on the same machine.
     .venv/bin/python bench/throughput.py                       # runs/default/bundle, c = 1, 8, 32, 10 s a cell
     .venv/bin/python bench/throughput.py --paths text --concurrency 32 --seconds 20 --json text.json
 
-For each mode (`batched`: the settings' max_batch, 16; `unbatched`: max_batch 1) a fresh `python -m server` runs on
+For each mode (`batched`: the settings' max_batch, 16; `unbatched`: max_batch 1) a fresh `python -m blat_gateway` runs on
 loopback over an index of --items stored items (random unit vectors with tags and captions, so every search returns
 real hits with their metadata); a closed loop of --concurrency workers (bench/loadgen.py's lean asyncio client, on
 the same cores) sends, per path:
   text     POST /v1/search/text, k 10, every query a different sentence (no cache can answer it);
   tag      POST /v1/tag?top_k=5 with a 10 s clip;
   caption  POST /v1/caption with a 5 s clip (the bundle's beam size).
-`model alone` is the limit: the same graphs in this process through server.runtime.ModelRuntime over ONNX Runtime
+`model alone` is the limit: the same graphs in this process through blat_gateway.runtime.ModelRuntime over ONNX Runtime
 with the server's thread setting, at batch 1 and at the batcher's max_batch, with no gateway running. Extra
 BLAT_SERVER_* variables in the environment reach both gateways (e.g. BLAT_SERVER_BACKEND=triton with
 BLAT_SERVER_TRITON__URL to measure a Triton backend; bench/gpu_bench.py does that on a GPU host).
@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loadgen  # noqa: E402
-from contract.bundle import read_bundle  # noqa: E402
-from contract.labels import audioset_labels  # noqa: E402
+from blat_contract.bundle import read_bundle  # noqa: E402
+from blat_contract.labels import audioset_labels  # noqa: E402
 
 PATHS = ("text", "tag", "caption")
 CLIP_SECONDS = {"tag": 10.0, "caption": 5.0}
@@ -57,7 +57,7 @@ def query(i: int) -> str:
 
 def seed_index(index_dir: Path, dim: int, bundle_id: str, n: int) -> None:
     """n items with random unit embeddings, a few AudioSet tags and a caption each, written through the store."""
-    from server.index import IndexStore, ItemRecord
+    from blat_gateway.index import IndexStore, ItemRecord
 
     rng = np.random.default_rng(0)
     labels = audioset_labels()
@@ -101,14 +101,14 @@ def run_gateway(bundle: Path, work: Path, index_src: Path, max_batch: int, paths
 
 # Where the gateway's GIL time goes, by the innermost frame that belongs to a known part (py-spy file paths).
 PROFILE_PARTS = (("model: ONNX Runtime call", ("onnxruntime/",)), ("tokenisation", ("tokenizers/",)),
-                 ("index: FAISS", ("faiss/",)), ("index: SQLite and records", ("server/index/", "sqlite3/")),
+                 ("index: FAISS", ("faiss/",)), ("index: SQLite and records", ("server/blat_gateway/index/", "sqlite3/")),
                  ("JSON encoding", ("fastapi/encoders.py", "json/", "starlette/responses.py")),
                  ("request parsing and validation", ("pydantic", "fastapi/dependencies/", "starlette/requests.py")),
-                 ("HTTP protocol (uvicorn h11)", ("h11/", "uvicorn/protocols/", "server/http_protocol.py")),
-                 ("middleware (FrontDoor, metrics)", ("server/front_door.py", "starlette/middleware/base.py",
-                                                      "server/metrics.py", "prometheus_client/")),
+                 ("HTTP protocol (uvicorn h11)", ("h11/", "uvicorn/protocols/", "server/blat_gateway/http_protocol.py")),
+                 ("middleware (FrontDoor, metrics)", ("server/blat_gateway/front_door.py", "starlette/middleware/base.py",
+                                                      "server/blat_gateway/metrics.py", "prometheus_client/")),
                  ("FastAPI/Starlette routing", ("fastapi/", "starlette/")),
-                 ("batcher and thread hand-offs", ("server/batching.py", "concurrent/futures/", "queue.py",
+                 ("batcher and thread hand-offs", ("server/blat_gateway/batching.py", "concurrent/futures/", "queue.py",
                                                    "threading.py", "anyio/")),
                  ("gateway code", ("server/",)), ("event loop (asyncio)", ("asyncio/",)))
 PROFILE_RATE = 200  # samples per second
@@ -148,9 +148,9 @@ def model_alone(bundle: Path, threads: int, batch: int, paths: list[str], clips:
                 seconds: float) -> dict:
     """Items per second through the runtime alone, at batch 1 and `batch`, for each path's graph; with ONNX Runtime's
     idle threads sleeping (the gateway's default) and spinning: the limit is the faster of the two."""
-    from contract.beam import DecodingOptions
-    from server.backends.ort import OnnxRuntimeBackend
-    from server.runtime import ModelRuntime
+    from blat_contract.beam import DecodingOptions
+    from blat_gateway.backends.ort import OnnxRuntimeBackend
+    from blat_gateway.runtime import ModelRuntime
 
     out = {}
     for spinning in (False, True):

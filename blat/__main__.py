@@ -47,8 +47,8 @@ def cmd_smoke(args) -> int:
 
     import blat
     from blat.models.captioner import tags_tensor
-    from contract.beam import DecodingOptions
-    from contract.vocab import Vocabulary
+    from blat_contract.beam import DecodingOptions
+    from blat_contract.vocab import Vocabulary
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.audio import FrontEndConfig
+from blat_contract.audio import FrontEndConfig
 
 
 def hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 from blat.config import ModelConfig, config_from_dict, config_to_dict
 from blat.models import DualEncoder, TagGuidedCaptioner, build_model
 from blat.models.text import configure_tokenizer
-from contract.vocab import Vocabulary
+from blat_contract.vocab import Vocabulary
 
 FORMAT = "blat-checkpoint"
 FORMAT_VERSION = 1

@@ -5,10 +5,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from contract.audio import FrontEndConfig
-from contract.config import ConfigError, from_dict, to_dict
-from contract.labels import NUM_AUDIOSET_CLASSES
-from contract.vocab import MAX_CAPTION_TOKENS
+from blat_contract.audio import FrontEndConfig
+from blat_contract.config import ConfigError, from_dict, to_dict
+from blat_contract.labels import NUM_AUDIOSET_CLASSES
+from blat_contract.vocab import MAX_CAPTION_TOKENS
 
 
 AUDIO_ARCHS = ("cnn14", "aisfx", "yamnet")  # blat/models/towers.py builds each

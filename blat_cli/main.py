@@ -3,8 +3,8 @@
   Talk to a running gateway (needs only the blat-client package):
     search, tag, caption, add, add-folder, get, delete, rebuild, rollback, stats, info
   Run things on this machine:
-    serve        the gateway (REST + gRPC) on a model bundle            (= python -m server)
-    export       checkpoints -> ONNX bundle, Triton repository, release (= python -m export)
+    serve        the gateway (REST + gRPC) on a model bundle            (= python -m blat_gateway)
+    export       checkpoints -> ONNX bundle, Triton repository, release (= python -m blat_export)
     train        the BLAT training pipeline on a recipe                 (= python -m blat.pipeline.run)
     import-blat  convert the released BLAT checkpoint to ours
     list-models  architectures in blat/model_configs/
@@ -23,8 +23,8 @@ import sys
 # name -> (help, how to run it with the remaining arguments). Imported only when chosen: `serve` never loads torch,
 # and the remote commands need nothing but blat_client.
 LOCAL = {
-    "serve": ("start the gateway (REST + gRPC); see `blat serve --help`", "server.__main__", []),
-    "export": ("export ONNX bundles, Triton repositories and releases", "export.__main__", []),
+    "serve": ("start the gateway (REST + gRPC); see `blat serve --help`", "blat_gateway.__main__", []),
+    "export": ("export ONNX bundles, Triton repositories and releases", "blat_export.__main__", []),
     "train": ("run the training pipeline (corpus, captioner, captions, pre-training)", "blat.pipeline.run", []),
     "import-blat": ("convert the released BLAT checkpoint (blat_cnn14_bertm.pth) to ours", "blat.__main__",
                     ["import-blat"]),

@@ -12,7 +12,7 @@ def tiny_models():
     import torch
 
     import blat
-    from contract.vocab import Vocabulary
+    from blat_contract.vocab import Vocabulary
 
     torch.manual_seed(0)
     dual = blat.create_model("tiny-dual").eval()
@@ -23,7 +23,7 @@ def tiny_models():
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_models, tmp_path_factory):
     """A complete bundle directory (all five graphs) exported from `tiny_models`."""
-    from export.bundle import write_bundle
+    from blat_export.bundle import write_bundle
 
     dual, captioner = tiny_models
     return write_bundle(tmp_path_factory.mktemp("bundles") / "tiny", dual, captioner, name="tiny", version="test")
@@ -62,7 +62,7 @@ def real_clips(freedesktop_sounds):
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    from contract.audio import SAMPLE_RATE
+    from blat_contract.audio import SAMPLE_RATE
 
     clips = {}
     for path in freedesktop_sounds:
@@ -82,8 +82,8 @@ def yamnet_bundle(tmp_path_factory):
     import torch
 
     import blat
-    from contract.vocab import Vocabulary
-    from export.bundle import write_bundle
+    from blat_contract.vocab import Vocabulary
+    from blat_export.bundle import write_bundle
 
     torch.manual_seed(0)
     dual = blat.create_model("yamnet-minilm").eval()

@@ -1,5 +1,5 @@
-"""The arrows between layers point one way: contract <- blat <- export; contract, wire <- server <- jobs. FAISS is
-imported only inside server/index/ (the FAISS engine). The client
+"""The arrows between layers point one way: blat_contract <- blat <- blat_export; blat_contract, blat_wire <-
+blat_gateway <- blat_jobs. FAISS is imported only inside server/blat_gateway/index/ (the FAISS engine). The client
 (`blat_client`, its own distribution under clients/) depends on none of them: it carries its own copy of the wire."""
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "contract": {"torch", "blat", "export", "server", "blat_client", "transformers"},
-    "server": {"torch", "blat", "export", "transformers", "jobs"},
-    "blat_client": {"torch", "blat", "export", "server", "contract", "wire", "transformers", "numpy"},
-    "blat": {"export", "server", "blat_client"},
-    "export": {"server", "blat_client"},
-    "wire": {"torch", "blat", "export", "server", "blat_client", "contract"},
-    "jobs": {"torch", "blat", "export", "transformers", "blat_client"},  # jobs/shards.py: stdlib only (its own test)
+    "blat_contract": {"torch", "blat", "blat_export", "blat_gateway", "blat_client", "transformers"},
+    "blat_gateway": {"torch", "blat", "blat_export", "transformers", "blat_jobs"},
+    "blat_client": {"torch", "blat", "blat_export", "blat_gateway", "blat_contract", "blat_wire", "transformers",
+                    "numpy"},
+    "blat": {"blat_export", "blat_gateway", "blat_client"},
+    "blat_export": {"blat_gateway", "blat_client"},
+    "blat_wire": {"torch", "blat", "blat_export", "blat_gateway", "blat_client", "blat_contract"},
+    "blat_jobs": {"torch", "blat", "blat_export", "transformers", "blat_client"},  # shards.py: stdlib only (own test)
 }
-SOURCE = {"blat_client": ROOT / "clients" / "blat_client"}  # a package whose source is not at ROOT/<name>
+SOURCE = {  # packages whose source is not at ROOT/<name>
+    "blat_client": ROOT / "clients" / "blat_client",
+    "blat_gateway": ROOT / "server" / "blat_gateway",
+    "blat_export": ROOT / "export" / "blat_export",
+}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -48,7 +53,7 @@ def test_no_upward_imports(package):
 
 
 def test_imports_with_torch_absent():
-    """server, blat_client, the `blat` command line and contract import in an interpreter where torch cannot be
+    """blat_gateway, blat_client, the `blat` command line and blat_contract import in an interpreter where torch cannot be
     imported at all; so does building `blat`'s parser (what `blat --help` and every remote command run).
 
     `__main__` modules are scripts (blat_client's and blat_cli's run their command line when imported); they import
@@ -61,7 +66,7 @@ def test_imports_with_torch_absent():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import pkgutil, importlib\n"
-        "for pkg in ('contract', 'wire', 'server', 'blat_client', 'blat_cli', 'jobs'):\n"
+        "for pkg in ('blat_contract', 'blat_wire', 'blat_gateway', 'blat_client', 'blat_cli', 'blat_jobs'):\n"
         "    mod = importlib.import_module(pkg)\n"
         "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
         "        if info.name.rsplit('.', 1)[-1] != '__main__' or pkg not in ('blat_client', 'blat_cli'):\n"
@@ -76,11 +81,12 @@ def test_imports_with_torch_absent():
 
 
 def test_faiss_only_inside_the_index_engine():
-    """Nothing outside server/index/ imports FAISS: the rest reaches it through the `VectorIndex` protocol."""
-    allowed = ROOT / "server" / "index"
+    """Nothing outside server/blat_gateway/index/ imports FAISS: the rest reaches it through the `VectorIndex` protocol."""
+    allowed = ROOT / "server" / "blat_gateway" / "index"
     bad = []
-    for folder in ("server", "export", "blat", "blat_cli", "contract", "jobs", "wire", "bench", "clients"):
+    for folder in ("server", "export", "blat", "blat_cli", "blat_contract", "blat_jobs", "blat_wire", "bench",
+                   "clients"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if allowed not in path.parents and "faiss" in imported_roots(path):
                 bad.append(str(path.relative_to(ROOT)))
-    assert not bad, f"FAISS imported outside server/index/: {bad}"
+    assert not bad, f"FAISS imported outside server/blat_gateway/index/: {bad}"

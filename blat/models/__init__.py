@@ -14,7 +14,7 @@ from blat.models.cnn14 import Cnn14
 from blat.models.dual import DualEncoder
 from blat.models.text import TextEncoder
 from blat.models.towers import build_audio_tower
-from contract.vocab import Vocabulary
+from blat_contract.vocab import Vocabulary
 
 __all__ = ["AisfxTower", "Cnn14", "build_audio_tower", "DualEncoder", "TagGuidedCaptioner", "TextEncoder", "list_models", "get_model_config",
            "build_model", "create_model"]
@@ -42,7 +42,7 @@ def build_model(cfg: ModelConfig, *, vocab: Vocabulary | None = None, tokenizer:
         return DualEncoder(cfg, tokenizer)
     if isinstance(cfg, CaptionerConfig):
         if vocab is None:
-            raise ValueError("a captioner needs a vocabulary (contract.vocab.Vocabulary)")
+            raise ValueError("a captioner needs a vocabulary (blat_contract.vocab.Vocabulary)")
         return TagGuidedCaptioner(cfg, vocab)
     raise TypeError(f"not a model config: {type(cfg).__name__}")
 

@@ -19,7 +19,7 @@ from blat.config import AudioEncoderConfig
 from blat.models.cnn14 import ConvBlock
 from blat.models.text import resolve_path
 from blat.models.towers import pad_clips, valid_mask
-from contract.audio import FrontEndConfig
+from blat_contract.audio import FrontEndConfig
 
 TRAINED_RATE = 44_100  # Hz, the package's preprocessing
 TRAINED_FFT = 2048  # samples at TRAINED_RATE: window = FFT size (46.4 ms)

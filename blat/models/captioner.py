@@ -15,8 +15,8 @@ from torch import nn
 
 from blat.config import CaptionerConfig
 from blat.models.towers import build_audio_tower
-from contract.beam import DecodingOptions, Hypothesis, beam_search
-from contract.vocab import PAD, Vocabulary
+from blat_contract.beam import DecodingOptions, Hypothesis, beam_search
+from blat_contract.vocab import PAD, Vocabulary
 
 MAX_POSITIONS = 64  # positional table size; captions are capped far below it
 
@@ -105,6 +105,6 @@ class TagGuidedCaptioner(nn.Module):
 
 def tags_tensor(tag_lists: Sequence[Sequence[str]], device=None) -> torch.Tensor:
     """Lists of AudioSet display names -> (B, 527) float multi-hot."""
-    from contract.labels import tags_to_multi_hot
+    from blat_contract.labels import tags_to_multi_hot
 
     return torch.from_numpy(np.stack([tags_to_multi_hot(t) for t in tag_lists])).to(device)

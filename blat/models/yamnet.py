@@ -25,7 +25,7 @@ from blat.audio import LogMelFrontEnd
 from blat.config import AudioEncoderConfig
 from blat.models.text import resolve_path
 from blat.models.towers import pad_clips, read_head_classes, valid_mask
-from contract.audio import FrontEndConfig
+from blat_contract.audio import FrontEndConfig
 
 TRAINED_RATE = 16_000  # Hz
 TRAINED_WINDOW = 400  # samples at TRAINED_RATE (25 ms), periodic Hann

@@ -2,7 +2,7 @@
 
 Modes: `captioner` (beam search conditioned on the clip's audio and AudioSet tags: BLAT), `no_tags` (audio only:
 ablation b, use a captioner trained with --no-tags) and `templates` (text from the tag names alone, no audio:
-ablation c). The job is sharded by sorted id and resumable (jobs.shards): every shard file is written atomically,
+ablation c). The job is sharded by sorted id and resumable (blat_jobs.shards): every shard file is written atomically,
 a rerun skips finished shards, and a killed run loses at most the shards in flight.
 
 Several workers can share one job: `--workers N` starts N local processes; under `torchrun --nproc-per-node N`
@@ -38,11 +38,11 @@ from blat.pipeline import templates
 from blat.pipeline.data import batch_audio, file_sha256, load_audio, load_jsonl, load_scene_manifest
 from blat.pipeline.frozen import cache_file, clip_key, pad_frames, per_clip_outputs
 from blat.pipeline.recipe import CaptioningConfig, load_recipe, with_overrides
-from contract.audio import SAMPLE_RATE
-from contract.beam import DecodingOptions
-from contract.config import to_dict
-from jobs import shards as js
-from jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
+from blat_contract.audio import SAMPLE_RATE
+from blat_contract.beam import DecodingOptions
+from blat_contract.config import to_dict
+from blat_jobs import shards as js
+from blat_jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
 
 log = logging.getLogger("blat.pipeline.caption" if __name__ == "__main__" else __name__)
 
@@ -163,7 +163,7 @@ def _open(manifest: Path, out: Path, cfg: CaptioningConfig, checkpoint, limit, o
 
 
 def _work(task: _Task, ident: Identity, lease_s: float, wait: bool, progress: bool) -> js.Summary:
-    """This process's claim loop over the job's shards (jobs.shards.run_worker)."""
+    """This process's claim loop over the job's shards (blat_jobs.shards.run_worker)."""
     cfg = dataclasses.replace(task.cfg, device=ident.device(task.cfg.device))
     job, model = task.job, None
 
@@ -249,7 +249,7 @@ def _run_local_workers(task: _Task, args: tuple, n: int, lease_s: float, progres
 def _local_worker(manifest, out, cfg: CaptioningConfig, checkpoint, limit, lease_s: float, ident: Identity,
                   level: str) -> None:
     """One --workers process: the claim loop, no waiting, no merge (the parent does both)."""
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     setup_logging(level)
     # num_threads 0 would give every worker all cores: share them instead
@@ -311,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -40,7 +40,7 @@ from blat.pipeline import sources
 from blat.pipeline.families import MUSIC, family
 from blat.pipeline.sources import Member, SourceError
 from blat.pipeline.tags import TagTable, TagTableError, load_tag_table, parse_tags
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 log = logging.getLogger("blat.pipeline.corpus" if __name__ == "__main__" else __name__)
 
@@ -420,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

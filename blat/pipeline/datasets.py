@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import soundfile as sf
 
 from blat.pipeline.data import load_audio, write_jsonl
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 log = logging.getLogger("blat.pipeline.datasets" if __name__ == "__main__" else __name__)
 
@@ -87,8 +87,8 @@ def _seconds(x: float) -> str:
 
 
 def mid_to_name() -> dict[str, str]:
-    """AudioSet machine ids ("/m/09x0r") -> display names ("Speech"), the 527 classes of contract.labels."""
-    path = resources.files("contract") / "data" / "audioset" / "class_labels_indices.csv"
+    """AudioSet machine ids ("/m/09x0r") -> display names ("Speech"), the 527 classes of blat_contract.labels."""
+    path = resources.files("blat_contract") / "data" / "audioset" / "class_labels_indices.csv"
     with path.open(newline="", encoding="utf-8") as f:
         return {r["mid"]: r["display_name"] for r in csv.DictReader(f)}
 
@@ -156,7 +156,7 @@ def read_audioset(path: str | Path, names: dict[str, str] | None = None) -> list
     if unknown:
         shown = ", ".join(f"{m!r} (line {n})" for m, n in list(unknown.items())[:10])
         raise DatasetError(f"{path}: {len(unknown)} label id(s) are not among the 527 AudioSet classes "
-                           f"(contract/data/audioset/class_labels_indices.csv): {shown}")
+                           f"(blat_contract/data/audioset/class_labels_indices.csv): {shown}")
     return out
 
 
@@ -450,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -31,13 +31,13 @@ import torch
 
 from blat.pipeline import metrics
 from blat.pipeline.contrastive import resolve_device
-from contract.config import ConfigError, apply_env, from_dict, to_dict
+from blat_contract.config import ConfigError, apply_env, from_dict, to_dict
 
 log = logging.getLogger("blat.pipeline.evaluate" if __name__ == "__main__" else __name__)
 
 PROMPT = "this is a sound of {label}"  # MS-CLAP's template; export's label bank uses the same (label lower-cased)
 DEFAULT_PROTOCOLS = ("zero_shot_events", "tagging_scenes", "retrieval_scenes")
-CAPTION_TOKENIZER = "contract.vocab.words (lower case, [a-z0-9'] words, punctuation dropped)"
+CAPTION_TOKENIZER = "blat_contract.vocab.words (lower case, [a-z0-9'] words, punctuation dropped)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +289,7 @@ def _meteor(candidate_sets: Sequence[Mapping[str, str]], references: Mapping[str
         from pycocoevalcap.meteor.meteor import Meteor
     except ImportError:
         return "pycocoevalcap is not installed"
-    from contract.vocab import words
+    from blat_contract.vocab import words
 
     keys = sorted(references)
     gts = {k: [" ".join(words(r)) for r in references[k]] for k in keys}
@@ -374,7 +374,7 @@ def _read_candidates(path: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m blat.pipeline.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

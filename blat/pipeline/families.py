@@ -89,7 +89,7 @@ def derive_from_ontology(ontology: list[dict], names: list[str]) -> dict[str, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.labels import audioset_labels
+    from blat_contract.labels import audioset_labels
 
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from blat.pipeline.data import batch_audio
-from contract.config import to_dict
+from blat_contract.config import to_dict
 
 
 def freeze(module: nn.Module) -> nn.Module:

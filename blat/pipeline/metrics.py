@@ -3,7 +3,7 @@ retrieval recall / mAP@10) and the chance level of each, so every score can be p
 system would get.
 
 Caption metrics follow the coco-caption reference code (pycocoevalcap), which the tests check against:
-captions are tokenised with `contract.vocab.words` (lower case, punctuation dropped) on both sides.
+captions are tokenised with `blat_contract.vocab.words` (lower case, punctuation dropped) on both sides.
 Ties in retrieval count against the system (a tie with a wrong item is not a hit), so a collapsed model
 that gives every item the same score scores at or below chance, never at the top.
 """
@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from contract.vocab import words
+from blat_contract.vocab import words
 
 NGRAMS = 4  # BLEU-4 and CIDEr-D use 1..4-grams
 ROUGE_BETA = 1.2  # coco-caption's ROUGE-L F-measure weight

@@ -38,7 +38,7 @@ from blat.pipeline.contrastive import (DistInfo, average_gradients, contrastive_
 from blat.pipeline.frozen import cache_file, clip_key, freeze, per_clip_outputs, tower_params
 from blat.pipeline.evaluate import encode_clips, encode_texts, load_split, read_audio
 from blat.pipeline.metrics import retrieval_chance, retrieval_metrics
-from contract.config import ConfigError, apply_env, from_dict, to_dict
+from blat_contract.config import ConfigError, apply_env, from_dict, to_dict
 
 log = logging.getLogger("blat.pipeline.pretrain" if __name__ == "__main__" else __name__)
 
@@ -525,7 +525,7 @@ def load_config(recipe: str | None = None, config: str | Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m blat.pipeline.pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

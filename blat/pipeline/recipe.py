@@ -2,7 +2,7 @@
 section per stage.
 
 `load_recipe("ci")` reads the named preset (or a path to a JSON file) into a typed `Recipe`; unknown
-keys are errors (contract.config.from_dict). Each stage reads only its own section.
+keys are errors (blat_contract.config.from_dict). Each stage reads only its own section.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from blat.pipeline.evaluate import EvalConfig
 from blat.pipeline.pretrain import PretrainConfig
-from contract.config import from_dict
+from blat_contract.config import from_dict
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 

@@ -8,7 +8,7 @@ With a prebuilt manifest (`--manifest`, or the recipe's `manifest`: the real dat
 
 Every stage skips work whose output exists (a rerun resumes), so the command is idempotent. The result is a
 versioned model directory `<out>/model/` (checkpoints with their tokenizer/vocabulary inside, configs, metrics,
-model card) that `python -m export bundle` turns into the serving bundle, and `<out>/report.md` + `report.json`
+model card) that `python -m blat_export bundle` turns into the serving bundle, and `<out>/report.md` + `report.json`
 with the ablation table and the command that made them.
 
 Ablation (recipe.ablation): contrastive models pre-trained on captions from (a) the tag-guided captioner, (b) the
@@ -285,7 +285,7 @@ def write_model_dir(out: Path, report: dict, recipe, model_from: Path | None = N
     import shutil
 
     from blat.checkpoint import read_header
-    from contract.config import to_dict
+    from blat_contract.config import to_dict
 
     model = out / "model"
     model.mkdir(exist_ok=True)
@@ -344,7 +344,7 @@ def write_index_seed(manifest: Path, path: Path, splits: tuple[str, ...] | None 
 
 def main(argv: list[str] | None = None) -> int:
     from blat.pipeline.recipe import load_recipe
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m blat.pipeline.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from blat.pipeline import templates
 from blat.pipeline.data import file_sha256, load_audio, load_jsonl, write_jsonl
 from blat.pipeline.recipe import ScenesConfig, load_recipe, with_overrides
-from contract.config import to_dict
+from blat_contract.config import to_dict
 
 log = logging.getLogger("blat.pipeline.scenes" if __name__ == "__main__" else __name__)
 
@@ -357,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.labels import audioset_labels
+from blat_contract.labels import audioset_labels
 
 TAG_RULES_PATH = Path(__file__).with_name("data") / "tag_rules.csv"
 COLUMNS = ("package", "pattern", "tags", "caption_hint")
@@ -47,7 +47,7 @@ def parse_tags(text: str, where: str = "") -> tuple[str, ...]:
             close = difflib.get_close_matches(tag, names, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise TagTableError(f"{where}: {tag!r} is not one of the 527 AudioSet display names "
-                                f"(contract/data/audioset/class_labels_indices.csv){hint}")
+                                f"(blat_contract/data/audioset/class_labels_indices.csv){hint}")
     if len(set(tags)) != len(tags):
         raise TagTableError(f"{where}: repeated tag in {text!r}")
     return tags

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from contract.labels import audioset_labels
+from blat_contract.labels import audioset_labels
 
 PHRASES_PATH = Path(__file__).with_name("data") / "tag_phrases.csv"
 OVERLAP_TOLERANCE_S = 0.05  # an event that starts this close to the previous one's end follows it ("then")

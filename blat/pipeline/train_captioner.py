@@ -29,9 +29,9 @@ from blat.models.captioner import TagGuidedCaptioner, tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
 from blat.pipeline.frozen import cache_file, clip_key, freeze, pad_frames, per_clip_outputs, tower_params
 from blat.pipeline.recipe import CaptionerConfig, load_recipe, with_overrides
-from contract.audio import SAMPLE_RATE
-from contract.config import to_dict
-from contract.vocab import PAD, Vocabulary
+from blat_contract.audio import SAMPLE_RATE
+from blat_contract.config import to_dict
+from blat_contract.vocab import PAD, Vocabulary
 
 log = logging.getLogger("blat.pipeline.train_captioner" if __name__ == "__main__" else __name__)
 
@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.logs import setup_logging
+    from blat_contract.logs import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)

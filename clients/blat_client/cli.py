@@ -125,7 +125,7 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("folder", nargs="?", help="folder on the server, under its ingest roots")
     s.add_argument("--manifest", help="JSON Lines manifest on the server instead of a folder")
     s.add_argument("--embeddings", metavar="JOB_DIR", help="a finished embedding job's folder on the server "
-                   "(python -m jobs.embed): loads precomputed embeddings instead of embedding audio")
+                   "(python -m blat_jobs.embed): loads precomputed embeddings instead of embedding audio")
     s.add_argument("--no-wait", action="store_true", help="print the started job and return")
     s.add_argument("--status", metavar="JOB", help="show a job's progress")
     s.add_argument("--cancel", metavar="JOB", help="cancel a running job")

@@ -49,7 +49,7 @@ def running_with(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_cpu_check(tiny_bundle, tmp_path):
-    from export.triton import TritonUnavailable, pytriton_server_dir
+    from blat_export.triton import TritonUnavailable, pytriton_server_dir
 
     try:
         pytriton_server_dir()

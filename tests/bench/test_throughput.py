@@ -36,8 +36,8 @@ def test_profile_breakdown_takes_the_innermost_known_part(tmp_path):
     raw = tmp_path / "profile.txt"
     raw.write_text(
         "thread (1): MainThread;run (asyncio/base_events.py:1);encode (fastapi/encoders.py:9) 30\n"
-        "thread (2): batcher;_run (server/batching.py:5);run (onnxruntime/capi/session.py:2) 50\n"
-        "thread (3): worker;search_text (server/service.py:3);search (server/index/store.py:4) 10\n"
+        "thread (2): batcher;_run (server/blat_gateway/batching.py:5);run (onnxruntime/capi/session.py:2) 50\n"
+        "thread (3): worker;search_text (server/blat_gateway/service.py:3);search (server/blat_gateway/index/store.py:4) 10\n"
         "thread (1): MainThread;mystery (somewhere/else.py:1) 10\n")
     shares = throughput.breakdown(raw, possible=200)
     assert shares == {"model: ONNX Runtime call": 25.0, "JSON encoding": 15.0, "index: SQLite and records": 5.0,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blat.audio import LogMelFrontEnd, hz_to_mel_slaney, mel_filterbank, mel_to_hz_slaney
-from contract.audio import FrontEndConfig
+from blat_contract.audio import FrontEndConfig
 
 CFG = FrontEndConfig()  # BLAT: 32 kHz, n_fft 1024, hop 320, 64 slaney mels, 50-14000 Hz
 

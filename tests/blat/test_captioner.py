@@ -12,9 +12,9 @@ import torch
 import blat
 from blat.models import TagGuidedCaptioner, build_model
 from blat.models.captioner import tags_tensor
-from contract.beam import DecodingOptions
-from contract.labels import audioset_labels
-from contract.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary
+from blat_contract.beam import DecodingOptions
+from blat_contract.labels import audioset_labels
+from blat_contract.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary
 
 VOCAB = Vocabulary(SPECIALS + ("dog", "barks", "rain"))
 EMITTABLE = [UNK, 4, 5, 6]

@@ -18,9 +18,9 @@ import blat
 from blat.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint, read_header, save_checkpoint
 from blat.config import config_to_dict
 from blat.models import DualEncoder
-from contract.beam import DecodingOptions
-from contract.labels import NUM_AUDIOSET_CLASSES
-from contract.vocab import Vocabulary
+from blat_contract.beam import DecodingOptions
+from blat_contract.labels import NUM_AUDIOSET_CLASSES
+from blat_contract.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a dog barks", "", "Birds are chirping, while a MAN speaks loudly in the distance " * 6, "rain on a tin roof"]

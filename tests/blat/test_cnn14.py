@@ -10,8 +10,8 @@ import torch
 import blat
 from blat.config import AudioEncoderConfig
 from blat.models.cnn14 import Cnn14
-from contract.audio import FrontEndConfig
-from contract.config import ConfigError
+from blat_contract.audio import FrontEndConfig
+from blat_contract.config import ConfigError
 
 
 def cnn14_param_count(channels=(64, 128, 256, 512, 1024, 2048), n_mels=64, embed_dim=2048) -> int:

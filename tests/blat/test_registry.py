@@ -7,7 +7,7 @@ import torch
 import blat
 from blat.config import CaptionerConfig, DualEncoderConfig
 from blat.models import DualEncoder, TagGuidedCaptioner
-from contract.vocab import Vocabulary
+from blat_contract.vocab import Vocabulary
 
 VOCAB = Vocabulary.build(["a dog barks", "rain falls on a roof"])
 PAPER = {"blat-cnn14-bertm", "blat-captioner"}  # ~124M and ~85M parameters: seconds to build

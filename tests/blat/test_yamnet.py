@@ -21,8 +21,8 @@ from blat.audio import LogMelFrontEnd, mel_filterbank
 from blat.models.text import resolve_path
 from blat.models.towers import build_audio_tower, read_head_classes
 from blat.models.yamnet import CLASSES, N_CLASSES, WEIGHTS, read_yamnet_onnx, yamnet_frontend
-from contract.audio import FrontEndConfig
-from contract.labels import audioset_labels, labels_for_mids
+from blat_contract.audio import FrontEndConfig
+from blat_contract.labels import audioset_labels, labels_for_mids
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

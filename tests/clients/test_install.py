@@ -51,9 +51,9 @@ def test_the_wheel_holds_the_client_and_its_stubs_only(client_venv):
 def test_the_venv_has_no_server_side(client_venv):
     python = client_venv / "bin" / "python"
     code = ("import importlib.util, json, blat_client; print(json.dumps({m: importlib.util.find_spec(m) is not None "
-            "for m in ('server', 'wire', 'contract', 'blat', 'numpy', 'torch', 'blat_client')}))")
+            "for m in ('blat_gateway', 'blat_wire', 'blat_contract', 'blat', 'numpy', 'torch', 'blat_client')}))")
     found = json.loads(run([python, "-c", code], cwd="/").stdout)
-    assert found == {"server": False, "wire": False, "contract": False, "blat": False, "numpy": False,
+    assert found == {"blat_gateway": False, "blat_wire": False, "blat_contract": False, "blat": False, "numpy": False,
                      "torch": False, "blat_client": True}
 
 
@@ -83,6 +83,6 @@ def test_build_refuses_stubs_that_do_not_match_the_proto(client_venv, tmp_path):
 
 def test_committed_stubs_match_the_proto():
     """Both generated copies (wire/ for the server, clients/blat_client/_wire/ for the client) are what
-    wire/blat.proto generates today."""
-    out = subprocess.run([sys.executable, "-m", "wire.generate", "--check"], cwd=ROOT, capture_output=True, text=True)
+    blat_wire/blat.proto generates today."""
+    out = subprocess.run([sys.executable, "-m", "blat_wire.generate", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,4 @@
-"""contract.beam: batched beam search checked against an exhaustive search written here.
+"""blat_contract.beam: batched beam search checked against an exhaustive search written here.
 
 The next-token distributions come from a seeded generator keyed on (batch item, whole prefix), so every
 prefix of every item gets its own, deterministic distribution and nothing about the search is special-cased.
@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from contract.beam import DecodingOptions, Hypothesis, beam_search
-from contract.vocab import END, PAD, START, UNK
+from blat_contract.beam import DecodingOptions, Hypothesis, beam_search
+from blat_contract.vocab import END, PAD, START, UNK
 
 V = 7  # 4 specials + 3 words
 EMITTABLE = [UNK, 4, 5, 6]  # tokens a caption may contain (PAD and START are never emitted)

@@ -1,4 +1,4 @@
-"""contract.config: strict typed configs from dicts, their inverse, and env-var overrides."""
+"""blat_contract.config: strict typed configs from dicts, their inverse, and env-var overrides."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from contract.audio import FrontEndConfig
-from contract.config import ConfigError, apply_env, from_dict, load_json, to_dict
+from blat_contract.audio import FrontEndConfig
+from blat_contract.config import ConfigError, apply_env, from_dict, load_json, to_dict
 
 
 @dataclass(frozen=True)

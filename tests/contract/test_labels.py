@@ -1,10 +1,10 @@
-"""contract.labels: the AudioSet class list and multi-hot tag vectors."""
+"""blat_contract.labels: the AudioSet class list and multi-hot tag vectors."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from contract.labels import NUM_AUDIOSET_CLASSES, audioset_labels, tags_to_multi_hot
+from blat_contract.labels import NUM_AUDIOSET_CLASSES, audioset_labels, tags_to_multi_hot
 
 
 def test_527_unique_labels_in_ontology_order():

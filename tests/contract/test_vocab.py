@@ -1,9 +1,9 @@
-"""contract.vocab: the word-level caption vocabulary."""
+"""blat_contract.vocab: the word-level caption vocabulary."""
 from __future__ import annotations
 
 import pytest
 
-from contract.vocab import END, MAX_CAPTION_TOKENS, PAD, SPECIALS, START, UNK, Vocabulary, words
+from blat_contract.vocab import END, MAX_CAPTION_TOKENS, PAD, SPECIALS, START, UNK, Vocabulary, words
 
 CAPTIONS = ["A dog barks, a dog growls.", "A man speaks", "birds chirp; a DOG barks"]
 

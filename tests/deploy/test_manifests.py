@@ -22,9 +22,9 @@ import httpx
 import pytest
 import yaml
 
-from server.access import PUBLIC, REST
-from server.metrics import Metrics
-from server.settings import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
+from blat_gateway.access import PUBLIC, REST
+from blat_gateway.metrics import Metrics
+from blat_gateway.settings import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 from tests.server.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,8 +322,8 @@ def test_gateway_settings_from_the_configmap_and_env_match_the_manifests(tmp_pat
 
 
 def test_probe_paths_are_public_routes_of_the_app(tiny_bundle, tmp_path):
-    from server.rest import create_app
-    from server.service import Gateway
+    from blat_gateway.rest import create_app
+    from blat_gateway.service import Gateway
 
     gw = Gateway(load_settings(environ={}, bundle=str(tiny_bundle), index_dir=str(tmp_path / "index")))
     try:
@@ -335,7 +335,7 @@ def test_probe_paths_are_public_routes_of_the_app(tiny_bundle, tmp_path):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         path = container[probe]["httpGet"]["path"]
         assert ("GET", path) in routes, f"{probe}: GET {path} is not a route of the gateway"
-        assert public_get(path), f"{probe}: GET {path} is not PUBLIC in server/access.py (probes send no key)"
+        assert public_get(path), f"{probe}: GET {path} is not PUBLIC in server/blat_gateway/access.py (probes send no key)"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
@@ -372,7 +372,7 @@ def test_images_secret_and_command_agree_between_k8s_compose_and_dockerfile():
     # compose runs the image's CMD; Kubernetes runs command (+ args): the same argv
     assert "command" not in gateway and "entrypoint" not in gateway
     image_argv = [*(dockerfile_exec_form("ENTRYPOINT") or []), *dockerfile_exec_form("CMD")]
-    assert kubernetes_argv(container) == image_argv == ["python", "-m", "server"]
+    assert kubernetes_argv(container) == image_argv == ["python", "-m", "blat_gateway"]
     # the client is its own distribution: not copied into the server image
     copies = [shlex.split(args)[:-1] for ins, args in dockerfile() if ins == "COPY"]
     assert not any(src.rstrip("/") == "clients" for srcs in copies for src in srcs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.settings import CONFIG_ENV, load_settings
+from blat_gateway.settings import CONFIG_ENV, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MILVUS = ROOT / "deploy" / "milvus"

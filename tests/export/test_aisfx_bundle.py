@@ -9,17 +9,17 @@ import torch
 pytest.importorskip("aisfx", reason="the aisfx package (pip install --no-deps aisfx==0.1.2)")
 
 import blat  # noqa: E402
-from contract.bundle import read_bundle  # noqa: E402
-from contract.vocab import Vocabulary  # noqa: E402
-from server.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from server.runtime import ModelRuntime, pad_batch  # noqa: E402
+from blat_contract.bundle import read_bundle  # noqa: E402
+from blat_contract.vocab import Vocabulary  # noqa: E402
+from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.runtime import ModelRuntime, pad_batch  # noqa: E402
 
 CAPTIONS = ["a door slams", "a bell rings twice", "water drips in a cave"]
 
 
 @pytest.fixture(scope="module")
 def aisfx_bundle(tmp_path_factory):
-    from export.bundle import write_bundle
+    from blat_export.bundle import write_bundle
 
     torch.manual_seed(0)
     dual = blat.create_model("aisfx-minilm").eval()

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from contract.beam import DecodingOptions
-from contract.bundle import BundleError, LabelBank, read_bundle
-from contract.labels import audioset_labels, tags_to_multi_hot
-from server.backends.ort import OnnxRuntimeBackend
-from server.runtime import ModelRuntime, pad_batch
+from blat_contract.beam import DecodingOptions
+from blat_contract.bundle import BundleError, LabelBank, read_bundle
+from blat_contract.labels import audioset_labels, tags_to_multi_hot
+from blat_gateway.backends.ort import OnnxRuntimeBackend
+from blat_gateway.runtime import ModelRuntime, pad_batch
 
 ATOL = 1e-4
 

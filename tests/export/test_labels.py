@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.labels import MIN_POSITIVES, Z_THRESHOLD, calibrate, reference_audio
+from blat_export.labels import MIN_POSITIVES, Z_THRESHOLD, calibrate, reference_audio
 
 
 def sigmoid(x):

@@ -6,9 +6,9 @@ import torch
 
 import blat
 from blat.convert import import_blat_checkpoint
-from contract.vocab import Vocabulary
-from export.bundle import PARITY_ATOL, check_parity
-from export.graphs import export_graph
+from blat_contract.vocab import Vocabulary
+from blat_export.bundle import PARITY_ATOL, check_parity
+from blat_export.graphs import export_graph
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("aisfx", reason="the aisfx package (pip install --no-deps aisfx==0.1.2)")
 
 import blat  # noqa: E402
-from contract.vocab import Vocabulary  # noqa: E402
-from export.labels import DEFAULT_PROMPT, build_label_bank  # noqa: E402
-from export.release import ReleaseError, load_release, read_release, write_release  # noqa: E402
+from blat_contract.vocab import Vocabulary  # noqa: E402
+from blat_export.labels import DEFAULT_PROMPT, build_label_bank  # noqa: E402
+from blat_export.release import ReleaseError, load_release, read_release, write_release  # noqa: E402
 
 CAPTIONS = ["a door slams", "a bell rings twice", "water drips in a cave"]
 
@@ -75,7 +75,7 @@ def test_a_missing_file_is_refused(release):
 
 def test_pipeline_checkpoints_get_their_sources_back(models, tmp_path):
     from blat.checkpoint import load_checkpoint, save_checkpoint
-    from export.release import attach_sources
+    from blat_export.release import attach_sources
 
     dual = models[0]
     save_checkpoint(dual, tmp_path / "full.safetensors")  # as the pipeline saves: towers in full, no source named

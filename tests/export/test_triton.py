@@ -1,4 +1,4 @@
-"""export.triton: the repository writer (configs parsed with Triton's own model_config proto), and a real
+"""blat_export.triton: the repository writer (configs parsed with Triton's own model_config proto), and a real
 tritonserver (the nvidia-pytriton wheel's) serving the CPU flavour, checked against in-process ONNX Runtime.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
-from contract.beam import DecodingOptions, beam_search
-from contract.bundle import read_bundle, sha256_file
-from contract.vocab import Vocabulary
-from export import triton
-from export.triton import (CAPTIONER, GRAPHS as ALL_GRAPHS, RepositoryError, TritonSettings, TritonStartError, TritonUnavailable,
+from blat_contract.beam import DecodingOptions, beam_search
+from blat_contract.bundle import read_bundle, sha256_file
+from blat_contract.vocab import Vocabulary
+from blat_export import triton
+from blat_export.triton import (CAPTIONER, GRAPHS as ALL_GRAPHS, RepositoryError, TritonSettings, TritonStartError, TritonUnavailable,
                            launch_cpu_server, read_repository, write_repository)
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
@@ -112,8 +112,8 @@ def test_gpu_flavour_configs(tiny_bundle, tmp_path):
                                                                                   ("scores", "TYPE_FP32")]
     assert captioner.parameters["beam_size"].string_value == str(manifest.captioner.beam_size)
     files = {str(p.relative_to(repo / CAPTIONER / "1")) for p in (repo / CAPTIONER / "1").rglob("*") if p.is_file()}
-    assert files == {"model.py", "vocab.json", "version_info.json", "contract/__init__.py", "contract/beam.py",
-                     "contract/vocab.py"}
+    assert files == {"model.py", "vocab.json", "version_info.json", "blat_contract/__init__.py", "blat_contract/beam.py",
+                     "blat_contract/vocab.py"}
 
 
 def test_cpu_flavour_mirrors_gpu(tiny_bundle, tmp_path):

@@ -1,4 +1,4 @@
-"""jobs.embed: several worker processes embed a collection exactly like one worker; a killed worker's shard is
+"""blat_jobs.embed: several worker processes embed a collection exactly like one worker; a killed worker's shard is
 redone by another; the merge refuses an incomplete job and names what is missing.
 
 Equality is exact (np.array_equal): every worker runs ONNX Runtime with one thread on the same shards, so the same
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs import embed
-from jobs import shards as js
-from server.index.bulk import read_folder
+from blat_jobs import embed
+from blat_jobs import shards as js
+from blat_gateway.index.bulk import read_folder
 from tests.jobs.claims import kill_holding
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def collection(tmp_path_factory) -> Path:
 
 
 def result(out: Path) -> tuple[list[dict], np.ndarray]:
-    """The finished folder as the gateway's rebuild reads it (server.index.bulk): records as dicts (tags a list, as
+    """The finished folder as the gateway's rebuild reads it (blat_gateway.index.bulk): records as dicts (tags a list, as
     the job wrote them) and embeddings, in id order."""
     _, pairs = read_folder(out)
     pairs = list(pairs())
@@ -64,7 +64,7 @@ def single(collection, tiny_bundle, tmp_path_factory):
 
 
 def cli(*args: str, env: dict | None = None, wait: bool = True):
-    cmd = [sys.executable, "-m", "jobs.embed", *args]
+    cmd = [sys.executable, "-m", "blat_jobs.embed", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

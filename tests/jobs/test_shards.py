@@ -1,4 +1,4 @@
-"""jobs.shards: planning, exclusive claims, stale-claim takeover, atomic outputs, resumption and the merge check.
+"""blat_jobs.shards: planning, exclusive claims, stale-claim takeover, atomic outputs, resumption and the merge check.
 
 Shards here are text files of their ids ending in an END line, so a truncated file is recognisably damaged."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import shards as js
+from blat_jobs import shards as js
 
 IDS = [f"item{i:02d}" for i in range(10)][::-1]  # unsorted on purpose: plans sort them
 

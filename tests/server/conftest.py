@@ -1,4 +1,4 @@
-"""Server fixtures: the real gateway (`python -m server`) as a subprocess on free loopback ports, over ONNX Runtime
+"""Server fixtures: the real gateway (`python -m blat_gateway`) as a subprocess on free loopback ports, over ONNX Runtime
 or over a real tritonserver (the nvidia-pytriton wheel's, serving the CPU-flavour repository of the tiny bundle).
 
 `server` is module-scoped and parametrised over both backends: a module that uses it runs once per backend.
@@ -61,7 +61,7 @@ def free_port() -> int:
 
 
 # The gateway starts through this trampoline: it asks for SIGKILL when the test process dies (Linux
-# PR_SET_PDEATHSIG, kept across exec), so a killed test run leaves no gateway behind, then execs `python -m server`.
+# PR_SET_PDEATHSIG, kept across exec), so a killed test run leaves no gateway behind, then execs `python -m blat_gateway`.
 # Not a preexec_fn: with one, subprocess must fork() and run the pthread_atfork handlers of grpcio, which deadlock
 # while gRPC channels of the test process are busy; without one it uses vfork() and no handler runs.
 _TRAMPOLINE = """
@@ -71,13 +71,13 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 if os.getppid() != parent:  # the test process is already gone
     sys.exit(1)
-os.execv(sys.executable, [sys.executable, "-m", "server", *sys.argv[2:]])
+os.execv(sys.executable, [sys.executable, "-m", "blat_gateway", *sys.argv[2:]])
 """
 
 
 @dataclass
 class ServerProcess:
-    """A gateway subprocess: `python -m server` on 127.0.0.1 with its own index directory and ingest root."""
+    """A gateway subprocess: `python -m blat_gateway` on 127.0.0.1 with its own index directory and ingest root."""
 
     proc: subprocess.Popen
     http_url: str
@@ -204,7 +204,7 @@ def running_server(bundle: Path, tmp: Path, **kwargs):
 def launch_triton(repo: Path, **kwargs):
     """A ready tritonserver on `repo`. Skips when the binary cannot run on this machine (TritonUnavailable); any
     other failure to start fails the test with Triton's log tail."""
-    from export.triton import TritonStartError, TritonUnavailable, launch_cpu_server
+    from blat_export.triton import TritonStartError, TritonUnavailable, launch_cpu_server
 
     kwargs.setdefault("timeout_s", 120)
     # die_with_parent=False: its preexec_fn would make subprocess fork() and run grpcio's atfork handlers, which
@@ -221,7 +221,7 @@ def launch_triton(repo: Path, **kwargs):
 @pytest.fixture(scope="session")
 def triton_repo(tiny_bundle, tmp_path_factory) -> Path:
     """The CPU-flavour Triton repository of the tiny bundle (one ONNX Runtime thread per model instance)."""
-    from export.triton import write_repository
+    from blat_export.triton import write_repository
 
     return write_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", flavor="cpu", intra_op_threads=1)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from fastapi.routing import APIRoute
 
-from server.access import GRPC, REST, UNDECLARED, Access, authorize, grpc_access, redact, rest_access
-from server.errors import Forbidden, Unauthorized
-from server.rest import create_app
-from server.service import Gateway
-from server.settings import load_settings
-from wire import blat_pb2 as pb
+from blat_gateway.access import GRPC, REST, UNDECLARED, Access, authorize, grpc_access, redact, rest_access
+from blat_gateway.errors import Forbidden, Unauthorized
+from blat_gateway.rest import create_app
+from blat_gateway.service import Gateway
+from blat_gateway.settings import load_settings
+from blat_wire import blat_pb2 as pb
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,9 @@ def app(tiny_bundle, tmp_path_factory):
 
 def test_every_rest_route_is_declared_and_nothing_else(app):
     routes = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"}
-    assert routes <= set(REST), f"routes missing from server/access.py: {sorted(routes - set(REST))}"
+    assert routes <= set(REST), f"routes missing from server/blat_gateway/access.py: {sorted(routes - set(REST))}"
     api = {k for k in routes if k[1].startswith("/v1/")}
-    assert {k for k in REST if k[1].startswith("/v1/")} == api, "server/access.py declares routes that do not exist"
+    assert {k for k in REST if k[1].startswith("/v1/")} == api, "server/blat_gateway/access.py declares routes that do not exist"
     assert all(isinstance(r, APIRoute) for r in app.routes if getattr(r, "path", "").startswith("/v1/"))
 
 

@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from blat_client import Client, ClientError, Item, Job, SearchResult
-from contract.beam import DecodingOptions
-from contract.labels import tags_to_multi_hot
-from server.audio import decode_audio
+from blat_contract.beam import DecodingOptions
+from blat_contract.labels import tags_to_multi_hot
+from blat_gateway.audio import decode_audio
 from tests.server.conftest import RATE, ROOT, synth_clip, wav
 
 ATOL = 1e-5  # served vs in-process ONNX Runtime
@@ -60,8 +60,8 @@ def http(server):
 @pytest.fixture(scope="module")
 def reference(tiny_bundle):
     """In-process ONNX Runtime over the same bundle: what the server must answer."""
-    from server.backends.ort import OnnxRuntimeBackend
-    from server.runtime import ModelRuntime
+    from blat_gateway.backends.ort import OnnxRuntimeBackend
+    from blat_gateway.runtime import ModelRuntime
 
     return ModelRuntime(tiny_bundle, OnnxRuntimeBackend(tiny_bundle, threads=1))
 

@@ -18,11 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blat_client import NO_RETRY, Client, ClientError
-from server.audio import AudioLimits
+from blat_gateway.audio import AudioLimits
 from tests.server.badinputs import bad_inputs
 from tests.server.conftest import running_server, start_server, synth_clip, wav
-from wire import blat_pb2 as pb
-from wire import blat_pb2_grpc as pb_grpc
+from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 MAX_UPLOAD = 1_572_864  # 1.5 MiB: the over-size cases stay small
 MAX_SECONDS = 20.0

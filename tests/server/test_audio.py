@@ -1,4 +1,4 @@
-"""server/audio.py: bounded reads, the format allow-list, refusal of hostile files, downmix and resampling."""
+"""server/blat_gateway/audio.py: bounded reads, the format allow-list, refusal of hostile files, downmix and resampling."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from server.audio import (DECODE_BLOCK_FRAMES, AudioLimits, DecodedAudio, _read_mono, decode_audio, encode_wav,
+from blat_gateway.audio import (DECODE_BLOCK_FRAMES, AudioLimits, DecodedAudio, _read_mono, decode_audio, encode_wav,
                           read_limited, read_limited_async, sniff_format)
-from server.errors import BadAudio, ServiceError, TooLarge, UnsupportedFormat
+from blat_gateway.errors import BadAudio, ServiceError, TooLarge, UnsupportedFormat
 from tests.server.badinputs import BadInput, _flac_set_total_samples, bad_inputs, odd_inputs, wav_bytes
 
 TARGET = 32_000

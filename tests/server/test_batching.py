@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.batching import MicroBatcher
-from server.errors import BackendDown, BadRequest, DeadlineExceeded, Overloaded
+from blat_gateway.batching import MicroBatcher
+from blat_gateway.errors import BackendDown, BadRequest, DeadlineExceeded, Overloaded
 
 
 def doubling(calls: list[list[int]], seconds: float = 0.0):

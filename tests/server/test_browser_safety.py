@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from server.__main__ import exposure_warning
-from server.settings import load_settings
+from blat_gateway.__main__ import exposure_warning
+from blat_gateway.settings import load_settings
 from tests.server.conftest import running_server, start_server, synth_clip, wav
 
 FOREIGN = "http://evil.example"

@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.server.test_api import bundle_json  # noqa: F401 - a fixture
 from tests.server.conftest import running_server, start_server, synth_clip, wav
-from wire import blat_pb2 as pb
-from wire import blat_pb2_grpc as pb_grpc
+from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 KEY = "concurrency-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.server.conftest import start_server, synth_clip, wav
-from wire import blat_pb2 as pb
-from wire import blat_pb2_grpc as pb_grpc
+from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 ENV = {"BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": "0.25"}
 

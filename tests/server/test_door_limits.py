@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests.server.conftest import running_server, start_server, synth_clip, wav
-from wire import blat_pb2 as pb
-from wire import blat_pb2_grpc as pb_grpc
+from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 DEADLINE_S = 3.0
 ENV = {"BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": str(DEADLINE_S), "BLAT_SERVER_LIMITS__BODY_IDLE_S": "2",

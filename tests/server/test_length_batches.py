@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.service import length_batches
+from blat_gateway.service import length_batches
 
 
 def padded(batches) -> int:

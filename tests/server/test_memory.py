@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from contract.beam import DecodingOptions
-from server.backends.ort import OnnxRuntimeBackend
-from server.memory import MemoryReleaser
-from server.runtime import ModelRuntime, sub_batches
+from blat_contract.beam import DecodingOptions
+from blat_gateway.backends.ort import OnnxRuntimeBackend
+from blat_gateway.memory import MemoryReleaser
+from blat_gateway.runtime import ModelRuntime, sub_batches
 from tests.server.conftest import RATE, running_server, wav
 
 CONCURRENT = 8

@@ -2,7 +2,7 @@
 
 The Milvus server is milvus-lite's gRPC server, run in a process of its own and reached over its network port, as a
 gateway reaches a Milvus deployment (its in-process mode allows one process per file). Both gateways are the real
-`python -m server` processes, called with the typed client over REST and gRPC.
+`python -m blat_gateway` processes, called with the typed client over REST and gRPC.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from server.errors import NotFound
-from server.service import Gateway
-from server.settings import load_settings
+from blat_gateway.errors import NotFound
+from blat_gateway.service import Gateway
+from blat_gateway.settings import load_settings
 from tests.server.conftest import running_server, synth_clip, wav
 
 SECRET = b"\x01\x02\x03\x04TOP-SECRET-KEY=hunter2\n" * 8  # a file that is not audio, and must not be quoted
@@ -126,8 +126,8 @@ def test_an_unknown_format_error_never_echoes_the_bytes(server):
 def test_a_folder_swapped_for_a_symlink_between_resolving_and_opening_is_caught(tmp_path, monkeypatch):
     """The last gap: the path resolved inside the roots, then a folder on it became a symlink to outside before the
     open. The file actually opened is checked (/proc/self/fd), not the name."""
-    from server import ingest
-    from server.errors import BadRequest, Forbidden
+    from blat_gateway import ingest
+    from blat_gateway.errors import BadRequest, Forbidden
 
     roots, outside = tmp_path / "roots", tmp_path / "outside"
     (roots / "sub").mkdir(parents=True)

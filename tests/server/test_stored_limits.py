@@ -8,11 +8,11 @@ import grpc
 import httpx
 import pytest
 
-from server.item_limits import GRPC_DEFAULT_MAX_RECEIVE, worst_search_reply_bytes
-from server.settings import LimitSettings
+from blat_gateway.item_limits import GRPC_DEFAULT_MAX_RECEIVE, worst_search_reply_bytes
+from blat_gateway.settings import LimitSettings
 from tests.server.conftest import running_server, synth_clip, wav
-from wire import blat_pb2 as pb
-from wire import blat_pb2_grpc as pb_grpc
+from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 LIM = LimitSettings()
 WIDE = "\U0001F50A"  # 🔊: four bytes in UTF-8, the widest a character gets

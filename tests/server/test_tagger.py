@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from blat_client import Client
-from contract.bundle import read_bundle
+from blat_contract.bundle import read_bundle
 from tests.server.conftest import running_server, wav
 
 

@@ -1,10 +1,10 @@
-"""server/tagging.py: how labels are scored, mixed and named, on small hand-made label sets."""
+"""server/blat_gateway/tagging.py: how labels are scored, mixed and named, on small hand-made label sets."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from server.tagging import MIXED, TAGGER, ZERO_SHOT, LabelSet, confident_tags, head_index
+from blat_gateway.tagging import MIXED, TAGGER, ZERO_SHOT, LabelSet, confident_tags, head_index
 
 
 def label_set(weight: float) -> LabelSet:

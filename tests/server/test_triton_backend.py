@@ -1,4 +1,4 @@
-"""server/backends/triton.py against a real tritonserver (the nvidia-pytriton wheel's, CPU-flavour repository):
+"""server/blat_gateway/backends/triton.py against a real tritonserver (the nvidia-pytriton wheel's, CPU-flavour repository):
 the same outputs as in-process ONNX Runtime for every graph, deadlines, retries, and the circuit breaker.
 """
 from __future__ import annotations
@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 
-from contract.beam import DecodingOptions
-from server.backends.ort import OnnxRuntimeBackend
-from server.backends.triton import CircuitBreaker, TritonBackend
-from server.errors import BackendDown, BackendError, DeadlineExceeded
-from server.runtime import ModelRuntime, pad_batch
-from server.settings import TritonSettings
+from blat_contract.beam import DecodingOptions
+from blat_gateway.backends.ort import OnnxRuntimeBackend
+from blat_gateway.backends.triton import CircuitBreaker, TritonBackend
+from blat_gateway.errors import BackendDown, BackendError, DeadlineExceeded
+from blat_gateway.runtime import ModelRuntime, pad_batch
+from blat_gateway.settings import TritonSettings
 from tests.server.conftest import launch_triton, synth_clip
 
 ATOL = 1e-5
-LOGGER = "server.backends.triton"
+LOGGER = "blat_gateway.backends.triton"
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_server_down_retries_then_breaker_opens_and_recovers(tiny_bundle, triton
 def test_yamnet_tagger_in_triton_equals_onnxruntime(yamnet_bundle, real_clips, tmp_path):
     """The default's tower (YAMNet) and its supervised head (audio_tagger) served by a real Triton: the same
     embeddings and class probabilities as in-process ONNX Runtime, on real recordings of unequal lengths."""
-    from export.triton import write_repository
+    from blat_export.triton import write_repository
 
     repo = write_repository(yamnet_bundle, tmp_path / "repo", flavor="cpu", intra_op_threads=1)
     assert (repo / "audio_tagger" / "config.pbtxt").is_file()

@@ -11,8 +11,8 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from server.backends.triton import TritonBackend
-from server.settings import TritonSettings
+from blat_gateway.backends.triton import TritonBackend
+from blat_gateway.settings import TritonSettings
 
 
 class Replica(service_pb2_grpc.GRPCInferenceServiceServicer):

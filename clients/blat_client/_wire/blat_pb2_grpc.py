@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from blat_client._wire import blat_pb2 as wire_dot_blat__pb2
+from blat_client._wire import blat_pb2 as blat__wire_dot_blat__pb2
 
 GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in wire/blat_pb2_grpc.py depends on'
+        + ' but the generated code in blat_wire/blat_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,88 +36,88 @@ class BlatStub(object):
         """
         self.SearchText = channel.unary_unary(
                 '/blat.v1.Blat/SearchText',
-                request_serializer=wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.SearchResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.SearchAudio = channel.unary_unary(
                 '/blat.v1.Blat/SearchAudio',
-                request_serializer=wire_dot_blat__pb2.SearchAudioRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.SearchResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.SearchAudioRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.SearchItem = channel.unary_unary(
                 '/blat.v1.Blat/SearchItem',
-                request_serializer=wire_dot_blat__pb2.SearchItemRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.SearchResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.SearchItemRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.Tag = channel.unary_unary(
                 '/blat.v1.Blat/Tag',
-                request_serializer=wire_dot_blat__pb2.TagRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.TagResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.TagRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.TagResponse.FromString,
                 _registered_method=True)
         self.StreamTag = channel.stream_stream(
                 '/blat.v1.Blat/StreamTag',
-                request_serializer=wire_dot_blat__pb2.StreamTagRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.TagWindow.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.StreamTagRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.TagWindow.FromString,
                 _registered_method=True)
         self.Caption = channel.unary_unary(
                 '/blat.v1.Blat/Caption',
-                request_serializer=wire_dot_blat__pb2.CaptionRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.CaptionResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.CaptionRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.CaptionResponse.FromString,
                 _registered_method=True)
         self.EmbedAudio = channel.unary_unary(
                 '/blat.v1.Blat/EmbedAudio',
-                request_serializer=wire_dot_blat__pb2.EmbedAudioRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.EmbedResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.EmbedAudioRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.EmbedText = channel.unary_unary(
                 '/blat.v1.Blat/EmbedText',
-                request_serializer=wire_dot_blat__pb2.EmbedTextRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.EmbedResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.AddItem = channel.unary_unary(
                 '/blat.v1.Blat/AddItem',
-                request_serializer=wire_dot_blat__pb2.AddItemRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.Item.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.AddItemRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.Item.FromString,
                 _registered_method=True)
         self.GetItem = channel.unary_unary(
                 '/blat.v1.Blat/GetItem',
-                request_serializer=wire_dot_blat__pb2.ItemRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.Item.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.Item.FromString,
                 _registered_method=True)
         self.DeleteItem = channel.unary_unary(
                 '/blat.v1.Blat/DeleteItem',
-                request_serializer=wire_dot_blat__pb2.ItemRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.DeleteItemResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.DeleteItemResponse.FromString,
                 _registered_method=True)
         self.StartRebuild = channel.unary_unary(
                 '/blat.v1.Blat/StartRebuild',
-                request_serializer=wire_dot_blat__pb2.RebuildRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.Job.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.RebuildRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.Job.FromString,
                 _registered_method=True)
         self.GetRebuild = channel.unary_unary(
                 '/blat.v1.Blat/GetRebuild',
-                request_serializer=wire_dot_blat__pb2.JobRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.Job.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.JobRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.Job.FromString,
                 _registered_method=True)
         self.CancelRebuild = channel.unary_unary(
                 '/blat.v1.Blat/CancelRebuild',
-                request_serializer=wire_dot_blat__pb2.JobRequest.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.Job.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.JobRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.Job.FromString,
                 _registered_method=True)
         self.RollbackIndex = channel.unary_unary(
                 '/blat.v1.Blat/RollbackIndex',
-                request_serializer=wire_dot_blat__pb2.Empty.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.StatsResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.Empty.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.StatsResponse.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/blat.v1.Blat/Stats',
-                request_serializer=wire_dot_blat__pb2.Empty.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.StatsResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.Empty.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.StatsResponse.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
                 '/blat.v1.Blat/Info',
-                request_serializer=wire_dot_blat__pb2.Empty.SerializeToString,
-                response_deserializer=wire_dot_blat__pb2.InfoResponse.FromString,
+                request_serializer=blat__wire_dot_blat__pb2.Empty.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -231,88 +231,88 @@ def add_BlatServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SearchText': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchText,
-                    request_deserializer=wire_dot_blat__pb2.SearchTextRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.SearchTextRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.SearchResponse.SerializeToString,
             ),
             'SearchAudio': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchAudio,
-                    request_deserializer=wire_dot_blat__pb2.SearchAudioRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.SearchAudioRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.SearchResponse.SerializeToString,
             ),
             'SearchItem': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchItem,
-                    request_deserializer=wire_dot_blat__pb2.SearchItemRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.SearchItemRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.SearchResponse.SerializeToString,
             ),
             'Tag': grpc.unary_unary_rpc_method_handler(
                     servicer.Tag,
-                    request_deserializer=wire_dot_blat__pb2.TagRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.TagResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.TagRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.TagResponse.SerializeToString,
             ),
             'StreamTag': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamTag,
-                    request_deserializer=wire_dot_blat__pb2.StreamTagRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.TagWindow.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.StreamTagRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.TagWindow.SerializeToString,
             ),
             'Caption': grpc.unary_unary_rpc_method_handler(
                     servicer.Caption,
-                    request_deserializer=wire_dot_blat__pb2.CaptionRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.CaptionResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.CaptionRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.CaptionResponse.SerializeToString,
             ),
             'EmbedAudio': grpc.unary_unary_rpc_method_handler(
                     servicer.EmbedAudio,
-                    request_deserializer=wire_dot_blat__pb2.EmbedAudioRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.EmbedResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.EmbedAudioRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.EmbedResponse.SerializeToString,
             ),
             'EmbedText': grpc.unary_unary_rpc_method_handler(
                     servicer.EmbedText,
-                    request_deserializer=wire_dot_blat__pb2.EmbedTextRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.EmbedResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.EmbedTextRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.EmbedResponse.SerializeToString,
             ),
             'AddItem': grpc.unary_unary_rpc_method_handler(
                     servicer.AddItem,
-                    request_deserializer=wire_dot_blat__pb2.AddItemRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.Item.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.AddItemRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.Item.SerializeToString,
             ),
             'GetItem': grpc.unary_unary_rpc_method_handler(
                     servicer.GetItem,
-                    request_deserializer=wire_dot_blat__pb2.ItemRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.Item.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.ItemRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.Item.SerializeToString,
             ),
             'DeleteItem': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteItem,
-                    request_deserializer=wire_dot_blat__pb2.ItemRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.DeleteItemResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.ItemRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.DeleteItemResponse.SerializeToString,
             ),
             'StartRebuild': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRebuild,
-                    request_deserializer=wire_dot_blat__pb2.RebuildRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.Job.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.RebuildRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.Job.SerializeToString,
             ),
             'GetRebuild': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRebuild,
-                    request_deserializer=wire_dot_blat__pb2.JobRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.Job.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.JobRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.Job.SerializeToString,
             ),
             'CancelRebuild': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRebuild,
-                    request_deserializer=wire_dot_blat__pb2.JobRequest.FromString,
-                    response_serializer=wire_dot_blat__pb2.Job.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.JobRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.Job.SerializeToString,
             ),
             'RollbackIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RollbackIndex,
-                    request_deserializer=wire_dot_blat__pb2.Empty.FromString,
-                    response_serializer=wire_dot_blat__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.Empty.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.StatsResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=wire_dot_blat__pb2.Empty.FromString,
-                    response_serializer=wire_dot_blat__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.Empty.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.StatsResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
-                    request_deserializer=wire_dot_blat__pb2.Empty.FromString,
-                    response_serializer=wire_dot_blat__pb2.InfoResponse.SerializeToString,
+                    request_deserializer=blat__wire_dot_blat__pb2.Empty.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,8 +340,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/SearchText',
-            wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
-            wire_dot_blat__pb2.SearchResponse.FromString,
+            blat__wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -367,8 +367,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/SearchAudio',
-            wire_dot_blat__pb2.SearchAudioRequest.SerializeToString,
-            wire_dot_blat__pb2.SearchResponse.FromString,
+            blat__wire_dot_blat__pb2.SearchAudioRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -394,8 +394,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/SearchItem',
-            wire_dot_blat__pb2.SearchItemRequest.SerializeToString,
-            wire_dot_blat__pb2.SearchResponse.FromString,
+            blat__wire_dot_blat__pb2.SearchItemRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -421,8 +421,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/Tag',
-            wire_dot_blat__pb2.TagRequest.SerializeToString,
-            wire_dot_blat__pb2.TagResponse.FromString,
+            blat__wire_dot_blat__pb2.TagRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.TagResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -448,8 +448,8 @@ class Blat(object):
             request_iterator,
             target,
             '/blat.v1.Blat/StreamTag',
-            wire_dot_blat__pb2.StreamTagRequest.SerializeToString,
-            wire_dot_blat__pb2.TagWindow.FromString,
+            blat__wire_dot_blat__pb2.StreamTagRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.TagWindow.FromString,
             options,
             channel_credentials,
             insecure,
@@ -475,8 +475,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/Caption',
-            wire_dot_blat__pb2.CaptionRequest.SerializeToString,
-            wire_dot_blat__pb2.CaptionResponse.FromString,
+            blat__wire_dot_blat__pb2.CaptionRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.CaptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -502,8 +502,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/EmbedAudio',
-            wire_dot_blat__pb2.EmbedAudioRequest.SerializeToString,
-            wire_dot_blat__pb2.EmbedResponse.FromString,
+            blat__wire_dot_blat__pb2.EmbedAudioRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -529,8 +529,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/EmbedText',
-            wire_dot_blat__pb2.EmbedTextRequest.SerializeToString,
-            wire_dot_blat__pb2.EmbedResponse.FromString,
+            blat__wire_dot_blat__pb2.EmbedTextRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -556,8 +556,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/AddItem',
-            wire_dot_blat__pb2.AddItemRequest.SerializeToString,
-            wire_dot_blat__pb2.Item.FromString,
+            blat__wire_dot_blat__pb2.AddItemRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.Item.FromString,
             options,
             channel_credentials,
             insecure,
@@ -583,8 +583,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/GetItem',
-            wire_dot_blat__pb2.ItemRequest.SerializeToString,
-            wire_dot_blat__pb2.Item.FromString,
+            blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.Item.FromString,
             options,
             channel_credentials,
             insecure,
@@ -610,8 +610,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/DeleteItem',
-            wire_dot_blat__pb2.ItemRequest.SerializeToString,
-            wire_dot_blat__pb2.DeleteItemResponse.FromString,
+            blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.DeleteItemResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -637,8 +637,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/StartRebuild',
-            wire_dot_blat__pb2.RebuildRequest.SerializeToString,
-            wire_dot_blat__pb2.Job.FromString,
+            blat__wire_dot_blat__pb2.RebuildRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -664,8 +664,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/GetRebuild',
-            wire_dot_blat__pb2.JobRequest.SerializeToString,
-            wire_dot_blat__pb2.Job.FromString,
+            blat__wire_dot_blat__pb2.JobRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -691,8 +691,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/CancelRebuild',
-            wire_dot_blat__pb2.JobRequest.SerializeToString,
-            wire_dot_blat__pb2.Job.FromString,
+            blat__wire_dot_blat__pb2.JobRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -718,8 +718,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/RollbackIndex',
-            wire_dot_blat__pb2.Empty.SerializeToString,
-            wire_dot_blat__pb2.StatsResponse.FromString,
+            blat__wire_dot_blat__pb2.Empty.SerializeToString,
+            blat__wire_dot_blat__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -745,8 +745,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/Stats',
-            wire_dot_blat__pb2.Empty.SerializeToString,
-            wire_dot_blat__pb2.StatsResponse.FromString,
+            blat__wire_dot_blat__pb2.Empty.SerializeToString,
+            blat__wire_dot_blat__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -772,8 +772,8 @@ class Blat(object):
             request,
             target,
             '/blat.v1.Blat/Info',
-            wire_dot_blat__pb2.Empty.SerializeToString,
-            wire_dot_blat__pb2.InfoResponse.FromString,
+            blat__wire_dot_blat__pb2.Empty.SerializeToString,
+            blat__wire_dot_blat__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

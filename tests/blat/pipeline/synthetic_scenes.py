@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 SOUNDS = {  # AudioSet tag -> caption phrases
     "Beep, bleep": ("a high beep", "an electronic beep", "beeping"),

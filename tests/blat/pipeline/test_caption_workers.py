@@ -1,4 +1,4 @@
-"""Stage 2 with several workers (jobs.shards): `--workers 2` and a real `torchrun --nproc_per_node 2` write the
+"""Stage 2 with several workers (blat_jobs.shards): `--workers 2` and a real `torchrun --nproc_per_node 2` write the
 captions of a single-worker run byte for byte, each shard computed once; a killed worker's shard is redone by the
 next run; `--merge-only` refuses an incomplete job and names the missing shards."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from blat.pipeline.caption import MERGED, caption_split
 from blat.pipeline.recipe import CaptioningConfig
-from jobs import shards as js
+from blat_jobs import shards as js
 from tests.jobs.claims import kill_holding
 
 from .pipeline_data import REPO, tiny_captioner, tiny_scenes

@@ -15,7 +15,7 @@ from blat.pipeline import corpus, sources
 from blat.pipeline.corpus import ManifestRow, build_corpus, build_from_folder, load_manifest, to_mono
 from blat.pipeline.sources import PackageSpec
 from blat.pipeline.tags import TagTableError, parse_tag_table
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 
 def sine(freq: float, seconds: float, sr: int, channels: int = 1, amp: float = 0.5) -> np.ndarray:

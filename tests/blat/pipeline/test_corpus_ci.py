@@ -11,8 +11,8 @@ import soundfile as sf
 
 from blat.pipeline import sources
 from blat.pipeline.corpus import MIN_SECONDS, build_corpus, load_manifest
-from contract.audio import SAMPLE_RATE
-from contract.labels import audioset_labels
+from blat_contract.audio import SAMPLE_RATE
+from blat_contract.labels import audioset_labels
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import soundfile as sf
 from blat.pipeline import datasets as ds
 from blat.pipeline.data import load_scene_manifest
 from blat.pipeline.evaluate import load_split
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 # Real AudioSet segment CSV layout: three comment lines, ", " separators, quoted mid lists.
 BALANCED = """# Segments csv created Sun Mar  5 10:54:25 2017

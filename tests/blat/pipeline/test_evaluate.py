@@ -15,8 +15,8 @@ from torch import nn
 import blat
 from blat.pipeline import evaluate
 from blat.pipeline.evaluate import PROTOCOLS, EvalConfig, evaluate_captions, evaluate_dual, primary_tag
-from contract.audio import SAMPLE_RATE
-from contract.config import ConfigError, from_dict
+from blat_contract.audio import SAMPLE_RATE
+from blat_contract.config import ConfigError, from_dict
 from tests.blat.pipeline.synthetic_scenes import TAGS, make_scene_manifest
 
 CAPTIONS_PER_CLIP = 3

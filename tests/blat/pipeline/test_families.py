@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from blat.pipeline.families import FAMILIES, derive_from_ontology, family, tag_families
-from contract.labels import audioset_labels
+from blat_contract.labels import audioset_labels
 
 ONTOLOGY = Path("/work/shared/data/audioset/ontology.json")
 

@@ -8,7 +8,7 @@ import pytest
 
 from blat.pipeline import instruments as I
 from blat.pipeline.families import family
-from contract.audio import SAMPLE_RATE
+from blat_contract.audio import SAMPLE_RATE
 
 RATE = 32_000
 PERIOD = 80  # samples: 400 Hz at 32 kHz

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from blat.pipeline import metrics
-from contract.vocab import words
+from blat_contract.vocab import words
 
 REFS = {
     "a": ["A dog barks loudly in the distance.", "a dog is barking", "dogs bark while the wind blows"],

@@ -13,7 +13,7 @@ import blat
 from blat.pipeline import pretrain as pt
 from blat.pipeline.contrastive import contrastive_loss
 from blat.pipeline.evaluate import evaluate_dual
-from contract.config import ConfigError
+from blat_contract.config import ConfigError
 from tests.blat.pipeline.synthetic_scenes import make_scene_manifest, write_tiny_config
 
 FAST = {"model": "tiny-dual", "clip_seconds": 0.5, "num_threads": 1, "log_every": 1000}

@@ -48,9 +48,9 @@ def test_joined_variant_is_trained_and_exported(tmp_path):
     card = (out / "model" / "MODEL_CARD.md").read_text()
     assert "variant `tag_guided+templates`" in card and "template captions of each clip's tags" in card
 
-    # `python -m export release` on that run: the released variant's metrics, the recipe and the command in the card
-    from export.__main__ import main as export_main
-    from export.release import read_release
+    # `python -m blat_export release` on that run: the released variant's metrics, the recipe and the command in the card
+    from blat_export.__main__ import main as export_main
+    from blat_export.release import read_release
 
     assert export_main(["release", "--run", str(out), "--out", str(tmp_path / "rel" / "1"), "--name", "tiny",
                         "--version", "1", "--command", "make train RECIPE=tiny"]) == 0

@@ -15,7 +15,7 @@ from blat.pipeline.data import load_audio, load_jsonl
 from blat.pipeline.recipe import ScenesConfig, load_recipe
 from blat.pipeline.scenes import SPLITS, assign_sources, make_scenes, render_scene
 from blat.pipeline.tags import load_tag_table
-from contract.labels import audioset_labels
+from blat_contract.labels import audioset_labels
 
 from .pipeline_data import TINY, scenes_config, synthetic_corpus, tiny_scenes
 

@@ -5,7 +5,7 @@ import pytest
 
 from blat.pipeline import sources
 from blat.pipeline.tags import TAG_RULES_PATH, TagTableError, load_tag_table, parse_tag_table, parse_tags
-from contract.labels import audioset_labels
+from blat_contract.labels import audioset_labels
 
 HEADER = "package,pattern,tags,caption_hint\n"
 

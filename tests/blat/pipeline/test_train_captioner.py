@@ -13,7 +13,7 @@ from blat.models.captioner import tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
 from blat.pipeline.recipe import CaptionerConfig
 from blat.pipeline.train_captioner import build_captioner, main, train_captioner
-from contract.beam import DecodingOptions
+from blat_contract.beam import DecodingOptions
 
 from .pipeline_data import tiny_captioner, tiny_scenes
 
@@ -38,7 +38,7 @@ def test_loss_falls_and_the_checkpoint_records_its_provenance(trained):
 
 def test_vocabulary_comes_from_the_captioned_split_only(trained):
     _, model, _ = trained
-    from contract.vocab import Vocabulary
+    from blat_contract.vocab import Vocabulary
 
     rows = load_scene_manifest(tiny_scenes(), "captioned")
     assert model.vocab == Vocabulary.build(c for r in rows for c in r["captions"])
@@ -61,7 +61,7 @@ def test_reloaded_captioner_captions_and_tags_change_its_output(trained):
     assert all(c.strip() for c in with_true)
     assert sum(a != b for a, b in zip(with_true, with_other)) >= len(rows) // 2, (with_true, with_other)
     # and the words follow the tags: captions share more words with references written for the given tags
-    from contract.vocab import words
+    from blat_contract.vocab import words
 
     def overlap(captions, refs):
         return np.mean([len(set(words(c)) & {w for r in ref for w in words(r)}) for c, ref in zip(captions, refs)])
@@ -91,7 +91,7 @@ def test_training_is_deterministic_given_the_seed(tmp_path):
 
 
 def test_architecture_and_flags_come_from_the_config():
-    from contract.vocab import Vocabulary
+    from blat_contract.vocab import Vocabulary
 
     vocab = Vocabulary.build(["a dog barks"])
     model = build_captioner(CaptionerConfig(arch="tiny-captioner", use_tags=False, max_tokens=12), vocab)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.index import AnnConfig, IndexStore
+from blat_gateway.index import AnnConfig, IndexStore
 
 MILVUS_COLLECTION = "blat_test"
 
@@ -20,7 +20,7 @@ def faiss_open(root: Path, dim: int, bundle_id: str, kind: str = "flat", config:
 
 
 def milvus_open(root: Path, dim: int, bundle_id: str, kind: str = "flat", config: AnnConfig | None = None):
-    from server.index.milvus import MilvusConfig
+    from blat_gateway.index.milvus import MilvusConfig
 
     root.mkdir(parents=True, exist_ok=True)
     return IndexStore(None, dim, bundle_id, kind, config=config,

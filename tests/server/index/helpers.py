@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 
-from server.index import ItemRecord, SearchFilter
+from blat_gateway.index import ItemRecord, SearchFilter
 
 TAGS = ("dog", "rain", "speech", "music", "car")
 

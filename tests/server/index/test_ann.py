@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.index import AnnConfig, IndexStore
-from server.index.exact import exact_topk, recall
+from blat_gateway.index import AnnConfig, IndexStore
+from blat_gateway.index.exact import exact_topk, recall
 from tests.server.index.helpers import brute, item, noisy, recall_at, unit
 
 N, DIM = 5000, 64  # uniform random vectors: the hardest case for IVF, which real (clustered) embeddings are not
@@ -56,8 +56,8 @@ def test_recall_counts_ties_as_found():
 def test_tuning_meets_the_target_on_every_query_distance_held_out():
     """The tuner takes the worst of near-duplicate, similar and far (text-like) queries, so each of them reaches the
     target on held-out queries too."""
-    from server.index import ann, exact
-    from server.index.exact import QUERY_NOISES
+    from blat_gateway.index import ann, exact
+    from blat_gateway.index.exact import QUERY_NOISES
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((200, 64)).astype(np.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.errors import NotFound
+from blat_gateway.errors import NotFound
 from tests.server.index.conftest import OPENERS, faiss_open, stored_ids
 from tests.server.index.helpers import crash_item, crash_vector
 

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from server.__main__ import main as server_main
-from server.errors import IndexDamaged
-from server.index import IndexStore, layout
+from blat_gateway.__main__ import main as server_main
+from blat_gateway.errors import IndexDamaged
+from blat_gateway.index import IndexStore, layout
 from tests.server.conftest import start_server
 from tests.server.index.helpers import item, noisy, unit
 
@@ -45,13 +45,13 @@ def test_noise_in_a_snapshot_is_caught_and_the_index_rebuilt_from_rows(tmp_path,
     with open(snapshot, "r+b") as f:
         f.seek(snapshot.stat().st_size // 3)  # inside the stored vectors: the file still parses
         f.write(np.random.default_rng(0).bytes(4096))
-    with caplog.at_level(logging.INFO, logger="server.index"), IndexStore(root, DIM, "bundle-a") as store:
+    with caplog.at_level(logging.INFO, logger="blat_gateway.index"), IndexStore(root, DIM, "bundle-a") as store:
         assert top_ids(store, queries) == want
         assert all(h.score <= 1.0 + 1e-5 for hits in store.search(queries, 5) for h in hits)
     assert any(r.levelno >= logging.ERROR and str(snapshot) in r.getMessage() for r in caplog.records), caplog.text
     # The damaged file was replaced by a fresh, verified snapshot: the next open reports nothing.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="server.index"), IndexStore(root, DIM, "bundle-a") as store:
+    with caplog.at_level(logging.INFO, logger="blat_gateway.index"), IndexStore(root, DIM, "bundle-a") as store:
         assert top_ids(store, queries) == want
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
@@ -62,7 +62,7 @@ def test_a_snapshot_written_before_checksums_loads_and_says_so(tmp_path, caplog)
     sums = layout.checksum_path(version_dir(root) / "index.faiss")
     assert sums.is_file()
     sums.unlink()  # as a version written before checksums were recorded
-    with caplog.at_level(logging.INFO, logger="server.index"), IndexStore(root, DIM, "bundle-a") as store:
+    with caplog.at_level(logging.INFO, logger="blat_gateway.index"), IndexStore(root, DIM, "bundle-a") as store:
         assert top_ids(store, vecs[:3], 1) == [[items[i].id] for i in range(3)]
     assert "no checksum" in caplog.text and "index.faiss" in caplog.text
 
@@ -89,7 +89,7 @@ def test_a_kill_between_checksum_and_rename_is_not_damage(tmp_path, caplog, monk
     assert len(layout.recorded_checksums(version_dir(root) / "index.faiss")) == 2  # old and new, rename pending
     store.index.live.db.conn.close()
     store.index._root_lock.release()
-    with caplog.at_level(logging.INFO, logger="server.index"), IndexStore(root, DIM, "bundle-a") as again:
+    with caplog.at_level(logging.INFO, logger="blat_gateway.index"), IndexStore(root, DIM, "bundle-a") as again:
         assert again.stats().count == 150
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 

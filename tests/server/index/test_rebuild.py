@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.errors import Conflict, NotFound
-from server.index import AnnConfig, ItemRecord, exact
+from blat_gateway.errors import Conflict, NotFound
+from blat_gateway.index import AnnConfig, ItemRecord, exact
 from tests.server.index.conftest import faiss_open, stored_versions
 from tests.server.index.helpers import item, unit
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.errors import BadRequest
-from server.index import ItemRecord, SearchFilter
-from server.index.db import VersionDB, VersionMeta
-from server.index.records import as_unit_rows, check_id
+from blat_gateway.errors import BadRequest
+from blat_gateway.index import ItemRecord, SearchFilter
+from blat_gateway.index.db import VersionDB, VersionMeta
+from blat_gateway.index.records import as_unit_rows, check_id
 from tests.server.index.helpers import item, unit
 
 

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.errors import BackendDown, BadRequest, Conflict, NotFound
-from server.index import AnnConfig, IndexStore, ItemRecord, SearchFilter
+from blat_gateway.errors import BackendDown, BadRequest, Conflict, NotFound
+from blat_gateway.index import AnnConfig, IndexStore, ItemRecord, SearchFilter
 from tests.server.index.conftest import faiss_open
 from tests.server.index.helpers import brute, item, mask, noisy, unit
 
@@ -158,7 +158,7 @@ def test_filters_with_awkward_values(tmp_path, open_store):
 @pytest.mark.parametrize("name", sorted(FILTERS))
 def test_faiss_filtered_search_paths(tmp_path, name, rounds, monkeypatch):
     """FAISS finds enough matches two ways (over-fetching rounds; the exact scan of matching rows): both exact."""
-    from server.index import version
+    from blat_gateway.index import version
 
     flt, rare = FILTERS[name]
     items, vecs = [item(i) for i in range(300)], unit(300, DIM)
@@ -352,7 +352,7 @@ def test_concurrent_writers_and_readers(tmp_path, open_store):
 
 
 def test_writes_during_compaction_are_kept(tmp_path, monkeypatch):
-    from server.index import faiss_index as store_module
+    from blat_gateway.index import faiss_index as store_module
 
     vecs = unit(3000, DIM, seed=13)
     items = [item(i) for i in range(3000)]

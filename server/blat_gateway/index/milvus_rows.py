@@ -1,0 +1,147 @@
+"""Rows, filters and item operations on one Milvus collection (or alias): what `MilvusIndex`'s live version and a
+`MilvusStaging` version share. Milvus's own calls fail as `BackendDown` (503) with Milvus's message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from blat_gateway.errors import BackendDown, BadRequest, Conflict
+from blat_gateway.index.protocol import Pair, Scored
+from blat_gateway.index.records import ItemRecord, SearchFilter
+
+MAX_VARCHAR = 65_535  # bytes: Milvus's limit for one VARCHAR value
+FIELDS = ["id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at", "extra"]
+
+
+# -- expressions ----------------------------------------------------------------------------------------------------
+
+def _str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _strs(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_str(v) for v in values) + "]"
+
+
+def milvus_filter(flt: SearchFilter | None) -> str:
+    """The boolean expression equal to `flt.matches` (a null duration fails any bound, as in SQL)."""
+    if flt is None:
+        return ""
+    parts = []
+    if flt.tags_any:
+        parts.append(f"array_contains_any(tags, {_strs(flt.tags_any)})")
+    if flt.tags_all:
+        parts.append(f"array_contains_all(tags, {_strs(flt.tags_all)})")
+    if flt.source_prefix:  # LIKE with %, _ and \ escaped: a path's own % and _ are literal
+        pattern = re.sub(r"([%_\\])", r"\\\1", flt.source_prefix) + "%"
+        parts.append(f"source_uri like {_str(pattern)}")
+    if flt.min_duration_s is not None:
+        parts.append(f"duration_s >= {float(flt.min_duration_s)!r}")
+    if flt.max_duration_s is not None:
+        parts.append(f"duration_s <= {float(flt.max_duration_s)!r}")
+    return " and ".join(parts)
+
+
+def row_of(item: ItemRecord, vec: np.ndarray) -> dict:
+    row = {"id": item.id, "vec": np.asarray(vec, dtype=np.float32).tolist(), "source_uri": item.source_uri,
+           "duration_s": item.duration_s, "tags": list(item.tags), "caption": item.caption,
+           "content_hash": item.content_hash, "added_at": time.time() if item.added_at is None else item.added_at,
+           "extra": json.dumps(item.extra)}
+    for name in ("source_uri", "caption", "content_hash", "extra"):
+        if len(row[name].encode()) > MAX_VARCHAR:
+            raise BadRequest(f"{item.id}: {name} is longer than Milvus stores ({MAX_VARCHAR} bytes)", id=item.id)
+    return row
+
+
+def _record(e: dict) -> ItemRecord:
+    return ItemRecord(id=e["id"], source_uri=e["source_uri"], duration_s=e.get("duration_s"), tags=tuple(e["tags"]),
+                      caption=e["caption"], content_hash=e["content_hash"], added_at=e["added_at"],
+                      extra=json.loads(e["extra"]))
+
+
+# -- one collection -------------------------------------------------------------------------------------------------
+
+class Collection:
+    """Item operations on one collection or alias: what the live version and a staging version share."""
+
+    def __init__(self, client, name: str):
+        self.client, self.name = client, name
+
+    def call(self, method: str, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except MilvusException as e:
+            raise BackendDown(f"Milvus {method} on {self.name}: {e.message}") from None
+
+    def get(self, item_id: str) -> ItemRecord | None:
+        got = self.call("get", self.name, ids=[item_id], output_fields=FIELDS)
+        return _record(got[0]) if got else None
+
+    def embedding(self, item_id: str) -> np.ndarray | None:
+        got = self.call("get", self.name, ids=[item_id], output_fields=["vec"])
+        return np.asarray(got[0]["vec"], dtype=np.float32) if got else None
+
+    def count(self) -> int:
+        return int(self.call("query", self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def put_many(self, pairs: Sequence[Pair], upsert: bool, check_hash: bool = True) -> list[ItemRecord]:
+        """Checks first (Conflict, as the FAISS engine words it), then one upsert request: all or nothing."""
+        ids = [item.id for item, _ in pairs]
+        if not upsert:
+            repeated = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+            found = self.call("get", self.name, ids=ids, output_fields=["id"])
+            taken = repeated or (found[0]["id"] if found else None)
+            if taken is not None:
+                raise Conflict(f"item {taken!r} already exists (use upsert to replace it)", id=taken)
+        if check_hash:
+            hashes = sorted({item.content_hash for item, _ in pairs if item.content_hash})
+            owners: dict[str, set[str]] = {}
+            if hashes:
+                for r in self.call("query", self.name, filter=f"content_hash in {_strs(hashes)}",
+                                   output_fields=["id", "content_hash"]):
+                    owners.setdefault(r["content_hash"], set()).add(r["id"])
+            for item, _ in pairs:  # earlier items of the batch count as stored, as in one SQLite transaction
+                others = sorted(owners.get(item.content_hash, set()) - {item.id}) if item.content_hash else []
+                if others:
+                    raise Conflict(f"the same audio (content hash {item.content_hash[:16]}...) is already stored as "
+                                   f"{others[0]!r}", id=item.id, existing_id=others[0], content_hash=item.content_hash)
+                if item.content_hash:
+                    owners.setdefault(item.content_hash, set()).add(item.id)
+        now = time.time()
+        stored = {}  # by id: with upsert a repeated id keeps its last record, like successive SQLite puts
+        for item, vec in pairs:
+            if item.added_at is None:
+                item = dataclasses.replace(item, added_at=now)
+            stored[item.id] = (item, vec)
+        self.call("upsert", self.name, [row_of(item, vec) for item, vec in stored.values()])
+        return [item for item, _ in stored.values()]
+
+    def delete(self, item_id: str) -> ItemRecord | None:
+        got = self.get(item_id)
+        if got is not None:
+            self.call("delete", self.name, ids=[item_id])
+        return got
+
+    def search(self, x: np.ndarray, k: int, flt: SearchFilter | None, params: dict) -> list[list[Scored]]:
+        if "ef" in params:
+            params = {**params, "ef": max(params["ef"], k)}  # HNSW cannot return more than its beam
+        res = self.call("search", self.name, data=x.tolist(), limit=k, filter=milvus_filter(flt),
+                        output_fields=FIELDS, search_params={"metric_type": "IP", "params": params})
+        return [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
+
+    def scan(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every (ids, vectors (n, D)) of the collection, in batches."""
+        it = self.call("query_iterator", self.name, batch_size=batch, filter="", output_fields=["id", "vec"])
+        try:
+            while rows := it.next():
+                yield [r["id"] for r in rows], np.asarray([r["vec"] for r in rows], dtype=np.float32)
+        finally:
+            it.close()
