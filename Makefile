@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXTRAS := model,export,server,milvus,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run train test soak venv clean browser eval-families
+.PHONY: run train test test-bench lint soak venv clean browser eval-families
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml clients/pyproject.toml Makefile
@@ -77,9 +77,23 @@ browser:
 	@command -v chromium >/dev/null || { sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends chromium; }
 
-test: $(STAMP) browser
+# Two tiers: `make test` runs all but the `bench` marker (TEST_MARKS; a -m in PYTEST_ARGS comes later and wins);
+# `make test-bench` runs only the benchmarks, quality bars and long pipeline runs. CI (.ci/run) runs both.
+TEST_MARKS ?= not bench
+# The default tier runs on 2 worker processes, one test file at a time each (module fixtures stay shared); much of it
+# waits on gateway, Triton and Milvus processes. TEST_WORKERS=0 runs it in this process. Benchmarks run alone.
+TEST_WORKERS ?= 2
+# ruff: formatting and lint (pyproject.toml [tool.ruff]); part of `make test`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) browser lint
 	@# pytest exits 5 when it collects no test; that is not a failure of the suite itself.
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -m "$(TEST_MARKS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+test-bench: $(STAMP)
+	$(PY) -m pytest -m bench $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info

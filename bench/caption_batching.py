@@ -10,6 +10,7 @@ clip per call, and the largest difference of a best caption's log-probability fr
 padded to its longest clip and the graphs mask the padding by length, so every clip should get the same caption at
 every batch size; differing captions are listed and make the exit status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import wav_bytes  # noqa: E402
+
 from blat_contract.beam import DecodingOptions  # noqa: E402
 from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
 from blat_gateway.runtime import ModelRuntime  # noqa: E402
@@ -40,13 +42,14 @@ def clips(n: int, min_s: float, max_s: float, rate: int) -> list[np.ndarray]:
     return [sf.read(io.BytesIO(wav_bytes(float(s), rate, seed=i)), dtype="float32")[0] for i, s in enumerate(lengths)]
 
 
-def caption_all(runtime: ModelRuntime, waves: list[np.ndarray], batch: int, options: DecodingOptions
-                ) -> tuple[Captions, float]:
+def caption_all(
+    runtime: ModelRuntime, waves: list[np.ndarray], batch: int, options: DecodingOptions
+) -> tuple[Captions, float]:
     """Every clip captioned, `batch` clips per call; (captions, wall seconds)."""
     out: Captions = []
     t0 = time.perf_counter()
     for i in range(0, len(waves), batch):
-        out += [hyps[0] for hyps in runtime.captions(waves[i:i + batch], None, options)]
+        out += [hyps[0] for hyps in runtime.captions(waves[i : i + batch], None, options)]
     return out, time.perf_counter() - t0
 
 
@@ -58,9 +61,16 @@ def compare(runtime: ModelRuntime, waves: list[np.ndarray], batches: list[int], 
         got, wall = (base, base_wall) if batch == 1 else caption_all(runtime, waves, batch, options)
         differ = [i for i, (a, b) in enumerate(zip(base, got)) if a[0] != b[0]]
         mismatches += [{"clip": i, "batch": batch, "alone": base[i][0], "batched": got[i][0]} for i in differ]
-        rows.append({"batch": batch, "wall_s": round(wall, 2), "clips_per_s": round(len(waves) / wall, 2),
-                     "speedup": round(base_wall / wall, 2), "differing_captions": len(differ),
-                     "max_log_prob_diff": float(max(abs(a[1] - b[1]) for a, b in zip(base, got)))})
+        rows.append(
+            {
+                "batch": batch,
+                "wall_s": round(wall, 2),
+                "clips_per_s": round(len(waves) / wall, 2),
+                "speedup": round(base_wall / wall, 2),
+                "differing_captions": len(differ),
+                "max_log_prob_diff": float(max(abs(a[1] - b[1]) for a, b in zip(base, got))),
+            }
+        )
     return {"batches": rows, "mismatches": mismatches}
 
 
@@ -81,18 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     waves = clips(args.clips, args.min_s, args.max_s, runtime.sample_rate)
     runtime.captions(waves[:1], None, options)  # warm-up: the first runs allocate
     audio_s = sum(map(len, waves)) / runtime.sample_rate
-    out = {"bundle": runtime.manifest.id, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-           "threads": args.threads, "clips": len(waves), "audio_s": round(audio_s, 1), "beam": options.beam_size,
-           "max_tokens": options.max_tokens, **compare(runtime, waves, args.batches, options)}
+    out = {
+        "bundle": runtime.manifest.id,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "clips": len(waves),
+        "audio_s": round(audio_s, 1),
+        "beam": options.beam_size,
+        "max_tokens": options.max_tokens,
+        **compare(runtime, waves, args.batches, options),
+    }
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    print(f"\n{len(waves)} clips, {audio_s:.0f} s of audio, beam {options.beam_size}, max {options.max_tokens} tokens, "
-          f"{args.threads} threads (0: all), bundle {runtime.manifest.id}")
+    print(
+        f"\n{len(waves)} clips, {audio_s:.0f} s of audio, beam {options.beam_size}, max {options.max_tokens} tokens, "
+        f"{args.threads} threads (0: all), bundle {runtime.manifest.id}"
+    )
     print(f"{'batch':>5s} {'wall s':>8s} {'clips/s':>8s} {'speed-up':>9s} {'differing':>10s} {'max |dlogp|':>12s}")
     for r in out["batches"]:
-        print(f"{r['batch']:5d} {r['wall_s']:8.1f} {r['clips_per_s']:8.2f} {r['speedup']:8.2f}x "
-              f"{r['differing_captions']:10d} {r['max_log_prob_diff']:12.1e}")
+        print(
+            f"{r['batch']:5d} {r['wall_s']:8.1f} {r['clips_per_s']:8.2f} {r['speedup']:8.2f}x "
+            f"{r['differing_captions']:10d} {r['max_log_prob_diff']:12.1e}"
+        )
     return 1 if out["mismatches"] else 0
 
 

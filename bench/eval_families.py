@@ -16,6 +16,7 @@ Per bundle and family:
 - caption names class: the share of clips whose best caption, guided by the clip's predicted tags where the bundle
   has a tagger (as /v1/caption without tags), holds a word of its class's name or phrase-bank phrases.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,18 +31,20 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.eval_tagging import hit_rate  # noqa: E402
-from blat.pipeline.families import FAMILIES, family  # noqa: E402
-from blat_contract.beam import DecodingOptions  # noqa: E402
-from blat_contract.labels import audioset_labels, tags_to_multi_hot  # noqa: E402
-from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from blat_gateway.runtime import ModelRuntime  # noqa: E402
-from blat_gateway.settings import PredictSettings  # noqa: E402
+from bench.eval_tagging import hit_rate
+from blat.pipeline.families import FAMILIES, family
+from blat_contract.beam import DecodingOptions
+from blat_contract.labels import audioset_labels, tags_to_multi_hot
+from blat_gateway.backends.ort import OnnxRuntimeBackend
+from blat_gateway.runtime import ModelRuntime
+from blat_gateway.settings import PredictSettings
 
 # Words that name no sound source: left out when matching a caption against a class's name and phrases.
-FILLER = set("a an the of and or is are in on at to by with from for its his her their some someone something sound "
-             "sounds noise noises plays playing played makes making made being one two while then after as it "
-             "loud quiet soft distant nearby short long several many other type kind".split())
+FILLER = set(
+    "a an the of and or is are in on at to by with from for its his her their some someone something sound "
+    "sounds noise noises plays playing played makes making made being one two while then after as it "
+    "loud quiet soft distant nearby short long several many other type kind".split()
+)
 
 
 def class_words(label: str, phrases: dict) -> set[str]:
@@ -60,7 +63,7 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
     bank, tagger, labels = runtime.labels, runtime.manifest.tagger, runtime.default_labels
     emb, probs = [], []
     for i in range(0, len(waves), batch):
-        e, p = runtime.analyze_audio(waves[i:i + batch])
+        e, p = runtime.analyze_audio(waves[i : i + batch])
         emb.append(e)
         probs.append(p)
     emb = np.concatenate(emb)
@@ -85,10 +88,13 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
         for i in range(0, len(waves), batch):
             guide = None
             if tagger and spec.use_tags:  # as /v1/caption without tags: the clip's predicted tags
-                guide = np.stack([tags_to_multi_hot(runtime.predicted_tags(e, p, predict.tag_threshold,
-                                                                           predict.caption_tags))
-                                  for e, p in zip(emb[i:i + batch], probs[i:i + batch])])
-            captions += [h[0][0] for h in runtime.captions(waves[i:i + batch], guide, options)]
+                guide = np.stack(
+                    [
+                        tags_to_multi_hot(runtime.predicted_tags(e, p, predict.tag_threshold, predict.caption_tags))
+                        for e, p in zip(emb[i : i + batch], probs[i : i + batch])
+                    ]
+                )
+            captions += [h[0][0] for h in runtime.captions(waves[i : i + batch], guide, options)]
     fams = [family(r["tags"]) for r in rows]
     out = {}
     for fam in (*FAMILIES, "all"):
@@ -96,20 +102,31 @@ def evaluate(bundle: Path, rows: list[dict], waves: list[np.ndarray], phrases: d
         if not sel:
             continue
         pick = lambda xs: [xs[i] for i in sel]  # noqa: E731
-        res = {"clips": len(sel), "tag_top1": hit_rate(scores[sel], pick(primary), 1),
-               "tag_top5": hit_rate(scores[sel], pick(primary), 5),
-               "tag_top1_any": hit_rate(scores[sel], pick(anytag), 1),
-               "tag_top5_any": hit_rate(scores[sel], pick(anytag), 5),
-               "zero_shot": float(zero_shot[sel].mean())}
+        res = {
+            "clips": len(sel),
+            "tag_top1": hit_rate(scores[sel], pick(primary), 1),
+            "tag_top5": hit_rate(scores[sel], pick(primary), 5),
+            "tag_top1_any": hit_rate(scores[sel], pick(anytag), 1),
+            "tag_top5_any": hit_rate(scores[sel], pick(anytag), 5),
+            "zero_shot": float(zero_shot[sel].mean()),
+        }
         if head is not None:
             res["head_top5"] = hit_rate(head[sel], pick(primary), 5)
         if captions:
-            res["caption_names_class"] = float(np.mean([names_class(captions[i], class_words(rows[i]["tags"][0],
-                                                                                              phrases)) for i in sel]))
+            res["caption_names_class"] = float(
+                np.mean([names_class(captions[i], class_words(rows[i]["tags"][0], phrases)) for i in sel])
+            )
         out[fam] = res
-    return {"bundle": runtime.manifest.id, "path": str(bundle), "classes": len(classes), "families": out,
-            "examples": [{"id": rows[i]["id"], "tags": rows[i]["tags"], "caption": captions[i] if captions else ""}
-                         for i in range(0, len(rows), max(1, len(rows) // 12))]}
+    return {
+        "bundle": runtime.manifest.id,
+        "path": str(bundle),
+        "classes": len(classes),
+        "families": out,
+        "examples": [
+            {"id": rows[i]["id"], "tags": rows[i]["tags"], "caption": captions[i] if captions else ""}
+            for i in range(0, len(rows), max(1, len(rows) // 12))
+        ],
+    }
 
 
 def over_seeds(results: dict, keys: tuple[str, ...]) -> dict:
@@ -125,8 +142,12 @@ def over_seeds(results: dict, keys: tuple[str, ...]) -> dict:
             for k in keys:
                 vals = [r[fam][k] for r in runs if fam in r and k in r[fam]]
                 if vals:
-                    out[name][fam][k] = {"mean": float(np.mean(vals)), "min": float(min(vals)),
-                                         "max": float(max(vals)), "n": len(vals)}
+                    out[name][fam][k] = {
+                        "mean": float(np.mean(vals)),
+                        "min": float(min(vals)),
+                        "max": float(max(vals)),
+                        "n": len(vals),
+                    }
     return out
 
 
@@ -140,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     from blat.pipeline.templates import load_phrase_bank
 
     known = set(audioset_labels())
-    rows = [r for r in map(json.loads, args.manifest.read_text().splitlines())
-            if r["split"] == args.split and r["tags"] and r["tags"][0] in known]
+    rows = [
+        r
+        for r in map(json.loads, args.manifest.read_text().splitlines())
+        if r["split"] == args.split and r["tags"] and r["tags"][0] in known
+    ]
     waves = [sf.read(str(args.manifest.parent / r["audio"]), dtype="float32")[0] for r in rows]
     phrases = load_phrase_bank()
     results = {}
@@ -161,11 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     print("\nover seeds (mean [min, max]):")
     for name, fams in summary.items():
         for fam, m in fams.items():
-            print(f"{name:10s} {fam:18s} " + " ".join(
-                f"{m[k]['mean']:.3f} [{m[k]['min']:.3f},{m[k]['max']:.3f}]" if k in m else f"{'-':>19s}" for k in keys))
+            print(
+                f"{name:10s} {fam:18s} "
+                + " ".join(
+                    f"{m[k]['mean']:.3f} [{m[k]['min']:.3f},{m[k]['max']:.3f}]" if k in m else f"{'-':>19s}"
+                    for k in keys
+                )
+            )
     if args.out:
-        args.out.write_text(json.dumps({"command": "python bench/eval_families.py " + " ".join(argv or sys.argv[1:]),
-                                        "summary": summary, "results": results}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": "python bench/eval_families.py " + " ".join(argv or sys.argv[1:]),
+                    "summary": summary,
+                    "results": results,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 

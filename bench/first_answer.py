@@ -5,9 +5,11 @@
 
 Starts `make run` in --repo (with --cold: an empty Debian-package cache and pip cache of its own), then polls
 /readyz and POST /v1/search/text once a second. Prints the seconds to the first 200 from /readyz, to the first
-search answer, and to the first answer with results (the index seeded), plus the .deb and pip download volumes; then stops
+search answer, and to the first answer with results (the index seeded), plus the .deb and pip download volumes; then
+stops
 the server. Standard library only; it talks to 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         env.update(BLAT_CACHE=str(cache / "corpus"), PIP_CACHE_DIR=str(cache / "pip"))
     base = f"http://127.0.0.1:{args.port}"
     t0 = time.monotonic()
-    proc = subprocess.Popen(["make", "run"], cwd=args.repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "run"],
+        cwd=args.repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marks: dict[str, float] = {}
     try:
         while time.monotonic() - t0 < args.timeout and proc.poll() is None:

@@ -20,6 +20,7 @@ on PATH, throughput.py with tiny settings (text, c = 1,2, 1 s a cell). Exit stat
 <out>: env.txt (versions, nvidia-smi -q header), repo/, tritonserver.log, perf_*.csv/.log, throughput_*.json/.txt
 (the table)/.log, triton_stats.json, results.json (every figure), summary.txt (everything printed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def run(cmd: list[str], log: Path, timeout: float, **env: str) -> tuple[int, str
     """(exit code, stdout) of cmd, stderr into log; in its own process group, so that what it starts (gateways)
     can be stopped with it. A timeout ends the group and reads as exit code 124: the bench goes on."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **env}, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **env}, cwd=ROOT, start_new_session=True
+        )
         children.append(proc)
         try:
             out = proc.communicate(timeout=timeout)[0]
@@ -83,53 +85,103 @@ def stop_children() -> None:
 def prerequisites(args) -> tuple[list[str] | None, list[str] | None]:
     """(how to start tritonserver: None for the wheel's, how to run perf_analyzer: None for no run), or exit
     naming what is missing."""
-    if not args.cpu_check and (not shutil.which("nvidia-smi") or subprocess.run(["nvidia-smi", "-L"],
-                                                                                capture_output=True).returncode):
-        die("no GPU: nvidia-smi is missing or sees no device. This bench is for a GPU host; "
-            "--cpu-check runs the same plumbing on the CPU.")
+    if not args.cpu_check and (
+        not shutil.which("nvidia-smi") or subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode
+    ):
+        die(
+            "no GPU: nvidia-smi is missing or sees no device. This bench is for a GPU host; "
+            "--cpu-check runs the same plumbing on the CPU."
+        )
     if not (args.bundle / "bundle.json").is_file():
         die(f"{args.bundle} is not a bundle directory (no bundle.json); pass --bundle")
     pa = shutil.which("perf_analyzer", path=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if args.cpu_check:
         from blat_export.triton import TritonUnavailable, pytriton_server_dir
+
         try:
             pytriton_server_dir()
         except TritonUnavailable as e:
             die(f"--cpu-check needs the nvidia-pytriton wheel's tritonserver: {e}")
         return None, [pa] if pa else None
-    info = shutil.which("docker") and subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
-                                                     capture_output=True, text=True)
+    info = shutil.which("docker") and subprocess.run(
+        ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True
+    )
     docker = bool(info) and info.returncode == 0
     server = args.tritonserver or shutil.which("tritonserver")
     if not server and not (docker and ("nvidia" in info.stdout or shutil.which("nvidia-container-runtime-hook"))):
-        die(f"no tritonserver: pass --tritonserver PATH, put one on PATH, or set up docker with the NVIDIA runtime "
-            f"(nvidia-container-toolkit) to run {args.image}" + (f"; docker info: {info.stderr.strip()[-300:]}"
-                                                                  if info and info.returncode else ""))
+        die(
+            f"no tritonserver: pass --tritonserver PATH, put one on PATH, or set up docker with the NVIDIA runtime "
+            f"(nvidia-container-toolkit) to run {args.image}"
+            + (f"; docker info: {info.stderr.strip()[-300:]}" if info and info.returncode else "")
+        )
     if not pa and not docker:
         die(f"no perf_analyzer: `pip install perf-analyzer` (glibc >= 2.38), or docker to run {args.image}-sdk")
-    triton = [server] if server else ["docker", "run", "--rm", "--name", CONTAINER, "--gpus", "all", "--net", "host",
-                                      "--shm-size", "2g", "-v", f"{args.out / 'repo'}:/models:ro", args.image,
-                                      "tritonserver"]
-    perf = [pa] if pa else ["docker", "run", "--rm", "--net", "host", "-u", f"{os.getuid()}:{os.getgid()}", "-v",
-                            f"{args.out}:{args.out}", f"{args.image}-sdk", "perf_analyzer"]
+    triton = (
+        [server]
+        if server
+        else [
+            "docker",
+            "run",
+            "--rm",
+            "--name",
+            CONTAINER,
+            "--gpus",
+            "all",
+            "--net",
+            "host",
+            "--shm-size",
+            "2g",
+            "-v",
+            f"{args.out / 'repo'}:/models:ro",
+            args.image,
+            "tritonserver",
+        ]
+    )
+    perf = (
+        [pa]
+        if pa
+        else [
+            "docker",
+            "run",
+            "--rm",
+            "--net",
+            "host",
+            "-u",
+            f"{os.getuid()}:{os.getgid()}",
+            "-v",
+            f"{args.out}:{args.out}",
+            f"{args.image}-sdk",
+            "perf_analyzer",
+        ]
+    )
     return triton, perf
 
 
 def start_triton(args, how: list[str] | None):
     """A ready blat_export.triton.TritonProcess serving <out>/repo on loopback."""
-    from blat_export.triton import TritonProcess, launch_cpu_server
     from loadgen import free_port
+
+    from blat_export.triton import TritonProcess, launch_cpu_server
+
     log = args.out / "tritonserver.log"
     if how is None:
         return launch_cpu_server(args.out / "repo", log_path=log, timeout_s=args.ready_timeout)
     grpc, http, metrics = (free_port() for _ in range(3))
-    flags = [f"--model-repository={'/models' if how[0] == 'docker' else args.out / 'repo'}",
-             "--disable-auto-complete-config", "--exit-timeout-secs=10", "--grpc-address=127.0.0.1",
-             f"--grpc-port={grpc}", "--http-address=127.0.0.1", f"--http-port={http}", "--metrics-address=127.0.0.1",
-             f"--metrics-port={metrics}"]  # loopback only; with docker --net host these are the host's ports
+    flags = [
+        f"--model-repository={'/models' if how[0] == 'docker' else args.out / 'repo'}",
+        "--disable-auto-complete-config",
+        "--exit-timeout-secs=10",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics}",
+    ]  # loopback only; with docker --net host these are the host's ports
     with open(log, "wb") as f:  # docker run in the foreground passes our SIGTERM on to the server (sig-proxy)
-        proc = subprocess.Popen(how + flags, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            how + flags, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     triton = TritonProcess(proc, grpc, http, metrics, log_path=log, workdir=Path(tempfile.mkdtemp(prefix="gpu-bench-")))
     deadline = time.monotonic() + args.ready_timeout  # TensorRT builds its engines before the models are ready
     while not triton.ready():
@@ -148,6 +200,7 @@ def perf_inputs(args) -> dict[str, Path]:
     from tokenizers import Tokenizer
 
     from blat_contract.bundle import read_bundle
+
     m = read_bundle(args.bundle, verify=False)
     tok, n = Tokenizer.from_file(str(args.bundle / m.text.tokenizer)), min(16, m.text.max_tokens)
     tok.enable_truncation(max_length=n)
@@ -155,10 +208,16 @@ def perf_inputs(args) -> dict[str, Path]:
     enc = tok.encode("a dog barks twice while heavy rain falls on a tin roof and a car passes slowly in the street")
     samples = int(10 * m.audio.sample_rate)
     wave = (0.1 * np.random.default_rng(0).standard_normal(samples)).astype("<f4")  # b64 data is little-endian
-    data = {"text_encoder": {"input_ids": {"content": enc.ids, "shape": [n]},
-                             "attention_mask": {"content": enc.attention_mask, "shape": [n]}},
-            "audio_encoder": {"waveform": {"content": {"b64": base64.b64encode(wave.tobytes()).decode()},
-                                           "shape": [samples]}, "lengths": {"content": [samples], "shape": [1]}}}
+    data = {
+        "text_encoder": {
+            "input_ids": {"content": enc.ids, "shape": [n]},
+            "attention_mask": {"content": enc.attention_mask, "shape": [n]},
+        },
+        "audio_encoder": {
+            "waveform": {"content": {"b64": base64.b64encode(wave.tobytes()).decode()}, "shape": [samples]},
+            "lengths": {"content": [samples], "shape": [1]},
+        },
+    }
     for model, inputs in data.items():
         (args.out / f"perf_{model}.json").write_text(json.dumps({"data": [inputs]}))
     return {model: args.out / f"perf_{model}.json" for model in data}
@@ -172,18 +231,40 @@ def perf_analyzer(args, perf: list[str], url: str, problems: list[str]) -> tuple
     for model, data in perf_inputs(args).items():
         for c in args.concurrency.split(","):
             stem = args.out / f"perf_{model}_c{c}"
-            code, out = run([*perf, "-m", model, "-i", "grpc", "-u", url, "--input-data", str(data),
-                             "--concurrency-range", f"{c}:{c}", "--measurement-interval",
-                             str(int(args.seconds * 1000)), *loose, "-f", f"{stem}.csv"], stem.with_suffix(".err"),
-                            timeout=30 * args.seconds + 300)
+            code, out = run(
+                [
+                    *perf,
+                    "-m",
+                    model,
+                    "-i",
+                    "grpc",
+                    "-u",
+                    url,
+                    "--input-data",
+                    str(data),
+                    "--concurrency-range",
+                    f"{c}:{c}",
+                    "--measurement-interval",
+                    str(int(args.seconds * 1000)),
+                    *loose,
+                    "-f",
+                    f"{stem}.csv",
+                ],
+                stem.with_suffix(".err"),
+                timeout=30 * args.seconds + 300,
+            )
             stem.with_suffix(".log").write_text(out)
             row = next(csv.DictReader(open(f"{stem}.csv")), None) if Path(f"{stem}.csv").exists() else None
             if code or not row:
                 problems.append(f"perf_analyzer {model} c={c}: exit {code}, see {stem}.log/.err")
                 continue
             ms = [round(float(row[f"p{q} latency"]) / 1000, 2) for q in (50, 95, 99)]  # the CSV has microseconds
-            rows[f"{model}@{c}"] = {"infer_per_s": float(row["Inferences/Second"]), "p50_ms": ms[0], "p95_ms": ms[1],
-                                    "p99_ms": ms[2]}
+            rows[f"{model}@{c}"] = {
+                "infer_per_s": float(row["Inferences/Second"]),
+                "p50_ms": ms[0],
+                "p95_ms": ms[1],
+                "p99_ms": ms[2],
+            }
             lines.append(f"{model:14s} {c:>3s} | {float(row['Inferences/Second']):9.1f} {ms[0]:7} {ms[1]:7} {ms[2]:7}")
     return rows, "\n".join(lines)
 
@@ -196,10 +277,26 @@ def inferences(triton) -> dict[str, int]:
 def throughput(args, name: str, problems: list[str], say, **env: str) -> dict | None:
     """bench/throughput.py with `env`: its JSON (also <out>/throughput_<name>.json), and the table it prints."""
     extra = ["--warmup-s", "0.5", "--items", "200"] if args.cpu_check else []
-    code, out = run([PY, str(ROOT / "bench/throughput.py"), "--bundle", str(args.bundle), "--paths", args.paths, "--concurrency",
-                     args.concurrency, "--seconds", str(args.seconds), "--json",
-                     str(args.out / f"throughput_{name}.json"), *extra], args.out / f"throughput_{name}.log",
-                    timeout=7200, **env)
+    code, out = run(
+        [
+            PY,
+            str(ROOT / "bench/throughput.py"),
+            "--bundle",
+            str(args.bundle),
+            "--paths",
+            args.paths,
+            "--concurrency",
+            args.concurrency,
+            "--seconds",
+            str(args.seconds),
+            "--json",
+            str(args.out / f"throughput_{name}.json"),
+            *extra,
+        ],
+        args.out / f"throughput_{name}.log",
+        timeout=7200,
+        **env,
+    )
     (args.out / f"throughput_{name}.txt").write_text(out)
     if code:
         problems.append(f"throughput.py ({name}): exit {code}, see {args.out}/throughput_{name}.log")
@@ -214,6 +311,7 @@ def cuda_unusable(bundle: Path) -> str | None:
     import onnxruntime as ort
 
     from blat_contract.bundle import read_bundle
+
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu in its place)"
     graph = str(bundle / read_bundle(bundle, verify=False).graphs["text_encoder"].file)
@@ -236,10 +334,15 @@ def versions(args, how: list[str] | None, perf: list[str] | None) -> str:
 
     sh = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
     server = "nvidia-pytriton wheel" if how is None else args.image if how[0] == "docker" else how[0]
-    lines = [f"date {time.strftime('%Y-%m-%dT%H:%M:%S%z')}", f"commit {sh('git', 'rev-parse', 'HEAD')}",
-             f"python {sys.version.split()[0]}", f"cpus {os.cpu_count()}", f"tritonserver {server}",
-             f"perf_analyzer {' '.join(perf) if perf else 'none'}",
-             *(package(p) for p in ("onnxruntime", "onnxruntime-gpu", "tritonclient", "nvidia-pytriton"))]
+    lines = [
+        f"date {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+        f"commit {sh('git', 'rev-parse', 'HEAD')}",
+        f"python {sys.version.split()[0]}",
+        f"cpus {os.cpu_count()}",
+        f"tritonserver {server}",
+        f"perf_analyzer {' '.join(perf) if perf else 'none'}",
+        *(package(p) for p in ("onnxruntime", "onnxruntime-gpu", "tritonclient", "nvidia-pytriton")),
+    ]
     return "\n".join(lines + ([] if args.cpu_check else ["", *sh("nvidia-smi", "-q").splitlines()[:40]])) + "\n"
 
 
@@ -250,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-check", action="store_true", help="no GPU: the same steps on the CPU flavour, tiny settings")
     p.add_argument("--tensorrt", action="store_true", help="Triton's onnxruntime backend with TensorRT FP16")
     p.add_argument("--tritonserver", help="a tritonserver binary (default: the one on PATH, else docker --image)")
-    p.add_argument("--image", default=IMAGE, help="Triton image for docker; its -sdk twin runs perf_analyzer when "
-                   "none is installed (default: $TRITON_IMAGE, else deploy/docker-compose.gpu.yml's: %(default)s)")
+    p.add_argument(
+        "--image",
+        default=IMAGE,
+        help="Triton image for docker; its -sdk twin runs perf_analyzer when "
+        "none is installed (default: $TRITON_IMAGE, else deploy/docker-compose.gpu.yml's: %(default)s)",
+    )
     p.add_argument("--paths", help="throughput.py paths (default text,tag,caption; --cpu-check: text)")
     p.add_argument("--concurrency", help="perf_analyzer and throughput.py (default 1,8,32; --cpu-check: 1,2)")
     p.add_argument("--seconds", type=float, help="measured seconds a cell (default 10; --cpu-check: 1)")
@@ -268,8 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started ignoring it (nohup, `cmd &`):
     # then our children, throughput.py among them, take SIGINT as KeyboardInterrupt and stop their gateways
     summary, problems = open(args.out / "summary.txt", "w"), []
-    results: dict = {"cpu_check": args.cpu_check, "tensorrt": args.tensorrt, "concurrency": args.concurrency,
-                     "seconds": args.seconds, "throughput": {}}
+    results: dict = {
+        "cpu_check": args.cpu_check,
+        "tensorrt": args.tensorrt,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "throughput": {},
+    }
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -280,22 +392,38 @@ def main(argv: list[str] | None = None) -> int:
     flavor = ["--flavor", "cpu" if args.cpu_check else "gpu", *(["--tensorrt"] if args.tensorrt else [])]
     triton = None
     try:
-        if run([PY, "-m", "blat_export", "triton", "--bundle", str(args.bundle), "--triton", str(args.out / "repo"),
-                *flavor], args.out / "blat_export.log", timeout=600)[0]:
+        if run(
+            [
+                PY,
+                "-m",
+                "blat_export",
+                "triton",
+                "--bundle",
+                str(args.bundle),
+                "--triton",
+                str(args.out / "repo"),
+                *flavor,
+            ],
+            args.out / "blat_export.log",
+            timeout=600,
+        )[0]:
             die(f"python -m blat_export triton failed, see {args.out / 'blat_export.log'}")
         triton = start_triton(args, how)
         with urllib.request.urlopen(triton.http_url + "/v2", timeout=10) as r, open(args.out / "env.txt", "a") as f:
             f.write(f"triton server {json.load(r).get('version')}\n")
-        say(f"tritonserver ready on {triton.grpc_url}: {'cpu' if args.cpu_check else 'gpu'} flavour"
-            f"{', TensorRT FP16' if args.tensorrt else ''}")
+        say(
+            f"tritonserver ready on {triton.grpc_url}: {'cpu' if args.cpu_check else 'gpu'} flavour"
+            f"{', TensorRT FP16' if args.tensorrt else ''}"
+        )
         if perf:
             results["perf_analyzer"], table = perf_analyzer(args, perf, triton.grpc_url, problems)
             say(f"\n== perf_analyzer: gRPC, one item a request (Triton batches them) ==\n{table}")
         else:
             say("\n== perf_analyzer: skipped, none installed (pip install perf-analyzer, or docker for -sdk) ==")
         before = inferences(triton)
-        results["throughput"]["triton"] = throughput(args, "triton", problems, say, BLAT_SERVER_BACKEND="triton",
-                                                     BLAT_SERVER_TRITON__URL=triton.grpc_url)
+        results["throughput"]["triton"] = throughput(
+            args, "triton", problems, say, BLAT_SERVER_BACKEND="triton", BLAT_SERVER_TRITON__URL=triton.grpc_url
+        )
         after = inferences(triton)
         (args.out / "triton_stats.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
         if results["throughput"]["triton"] and sum(after.values()) <= sum(before.values()):
@@ -311,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\n== throughput.py, onnxruntime on CUDA: skipped, {why_not} ==")
     else:
         try:
-            results["throughput"]["ort_cuda"] = throughput(args, "ort_cuda", problems, say,
-                                                           BLAT_SERVER_BACKEND="onnxruntime")
+            results["throughput"]["ort_cuda"] = throughput(
+                args, "ort_cuda", problems, say, BLAT_SERVER_BACKEND="onnxruntime"
+            )
         finally:
             stop_children()
     (args.out / "results.json").write_text(json.dumps({**results, "problems": problems}, indent=2))

@@ -6,7 +6,8 @@
 Vectors: a synthetic clustered set (unit vectors around 1,000 random centres, like embeddings of a corpus with many
 near-duplicates), of the served bundle's embedding dimension (256).
 
-FAISS alone (--sizes): each index is built with server/blat_gateway/index/ann.py and tuned by `ann.tune` on one draw of query
+FAISS alone (--sizes): each index is built with server/blat_gateway/index/ann.py and tuned by `ann.tune` on one draw of
+query
 sets (stored vectors perturbed at each distance in blat_gateway.index.exact.QUERY_NOISES); recall@10 is then measured on
 a second, held-out draw, per distance. Latency is one query at a time (p50 / p99 over the held-out queries); memory
 is the serialised index size; build time includes IVF training and tuning.
@@ -24,6 +25,7 @@ disk figure is its data folder).
 
 Prints one JSON object ({"faiss": rows, "store": rows}) and two tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from blat_contract.labels import audioset_labels  # noqa: E402
 from blat_gateway.index import AnnConfig, IndexStore, ItemRecord, SearchFilter, ann, exact  # noqa: E402
-from blat_gateway.index.rebuild import RebuildProgress  # noqa: E402
 from blat_gateway.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN  # noqa: E402
+from blat_gateway.index.rebuild import RebuildProgress  # noqa: E402
 
 VOCAB, TAGS_PER_ITEM = 30, 3  # each tag is on 3/30 = 10% of the items: the filtered search's selectivity
 ADD_BATCH = 1000
@@ -58,19 +60,22 @@ def clustered(n: int, dim: int, rng: np.random.Generator, centres: int = 1000, s
 
 def chunks(x: np.ndarray, size: int = 50_000):
     for i in range(0, len(x), size):
-        yield np.arange(i, min(i + size, len(x)), dtype=np.int64), x[i: i + size]
+        yield np.arange(i, min(i + size, len(x)), dtype=np.int64), x[i : i + size]
 
 
 def query_sets(x: np.ndarray, seed: int) -> list[exact.QuerySet]:
     """The store's kind of query sets (blat_gateway.index.version.query_sets), over an array instead of a version."""
-    return exact.query_sets(lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES,
-                          SAMPLE_QUERIES, seed)
+    return exact.query_sets(
+        lambda n, rng: x[rng.integers(0, len(x), n)], lambda: chunks(x), QUERY_NOISES, SAMPLE_QUERIES, seed
+    )
 
 
 def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
     latencies = sorted(latencies)
-    return (round(1000 * latencies[len(latencies) // 2], 3),
-            round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 3))
+    return (
+        round(1000 * latencies[len(latencies) // 2], 3),
+        round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 3),
+    )
 
 
 def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = False) -> dict:
@@ -81,15 +86,18 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
     train = x[rng.choice(len(x), min(len(x), max(256 * int(np.sqrt(len(x))), 10_000)), replace=False)]
     index = ann.build(x.shape[1], cfg, len(x), chunks(x), train if kind == "ivf" else None)
     if former:
-        former_set = exact.query_sets(lambda n, r: x[r.integers(0, len(x), n)], lambda: chunks(x), (0.5,),
-                                    SAMPLE_QUERIES, seed)
+        former_set = exact.query_sets(
+            lambda n, r: x[r.integers(0, len(x), n)], lambda: chunks(x), (0.5,), SAMPLE_QUERIES, seed
+        )
         tuned = ann.tune(index, former_set, 0.9 + TUNE_MARGIN)
     else:
         tuned = ann.tune(index, query_sets(x, seed), min(1.0, target + TUNE_MARGIN))
     build_s = time.perf_counter() - t0
     held_out = query_sets(x, seed + 1000)
-    recalls = {f"noise {noise:g}": round(exact.recall(ann.search(index, q, exact.RECALL_K), truth), 4)
-               for noise, (q, truth) in zip(QUERY_NOISES, held_out)}
+    recalls = {
+        f"noise {noise:g}": round(exact.recall(ann.search(index, q, exact.RECALL_K), truth), 4)
+        for noise, (q, truth) in zip(QUERY_NOISES, held_out)
+    }
     latencies = []
     for q, _ in held_out:
         for row in q:
@@ -97,13 +105,22 @@ def measure(kind: str, x: np.ndarray, target: float, seed: int, former: bool = F
             ann.search(index, row[None], exact.RECALL_K)
             latencies.append(time.perf_counter() - t)
     p50, p99 = percentiles_ms(latencies)
-    return {"kind": ann.index_type(index) + (" (former tuning)" if former else ""), "n": len(x),
-            "params": ann.params(index), "tuning_recall": round(tuned, 4), "recall_held_out": recalls,
-            "recall_worst": min(recalls.values()), "p50_ms": p50, "p99_ms": p99, "build_s": round(build_s, 1),
-            "index_mb": round(ann.size_bytes(index) / 1e6, 1)}
+    return {
+        "kind": ann.index_type(index) + (" (former tuning)" if former else ""),
+        "n": len(x),
+        "params": ann.params(index),
+        "tuning_recall": round(tuned, 4),
+        "recall_held_out": recalls,
+        "recall_worst": min(recalls.values()),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "build_s": round(build_s, 1),
+        "index_mb": round(ann.size_bytes(index) / 1e6, 1),
+    }
 
 
 # -- through the store ---------------------------------------------------------------------------------------------
+
 
 def vocabulary() -> list[str]:
     """VOCAB AudioSet label names spread over the ontology (not the first 30, which are all kinds of speech)."""
@@ -113,6 +130,7 @@ def vocabulary() -> list[str]:
 
 def library(x: np.ndarray, vocab: list[str], seed: int):
     """A rebuild source (a callable, as the gateway passes one): the vectors as items with metadata."""
+
     def pairs():
         rng = np.random.default_rng(seed)
         for ids, vecs in chunks(x, 4096):
@@ -120,9 +138,18 @@ def library(x: np.ndarray, vocab: list[str], seed: int):
             durations = rng.uniform(0.5, 30.0, len(ids)).round(2)
             for i, vec, pick, duration in zip(ids, vecs, picks, durations):
                 tags = tuple(vocab[j] for j in pick)
-                yield ItemRecord(id=f"lib/{i:07d}", source_uri=f"library/{i:07d}.wav", duration_s=float(duration),
-                                 tags=tags, caption=f"{tags[0]}, then {tags[1].lower()}",
-                                 content_hash=hashlib.sha256(int(i).to_bytes(8, "little")).hexdigest()), vec
+                yield (
+                    ItemRecord(
+                        id=f"lib/{i:07d}",
+                        source_uri=f"library/{i:07d}.wav",
+                        duration_s=float(duration),
+                        tags=tags,
+                        caption=f"{tags[0]}, then {tags[1].lower()}",
+                        content_hash=hashlib.sha256(int(i).to_bytes(8, "little")).hexdigest(),
+                    ),
+                    vec,
+                )
+
     return pairs
 
 
@@ -144,8 +171,9 @@ def load(store: IndexStore, source, n: int) -> tuple[float, float, RebuildProgre
 def held_out_queries(x: np.ndarray, seed: int) -> np.ndarray:
     """SAMPLE_QUERIES queries per distance in QUERY_NOISES, as the FAISS part's held-out sets (no exact top-k)."""
     rng = np.random.default_rng(seed)
-    return np.concatenate([exact.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng)
-                           for noise in QUERY_NOISES])
+    return np.concatenate(
+        [exact.perturbed(x[rng.integers(0, len(x), SAMPLE_QUERIES)], noise, rng) for noise in QUERY_NOISES]
+    )
 
 
 def timed_searches(store: IndexStore, queries: np.ndarray, flt: SearchFilter | None) -> tuple[list[float], list]:
@@ -192,8 +220,9 @@ def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> IndexStore:
     return IndexStore(root, dim, "bench", config=cfg)
 
 
-def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None,
-                  engine: str = "faiss") -> dict:
+def measure_store(
+    kind: str, x: np.ndarray, target: float, seed: int, parent: Path | None, engine: str = "faiss"
+) -> dict:
     vocab = vocabulary()
     queries = held_out_queries(x, seed + 1000)
     flt = SearchFilter(tags_any=(vocab[0],))
@@ -210,34 +239,56 @@ def measure_store(kind: str, x: np.ndarray, target: float, seed: int, parent: Pa
             per_add = add_ms(store, x, vocab, np.random.default_rng(seed))
     p50, p99 = percentiles_ms(plain)
     f50, f99 = percentiles_ms(filtered)
-    return {"engine": engine, "kind": kind, "n": len(x), "index": stats.index_type, "params": stats.params,
-            "recall_validated": progress.recall, "ingest_s": round(ingest_s, 1), "load_s": round(load_s, 1),
-            "p50_ms": p50, "p99_ms": p99, "filter": f"tags_any {vocab[0]!r}", "filtered_p50_ms": f50,
-            "filtered_p99_ms": f99, "filtered_hits_mean": round(float(np.mean([len(r) for r in results])), 2),
-            "filtered_hits_off_tag": sum(vocab[0] not in h.item.tags for r in results for h in r),
-            "disk_mb": round(disk_mb, 1), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
-            "add_many_ms_per_item": round(per_add, 3)}
+    return {
+        "engine": engine,
+        "kind": kind,
+        "n": len(x),
+        "index": stats.index_type,
+        "params": stats.params,
+        "recall_validated": progress.recall,
+        "ingest_s": round(ingest_s, 1),
+        "load_s": round(load_s, 1),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "filter": f"tags_any {vocab[0]!r}",
+        "filtered_p50_ms": f50,
+        "filtered_p99_ms": f99,
+        "filtered_hits_mean": round(float(np.mean([len(r) for r in results])), 2),
+        "filtered_hits_off_tag": sum(vocab[0] not in h.item.tags for r in results for h in r),
+        "disk_mb": round(disk_mb, 1),
+        "rss_mb": round(rss, 1),
+        "peak_rss_mb": round(peak, 1),
+        "add_many_ms_per_item": round(per_add, 3),
+    }
 
 
 def print_tables(rows: list[dict], store_rows: list[dict]) -> None:
     if rows:
-        print(f"\nFAISS alone\n{'n':>8s} {'index':22s} {'params':28s} {'recall@10 by noise ' + str(QUERY_NOISES):34s} "
-              f"{'p50 ms':>7s} {'p99 ms':>7s} {'build s':>8s} {'MB':>7s}")
+        print(
+            f"\nFAISS alone\n{'n':>8s} {'index':22s} {'params':28s} {'recall@10 by noise ' + str(QUERY_NOISES):34s} "
+            f"{'p50 ms':>7s} {'p99 ms':>7s} {'build s':>8s} {'MB':>7s}"
+        )
     for r in rows:
         rec = " ".join(f"{v:.3f}" for v in r["recall_held_out"].values())
-        print(f"{r['n']:8d} {r['kind']:22s} {json.dumps(r['params']):28s} {rec:34s} {r['p50_ms']:7.2f} "
-              f"{r['p99_ms']:7.2f} {r['build_s']:8.1f} {r['index_mb']:7.1f}")
+        print(
+            f"{r['n']:8d} {r['kind']:22s} {json.dumps(r['params']):28s} {rec:34s} {r['p50_ms']:7.2f} "
+            f"{r['p99_ms']:7.2f} {r['build_s']:8.1f} {r['index_mb']:7.1f}"
+        )
     if store_rows:
-        print(f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
-              f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} "
-              f"{'p50 ms':>7s} "
-              f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
-              f"{'add ms':>7s}")
+        print(
+            f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
+            f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} "
+            f"{'p50 ms':>7s} "
+            f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
+            f"{'add ms':>7s}"
+        )
     for r in store_rows:
-        print(f"{r['n']:8d} {r['engine']:7s} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
-              f"{r['ingest_s']:8.1f} {r['load_s']:7.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-              f"{r['filtered_p50_ms']:8.2f} {r['filtered_p99_ms']:8.2f} {r['disk_mb']:8.1f} {r['rss_mb']:7.1f} "
-              f"{r['peak_rss_mb']:7.1f} {r['add_many_ms_per_item']:7.3f}")
+        print(
+            f"{r['n']:8d} {r['engine']:7s} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
+            f"{r['ingest_s']:8.1f} {r['load_s']:7.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+            f"{r['filtered_p50_ms']:8.2f} {r['filtered_p99_ms']:8.2f} {r['disk_mb']:8.1f} {r['rss_mb']:7.1f} "
+            f"{r['peak_rss_mb']:7.1f} {r['add_many_ms_per_item']:7.3f}"
+        )
 
 
 def sizes(text: str) -> list[int]:
@@ -247,16 +298,22 @@ def sizes(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000", help="comma-separated vector counts for FAISS alone ('' none)")
-    p.add_argument("--store-sizes", default="10000,100000",
-                   help="comma-separated vector counts for the IndexStore part ('' none)")
+    p.add_argument(
+        "--store-sizes", default="10000,100000", help="comma-separated vector counts for the IndexStore part ('' none)"
+    )
     p.add_argument("--dim", type=int, default=256, help="embedding dimension (the served bundle's is 256)")
     p.add_argument("--kinds", default="flat,ivf,hnsw")
-    p.add_argument("--engines", default="faiss",
-                   help="index engines for the IndexStore part: faiss, milvus (milvus-lite)")
+    p.add_argument(
+        "--engines", default="faiss", help="index engines for the IndexStore part: faiss, milvus (milvus-lite)"
+    )
     p.add_argument("--target", type=float, default=AnnConfig().target_recall, help="recall@10 target")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
-    p.add_argument("--spread", type=float, default=1.0,
-                   help="noise around each centre (per-dimension std before normalising): larger = harder, flatter data")
+    p.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="noise around each centre (per-dimension std before normalising): larger = harder, flatter data",
+    )
     p.add_argument("--store-dir", type=Path, help="where the temporary stores go (default: the system's temp dir)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -271,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             if "hnsw" in kinds:
                 rows.append(measure("hnsw", x, args.target, seed=7, former=True))
         if n in store_sizes:
-            store_rows += [measure_store(kind, x, args.target, seed=7, parent=args.store_dir, engine=engine)
-                           for engine in args.engines.split(",") for kind in kinds]
+            store_rows += [
+                measure_store(kind, x, args.target, seed=7, parent=args.store_dir, engine=engine)
+                for engine in args.engines.split(",")
+                for kind in kinds
+            ]
     out = json.dumps({"faiss": rows, "store": store_rows}, indent=2)
     print(out)
     if args.json:

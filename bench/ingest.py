@@ -9,10 +9,11 @@ library), then, each against a fresh `python -m blat_gateway` subprocess (an emp
   from-path    POST /v1/items/from-path for every file, at each --concurrency (the micro-batcher merges concurrent
                requests; every item is durable when its 201 answers).
 Then, with no gateway running, the encoder alone: the same clips decoded (not timed) and embedded in-process by
-ModelRuntime over ONNX Runtime in `blat_gateway.service.length_batches` of --batch, with --threads (0 = all cores, the
+ModelRuntime over ONNX Runtime in `blat_gateway.inference.length_batches` of --batch, with --threads (0 = all cores, the
 gateway's default). Prints one JSON object and a table: clips/s and audio seconds/s of each path and its ratio to the
 encoder-only rate. Exit 1 when a path did not ingest every clip.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -34,11 +35,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import GatewayProcess, RawHttp, percentile_ms, wav_bytes  # noqa: E402
+
 from blat_contract.bundle import read_bundle  # noqa: E402
 from blat_gateway.audio import decode_audio  # noqa: E402
 from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
+from blat_gateway.inference import length_batches  # noqa: E402
 from blat_gateway.runtime import ModelRuntime  # noqa: E402
-from blat_gateway.service import length_batches  # noqa: E402
 
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 
@@ -80,8 +82,14 @@ def via_rebuild(gw: GatewayProcess, n: int, audio_s: float) -> dict:
         time.sleep(0.05)
         job = httpx.get(f"{gw.url}/v1/index/rebuild/{job['version']}", timeout=30).json()
     out = rates(n, audio_s, time.perf_counter() - t0)
-    return {**out, "job_s": round(job["finished_at"] - job["started_at"], 2), "state": job["state"],
-            "added": job["added"], "error": job["error"], "index_count": index_count(gw)}
+    return {
+        **out,
+        "job_s": round(job["finished_at"] - job["started_at"], 2),
+        "state": job["state"],
+        "added": job["added"],
+        "error": job["error"],
+        "index_count": index_count(gw),
+    }
 
 
 async def post_each(url: str, files: list[Path], concurrency: int) -> tuple[list[tuple[int, float]], float]:
@@ -106,8 +114,13 @@ def via_from_path(gw: GatewayProcess, n: int, audio_s: float, concurrency: int) 
     for status, _ in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     ok = sorted(t for s, t in results if s == 201)
-    return {**rates(n, audio_s, wall), "statuses": statuses, "p50_ms": percentile_ms(ok, 0.5),
-            "p99_ms": percentile_ms(ok, 0.99), "index_count": index_count(gw)}
+    return {
+        **rates(n, audio_s, wall),
+        "statuses": statuses,
+        "p50_ms": percentile_ms(ok, 0.5),
+        "p99_ms": percentile_ms(ok, 0.99),
+        "index_count": index_count(gw),
+    }
 
 
 def encoder_only(bundle: Path, clips: Path, threads: int, batch: int, audio_s: float) -> dict:
@@ -142,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = [("rebuild", None)] + [(f"from-path c={c}", c) for c in args.concurrency]
         for name, concurrency in paths:  # one gateway at a time, each with an empty index
             with gateway(args.bundle, Path(tmp) / name.replace(" ", "_"), clips) as gw:
-                out[name] = (via_rebuild(gw, args.clips, audio_s) if concurrency is None
-                             else via_from_path(gw, args.clips, audio_s, concurrency))
+                out[name] = (
+                    via_rebuild(gw, args.clips, audio_s)
+                    if concurrency is None
+                    else via_from_path(gw, args.clips, audio_s, concurrency)
+                )
         out["encoder only"] = encoder_only(args.bundle, clips, args.threads, args.batch, audio_s)
     for name, _ in paths:
         out[name]["vs_encoder"] = round(out[name]["clips_per_s"] / out["encoder only"]["clips_per_s"], 2)
@@ -154,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path':16s} {'wall s':>8s} {'clips/s':>8s} {'audio s/s':>10s} {'vs encoder':>11s} {'in index':>9s}")
     for name in ["encoder only"] + [name for name, _ in paths]:
         r = out[name]
-        print(f"{name:16s} {r['wall_s']:8.1f} {r['clips_per_s']:8.1f} {r['audio_s_per_s']:10.1f} "
-              f"{r.get('vs_encoder', 1.0):10.2f}x {r.get('index_count', ''):>9}")
+        print(
+            f"{name:16s} {r['wall_s']:8.1f} {r['clips_per_s']:8.1f} {r['audio_s_per_s']:10.1f} "
+            f"{r.get('vs_encoder', 1.0):10.2f}x {r.get('index_count', ''):>9}"
+        )
     return 0 if all(out[name]["index_count"] == args.clips for name, _ in paths) else 1
 
 

@@ -7,6 +7,7 @@ connections in one process (its own delays read as 38 s server latencies in the 
 workers cost several times more CPU per request than these ~60 lines of asyncio. `RawHttp` writes each request by
 hand on kept-alive loopback connections and reads Content-Length answers; nothing else.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import numpy as np
 import soundfile as sf
@@ -44,7 +45,7 @@ class GatewayProcess:
         self.roots.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 180.0) -> "GatewayProcess":
+    def start(self, timeout_s: float = 180.0) -> GatewayProcess:
         import httpx
 
         self.port, self.grpc_port = free_port(), free_port()
@@ -52,9 +53,25 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLAT_SERVER_")}
         env.update(BLAT_SERVER_INGEST_ROOTS=json.dumps([str(self.roots)]), PYTHONUNBUFFERED="1", **self.extra)
         log = open(self.work / f"gateway-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "blat_gateway", "--bundle", str(self.bundle), "--index-dir",
-                                      str(self.index), "--http-port", str(self.port), "--grpc-port",
-                                      str(self.grpc_port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "blat_gateway",
+                "--bundle",
+                str(self.bundle),
+                "--index-dir",
+                str(self.index),
+                "--http-port",
+                str(self.port),
+                "--grpc-port",
+                str(self.grpc_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -78,7 +95,7 @@ class GatewayProcess:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             self.proc.wait(30)
 
-    def __enter__(self) -> "GatewayProcess":
+    def __enter__(self) -> GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -123,14 +140,17 @@ class RawHttp:
                 conn[1].close()
             self.freed.notify()
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      content_type: str = "application/json") -> Result:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> Result:
         """(status, seconds from the request's first byte on the wire to its answer's last byte); status 0 = no
         answer."""
         conn = await self._take()
         reader, writer = conn
-        head = (f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
-                f"content-length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
         t0 = time.monotonic()
         try:
             writer.write(head + body)
@@ -208,6 +228,12 @@ def summary(results: list[Result], seconds: float) -> dict:
     for s, _ in results:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     ok = sorted(t for s, t in results if s == 200)
-    return {"requests": len(results), "rps_ok": round(len(ok) / seconds, 1), "statuses": statuses,
-            "error_rate": round(1 - len(ok) / len(results), 4) if results else None,
-            "p50_ms": percentile_ms(ok, 0.5), "p95_ms": percentile_ms(ok, 0.95), "p99_ms": percentile_ms(ok, 0.99)}
+    return {
+        "requests": len(results),
+        "rps_ok": round(len(ok) / seconds, 1),
+        "statuses": statuses,
+        "error_rate": round(1 - len(ok) / len(results), 4) if results else None,
+        "p50_ms": percentile_ms(ok, 0.5),
+        "p95_ms": percentile_ms(ok, 0.95),
+        "p99_ms": percentile_ms(ok, 0.99),
+    }

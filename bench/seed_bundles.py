@@ -4,9 +4,11 @@ bench/eval_families.py needs to report a release's figures over seeds (the commi
     .venv/bin/python bench/seed_bundles.py --run runs/demo --seeds 0,1,2 --out runs/demo/seed-bundles
 
 For each seed, a run folder is staged under --out (links to the run's corpus, scenes and reports; model/ with that
-seed's release-variant dual encoder and captioner), then `python -m blat_export release` and `python -m blat_export bundle
+seed's release-variant dual encoder and captioner), then `python -m blat_export release` and `python -m blat_export
+bundle
 --release` make <out>/bundle-<seed>. Existing bundles are kept unless --force. Prints the bundle folders.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +53,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         staged = stage_run(args.run, seed, args.out / f"run-{seed}")
         release = args.out / f"release-{seed}"
-        subprocess.run([py, "-m", "blat_export", "release", "--run", str(staged), "--out", str(release), "--name", args.name,
-                        "--version", f"{args.version}-seed{seed}", "--overwrite"], check=True)
-        subprocess.run([py, "-m", "blat_export", "bundle", "--release", str(release), "--out", str(bundle), "--overwrite"],
-                       check=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "blat_export",
+                "release",
+                "--run",
+                str(staged),
+                "--out",
+                str(release),
+                "--name",
+                args.name,
+                "--version",
+                f"{args.version}-seed{seed}",
+                "--overwrite",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [py, "-m", "blat_export", "bundle", "--release", str(release), "--out", str(bundle), "--overwrite"],
+            check=True,
+        )
         print(bundle)
     return 0
 

@@ -22,6 +22,7 @@ writes: httpx):
                 searches and tag requests keep coming: all must be 200, p99 under 1 s; bench/soak_slow.py.
 Prints one JSON object and a table. Figures go into BENCHMARKS.md with this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,30 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loadgen  # noqa: E402
-from blat_contract.bundle import read_bundle  # noqa: E402
-from loadgen import GatewayProcess as Gateway, RawHttp, Result, summary, wav_bytes  # noqa: E402
+from loadgen import GatewayProcess as Gateway  # noqa: E402
+from loadgen import RawHttp, Result, summary, wav_bytes  # noqa: E402
 from soak_memory import memory_lines, phase_memory  # noqa: E402
 from soak_slow import phase_slow_clients, slow_lines  # noqa: E402
+
+from blat_contract.bundle import read_bundle  # noqa: E402
 
 
 def mixed_request(i: int, clip: bytes) -> tuple[str, bytes, str]:
     """(path, body, content type): 80 % text searches, 20 % tagging of `clip`."""
     if i % 5 == 4:
         return "/v1/tag?top_k=5", clip, "audio/wav"
-    return "/v1/search/text", json.dumps({"query": f"a recording of sound number {i % 97}", "k": 10}).encode(), \
-        "application/json"
+    return (
+        "/v1/search/text",
+        json.dumps({"query": f"a recording of sound number {i % 97}", "k": 10}).encode(),
+        "application/json",
+    )
 
 
 def mixed(clip: bytes):
     async def send(client: RawHttp, i: int) -> Result:
         path, body, ctype = mixed_request(i, clip)
         return await client.request("POST", path, body, ctype)
+
     return send
 
 
@@ -75,10 +82,14 @@ def phase_load(gw: Gateway, clip: bytes, concurrency: int, sustain_s: float, dea
     over, wall, lag = asyncio.run(loadgen.open_loop(gw.url, mixed(clip), rate, 15.0))
     overload = summary(over, wall)
     shed = sorted(t for s, t in over if s == 429)
-    overload.update(offered_rps=round(rate, 1), deadline_ms=deadline_s * 1000, wall_s=round(wall, 1),
-                    generator_lag_p99_ms=round(lag * 1000, 1),
-                    accepted_within_deadline=bool(overload["p99_ms"] is not None and overload["p99_ms"] < deadline_s * 1000),
-                    p99_429_ms=round(shed[int(0.99 * (len(shed) - 1))] * 1000, 1) if shed else None)
+    overload.update(
+        offered_rps=round(rate, 1),
+        deadline_ms=deadline_s * 1000,
+        wall_s=round(wall, 1),
+        generator_lag_p99_ms=round(lag * 1000, 1),
+        accepted_within_deadline=bool(overload["p99_ms"] is not None and overload["p99_ms"] < deadline_s * 1000),
+        p99_429_ms=round(shed[int(0.99 * (len(shed) - 1))] * 1000, 1) if shed else None,
+    )
     time.sleep(2)
     probe = closed_loop(gw.url, clip, 4, 5.0)
     overload["recovered"] = all(s == 200 for s, _ in probe) and bool(probe)
@@ -91,8 +102,9 @@ def phase_triton(bundle: Path, work: Path, clip: bytes) -> dict:
     repo = write_repository(bundle, work / "triton-repo", flavor="cpu", intra_op_threads=1)
     ports = dict(grpc_port=loadgen.free_port(), http_port=loadgen.free_port(), metrics_port=loadgen.free_port())
     triton = launch_cpu_server(repo, timeout_s=300, **ports)
-    gw = Gateway(bundle, work / "gw-triton", BLAT_SERVER_BACKEND="triton",
-                 BLAT_SERVER_TRITON__URL=triton.grpc_url).start()
+    gw = Gateway(
+        bundle, work / "gw-triton", BLAT_SERVER_BACKEND="triton", BLAT_SERVER_TRITON__URL=triton.grpc_url
+    ).start()
     try:
         before = summary(closed_loop(gw.url, clip, 4, 5.0), 5.0)
         triton.process.kill()
@@ -107,9 +119,13 @@ def phase_triton(bundle: Path, work: Path, clip: bytes) -> dict:
                 recovered_after = round(time.monotonic() - t0, 1)
                 break
         down_sorted = sorted(t for _, t in down)
-        return {"before": before, "down": summary(down, 5.0),
-                "down_p99_ms": round(down_sorted[int(0.99 * (len(down_sorted) - 1))] * 1000, 1) if down else None,
-                "triton_restart_s": round(restart_s, 1), "recovered_s_after_restart": recovered_after}
+        return {
+            "before": before,
+            "down": summary(down, 5.0),
+            "down_p99_ms": round(down_sorted[int(0.99 * (len(down_sorted) - 1))] * 1000, 1) if down else None,
+            "triton_restart_s": round(restart_s, 1),
+            "recovered_s_after_restart": recovered_after,
+        }
     finally:
         gw.stop()
         triton.stop()
@@ -117,6 +133,7 @@ def phase_triton(bundle: Path, work: Path, clip: bytes) -> dict:
 
 async def add_items(url: str, clips: list[bytes], acknowledged: list[str], prefix: str, stop_after_s: float):
     async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+
         async def worker(w: int):
             for i in range(w, len(clips), 4):
                 item = f"{prefix}-{i}"
@@ -126,9 +143,10 @@ async def add_items(url: str, clips: list[bytes], acknowledged: list[str], prefi
                     return  # the server is gone
                 if r.status_code == 201:
                     acknowledged.append(item)
+
         try:
             await asyncio.wait_for(asyncio.gather(*(worker(w) for w in range(4))), stop_after_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -148,7 +166,7 @@ def phase_kill9(bundle: Path, work: Path, rate: int, cycles: int) -> dict:
             if cycle % 2 == 1:  # every other cycle: kill while a rebuild runs
                 httpx.post(gw.url + "/v1/index/rebuild", json={"folder": str(folder)}, timeout=30)
                 killed_during_rebuild += 1
-            per = clips[cycle * 40:(cycle + 1) * 40]
+            per = clips[cycle * 40 : (cycle + 1) * 40]
             before = len(acknowledged)
             asyncio.run(kill_during(gw, per, acknowledged, f"c{cycle}"))
             gw.start()
@@ -161,8 +179,13 @@ def phase_kill9(bundle: Path, work: Path, rate: int, cycles: int) -> dict:
                 break
     finally:
         gw.stop()
-    return {"cycles": cycles, "during_rebuild": killed_during_rebuild, "rebuilds_finished_before_the_kill": swapped,
-            "acknowledged": len(acknowledged), "lost": lost}
+    return {
+        "cycles": cycles,
+        "during_rebuild": killed_during_rebuild,
+        "rebuilds_finished_before_the_kill": swapped,
+        "acknowledged": len(acknowledged),
+        "lost": lost,
+    }
 
 
 async def kill_during(gw: Gateway, clips: list[bytes], acknowledged: list[str], prefix: str) -> None:
@@ -178,15 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--sustain-s", type=float, default=60.0)
     p.add_argument("--kill-cycles", type=int, default=6)
-    p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the backend-fault phase over a real tritonserver (the nvidia-pytriton wheel's)")
+    p.add_argument(
+        "--triton",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the backend-fault phase over a real tritonserver (the nvidia-pytriton wheel's)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--phases", default="load,triton,kill9,memory,slow",
-                   help="comma-separated subset of load, triton, kill9, memory, slow")
+    p.add_argument(
+        "--phases",
+        default="load,triton,kill9,memory,slow",
+        help="comma-separated subset of load, triton, kill9, memory, slow",
+    )
     p.add_argument("--memory-concurrency", type=int, default=16, help="memory phase: requests at once per kind")
     p.add_argument("--slow-drips", type=int, default=128, help="slow phase: connections dripping their bodies")
-    p.add_argument("--memory-bound-mb", type=float, default=MEMORY_BOUND_MB,
-                   help="memory phase: the peak RSS the README states; a higher peak fails the soak")
+    p.add_argument(
+        "--memory-bound-mb",
+        type=float,
+        default=MEMORY_BOUND_MB,
+        help="memory phase: the peak RSS the README states; a higher peak fails the soak",
+    )
     args = p.parse_args(argv)
     manifest = read_bundle(args.bundle, verify=False)
     rate = manifest.audio.sample_rate
@@ -216,28 +250,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'phase':12s} figure")
     if "capacity" in out:
         c, s, o = out["capacity"], out["sustained"], out["overload"]
-        print(f"{'capacity':12s} {c['rps_ok']} rps at c={args.concurrency} (p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms)")
-        print(f"{'sustained':12s} {s['rps_ok']} rps for {args.sustain_s:g} s, statuses {s['statuses']}, "
-              f"RSS {s['rss_mb_start']} -> {s['rss_mb_end']} MB")
-        print(f"{'overload':12s} offered {o['offered_rps']} rps: statuses {o['statuses']}, accepted p99 {o['p99_ms']} "
-              f"ms (deadline {o['deadline_ms']:g}), 429 p99 {o['p99_429_ms']} ms, generator lag p99 "
-              f"{o['generator_lag_p99_ms']} ms, recovered {o['recovered']}")
+        print(
+            f"{'capacity':12s} {c['rps_ok']} rps at c={args.concurrency} (p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms)"
+        )
+        print(
+            f"{'sustained':12s} {s['rps_ok']} rps for {args.sustain_s:g} s, statuses {s['statuses']}, "
+            f"RSS {s['rss_mb_start']} -> {s['rss_mb_end']} MB"
+        )
+        print(
+            f"{'overload':12s} offered {o['offered_rps']} rps: statuses {o['statuses']}, accepted p99 {o['p99_ms']} "
+            f"ms (deadline {o['deadline_ms']:g}), 429 p99 {o['p99_429_ms']} ms, generator lag p99 "
+            f"{o['generator_lag_p99_ms']} ms, recovered {o['recovered']}"
+        )
     if "backend_fault" in out:
         b = out["backend_fault"]
-        print(f"{'backend':12s} Triton killed: statuses {b['down']['statuses']} (p99 {b['down_p99_ms']} ms); "
-              f"recovered {b['recovered_s_after_restart']} s after Triton was back")
+        print(
+            f"{'backend':12s} Triton killed: statuses {b['down']['statuses']} (p99 {b['down_p99_ms']} ms); "
+            f"recovered {b['recovered_s_after_restart']} s after Triton was back"
+        )
     if "kill9" in out:
         k = out["kill9"]
-        print(f"{'kill -9':12s} {k['cycles']} kills ({k['during_rebuild']} during a rebuild), {k['acknowledged']} "
-              f"acknowledged writes, {k['lost']} lost")
+        print(
+            f"{'kill -9':12s} {k['cycles']} kills ({k['during_rebuild']} during a rebuild), {k['acknowledged']} "
+            f"acknowledged writes, {k['lost']} lost"
+        )
     if "memory" in out:
         print("\n".join(memory_lines(out["memory"])) + f" (bound {args.memory_bound_mb:g} MB)")
     if "slow" in out:
         print("\n".join(slow_lines(out["slow"])))
-    failed = ("sustained" in out and (out["sustained"]["statuses"].keys() - {"200"} or not out["overload"]["recovered"])
-              or out.get("kill9", {}).get("lost")
-              or "slow" in out and not out["slow"]["ok"]
-              or "memory" in out and ("aborted" in out["memory"] or out["memory"]["rss_mb_peak"] > args.memory_bound_mb))
+    failed = (
+        "sustained" in out
+        and (out["sustained"]["statuses"].keys() - {"200"} or not out["overload"]["recovered"])
+        or out.get("kill9", {}).get("lost")
+        or "slow" in out
+        and not out["slow"]["ok"]
+        or "memory" in out
+        and ("aborted" in out["memory"] or out["memory"]["rss_mb_peak"] > args.memory_bound_mb)
+    )
     return 1 if failed else 0
 
 

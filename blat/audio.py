@@ -3,6 +3,7 @@
 Buffer names follow torchaudio's MelSpectrogram (`spectrogram.window`, `mel_scale.fb`) so the
 released BLAT checkpoint loads into it unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
     falling = (upper - fft_hz[None]) / (upper - centre)
     fb = np.maximum(0.0, np.minimum(rising, falling))  # (M, F)
     if cfg.mel_norm == "slaney":
-        fb *= (2.0 / (upper - lower))  # each filter integrates to the same area
+        fb *= 2.0 / (upper - lower)  # each filter integrates to the same area
     elif cfg.mel_norm == "l1":
         sums = fb.sum(axis=1, keepdims=True)
         fb = np.divide(fb, sums, out=np.zeros_like(fb), where=sums > 0)  # empty bands stay zero

@@ -1,11 +1,13 @@
 """Self-describing checkpoints: one safetensors file whose header carries the config, the tokenizer or
 vocabulary and free-form metadata, so the file alone rebuilds the model (no source folders needed)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -34,8 +36,9 @@ def model_config(model: nn.Module, keep_pretrained: bool = False) -> ModelConfig
         return cfg
     cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, pretrained=None))
     if isinstance(model, DualEncoder):
-        text = dataclasses.replace(model.cfg.text, pretrained=None, tokenizer=None,
-                                   hf_config=model.text_encoder.hf_config_dict())
+        text = dataclasses.replace(
+            model.cfg.text, pretrained=None, tokenizer=None, hf_config=model.text_encoder.hf_config_dict()
+        )
         cfg = dataclasses.replace(cfg, text=text)
     return cfg
 
@@ -56,8 +59,13 @@ def _check_untouched(model: nn.Module, prefixes: list[str]) -> None:
             raise CheckpointError(f"{k} differs from its pretrained source: the tower was trained; save it in full")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] | None = None,
-                    omit_pretrained: bool = False, half: bool = False) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    meta: Mapping[str, Any] | None = None,
+    omit_pretrained: bool = False,
+    half: bool = False,
+) -> Path:
     """Write weights + config (+ tokenizer.json or caption vocabulary) + `meta` (JSON-able) to `path`.
 
     omit_pretrained: leave out the towers that load from a `pretrained` source (they must be untouched), so the
@@ -76,8 +84,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
         header["tokenizer"] = model.text_encoder.tokenizer.to_str()
     if isinstance(model, TagGuidedCaptioner):
         header["vocab"] = model.vocab.to_json()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if not any(k.startswith(p) for p in omitted)}
+    tensors = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not any(k.startswith(p) for p in omitted)
+    }
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     path = Path(path)
@@ -101,21 +112,27 @@ def read_header(path: str | Path) -> dict[str, str]:
     except ValueError:
         raise CheckpointError(f"{path}: bad format_version {header['format_version']!r} in the header") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {header['format_version']} is newer than this code ({FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format version {header['format_version']} is newer than this code ({FORMAT_VERSION})"
+        )
     if "config" not in header:
         raise CheckpointError(f"{path}: the header has no model config")
     return header
 
 
-def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str,
-                      supplied: tuple[str, ...] = ()) -> None:
+def load_state_strict(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, supplied: tuple[str, ...] = ()
+) -> None:
     """Copy `tensors` into `module`, failing with the lists of missing, unexpected and mis-shaped keys. Keys under
     the `supplied` prefixes may be missing: the module already holds them (towers loaded from their sources)."""
     expected = module.state_dict()
     missing = sorted(k for k in set(expected) - set(tensors) if not k.startswith(supplied))
     unexpected = sorted(set(tensors) - set(expected))
-    shapes = sorted(f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
+    shapes = sorted(
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(tensors)
+        if tensors[k].shape != expected[k].shape
+    )
     if missing or unexpected or shapes:
         lines = [f"{source} does not fit {type(module).__name__}:"]
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):

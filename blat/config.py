@@ -1,15 +1,15 @@
 """Typed model configs. The files in `model_configs/` are these dataclasses as JSON (`kind` picks the class)."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from blat_contract.audio import FrontEndConfig
 from blat_contract.config import ConfigError, from_dict, to_dict
 from blat_contract.labels import NUM_AUDIOSET_CLASSES
 from blat_contract.vocab import MAX_CAPTION_TOKENS
-
 
 AUDIO_ARCHS = ("cnn14", "aisfx", "yamnet")  # blat/models/towers.py builds each
 PATCH_ARCHS = ("yamnet",)  # towers that run on fixed log-mel patches, one output frame per patch
@@ -45,12 +45,15 @@ class AudioEncoderConfig:
             raise ConfigError("channels must name at least one block")
         if self.is_patch_tower:
             if not 0 < self.patch_hop <= self.patch_frames:
-                raise ConfigError(f"{self.arch} needs 0 < patch_hop <= patch_frames, got {self.patch_hop}, "
-                                  f"{self.patch_frames}")
+                raise ConfigError(
+                    f"{self.arch} needs 0 < patch_hop <= patch_frames, got {self.patch_hop}, {self.patch_frames}"
+                )
             if self.frontend.centered:
                 raise ConfigError(f"{self.arch} frames its patches from uncentred frames (frontend.centered=false)")
-        elif self.frontend.n_mels % (2 ** self.num_pools):
-            raise ConfigError(f"n_mels={self.frontend.n_mels} must be divisible by 2**{self.num_pools} (one per pooling)")
+        elif self.frontend.n_mels % (2**self.num_pools):
+            raise ConfigError(
+                f"n_mels={self.frontend.n_mels} must be divisible by 2**{self.num_pools} (one per pooling)"
+            )
         if self.arch == "aisfx" and self.embed_dim != self.out_channels:
             raise ConfigError(f"aisfx has no fc: embed_dim must equal the last width {self.out_channels}")
 
@@ -65,7 +68,7 @@ class AudioEncoderConfig:
     @property
     def time_stride(self) -> int:
         """Log-mel frames per output frame."""
-        return self.patch_hop if self.is_patch_tower else 2 ** self.num_pools
+        return self.patch_hop if self.is_patch_tower else 2**self.num_pools
 
     @property
     def out_channels(self) -> int:
@@ -91,7 +94,9 @@ class TextEncoderConfig:
 
     pretrained: str | None = None  # local HF folder, or "package:<module>/<subdir>" inside an installed package
     hf_config: dict[str, Any] | None = None  # HF config fields (incl. model_type) for a freshly initialised model
-    tokenizer: str | None = None  # tokenizer.json path or "package:..."; default <pretrained>/tokenizer.json (checkpoints embed it)
+    tokenizer: str | None = (
+        None  # tokenizer.json path or "package:..."; default <pretrained>/tokenizer.json (checkpoints embed it)
+    )
     pooling: str = "cls"  # "cls": [CLS] of the last layer (BLAT); "mean": masked mean (sentence-transformers)
     max_tokens: int = 30  # word pieces incl. [CLS]/[SEP]
 
@@ -141,7 +146,7 @@ class CaptionerConfig:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
 
 
-ModelConfig = Union[DualEncoderConfig, CaptionerConfig]
+ModelConfig = DualEncoderConfig | CaptionerConfig
 _KINDS = {"dual_encoder": DualEncoderConfig, "captioner": CaptionerConfig}
 
 

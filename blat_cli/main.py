@@ -15,6 +15,7 @@
 `python -m ...` entry points keep working. Exit status: 0 done, 1 refused by the server, 2 usage error,
 3 server unreachable, 4 finished with failures (see `python -m blat_client --help`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,11 @@ LOCAL = {
     "serve": ("start the gateway (REST + gRPC); see `blat serve --help`", "blat_gateway.__main__", []),
     "export": ("export ONNX bundles, Triton repositories and releases", "blat_export.__main__", []),
     "train": ("run the training pipeline (corpus, captioner, captions, pre-training)", "blat.pipeline.run", []),
-    "import-blat": ("convert the released BLAT checkpoint (blat_cnn14_bertm.pth) to ours", "blat.__main__",
-                    ["import-blat"]),
+    "import-blat": (
+        "convert the released BLAT checkpoint (blat_cnn14_bertm.pth) to ours",
+        "blat.__main__",
+        ["import-blat"],
+    ),
     "list-models": ("list the model architectures", "blat.__main__", ["list-models"]),
     "inspect": ("print a checkpoint's config and metadata", "blat.__main__", ["info"]),
     "smoke": ("build small models and run each verb once (no data needed)", "blat.__main__", ["smoke"]),

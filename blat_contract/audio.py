@@ -3,6 +3,7 @@
 The BLAT defaults are named constants derived from each other (units in the names);
 `FrontEndConfig` carries the same values per model and travels in checkpoints and bundles.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ class FrontEndConfig:
             raise ValueError(f"need 0 <= f_min < f_max and f_min below Nyquist, got {self.f_min}, {self.f_max}")
         if self.hop_length <= 0 or self.n_mels <= 0:
             raise ValueError("hop_length and n_mels must be positive")
-        for name, allowed in (("mel_scale", MEL_SCALES), ("mel_norm", MEL_NORMS), ("pad_mode", PAD_MODES),
-                              ("compression", COMPRESSIONS)):
+        for name, allowed in (
+            ("mel_scale", MEL_SCALES),
+            ("mel_norm", MEL_NORMS),
+            ("pad_mode", PAD_MODES),
+            ("compression", COMPRESSIONS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if min(self.log_gain, self.log_divisor, self.power_gain, self.log_offset) <= 0:

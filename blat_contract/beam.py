@@ -5,10 +5,11 @@ sum over those tokens, the end token included. With a beam at least as wide as t
 prefixes (word sequences of 0..max_tokens words) the search is exhaustive, and beam_size=1 is
 greedy decoding; `tests/contract/test_beam.py` checks exactly that.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -78,7 +79,9 @@ def beam_search(step: StepFn, batch_size: int, options: DecodingOptions = Decodi
             # beam_size=1 is greedy, and a beam as wide as the number of prefixes keeps every ending.
             kth = flat[top[K - 1]] if len(top) == K else -np.inf
             for r in rows[np.isfinite(ended[rows]) & (ended[rows] >= kth)]:
-                finished[b].append(Hypothesis(_rank_score(ended[r], n_words, alpha), ended[r], tuple(seqs[r, 1:].tolist())))
+                finished[b].append(
+                    Hypothesis(_rank_score(ended[r], n_words, alpha), ended[r], tuple(seqs[r, 1:].tolist()))
+                )
             best_live = flat[top[0]] if len(top) else -np.inf
             done = sorted(finished[b], reverse=True)
             # Without a length penalty scores only fall, so no live row can overtake the n-th finished one.

@@ -3,6 +3,7 @@
 A bundle is a directory: ONNX graphs, tokenizer.json, vocab.json (captioner), labels.npz and bundle.json,
 whose `files` maps every other file to its sha256.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -138,8 +139,10 @@ def read_bundle(bundle_dir: str | Path, verify: bool = True) -> BundleManifest:
     except json.JSONDecodeError as e:
         raise BundleError(f"{path}: invalid JSON: {e}") from None
     if raw.get("format") != BUNDLE_FORMAT or int(raw.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"{path}: format {raw.get('format')!r} v{raw.get('format_version')} is not "
-                          f"{BUNDLE_FORMAT} v<={BUNDLE_FORMAT_VERSION}")
+        raise BundleError(
+            f"{path}: format {raw.get('format')!r} v{raw.get('format_version')} is not "
+            f"{BUNDLE_FORMAT} v<={BUNDLE_FORMAT_VERSION}"
+        )
     try:
         manifest = from_dict(BundleManifest, raw, where=str(path))
     except (ConfigError, TypeError, ValueError) as e:
@@ -165,8 +168,10 @@ def verify_files(folder: Path, files: dict[str, str], listed_in: str, error: typ
             raise error(f"{folder}: missing file {name}")
         actual = sha256_file(f)
         if actual != digest:
-            raise error(f"{folder}: {name} has sha256 {actual[:12]}..., {listed_in} says {digest[:12]}... "
-                        "(file altered or partly copied)")
+            raise error(
+                f"{folder}: {name} has sha256 {actual[:12]}..., {listed_in} says {digest[:12]}... "
+                "(file altered or partly copied)"
+            )
 
 
 @dataclass(frozen=True)
@@ -179,11 +184,16 @@ class LabelBank:
     bias: np.ndarray  # (K,)
 
     def save(self, path: Path) -> None:
-        np.savez(path, names=np.array(self.names), text_embeddings=self.embeddings.astype(np.float32),
-                 scale=self.scale.astype(np.float32), bias=self.bias.astype(np.float32))
+        np.savez(
+            path,
+            names=np.array(self.names),
+            text_embeddings=self.embeddings.astype(np.float32),
+            scale=self.scale.astype(np.float32),
+            bias=self.bias.astype(np.float32),
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "LabelBank":
+    def load(cls, path: Path) -> LabelBank:
         with np.load(path, allow_pickle=False) as z:
             return cls(tuple(str(n) for n in z["names"]), z["text_embeddings"], z["scale"], z["bias"])
 

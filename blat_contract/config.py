@@ -3,6 +3,7 @@
 `from_dict` is strict (an unknown key is an error that lists the known ones) and recurses
 into nested dataclass fields, so a config file is checked as soon as it is read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,7 +88,7 @@ def apply_env(data: dict[str, Any], prefix: str, environ: dict[str, str] | None 
     for name, raw in environ.items():
         if not name.startswith(prefix):
             continue
-        path = name[len(prefix):].lower().split("__")
+        path = name[len(prefix) :].lower().split("__")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

@@ -1,10 +1,11 @@
 """The 527 AudioSet classes (order of class_labels_indices.csv) and tag multi-hot vectors."""
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable
 
 import numpy as np
 

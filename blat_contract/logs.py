@@ -1,4 +1,5 @@
 """Structured logs: one JSON object per line on stderr, the same for the pipeline, export and server."""
+
 from __future__ import annotations
 
 import json

@@ -1,11 +1,12 @@
 """Word-level caption vocabulary: pad=0, start=1, end=2, unk=3, then words by frequency."""
+
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 PAD, START, END, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
@@ -33,7 +34,7 @@ class Vocabulary:
         object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
         counts = Counter(w for c in captions for w in words(c))
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         return cls(SPECIALS + tuple(kept))
@@ -62,5 +63,5 @@ class Vocabulary:
         return json.dumps(list(self.tokens))
 
     @classmethod
-    def from_json(cls, text: str) -> "Vocabulary":
+    def from_json(cls, text: str) -> Vocabulary:
         return cls(tuple(json.loads(text)))

@@ -1,6 +1,7 @@
 """Embed a manifest of audio with the serving model, sharded over many workers: the index's input, made offline.
 
-    python -m blat_jobs.embed run --manifest M --bundle B --out DIR [--workers N | under torchrun] [--backend triton ...]
+    python -m blat_jobs.embed run --manifest M --bundle B --out DIR [--workers N | under torchrun] [--backend triton
+    ...]
     python -m blat_jobs.embed merge --out DIR
 
 The manifest is JSON Lines as the gateway's rebuild reads it: `audio` (or `path`; relative to the manifest's
@@ -16,6 +17,7 @@ source_uri, duration_s, tags, caption, content_hash} and `worker`, the worker th
 when it loads and its ids, records and embeddings all agree with the planned ids. `merge` checks completeness and
 writes complete.json; `blat_gateway.index.bulk.read_folder` reads the finished folder (the gateway's rebuild does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from blat_contract.bundle import read_bundle
+from blat_gateway.index.bulk import COMPLETE
 from blat_jobs import shards as js
 from blat_jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
-from blat_gateway.index.bulk import COMPLETE
 
 log = logging.getLogger("blat_jobs.embed" if __name__ == "__main__" else __name__)
 MERGED = COMPLETE  # the folder the gateway rebuilds from (server/blat_gateway/index/bulk.py holds the contract)
@@ -39,15 +41,22 @@ BATCH = 16  # clips per model call: the gateway's default max_batch, which its r
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    """Rows -> {id, path (absolute), tags, caption}: the same rules as the gateway's `_rebuild_entries` (minus its
-    ingest-roots check: the operator runs this job on their own files)."""
+    """Rows -> {id, path (absolute), tags, caption}: the same rules as the gateway's rebuild entries
+    (`IngestService.rebuild_entries`, minus its ingest-roots check: the operator runs this job on their own files)."""
     from blat_gateway.errors import BadRequest
     from blat_gateway.inputs import manifest_rows
 
     path = Path(path)
     try:
-        return [{"id": str(row["id"]), "tags": list(row["tags"]), "path": str(path.parent / row["audio"]),
-                 "caption": row["caption"]} for _, row in manifest_rows(path)]
+        return [
+            {
+                "id": str(row["id"]),
+                "tags": list(row["tags"]),
+                "path": str(path.parent / row["audio"]),
+                "caption": row["caption"],
+            }
+            for _, row in manifest_rows(path)
+        ]
     except BadRequest as e:
         raise ValueError(e.message) from None
 
@@ -72,13 +81,25 @@ def _read_ids(path: Path) -> list[str]:
 
 def _write_shard(f, result: tuple[list[dict], np.ndarray, str]) -> None:
     records, emb, worker = result
-    np.savez(f, ids=np.array([r["id"] for r in records], dtype=str), embeddings=emb.astype(np.float32),
-             records=np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=str), worker=np.array(worker))
+    np.savez(
+        f,
+        ids=np.array([r["id"] for r in records], dtype=str),
+        embeddings=emb.astype(np.float32),
+        records=np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=str),
+        worker=np.array(worker),
+    )
 
 
-def open_job(out: str | Path, manifest: str | Path | None = None, bundle: str | Path | None = None,
-             shard_size: int = 256, batch_size: int = BATCH, overwrite: bool = False, reset: bool = True,
-             readonly: bool = False) -> tuple[js.Job, dict[str, dict]]:
+def open_job(
+    out: str | Path,
+    manifest: str | Path | None = None,
+    bundle: str | Path | None = None,
+    shard_size: int = 256,
+    batch_size: int = BATCH,
+    overwrite: bool = False,
+    reset: bool = True,
+    readonly: bool = False,
+) -> tuple[js.Job, dict[str, dict]]:
     """The job in `out` and its entries by id. Without manifest/bundle (merge) they come from job.json,
     and the manifest must still hash to the recorded sha256."""
     out = Path(out)
@@ -91,22 +112,43 @@ def open_job(out: str | Path, manifest: str | Path | None = None, bundle: str | 
     if not entries:
         raise ValueError(f"{manifest}: no rows")
     shards = js.plan([e["id"] for e in entries], shard_size)
-    spec = {"bundle_id": read_bundle(bundle, verify=False).id, "manifest_sha256": _sha256(manifest),
-            "items": len(entries), "shard_size": shard_size, "batch_size": batch_size}  # batches set the padding
-    job = js.open_job(out, spec, shards, "npz", _read_ids, _write_shard, overwrite=overwrite, reset=reset,
-                      readonly=readonly, outputs=[MERGED], info={"manifest": str(manifest), "bundle": str(bundle)})
+    spec = {
+        "bundle_id": read_bundle(bundle, verify=False).id,
+        "manifest_sha256": _sha256(manifest),
+        "items": len(entries),
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+    }  # batches set the padding
+    job = js.open_job(
+        out,
+        spec,
+        shards,
+        "npz",
+        _read_ids,
+        _write_shard,
+        overwrite=overwrite,
+        reset=reset,
+        readonly=readonly,
+        outputs=[MERGED],
+        info={"manifest": str(manifest), "bundle": str(bundle)},
+    )
     return job, {e["id"]: e for e in entries}
 
 
-def make_runtime(bundle: str | Path, backend: str = "onnxruntime", triton_url: str | None = None, threads: int = 0,
-                 device: str = "cpu"):
+def make_runtime(
+    bundle: str | Path,
+    backend: str = "onnxruntime",
+    triton_url: str | None = None,
+    threads: int = 0,
+    device: str = "cpu",
+):
     """The gateway's ModelRuntime over ONNX Runtime in-process, or over Triton (the settings the gateway takes)."""
     # server's model side is imported here, not at the top: merge needs no model.
     from blat_gateway.runtime import ModelRuntime
     from blat_gateway.settings import Settings, TritonSettings
 
     if backend == "triton":
-        from blat_gateway.service import make_backend
+        from blat_gateway.inference import make_backend
 
         url = triton_url or TritonSettings().url
         settings = Settings(bundle=str(bundle), backend="triton", triton=TritonSettings(url=url))
@@ -123,7 +165,7 @@ def make_runtime(bundle: str | Path, backend: str = "onnxruntime", triton_url: s
 def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tuple[list[dict], np.ndarray]:
     """Records and (n, D) embeddings of `entries`, in their order: decoded and batched as the gateway's rebuild."""
     from blat_gateway.audio import AudioLimits, decode_audio, read_limited
-    from blat_gateway.service import embed_files
+    from blat_gateway.inference import embed_files
     from blat_gateway.settings import LimitSettings, PredictSettings
 
     lim = LimitSettings()
@@ -133,25 +175,56 @@ def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tupl
         with open(path, "rb") as f:
             return decode_audio(read_limited(f, lim.max_upload_bytes), runtime.sample_rate, limits)
 
-    out = {record["id"]: (record, emb) for record, emb in embed_files(runtime, entries, decode, batch_size,
-                                                                      PredictSettings())}
+    out = {
+        record["id"]: (record, emb)
+        for record, emb in embed_files(runtime, entries, decode, batch_size, PredictSettings())
+    }
     records = [out[e["id"]][0] for e in entries]
     return records, np.stack([out[e["id"]][1] for e in entries]).astype(np.float32)
 
 
-def run(manifest, bundle, out, *, shard_size: int = 256, batch_size: int = BATCH, backend: str = "onnxruntime",
-        triton_url: str | None = None, threads: int = 0, device: str = "cpu", lease_s: float = LEASE_S,
-        overwrite: bool = False, workers: int = 1, identity: Identity | None = None) -> js.Summary:
+def run(
+    manifest,
+    bundle,
+    out,
+    *,
+    shard_size: int = 256,
+    batch_size: int = BATCH,
+    backend: str = "onnxruntime",
+    triton_url: str | None = None,
+    threads: int = 0,
+    device: str = "cpu",
+    lease_s: float = LEASE_S,
+    overwrite: bool = False,
+    workers: int = 1,
+    identity: Identity | None = None,
+) -> js.Summary:
     """One worker's part of the job (identity: rank 0 of 1 by default). Rank 0 waits for every shard and merges;
     with workers > 1 it first starts that many local worker processes and then finishes what they left."""
     ident = identity or Identity()
     if workers > 1 and ident.world_size > 1:
         raise ValueError("workers > 1 starts local worker processes: not under torchrun (use --nproc-per-node)")
-    kw = dict(shard_size=shard_size, batch_size=batch_size, backend=backend, triton_url=triton_url, threads=threads,
-              device=device, lease_s=lease_s)
+    kw = dict(
+        shard_size=shard_size,
+        batch_size=batch_size,
+        backend=backend,
+        triton_url=triton_url,
+        threads=threads,
+        device=device,
+        lease_s=lease_s,
+    )
     job, entries = open_job(out, manifest, bundle, shard_size, batch_size, overwrite, reset=ident.rank == 0)
-    log.info("embedding", extra={"items": len(entries), "shards": len(job.shards), "out": str(out),
-                                 "rank": ident.rank, "world_size": ident.world_size, "local_workers": workers})
+    log.info(
+        "embedding",
+        extra={
+            "items": len(entries),
+            "shards": len(job.shards),
+            "out": str(out),
+            "rank": ident.rank,
+            "world_size": ident.world_size,
+            "local_workers": workers,
+        },
+    )
     if workers > 1:
         js.run_local_workers(_local_worker, (manifest, bundle, out, kw), workers, "embed-worker")
     summary = _work(job, entries, bundle, kw, ident, wait=ident.rank == 0)
@@ -202,38 +275,67 @@ def merge(out: str | Path) -> Path:
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
-        prog="python -m blat_jobs.embed", formatter_class=raw, description=__doc__,
+        prog="python -m blat_jobs.embed",
+        formatter_class=raw,
+        description=__doc__,
         epilog="examples:\n"
-               "  python -m blat_jobs.embed run --manifest corpus/manifest.jsonl --bundle runs/default/bundle --out emb\n"
-               "  python -m blat_jobs.embed run ... --workers 4             (4 local processes, then the merge)\n"
-               "  torchrun --nproc-per-node 8 -m blat_jobs.embed run ... --device cuda   (one GPU per rank)\n"
-               "  torchrun --nnodes 4 --nproc-per-node 16 --rdzv-endpoint HOST:29400 -m blat_jobs.embed run ... "
-               "--backend triton --triton-url triton:8001   (out on a shared filesystem)\n"
-               "  python -m blat_jobs.embed merge --out emb\n"
-               "\nRerun the same command to resume a killed job; workers may join a running job at any time.")
+        "  python -m blat_jobs.embed run --manifest corpus/manifest.jsonl --bundle runs/default/bundle --out emb\n"
+        "  python -m blat_jobs.embed run ... --workers 4             (4 local processes, then the merge)\n"
+        "  torchrun --nproc-per-node 8 -m blat_jobs.embed run ... --device cuda   (one GPU per rank)\n"
+        "  torchrun --nnodes 4 --nproc-per-node 16 --rdzv-endpoint HOST:29400 -m blat_jobs.embed run ... "
+        "--backend triton --triton-url triton:8001   (out on a shared filesystem)\n"
+        "  python -m blat_jobs.embed merge --out emb\n"
+        "\nRerun the same command to resume a killed job; workers may join a running job at any time.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", formatter_class=raw, help="compute the shards this worker can claim (rank 0: all, "
-                       "then merge)", description="Every worker runs this; rank 0 (or the only worker) waits for "
-                       "all shards, taking over those of dead workers, and merges.")
+    r = sub.add_parser(
+        "run",
+        formatter_class=raw,
+        help="compute the shards this worker can claim (rank 0: all, then merge)",
+        description="Every worker runs this; rank 0 (or the only worker) waits for "
+        "all shards, taking over those of dead workers, and merges.",
+    )
     r.add_argument("--manifest", type=Path, required=True, help="JSON Lines: audio|path, id, tags, caption")
     r.add_argument("--bundle", type=Path, required=True, help="model bundle folder (bundle.json)")
     r.add_argument("--out", type=Path, required=True, help="job folder: job.json, shard-*.npz, claims/, workers/")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes (default 1; under torchrun leave "
-                   "it at 1: every rank is a worker)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (default 1; under torchrun leave it at 1: every rank is a worker)",
+    )
     r.add_argument("--shard-size", type=int, default=256, help="items per shard (default 256)")
     r.add_argument("--batch-size", type=int, default=BATCH, help=f"clips per model call (default {BATCH})")
-    r.add_argument("--backend", choices=("onnxruntime", "triton"), default="onnxruntime",
-                   help="onnxruntime in each worker (default), or a Triton server: workers then only decode audio")
+    r.add_argument(
+        "--backend",
+        choices=("onnxruntime", "triton"),
+        default="onnxruntime",
+        help="onnxruntime in each worker (default), or a Triton server: workers then only decode audio",
+    )
     r.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC endpoint (--backend triton)")
-    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="onnxruntime device; cuda: each worker takes GPU <LOCAL_RANK>")
-    r.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (default: the cores "
-                   "divided among the local workers)")
-    r.add_argument("--lease-s", type=float, default=LEASE_S, help="seconds without a heartbeat after which a "
-                   f"worker's claim is stale and another redoes its shard (default {LEASE_S:g})")
+    r.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="onnxruntime device; cuda: each worker takes GPU <LOCAL_RANK>",
+    )
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads per worker (default: the cores divided among the local workers)",
+    )
+    r.add_argument(
+        "--lease-s",
+        type=float,
+        default=LEASE_S,
+        help="seconds without a heartbeat after which a "
+        f"worker's claim is stale and another redoes its shard (default {LEASE_S:g})",
+    )
     r.add_argument("--overwrite", action="store_true", help="discard the shards of a job with another spec")
-    m = sub.add_parser("merge", help="check every shard is present and whole (exit 2 naming those that are not); "
-                       "write complete.json")
+    m = sub.add_parser(
+        "merge", help="check every shard is present and whole (exit 2 naming those that are not); write complete.json"
+    )
     m.add_argument("--out", type=Path, required=True, help="job folder")
     for s in (r, m):
         s.add_argument("--log-level", default="INFO")
@@ -253,9 +355,21 @@ def main(argv: list[str] | None = None) -> int:
         ident = Identity.from_env()
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: ranks on this node share its cores
         threads = args.threads or (max(1, (os.cpu_count() or 1) // local) if local > 1 else 0)
-        summary = run(args.manifest, args.bundle, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
-                      backend=args.backend, triton_url=args.triton_url, threads=threads, device=args.device,
-                      lease_s=args.lease_s, overwrite=args.overwrite, workers=args.workers, identity=ident)
+        summary = run(
+            args.manifest,
+            args.bundle,
+            args.out,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            backend=args.backend,
+            triton_url=args.triton_url,
+            threads=threads,
+            device=args.device,
+            lease_s=args.lease_s,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            identity=ident,
+        )
     except (JobMismatch, Incomplete, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ agree to well within lease_s (NTP). A stalled (not dead) worker whose claim was 
 shard: both write the same content through atomic renames, so the shard is whole either way. Identity comes from
 torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) when present; no process group is needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 JOB = "job.json"
@@ -73,7 +75,7 @@ class Identity:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, environ: dict | None = None) -> "Identity":
+    def from_env(cls, environ: dict | None = None) -> Identity:
         """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else rank 0 of 1."""
         env = os.environ if environ is None else environ
         world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
@@ -99,7 +101,7 @@ def plan(ids: Sequence[str], shard_size: int) -> list[list[str]]:
     dups = sorted({a for a, b in zip(ids, ids[1:]) if a == b})
     if dups:
         raise ValueError(f"duplicate ids: {dups[:5]}{' ...' if len(dups) > 5 else ''}")
-    return [ids[i: i + shard_size] for i in range(0, len(ids), shard_size)]
+    return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -155,9 +157,21 @@ class Job:
         write_atomic(self.path(k), lambda f: self.write(f, result))
 
 
-def open_job(folder: str | Path, spec: dict, shards: list[list[str]], ext: str, read_ids, write, *,
-             overwrite: bool = False, info: dict | None = None, outputs: Sequence[str] = (), reset: bool = True,
-             wait_s: float = 120.0, readonly: bool = False) -> Job:
+def open_job(
+    folder: str | Path,
+    spec: dict,
+    shards: list[list[str]],
+    ext: str,
+    read_ids,
+    write,
+    *,
+    overwrite: bool = False,
+    info: dict | None = None,
+    outputs: Sequence[str] = (),
+    reset: bool = True,
+    wait_s: float = 120.0,
+    readonly: bool = False,
+) -> Job:
     """Create or reopen the job in `folder`. A folder holding another spec raises JobMismatch; with overwrite its
     shards, claims, ledgers and `outputs` are removed first. Of several workers started together only one may do
     that (reset=True, e.g. rank 0): the others wait up to wait_s for its job.json. readonly: reopen an existing job
@@ -175,11 +189,17 @@ def open_job(folder: str | Path, spec: dict, shards: list[list[str]], ext: str, 
     deadline = time.monotonic() + wait_s
     while (old := _spec(path)) is not None and old != spec:
         if not overwrite:
-            raise JobMismatch(f"{folder} holds a job with other settings (differs in {_diff(old, spec)}); use another "
-                              "folder or overwrite=True (--overwrite) to start over")
+            raise JobMismatch(
+                f"{folder} holds a job with other settings (differs in {_diff(old, spec)}); use another "
+                "folder or overwrite=True (--overwrite) to start over"
+            )
         if reset:
-            for p in [*folder.glob(f"shard-*.{ext}*"), *folder.glob(f"{CLAIMS}/*"), *folder.glob(f"{WORKERS}/*"),
-                      *(folder / o for o in outputs)]:
+            for p in [
+                *folder.glob(f"shard-*.{ext}*"),
+                *folder.glob(f"{CLAIMS}/*"),
+                *folder.glob(f"{WORKERS}/*"),
+                *(folder / o for o in outputs),
+            ]:
                 p.unlink(missing_ok=True)
             break
         if time.monotonic() > deadline:
@@ -243,8 +263,9 @@ class Claim:
     def __init__(self, path: Path, nonce: str, lease_s: float):
         self.path, self.nonce = path, nonce
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(lease_s / 3,), daemon=True,
-                                        name=f"heartbeat {path.name}")
+        self._thread = threading.Thread(
+            target=self._beat, args=(lease_s / 3,), daemon=True, name=f"heartbeat {path.name}"
+        )
         self._thread.start()
 
     def ours(self) -> bool:
@@ -306,8 +327,10 @@ def _take_over(path: Path, body: dict, lease_s: float) -> Claim | None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    log.warning("took over a stale claim", extra={"claim": str(path), "from_worker": info.get("worker"),
-                                                   "age_s": round(time.time() - mtime, 1)})
+    log.warning(
+        "took over a stale claim",
+        extra={"claim": str(path), "from_worker": info.get("worker"), "age_s": round(time.time() - mtime, 1)},
+    )
     return Claim(path, body["nonce"], lease_s)
 
 
@@ -323,9 +346,15 @@ class Summary:
     seconds: float = 0.0
 
 
-def run_worker(job: Job, process: Callable[[int, list[str]], Any], identity: Identity | None = None,
-               lease_s: float = LEASE_S, wait: bool = True, poll_s: float | None = None,
-               on_shard: Callable[[int, int], None] | None = None) -> Summary:
+def run_worker(
+    job: Job,
+    process: Callable[[int, list[str]], Any],
+    identity: Identity | None = None,
+    lease_s: float = LEASE_S,
+    wait: bool = True,
+    poll_s: float | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> Summary:
     """Claim and compute unfinished shards (`process(k, ids)` -> result for `job.write`) until none is left
     unclaimed; with wait, keep polling until every shard is finished, taking over claims that go stale."""
     ident = identity or Identity.from_env()
@@ -354,8 +383,15 @@ def run_worker(job: Job, process: Callable[[int, list[str]], Any], identity: Ide
                     job.store(k, process(k, job.shards[k]))
                     summary.computed.append(k)
                     _ledger(job, ident, summary)
-                    log.info("shard written", extra={"shard": k, "items": len(job.shards[k]), "worker": ident.name,
-                                                     "seconds": round(time.monotonic() - t0, 2)})
+                    log.info(
+                        "shard written",
+                        extra={
+                            "shard": k,
+                            "items": len(job.shards[k]),
+                            "worker": ident.name,
+                            "seconds": round(time.monotonic() - t0, 2),
+                        },
+                    )
                     if on_shard:
                         on_shard(k, len(job.shards[k]))
                 done.add(k)
@@ -369,8 +405,7 @@ def run_worker(job: Job, process: Callable[[int, list[str]], Any], identity: Ide
     return summary
 
 
-def run_local_workers(target: Callable, args: tuple, n: int, name: str,
-                      poll: Callable[[], None] | None = None) -> None:
+def run_local_workers(target: Callable, args: tuple, n: int, name: str, poll: Callable[[], None] | None = None) -> None:
     """Run `target(*args, Identity(i, n, i), log_level)` in n fresh processes (spawned: no forked thread pools or
     held locks) and wait for them, calling `poll` about every 0.5 s. A worker that fails is logged; its shards are
     left to the caller's own pass (a dead process's claims are stale at once on this machine)."""
@@ -390,8 +425,17 @@ def run_local_workers(target: Callable, args: tuple, n: int, name: str,
 
 
 def _ledger(job: Job, ident: Identity, summary: Summary) -> None:
-    body = json.dumps({"worker": ident.name, "host": HOST, "pid": os.getpid(), "rank": ident.rank,
-                       "world_size": ident.world_size, "computed": summary.computed, "time": time.time()})
+    body = json.dumps(
+        {
+            "worker": ident.name,
+            "host": HOST,
+            "pid": os.getpid(),
+            "rank": ident.rank,
+            "world_size": ident.world_size,
+            "computed": summary.computed,
+            "time": time.time(),
+        }
+    )
     write_atomic(job.folder / WORKERS / f"{ident.name}.json", lambda f: f.write(body.encode()))
 
 
@@ -421,8 +465,12 @@ def check_complete(job: Job) -> list[Path]:
     if missing or invalid or stray:
         parts = [f"{job.path(k).name} (missing{_holder(job, k)})" for k in missing]
         parts += [f"{job.path(k).name} (damaged or other ids)" for k in invalid] + [f"{s} (not planned)" for s in stray]
-        raise Incomplete(f"{job.folder}: {len(missing) + len(invalid)} of {len(job.shards)} shards unfinished"
-                         f"{' or stray' if stray else ''}: " + ", ".join(parts), missing, invalid)
+        raise Incomplete(
+            f"{job.folder}: {len(missing) + len(invalid)} of {len(job.shards)} shards unfinished"
+            f"{' or stray' if stray else ''}: " + ", ".join(parts),
+            missing,
+            invalid,
+        )
     assert seen == job.ids  # plan() partitions the sorted unique ids
     return [job.path(k) for k in range(len(job.shards))]
 

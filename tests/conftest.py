@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and one tiny exported bundle per test session (export takes tens of seconds)."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,9 @@ def freedesktop_sounds():
         if shutil.which("apt-get") is None:
             pytest.skip("apt-get is not available to fetch sound-theme-freedesktop")
         cache.mkdir(parents=True, exist_ok=True)
-        got = subprocess.run(["apt-get", "download", "sound-theme-freedesktop"], cwd=cache, capture_output=True, text=True)
+        got = subprocess.run(
+            ["apt-get", "download", "sound-theme-freedesktop"], cwd=cache, capture_output=True, text=True
+        )
         debs = sorted(cache.glob("sound-theme-freedesktop_*.deb"))
         if got.returncode != 0 or not debs:
             pytest.skip(f"apt-get download sound-theme-freedesktop failed: {got.stderr.strip()[-300:]}")

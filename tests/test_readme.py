@@ -7,6 +7,7 @@ folder `clips/`, against a gateway on the tiny test bundle whose ingest root is 
 `localhost:8080` / `127.0.0.1:8080` and `:50051` become that gateway's ports (and $BLAT_URL names it), and
 `.venv/bin/` this interpreter's.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ def examples() -> list[tuple[int, str, str, str | None]]:
     out = []
     for m in BLOCK.finditer(text):
         skip = SKIP.search(m.group("before"))
-        line = text[:m.start("code")].count("\n") + 1
+        line = text[: m.start("code")].count("\n") + 1
         out.append((line, m.group("lang"), m.group("code"), skip.group("why").strip() if skip else None))
     return out
 
@@ -81,6 +82,8 @@ def test_readme_examples_run(tiny_bundle, scratch, tmp_path):
             code = localize(code, gw.http_url, gw.grpc_address)
             cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
             out = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
-            assert out.returncode == 0, (f"README.md:{line} ({lang}) failed with {out.returncode}:\n{code}\n"
-                                         f"--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}")
+            assert out.returncode == 0, (
+                f"README.md:{line} ({lang}) failed with {out.returncode}:\n{code}\n"
+                f"--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+            )
             assert out.stdout.strip(), f"README.md:{line}: the example printed nothing"

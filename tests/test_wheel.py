@@ -1,5 +1,6 @@
 """The wheel as a user installs it: every top-level import name starts with `blat`, and `blat export triton` works
 from a venv outside the repository (the Triton templates and model code travel as package data)."""
+
 from __future__ import annotations
 
 import shutil
@@ -54,12 +55,16 @@ def test_export_triton_from_a_venv_outside_the_repository(wheel, tiny_bundle, tm
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--quiet", "--no-deps", wheel])
     python = venv / "bin" / "python"
-    where = run([python, "-c", "import blat_export, blat_gateway; print(blat_export.__file__); "
-                 "print(blat_gateway.__file__)"], cwd=tmp_path).stdout.split()
+    where = run(
+        [python, "-c", "import blat_export, blat_gateway; print(blat_export.__file__); print(blat_gateway.__file__)"],
+        cwd=tmp_path,
+    ).stdout.split()
     assert all(str(venv) in w for w in where), where  # the installed copies, not this checkout
     repo = tmp_path / "repo"
-    run([venv / "bin" / "blat", "export", "triton", "--bundle", tiny_bundle, "--triton", repo, "--flavor", "cpu"],
-        cwd=tmp_path)
+    run(
+        [venv / "bin" / "blat", "export", "triton", "--bundle", tiny_bundle, "--triton", repo, "--flavor", "cpu"],
+        cwd=tmp_path,
+    )
     assert (repo / "captioner" / "config.pbtxt").is_file()
     assert (repo / "audio_encoder" / "config.pbtxt").read_text().count("name:") > 1
     assert (repo / "captioner" / "1" / "blat_contract" / "beam.py").is_file()

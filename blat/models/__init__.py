@@ -1,4 +1,5 @@
 """Model registry: architectures are JSON files in `blat/model_configs/`; adding a size is adding a file."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,26 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from blat.config import CaptionerConfig, DualEncoderConfig, ModelConfig, config_from_dict
-from blat.models.captioner import TagGuidedCaptioner
 from blat.models.aisfx import AisfxTower
+from blat.models.captioner import TagGuidedCaptioner
 from blat.models.cnn14 import Cnn14
 from blat.models.dual import DualEncoder
 from blat.models.text import TextEncoder
 from blat.models.towers import build_audio_tower
 from blat_contract.vocab import Vocabulary
 
-__all__ = ["AisfxTower", "Cnn14", "build_audio_tower", "DualEncoder", "TagGuidedCaptioner", "TextEncoder", "list_models", "get_model_config",
-           "build_model", "create_model"]
+__all__ = [
+    "AisfxTower",
+    "Cnn14",
+    "build_audio_tower",
+    "DualEncoder",
+    "TagGuidedCaptioner",
+    "TextEncoder",
+    "list_models",
+    "get_model_config",
+    "build_model",
+    "create_model",
+]
 
 
 def _config_dir():

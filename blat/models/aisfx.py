@@ -6,6 +6,7 @@ frequency, max over time -> 512-d. It was trained on 44.1 kHz log-mel input; `ai
 band layout and frame timing at another rate (the window and hop scale with the rate, the power is rescaled
 for the shorter window), so the tower runs on the project's 32 kHz audio without resampling.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,8 @@ from torch import nn
 from blat.audio import LogMelFrontEnd
 from blat.config import AudioEncoderConfig
 from blat.models.cnn14 import ConvBlock
+from blat.models.masking import pad_clips, valid_mask
 from blat.models.text import resolve_path
-from blat.models.towers import pad_clips, valid_mask
 from blat_contract.audio import FrontEndConfig
 
 TRAINED_RATE = 44_100  # Hz, the package's preprocessing
@@ -30,17 +31,31 @@ LOG_MAX = 9.457798957824707  # ... / LOG_MAX: the package's "original" min-max n
 CHANNELS = (64, 128, 256, 512)
 WEIGHTS = "package:aisfx/models/checkpoint.pth"  # aisfx 0.1.2; a (state_dict, datasets) tuple
 WEIGHTS_SHA256 = "499ea75909c932a2f94c35fa722fa4fabc5bcb7e84917209cc5f7402627b7eb5"
-ATTRIBUTION = ("aiSFX pre-trained model by A. B. Ma and A. Lerch (ISMIR 2022), CC BY 4.0, "
-               "from the PyPI package aisfx 0.1.2")
+ATTRIBUTION = (
+    "aiSFX pre-trained model by A. B. Ma and A. Lerch (ISMIR 2022), CC BY 4.0, from the PyPI package aisfx 0.1.2"
+)
 
 
 def aisfx_frontend(sample_rate: int = 32_000) -> FrontEndConfig:
     """The package's front end at `sample_rate`: same durations, same bands, same loudness scale."""
     ratio = sample_rate / TRAINED_RATE
-    return FrontEndConfig(sample_rate=sample_rate, n_fft=TRAINED_FFT, win_length=round(TRAINED_FFT * ratio),
-                          hop_length=round(TRAINED_HOP * ratio), n_mels=N_MELS, f_min=0.0, f_max=TRAINED_RATE / 2,
-                          mel_scale="htk", mel_norm="l1", pad_mode="constant", compression="log1p",
-                          log_gain=LOG_GAIN, log_divisor=LOG_MAX, power_gain=(1 / ratio) ** 2, peak_normalize=True)
+    return FrontEndConfig(
+        sample_rate=sample_rate,
+        n_fft=TRAINED_FFT,
+        win_length=round(TRAINED_FFT * ratio),
+        hop_length=round(TRAINED_HOP * ratio),
+        n_mels=N_MELS,
+        f_min=0.0,
+        f_max=TRAINED_RATE / 2,
+        mel_scale="htk",
+        mel_norm="l1",
+        pad_mode="constant",
+        compression="log1p",
+        log_gain=LOG_GAIN,
+        log_divisor=LOG_MAX,
+        power_gain=(1 / ratio) ** 2,
+        peak_normalize=True,
+    )
 
 
 def read_aisfx_weights(source: str = WEIGHTS, sha256: str | None = WEIGHTS_SHA256) -> dict[str, torch.Tensor]:
@@ -54,7 +69,7 @@ def read_aisfx_weights(source: str = WEIGHTS, sha256: str | None = WEIGHTS_SHA25
     with torch.serialization.safe_globals(allowed):
         state, _datasets = torch.load(path, map_location="cpu", weights_only=True)
     prefix = "embedding_net."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class AisfxTower(nn.Module):

@@ -3,11 +3,12 @@
 The clip's AudioSet tags are a 527-d multi-hot vector; the mean of their learned embeddings is
 added to every decoder input word embedding, before the positional encoding.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +39,9 @@ class TagGuidedCaptioner(nn.Module):
         self.cfg, self.vocab = dataclasses.replace(cfg, vocab_size=len(vocab)), vocab
         d = cfg.d_model
         self.audio_encoder = build_audio_tower(cfg.audio)
-        self.audio_proj = nn.Sequential(nn.Linear(cfg.audio.out_channels, d), nn.ReLU(), nn.Dropout(cfg.dropout), nn.LayerNorm(d))
+        self.audio_proj = nn.Sequential(
+            nn.Linear(cfg.audio.out_channels, d), nn.ReLU(), nn.Dropout(cfg.dropout), nn.LayerNorm(d)
+        )
         self.word_emb = nn.Embedding(len(vocab), d, padding_idx=PAD)
         self.tag_table = nn.Parameter(torch.randn(cfg.n_tags, d) * 0.02) if cfg.use_tags else None  # (527, d)
         self.register_buffer("pos_table", sinusoid_table(MAX_POSITIONS, d), persistent=False)
@@ -61,15 +64,23 @@ class TagGuidedCaptioner(nn.Module):
         """The tower's (B, T', C) frames and (B,) valid frames -> memory, memory_valid, tag vector."""
         return self.audio_proj(frames), valid, self.tag_vector(tags, frames.shape[0], frames.device)
 
-    def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor, tag_vec: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor, tag_vec: torch.Tensor
+    ) -> torch.Tensor:
         """(B, L) tokens starting with <start> -> (B, L, V) next-token logits."""
         L = tokens.shape[1]
         x = self.word_emb(tokens) + tag_vec[:, None, :]  # tags join every input word, before positions
         x = self.emb_dropout(x + self.pos_table[:L])
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tokens.device), diagonal=1)
         mem_pad = torch.arange(memory.shape[1], device=memory.device)[None, :] >= memory_valid[:, None]
-        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD,
-                         memory_key_padding_mask=mem_pad, tgt_is_causal=True)  # stated, not detected: export-safe
+        h = self.decoder(
+            x,
+            memory,
+            tgt_mask=causal,
+            tgt_key_padding_mask=tokens == PAD,
+            memory_key_padding_mask=mem_pad,
+            tgt_is_causal=True,
+        )  # stated, not detected: export-safe
         return self.classifier(h)
 
     def forward(self, waveform, lengths, tags, tokens):
@@ -77,7 +88,9 @@ class TagGuidedCaptioner(nn.Module):
         return self.decode(tokens, *self.encode(waveform, lengths, tags))
 
     @torch.no_grad()
-    def generate(self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+    def generate(
+        self, waveform, lengths=None, tags=None, options: DecodingOptions | None = None
+    ) -> list[list[Hypothesis]]:
         """Beam search (options.beam_size=1 is greedy; default beam 3 and the config's max_tokens); n-best per clip."""
         return self.generate_encoded(self.encode(waveform, lengths, tags), options)
 
@@ -100,7 +113,9 @@ class TagGuidedCaptioner(nn.Module):
         return [self.vocab.decode(h[0].tokens) if h else "" for h in self.generate(waveform, lengths, tags, options)]
 
     def greedy(self, waveform, lengths=None, tags=None, max_tokens: int | None = None) -> list[str]:
-        return self.caption(waveform, lengths, tags, DecodingOptions(beam_size=1, max_tokens=max_tokens or self.cfg.max_tokens))
+        return self.caption(
+            waveform, lengths, tags, DecodingOptions(beam_size=1, max_tokens=max_tokens or self.cfg.max_tokens)
+        )
 
 
 def tags_tensor(tag_lists: Sequence[Sequence[str]], device=None) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """CNN14 audio encoder (PANNs), with every layer masked so padded batches equal clips run alone."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from blat.audio import LogMelFrontEnd
 from blat.config import AudioEncoderConfig
-from blat.models.towers import pad_clips, time_mask, valid_mask
+from blat.models.masking import pad_clips, time_mask, valid_mask
 
 
 class ConvBlock(nn.Module):

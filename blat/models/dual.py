@@ -1,8 +1,9 @@
 """The contrastive audio-text model: an audio tower (CNN14, aisfx) + a BERT tower, linear (or MLP) heads, L2 norm,
 learnable temperature."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from blat.config import DualEncoderConfig
-from blat.models.towers import build_audio_tower
 from blat.models.text import TextEncoder
+from blat.models.towers import build_audio_tower
 
 NORM_EPS = 1e-7
 

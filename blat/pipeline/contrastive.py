@@ -4,11 +4,12 @@ gradient reaches each process's own shard, BatchNorm over the global batch, and 
 Together they make N processes at per-process batch B/N compute the same loss and the same gradients as one
 process at batch B (tests/blat/pipeline/test_torchrun.py checks both under `torchrun` with gloo).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,8 +41,12 @@ class DistInfo:
 def setup_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
     """Join the process group that `torchrun` describes in the environment (gloo on CPU, nccl on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")),
-                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    info = DistInfo(
+        int(os.environ.get("RANK", "0")),
+        world,
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+    )
     if device_spec == "auto":
         device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     else:
@@ -68,7 +73,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -129,8 +134,9 @@ def use_global_batchnorm(module: nn.Module) -> int:
     return n
 
 
-def contrastive_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                     distributed: bool = False) -> torch.Tensor:
+def contrastive_loss(
+    audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, distributed: bool = False
+) -> torch.Tensor:
     """Symmetric InfoNCE. audio, text: (b, E) unit vectors, row i of each a positive pair; logit_scale: the log
     of the inverse temperature. Distributed: both sides are gathered from every process (negatives from the
     global batch), and this process's loss is the mean over its own b rows, so the mean over processes equals
@@ -160,5 +166,5 @@ def average_gradients(params: Sequence[nn.Parameter], world: int) -> None:
     flat /= world
     offset = 0
     for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()

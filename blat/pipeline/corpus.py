@@ -13,6 +13,7 @@ music (game soundtracks cut into up to `EXCERPTS_PER_TRACK` excerpts of `EXCERPT
 "Music; Video game music" and more only where a name says it) and single instrument notes rendered from a Debian
 General-MIDI SoundFont (`blat.pipeline.instruments`). `blat.pipeline.families` groups the tags into families.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from blat.pipeline import sources
+from blat.pipeline.data import load_scene_manifest, write_jsonl
 from blat.pipeline.families import MUSIC, family
 from blat.pipeline.sources import Member, SourceError
 from blat.pipeline.tags import TagTable, TagTableError, load_tag_table, parse_tags
@@ -117,7 +119,7 @@ def load_member(member: Member) -> tuple[np.ndarray, int]:
     wave, sr = decode(sources.read_member(member))
     if member.window is not None:
         start, length = member.window
-        wave = wave[int(round(start * sr)): int(round((start + length) * sr))]
+        wave = wave[int(round(start * sr)) : int(round((start + length) * sr))]
     return wave, sr
 
 
@@ -149,6 +151,7 @@ def _slug(text: str) -> str:
 
 def clip_ids(prefix: str, paths: list[str]) -> dict[str, str]:
     """Stable, unique ids "<prefix>/<dir>/<stem>" from paths; an extension is appended only where stems collide."""
+
     def base(p: str) -> str:
         parts = p.split("/")
         return "/".join([_slug(d) for d in parts[:-1]] + [_slug(os.path.splitext(parts[-1])[0])])
@@ -209,8 +212,13 @@ def _run(jobs: list[tuple[Member, str]], workers: int, desc: str) -> list[tuple[
         return list(tqdm(pool.map(_process, jobs, chunksize=4), total=len(jobs), desc=desc, unit="clip"))
 
 
-def _encode(items: list[tuple[Member, ManifestRow]], out: Path, stats: dict[str, PackageStats],
-            workers: int, min_seconds: float = MIN_SECONDS) -> list[ManifestRow]:
+def _encode(
+    items: list[tuple[Member, ManifestRow]],
+    out: Path,
+    stats: dict[str, PackageStats],
+    workers: int,
+    min_seconds: float = MIN_SECONDS,
+) -> list[ManifestRow]:
     """Write each item's clip unless it is already there; returns the rows whose clip exists."""
     rows, todo = [], []
     for member, row in items:
@@ -247,19 +255,41 @@ def _finish(out: Path, rows: list[ManifestRow], stats: dict[str, PackageStats], 
             if flac.resolve() not in keep:
                 flac.unlink()
     write_manifest(rows, out / "manifest.jsonl")
-    report = {"manifest": str(out / "manifest.jsonl"), "clips": len(rows), "seconds": round(time.time() - started, 1),
-              "packages": {p: {**asdict(s), "clips": s.clips, "seconds": round(s.seconds, 1)} for p, s in stats.items()}}
+    report = {
+        "manifest": str(out / "manifest.jsonl"),
+        "clips": len(rows),
+        "seconds": round(time.time() - started, 1),
+        "packages": {p: {**asdict(s), "clips": s.clips, "seconds": round(s.seconds, 1)} for p, s in stats.items()},
+    }
     (out / "build_report.json").write_text(json.dumps(report, indent=1) + "\n")
     for package, s in stats.items():
-        log.info("package done", extra={"package": package, "files": s.files, "tagged": s.tagged,
-                                        "excluded": s.excluded, "unmatched": s.unmatched, "clips": s.clips,
-                                        "duplicates": s.duplicates, "too_short": s.too_short, "silent": s.silent, "failed": s.failed})
+        log.info(
+            "package done",
+            extra={
+                "package": package,
+                "files": s.files,
+                "tagged": s.tagged,
+                "excluded": s.excluded,
+                "unmatched": s.unmatched,
+                "clips": s.clips,
+                "duplicates": s.duplicates,
+                "too_short": s.too_short,
+                "silent": s.silent,
+                "failed": s.failed,
+            },
+        )
     log.info("corpus written", extra={"manifest": report["manifest"], "clips": len(rows), "seconds": report["seconds"]})
     return report
 
 
-def build_corpus(packages: list[str] | tuple[str, ...], out: str | Path, cache: str | Path | None = None,
-                 jobs: int = 1, table: TagTable | None = None, min_seconds: float = MIN_SECONDS) -> dict:
+def build_corpus(
+    packages: list[str] | tuple[str, ...],
+    out: str | Path,
+    cache: str | Path | None = None,
+    jobs: int = 1,
+    table: TagTable | None = None,
+    min_seconds: float = MIN_SECONDS,
+) -> dict:
     """Fetch, unpack, tag and encode the given Debian packages into `out`. Returns the build report (a dict,
     also written to <out>/build_report.json). Reruns reuse the download cache and clips already written.
     min_seconds: shorter clips are skipped (training needs MIN_SECONDS; an index can keep shorter sounds)."""
@@ -276,8 +306,9 @@ def build_corpus(packages: list[str] | tuple[str, ...], out: str | Path, cache: 
     return _finish(out, rows, stats, started)
 
 
-def _scan_package(package: str, cache: Path, out: Path, table: TagTable,
-                  st: PackageStats) -> list[tuple[Member, ManifestRow]]:
+def _scan_package(
+    package: str, cache: Path, out: Path, table: TagTable, st: PackageStats
+) -> list[tuple[Member, ManifestRow]]:
     """Fetch and unpack one package, copy its copyright file, and turn its tagged sounds into manifest rows."""
     tree = sources.fetch_package(package, cache)
     copyright_path = sources.copyright_file(package, tree)
@@ -306,12 +337,29 @@ def _scan_package(package: str, cache: Path, out: Path, table: TagTable,
         st.tagged += 1
         licence = m.credit or sources.licence_for(copyright_text, m.origin, spec.licence)
         row = ManifestRow(
-            id=ids[m.path], audio=f"audio/{ids[m.path]}.flac", duration=0.0, tags=list(tags),
-            captions=[m.caption] if m.caption else [], caption_hint=hint, split=UNASSIGNED,
-            package=package, path=m.origin, source=recording_group(package, m.origin, m.group), licence=licence)
+            id=ids[m.path],
+            audio=f"audio/{ids[m.path]}.flac",
+            duration=0.0,
+            tags=list(tags),
+            captions=[m.caption] if m.caption else [],
+            caption_hint=hint,
+            split=UNASSIGNED,
+            package=package,
+            path=m.origin,
+            source=recording_group(package, m.origin, m.group),
+            licence=licence,
+        )
         items += excerpts(m, row) if "Music" in tags and family(tags) == MUSIC else [(m, row)]
-    log.info("package scanned", extra={"package": package, "files": st.files, "tagged": st.tagged,
-                                       "excluded": st.excluded, "unmatched": st.unmatched})
+    log.info(
+        "package scanned",
+        extra={
+            "package": package,
+            "files": st.files,
+            "tagged": st.tagged,
+            "excluded": st.excluded,
+            "unmatched": st.unmatched,
+        },
+    )
     return items
 
 
@@ -333,14 +381,23 @@ def excerpts(member: Member, row: ManifestRow) -> list[tuple[Member, ManifestRow
     for start in starts:
         start = float(int(start))
         cut_id = f"{row.id}-at-{int(start)}s"
-        out.append((replace(member, window=(start, EXCERPT_SECONDS)),
-                    replace(row, id=cut_id, audio=f"audio/{cut_id}.flac",
-                            path=f"{row.path}#t={int(start)},{int(start + EXCERPT_SECONDS)}")))
+        out.append(
+            (
+                replace(member, window=(start, EXCERPT_SECONDS)),
+                replace(
+                    row,
+                    id=cut_id,
+                    audio=f"audio/{cut_id}.flac",
+                    path=f"{row.path}#t={int(start)},{int(start + EXCERPT_SECONDS)}",
+                ),
+            )
+        )
     return out
 
 
-def _drop_duplicates(items: list[tuple[Member, ManifestRow]],
-                     stats: dict[str, PackageStats]) -> list[tuple[Member, ManifestRow]]:
+def _drop_duplicates(
+    items: list[tuple[Member, ManifestRow]], stats: dict[str, PackageStats]
+) -> list[tuple[Member, ManifestRow]]:
     """Keep the first of byte-identical files: a copy under another name would leak across splits."""
     seen, kept = set(), []
     for member, row in tqdm(items, desc="hashing", unit="file"):
@@ -377,17 +434,51 @@ def build_from_folder(folder: str | Path, csv_path: str | Path, out: str | Path,
             raise FileNotFoundError(f"{where}: no such audio file {file}")
         stats[name].tagged += 1
         member = Member(name, r["path"], str(file), r["path"])
-        items.append((member, ManifestRow(
-            id=ids[r["path"]], audio=f"audio/{ids[r['path']]}.flac", duration=0.0, tags=list(tags),
-            captions=captions, caption_hint="", split=UNASSIGNED, package=name, path=r["path"],
-            source=(r.get("source") or "").strip() or recording_group(name, r["path"]),
-            licence=(r.get("licence") or "").strip() or "unknown (user-supplied)")))
+        items.append(
+            (
+                member,
+                ManifestRow(
+                    id=ids[r["path"]],
+                    audio=f"audio/{ids[r['path']]}.flac",
+                    duration=0.0,
+                    tags=list(tags),
+                    captions=captions,
+                    caption_hint="",
+                    split=UNASSIGNED,
+                    package=name,
+                    path=r["path"],
+                    source=(r.get("source") or "").strip() or recording_group(name, r["path"]),
+                    licence=(r.get("licence") or "").strip() or "unknown (user-supplied)",
+                ),
+            )
+        )
     (out / "audio").mkdir(parents=True, exist_ok=True)
     return _finish(out, _encode(_drop_duplicates(items, stats), out, stats, jobs), stats, started)
 
 
 def resolve_cache(cache: str | Path | None) -> Path:
     return Path(cache or os.environ.get("BLAT_CACHE") or DEFAULT_CACHE).expanduser()
+
+
+def write_index_seed(
+    manifest: Path, path: Path, splits: tuple[str, ...] | None = ("test_events", "test_scenes")
+) -> Path:
+    """Clips of `manifest` (a scene manifest's held-out splits, never trained on; or, with splits=None, every row
+    of a corpus manifest) as the gateway's seed index manifest: id, audio (absolute), tags, caption."""
+    rows = load_scene_manifest(manifest, list(splits) if splits else None)
+    write_jsonl(
+        (
+            {
+                "id": r["id"],
+                "audio": str((manifest.parent / r["audio"]).resolve()),
+                "tags": r["tags"],
+                "caption": (r.get("captions") or [r.get("caption_hint") or ""])[0],
+            }
+            for r in rows
+        ),
+        path,
+    )
+    return path
 
 
 # --- command line -----------------------------------------------------------------------------------------------
@@ -397,12 +488,14 @@ def _parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {p.name:24s} {p.note}" for p in sources.PACKAGES.values())
     sizes = "\n".join(f"  {k:5s} {', '.join(v)}" for k, v in sources.SIZES.items())
     p = argparse.ArgumentParser(
-        prog="python -m blat.pipeline.corpus", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m blat.pipeline.corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="\n\n".join(__doc__.split("\n\n")[:3]),
         epilog=f"sizes:\n{sizes}\n\npackages:\n{listing}\n\nexamples:\n"
-               "  python -m blat.pipeline.corpus --size ci --out runs/corpus/ci\n"
-               "  python -m blat.pipeline.corpus --from-folder my_wavs --csv my_wavs/tags.csv --out runs/corpus/mine\n"
-               "\nNeeds apt-get and dpkg-deb (Debian/Ubuntu; run `apt-get update` once) unless --from-folder is used.")
+        "  python -m blat.pipeline.corpus --size ci --out runs/corpus/ci\n"
+        "  python -m blat.pipeline.corpus --from-folder my_wavs --csv my_wavs/tags.csv --out runs/corpus/mine\n"
+        "\nNeeds apt-get and dpkg-deb (Debian/Ubuntu; run `apt-get update` once) unless --from-folder is used.",
+    )
     p.add_argument("--size", choices=sorted(sources.SIZES), default="ci", help="which package set (default: ci)")
     p.add_argument("--packages", help="comma-separated package names instead of --size")
     p.add_argument("--out", type=Path, help="output folder (default: runs/corpus/<size or folder name>)")
@@ -410,11 +503,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-folder", type=Path, metavar="DIR", help="build from your own audio folder instead")
     p.add_argument("--csv", type=Path, help="with --from-folder: CSV with path,tags,caption[,licence,source]")
     p.add_argument("--rules", type=Path, help="tag table to use instead of the committed data/tag_rules.csv")
-    p.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
-                   help=f"skip shorter clips (default {MIN_SECONDS}: the captioner's minimum; an index may keep shorter)")
-    p.add_argument("--index-seed", type=Path, metavar="PATH",
-                   help="also write the gateway's seed manifest (id, audio, tags, caption per clip) to PATH")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel decode processes (default: all cores)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=MIN_SECONDS,
+        help=f"skip shorter clips (default {MIN_SECONDS}: the captioner's minimum; an index may keep shorter)",
+    )
+    p.add_argument(
+        "--index-seed",
+        type=Path,
+        metavar="PATH",
+        help="also write the gateway's seed manifest (id, audio, tags, caption per clip) to PATH",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="parallel decode processes (default: all cores)"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -428,24 +531,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_folder:
             if not args.csv:
                 raise SystemExit("--from-folder needs --csv (columns: path,tags,caption)")
-            report = build_from_folder(args.from_folder, args.csv, args.out or Path("runs/corpus") / args.from_folder.name,
-                                       jobs=args.jobs)
+            report = build_from_folder(
+                args.from_folder, args.csv, args.out or Path("runs/corpus") / args.from_folder.name, jobs=args.jobs
+            )
         else:
             packages = args.packages.split(",") if args.packages else list(sources.SIZES[args.size])
             table = load_tag_table(args.rules) if args.rules else None
-            report = build_corpus(packages, args.out or Path("runs/corpus") / args.size, args.cache, args.jobs, table,
-                                  args.min_seconds)
+            report = build_corpus(
+                packages, args.out or Path("runs/corpus") / args.size, args.cache, args.jobs, table, args.min_seconds
+            )
     except (SourceError, TagTableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{'package':26s} {'files':>6s} {'tagged':>6s} {'excluded':>8s} {'no rule':>7s} {'clips':>6s} {'hours':>6s}")
     for name, s in report["packages"].items():
-        print(f"{name:26s} {s['files']:6d} {s['tagged']:6d} {s['excluded']:8d} {s['unmatched']:7d} {s['clips']:6d} "
-              f"{s['seconds'] / 3600:6.2f}")
+        print(
+            f"{name:26s} {s['files']:6d} {s['tagged']:6d} {s['excluded']:8d} {s['unmatched']:7d} {s['clips']:6d} "
+            f"{s['seconds'] / 3600:6.2f}"
+        )
     print(f"{report['clips']} clips in {report['manifest']} ({report['seconds']} s)")
     if args.index_seed:
-        from blat.pipeline.run import write_index_seed
-
         print(f"seed manifest: {write_index_seed(Path(report['manifest']), args.index_seed, splits=None)}")
     return 0
 

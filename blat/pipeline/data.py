@@ -1,13 +1,14 @@
 """Data utilities the pipeline stages share: JSON Lines manifests, audio loading with an in-memory cache, and
 batching of clips into padded (B, N) tensors with true lengths (random crops for training)."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from math import gcd
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -69,8 +70,12 @@ def load_clips(rows: Sequence[dict], sample_rate: int = SAMPLE_RATE, desc: str =
     return [load_audio(r["audio_path"], sample_rate) for r in tqdm(rows, desc=desc, unit="clip", leave=False)]
 
 
-def batch_audio(waves: Sequence[np.ndarray], max_samples: int | None = None, min_samples: int = 1,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+def batch_audio(
+    waves: Sequence[np.ndarray],
+    max_samples: int | None = None,
+    min_samples: int = 1,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Clips -> (B, N) float32 zero-padded to the longest, and (B,) int64 true lengths.
 
     A clip longer than `max_samples` is cropped: at a random start when `rng` is given (training), else its start.
@@ -79,7 +84,7 @@ def batch_audio(waves: Sequence[np.ndarray], max_samples: int | None = None, min
     for w in waves:
         if max_samples and len(w) > max_samples:
             a = int(rng.integers(len(w) - max_samples + 1)) if rng is not None else 0
-            w = w[a: a + max_samples]
+            w = w[a : a + max_samples]
         cut.append(w)
     lengths = np.asarray([len(w) for w in cut], dtype=np.int64)
     out = np.zeros((len(cut), max(int(lengths.max(initial=0)), min_samples)), dtype=np.float32)

@@ -21,6 +21,7 @@ end, start_int, end_int and, for AudioCaps, audiocap_id) over every file below t
 libsndfile extension. A missing or unreadable file is counted, not fatal. Clips must be 32 kHz (what training and
 evaluation read); --resample writes 32 kHz mono FLAC copies of other clips under <out>/audio32k/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import soundfile as sf
 
@@ -47,8 +48,13 @@ log = logging.getLogger("blat.pipeline.datasets" if __name__ == "__main__" else 
 # File-name templates (no extension) of common downloaders, tried in order: aac-datasets
 # ("{youtube_id}_{start_time}"), PANNs' audioset_tagging_cnn ("Y" + id), one file per id, audiocaps-download (one
 # file per caption row, named by its audiocap_id), and a millisecond start.
-DEFAULT_PATTERNS = ("{youtube_id}_{start_int}", "Y{youtube_id}", "{youtube_id}", "{audiocap_id}",
-                    "{youtube_id}_{start:.3f}")
+DEFAULT_PATTERNS = (
+    "{youtube_id}_{start_int}",
+    "Y{youtube_id}",
+    "{youtube_id}",
+    "{audiocap_id}",
+    "{youtube_id}_{start:.3f}",
+)
 # What libsndfile decodes (mp3 since libsndfile 1.1; ogg holds Vorbis or Opus). m4a/aac/webm are not: convert them.
 DEFAULT_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
 PATTERN_FIELDS = ("youtube_id", "start", "end", "start_int", "end_int", "audiocap_id")
@@ -140,8 +146,10 @@ def read_audioset(path: str | Path, names: dict[str, str] | None = None) -> list
     unknown: dict[str, int] = {}
     for line, fields in _segment_rows(path):
         if len(fields) != 4:
-            raise DatasetError(f"{path}:{line}: expected 4 fields (YTID, start_seconds, end_seconds, "
-                               f"positive_labels), got {len(fields)}: {fields}")
+            raise DatasetError(
+                f"{path}:{line}: expected 4 fields (YTID, start_seconds, end_seconds, "
+                f"positive_labels), got {len(fields)}: {fields}"
+            )
         yid, start, end, labels = fields
         try:
             start_s, end_s = float(start), float(end)
@@ -155,8 +163,10 @@ def read_audioset(path: str | Path, names: dict[str, str] | None = None) -> list
         out.append(Segment(yid, start_s, end_s, tags=tags, dataset="audioset"))
     if unknown:
         shown = ", ".join(f"{m!r} (line {n})" for m, n in list(unknown.items())[:10])
-        raise DatasetError(f"{path}: {len(unknown)} label id(s) are not among the 527 AudioSet classes "
-                           f"(blat_contract/data/audioset/class_labels_indices.csv): {shown}")
+        raise DatasetError(
+            f"{path}: {len(unknown)} label id(s) are not among the 527 AudioSet classes "
+            f"(blat_contract/data/audioset/class_labels_indices.csv): {shown}"
+        )
     return out
 
 
@@ -170,7 +180,9 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
         try:
             p.format_map(sample)
         except (KeyError, ValueError, IndexError) as e:
-            raise DatasetError(f"file-name pattern {p!r}: {type(e).__name__} {e}; fields: {', '.join(PATTERN_FIELDS)}")
+            raise DatasetError(
+                f"file-name pattern {p!r}: {type(e).__name__} {e}; fields: {', '.join(PATTERN_FIELDS)}"
+            ) from None
     if not patterns:
         raise DatasetError("give at least one file-name pattern")
     return tuple(patterns)
@@ -179,8 +191,13 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 def candidate_names(seg: Segment, patterns: Sequence[str]) -> list[str]:
     """File names (no extension) a segment's audio may have, in pattern order; a pattern naming audiocap_id is
     tried with each of the segment's AudioCaps rows and skipped for AudioSet segments."""
-    base = {"youtube_id": seg.youtube_id, "start": seg.start, "end": seg.end,
-            "start_int": int(seg.start), "end_int": int(seg.end)}
+    base = {
+        "youtube_id": seg.youtube_id,
+        "start": seg.start,
+        "end": seg.end,
+        "start_int": int(seg.start),
+        "end_int": int(seg.end),
+    }
     out: list[str] = []
     for p in patterns:
         if "audiocap_id" not in p:
@@ -283,8 +300,9 @@ def read_sources(src: Sources, events: str = "all") -> tuple[dict[str, list[Segm
     if events not in EVENTS_MODES:
         raise DatasetError(f"events must be one of {EVENTS_MODES}, got {events!r}")
     names = mid_to_name()
-    audioset = {p: read_audioset(p, names) for p in dict.fromkeys(src.audioset_train + src.audioset_eval
-                                                                   + src.audioset_tags)}
+    audioset = {
+        p: read_audioset(p, names) for p in dict.fromkeys(src.audioset_train + src.audioset_eval + src.audioset_tags)
+    }
     by_split: dict[str, list[Segment]] = {
         "captioned": [s for p in src.audiocaps_train for s in read_audiocaps(p)],
         "val": [s for p in src.audiocaps_val for s in read_audiocaps(p)],
@@ -332,16 +350,24 @@ def read_sources(src: Sources, events: str = "all") -> tuple[dict[str, list[Segm
         counts["kept"] = len(out[split])
         report["splits"][split] = dict(counts)
     if not out:
-        raise DatasetError("no CSV given: pass at least one of --audiocaps-train/-val/-test, --audioset, "
-                           "--audioset-eval")
+        raise DatasetError(
+            "no CSV given: pass at least one of --audiocaps-train/-val/-test, --audioset, --audioset-eval"
+        )
     if any(out.get(s) for s in ("captioned", "val", "test_scenes")) and not audioset:
         log.warning("no AudioSet CSV given: AudioCaps clips have no tags (the tag-guided captioner needs them)")
     return out, report
 
 
-def build_manifest(src: Sources, audio_dirs: Sequence[str | Path], out_dir: str | Path,
-                   patterns: Sequence[str] = DEFAULT_PATTERNS, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-                   events: str = "all", resample: bool = False, jobs: int = 1) -> dict:
+def build_manifest(
+    src: Sources,
+    audio_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    patterns: Sequence[str] = DEFAULT_PATTERNS,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    events: str = "all",
+    resample: bool = False,
+    jobs: int = 1,
+) -> dict:
     """Write <out_dir>/manifest.jsonl and report.json from the CSVs in `src` and the clips below `audio_dirs`;
     returns the report. Raises DatasetError for clips not at 32 kHz unless `resample`."""
     started = time.time()
@@ -366,9 +392,11 @@ def build_manifest(src: Sources, audio_dirs: Sequence[str | Path], out_dir: str 
     wrong_rate = [i for i, r in enumerate(probes) if isinstance(r, tuple) and r[0] != SAMPLE_RATE]
     if wrong_rate and not resample:
         rates = Counter(probes[i][0] for i in wrong_rate)
-        raise DatasetError(f"{len(wrong_rate)} clips are not at {SAMPLE_RATE} Hz (rates {dict(rates.most_common(5))}, "
-                           f"e.g. {todo[wrong_rate[0]][2]}); pass --resample to write 32 kHz FLAC copies under "
-                           f"{out_dir / 'audio32k'}")
+        raise DatasetError(
+            f"{len(wrong_rate)} clips are not at {SAMPLE_RATE} Hz (rates {dict(rates.most_common(5))}, "
+            f"e.g. {todo[wrong_rate[0]][2]}); pass --resample to write 32 kHz FLAC copies under "
+            f"{out_dir / 'audio32k'}"
+        )
     if wrong_rate:
         (out_dir / "audio32k").mkdir(parents=True, exist_ok=True)
         jobs_ = [(str(todo[i][2]), str(out_dir / "audio32k" / f"{todo[i][1].id}.flac")) for i in wrong_rate]
@@ -381,9 +409,20 @@ def build_manifest(src: Sources, audio_dirs: Sequence[str | Path], out_dir: str 
         if isinstance(probe, str):
             unreadable[split].append(f"{path}: {probe}")
             continue
-        rows.append({"id": s.id, "audio": _relative(path, out_dir), "duration": round(probe[1] / probe[0], 3),
-                     "tags": s.tags, "captions": s.captions, "split": split, "dataset": s.dataset,
-                     "youtube_id": s.youtube_id, "start": s.start, "end": s.end})
+        rows.append(
+            {
+                "id": s.id,
+                "audio": _relative(path, out_dir),
+                "duration": round(probe[1] / probe[0], 3),
+                "tags": s.tags,
+                "captions": s.captions,
+                "split": split,
+                "dataset": s.dataset,
+                "youtube_id": s.youtube_id,
+                "start": s.start,
+                "end": s.end,
+            }
+        )
     resampled = Counter(todo[i][0] for i in wrong_rate if isinstance(probes[i], tuple))
     for split, counts in report["splits"].items():
         counts["unreadable_audio"] = len(unreadable[split])
@@ -392,16 +431,30 @@ def build_manifest(src: Sources, audio_dirs: Sequence[str | Path], out_dir: str 
         counts["resampled"] = resampled[split]
         counts["written"] = sum(1 for r in rows if r["split"] == split)
     write_jsonl(rows, out_dir / "manifest.jsonl")
-    report.update({"manifest": str(out_dir / "manifest.jsonl"), "sources": dataclasses.asdict(src),
-                   "audio_dirs": [str(Path(d).expanduser().resolve()) for d in audio_dirs],
-                   "patterns": list(patterns), "extensions": list(extensions), "audio_files_indexed": index.count,
-                   "duplicate_file_names": index.duplicates, "rows": len(rows),
-                   "seconds": round(time.time() - started, 1)})
+    report.update(
+        {
+            "manifest": str(out_dir / "manifest.jsonl"),
+            "sources": dataclasses.asdict(src),
+            "audio_dirs": [str(Path(d).expanduser().resolve()) for d in audio_dirs],
+            "patterns": list(patterns),
+            "extensions": list(extensions),
+            "audio_files_indexed": index.count,
+            "duplicate_file_names": index.duplicates,
+            "rows": len(rows),
+            "seconds": round(time.time() - started, 1),
+        }
+    )
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     for split, counts in report["splits"].items():
         if counts["missing_audio"] or counts["unreadable_audio"]:
-            log.warning("clips left out", extra={"split": split, "missing_audio": counts["missing_audio"],
-                                                 "unreadable_audio": counts["unreadable_audio"]})
+            log.warning(
+                "clips left out",
+                extra={
+                    "split": split,
+                    "missing_audio": counts["missing_audio"],
+                    "unreadable_audio": counts["unreadable_audio"],
+                },
+            )
     log.info("manifest written", extra={"manifest": report["manifest"], "rows": len(rows)})
     return report
 
@@ -419,30 +472,60 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m blat.pipeline.datasets", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m blat.pipeline.datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (manifest.jsonl, report.json, audio32k/)")
-    p.add_argument("--audio", nargs="+", required=True, action="extend", metavar="DIR",
-                   help="folders holding the downloaded clips (searched recursively)")
-    csvs = {"audiocaps_train": "AudioCaps train CSV(s) -> captioned",
-            "audiocaps_val": "AudioCaps val CSV(s) -> val (held out)",
-            "audiocaps_test": "AudioCaps test CSV(s) -> test_scenes",
-            "audioset_train": "AudioSet segment CSV(s) -> tags_only (balanced/unbalanced train)",
-            "audioset_eval": "AudioSet eval segment CSV(s) -> test_events",
-            "audioset_tags": "AudioSet segment CSV(s) only to tag AudioCaps clips"}
+    p.add_argument(
+        "--audio",
+        nargs="+",
+        required=True,
+        action="extend",
+        metavar="DIR",
+        help="folders holding the downloaded clips (searched recursively)",
+    )
+    csvs = {
+        "audiocaps_train": "AudioCaps train CSV(s) -> captioned",
+        "audiocaps_val": "AudioCaps val CSV(s) -> val (held out)",
+        "audiocaps_test": "AudioCaps test CSV(s) -> test_scenes",
+        "audioset_train": "AudioSet segment CSV(s) -> tags_only (balanced/unbalanced train)",
+        "audioset_eval": "AudioSet eval segment CSV(s) -> test_events",
+        "audioset_tags": "AudioSet segment CSV(s) only to tag AudioCaps clips",
+    }
     flags = {"audioset_train": "--audioset", "audioset_tags": "--tags-from"}
     for name, text in csvs.items():
-        p.add_argument(flags.get(name, "--" + name.replace("_", "-")), dest=name, nargs="+", action="extend",
-                       default=[], metavar="CSV", help=text)
-    p.add_argument("--pattern", action="append", metavar="TEMPLATE",
-                   help="file name without extension, Python format fields "
-                        f"{', '.join(PATTERN_FIELDS)} (repeatable, tried in order; a '/' matches a path below "
-                        f"an --audio folder). Default: {' '.join(DEFAULT_PATTERNS)}")
-    p.add_argument("--ext", action="append", metavar="EXT",
-                   help=f"audio extensions in order of preference (default: {' '.join(DEFAULT_EXTENSIONS)})")
-    p.add_argument("--events", choices=EVENTS_MODES, default="all",
-                   help="AudioSet eval segments in test_events: all (multi-label; for the tagging protocol) or only "
-                        "those with exactly one label (for zero_shot_events)")
+        p.add_argument(
+            flags.get(name, "--" + name.replace("_", "-")),
+            dest=name,
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="CSV",
+            help=text,
+        )
+    p.add_argument(
+        "--pattern",
+        action="append",
+        metavar="TEMPLATE",
+        help="file name without extension, Python format fields "
+        f"{', '.join(PATTERN_FIELDS)} (repeatable, tried in order; a '/' matches a path below "
+        f"an --audio folder). Default: {' '.join(DEFAULT_PATTERNS)}",
+    )
+    p.add_argument(
+        "--ext",
+        action="append",
+        metavar="EXT",
+        help=f"audio extensions in order of preference (default: {' '.join(DEFAULT_EXTENSIONS)})",
+    )
+    p.add_argument(
+        "--events",
+        choices=EVENTS_MODES,
+        default="all",
+        help="AudioSet eval segments in test_events: all (multi-label; for the tagging protocol) or only "
+        "those with exactly one label (for zero_shot_events)",
+    )
     p.add_argument("--resample", action="store_true", help="write 32 kHz mono FLAC copies of clips at other rates")
     p.add_argument("--jobs", type=int, default=1, help="processes for reading headers and resampling")
     p.add_argument("--log-level", default="INFO")
@@ -456,15 +539,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     src = Sources(**{f.name: tuple(getattr(args, f.name)) for f in dataclasses.fields(Sources)})
     try:
-        report = build_manifest(src, args.audio, args.out, args.pattern or DEFAULT_PATTERNS,
-                                args.ext or DEFAULT_EXTENSIONS, args.events, args.resample, args.jobs)
+        report = build_manifest(
+            src,
+            args.audio,
+            args.out,
+            args.pattern or DEFAULT_PATTERNS,
+            args.ext or DEFAULT_EXTENSIONS,
+            args.events,
+            args.resample,
+            args.jobs,
+        )
     except (DatasetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, c in report["splits"].items():
-        print(f"{split:12s} {c['written']:8d} written of {c['csv_segments']} in the CSVs "
-              f"(missing audio {c['missing_audio']}, unreadable {c['unreadable_audio']}, "
-              f"in another split {sum(v for k, v in c.items() if k.startswith('dropped_in_'))})")
+        print(
+            f"{split:12s} {c['written']:8d} written of {c['csv_segments']} in the CSVs "
+            f"(missing audio {c['missing_audio']}, unreadable {c['unreadable_audio']}, "
+            f"in another split {sum(v for k, v in c.items() if k.startswith('dropped_in_'))})"
+        )
     print(f"{report['manifest']} ({report['rows']} rows; details in report.json)")
     return 0
 

@@ -13,6 +13,7 @@ AudioSet's multi-label eval segments; results name the split they read).
     python -m blat.pipeline.evaluate dual --model runs/pretrain/dual.safetensors --manifest runs/scenes/manifest.jsonl
     python -m blat.pipeline.evaluate captions --candidates captions.jsonl --manifest runs/scenes/manifest.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -31,40 +33,13 @@ import torch
 
 from blat.pipeline import metrics
 from blat.pipeline.contrastive import resolve_device
-from blat_contract.config import ConfigError, apply_env, from_dict, to_dict
+from blat.pipeline.recipe import load_recipe
+from blat.pipeline.stages import PROTOCOL_NAMES, EvalConfig
+from blat_contract.config import apply_env, from_dict, to_dict
 
 log = logging.getLogger("blat.pipeline.evaluate" if __name__ == "__main__" else __name__)
 
-PROMPT = "this is a sound of {label}"  # MS-CLAP's template; export's label bank uses the same (label lower-cased)
-DEFAULT_PROTOCOLS = ("zero_shot_events", "tagging_scenes", "retrieval_scenes")
 CAPTION_TOKENIZER = "blat_contract.vocab.words (lower case, [a-z0-9'] words, punctuation dropped)"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Stage 4 settings (a recipe's `evaluate` section)."""
-
-    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS  # names in PROTOCOLS, run in this order
-    prompt: str = PROMPT  # zero-shot template; "{label}" is the lower-cased AudioSet display name
-    batch_size: int = 16  # clips per audio forward pass (sorted by length, zero-padded with true lengths)
-    text_batch_size: int = 256  # captions / prompts per text forward pass
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    meteor: bool = False  # caption METEOR through pycocoevalcap's jar (needs Java and pycocoevalcap); else left out
-    # protocol -> the manifest split it reads instead of its own, e.g. {"tagging_scenes": "test_events"}
-    splits: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        unknown = [p for p in self.protocols if p not in PROTOCOLS]
-        if unknown:
-            raise ConfigError(f"evaluate.protocols: unknown {unknown}; known: {sorted(PROTOCOLS)}")
-        unknown = [p for p in self.splits if p not in PROTOCOLS]
-        if unknown or not all(isinstance(v, str) and v for v in self.splits.values()):
-            raise ConfigError(f"evaluate.splits maps protocol names {sorted(PROTOCOLS)} to split names, "
-                              f"got {self.splits}")
-        if "{label}" not in self.prompt:
-            raise ConfigError(f"evaluate.prompt must contain {{label}}, got {self.prompt!r}")
-        if self.batch_size < 1 or self.text_batch_size < 1:
-            raise ConfigError("evaluate.batch_size and text_batch_size must be >= 1")
 
 
 # --- audio and text encoding ---------------------------------------------------------------------------------------
@@ -93,8 +68,13 @@ def load_split(manifest: str | Path, split: str | None = None) -> list[dict]:
 
 
 @torch.no_grad()
-def encode_clips(model, paths: Sequence[str | Path], batch_size: int = 16, device: torch.device | None = None,
-                 waves: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def encode_clips(
+    model,
+    paths: Sequence[str | Path],
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    waves: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
     """Audio embeddings (N, E) of whole clips, batched by length and read one batch at a time (a clip's
     embedding does not depend on its batch: every CNN layer masks by the true length). `waves` (mono float32
     at the model's rate) replaces reading `paths`."""
@@ -105,12 +85,12 @@ def encode_clips(model, paths: Sequence[str | Path], batch_size: int = 16, devic
     order = np.argsort(frames, kind="stable")
     out: list[np.ndarray | None] = [None] * n
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         clips = [waves[i] if waves is not None else read_audio(paths[i], sample_rate) for i in idx]
         lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
         batch = torch.zeros(len(idx), int(lengths.max()))
         for row, clip in enumerate(clips):
-            batch[row, :len(clip)] = torch.from_numpy(clip)
+            batch[row, : len(clip)] = torch.from_numpy(clip)
         emb = model.encode_audio(batch.to(device), lengths.to(device)).float().cpu().numpy()
         for row, i in enumerate(idx):
             out[i] = emb[row]
@@ -120,8 +100,10 @@ def encode_clips(model, paths: Sequence[str | Path], batch_size: int = 16, devic
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """Text embeddings (N, E)."""
-    chunks = [model.encode_texts(list(texts[i:i + batch_size])).float().cpu().numpy()
-              for i in range(0, len(texts), batch_size)]
+    chunks = [
+        model.encode_texts(list(texts[i : i + batch_size])).float().cpu().numpy()
+        for i in range(0, len(texts), batch_size)
+    ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
@@ -159,8 +141,10 @@ class _Context:
             t0 = time.perf_counter()
             paths = [r["audio"] for r in self.rows(split)]
             self._audio[split] = encode_clips(self.model, paths, self.cfg.batch_size, self.device)
-            log.info("encoded clips", extra={"split": split, "clips": len(paths),
-                                             "seconds": round(time.perf_counter() - t0, 2)})
+            log.info(
+                "encoded clips",
+                extra={"split": split, "clips": len(paths), "seconds": round(time.perf_counter() - t0, 2)},
+            )
         return self._audio[split]
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -182,30 +166,46 @@ PROTOCOLS: dict[str, Protocol] = {}
 
 
 def _register(name: str, split: str, description: str):
+    if name not in PROTOCOL_NAMES:
+        raise ValueError(f"protocol {name!r} is not in blat.pipeline.stages.PROTOCOL_NAMES {PROTOCOL_NAMES}")
+
     def wrap(fn):
         PROTOCOLS[name] = Protocol(name, split, description, fn)
         return fn
+
     return wrap
 
 
-@_register("zero_shot_events", "test_events",
-           "top-1/top-5 accuracy of prompt similarities over the classes present in the split; "
-           "a clip's class is its primary (first) tag")
+@_register(
+    "zero_shot_events",
+    "test_events",
+    "top-1/top-5 accuracy of prompt similarities over the classes present in the split; "
+    "a clip's class is its primary (first) tag",
+)
 def _zero_shot_events(ctx: _Context, rows: list[dict], split: str) -> dict:
     labels = [primary_tag(r) for r in rows]
     classes = sorted(set(labels))
     target = np.array([classes.index(lab) for lab in labels])
     scores = ctx.audio(split) @ ctx.prompts(classes).T  # (N, K) cosine similarities
     ks = (1, 5) if len(classes) > 5 else (1,)
-    return {"metrics": metrics.classification_accuracy(scores, target, ks),
-            "chance": {("accuracy" if k == 1 else f"top{k}_accuracy"): min(k, len(classes)) / len(classes) for k in ks},
-            "settings": {"prompt": ctx.cfg.prompt, "label_case": "lower", "class_of_clip": "primary tag (first tag)",
-                         "classes": classes},
-            "counts": {"clips": len(rows), "classes": len(classes)}}
+    return {
+        "metrics": metrics.classification_accuracy(scores, target, ks),
+        "chance": {("accuracy" if k == 1 else f"top{k}_accuracy"): min(k, len(classes)) / len(classes) for k in ks},
+        "settings": {
+            "prompt": ctx.cfg.prompt,
+            "label_case": "lower",
+            "class_of_clip": "primary tag (first tag)",
+            "classes": classes,
+        },
+        "counts": {"clips": len(rows), "classes": len(classes)},
+    }
 
 
-@_register("tagging_scenes", "test_scenes",
-           "multi-label zero-shot tagging: macro mAP of prompt similarities over the labels present in the split")
+@_register(
+    "tagging_scenes",
+    "test_scenes",
+    "multi-label zero-shot tagging: macro mAP of prompt similarities over the labels present in the split",
+)
 def _tagging_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     labels = sorted({t for r in rows for t in r.get("tags", [])})
     if not labels:
@@ -214,16 +214,26 @@ def _tagging_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     scores = ctx.audio(split) @ ctx.prompts(labels).T
     value, per_label = metrics.mean_average_precision(scores, targets)
     chance = float(np.mean([metrics.expected_random_ap(len(rows), int(p)) for p in targets.sum(axis=0)]))
-    return {"metrics": {"map": value}, "chance": {"map": chance},
-            "settings": {"prompt": ctx.cfg.prompt, "label_case": "lower", "labels": "all tags present in the split",
-                         "ap": "area under the precision-recall steps (sklearn's definition)"},
-            "per_label": {lab: round(float(a), 4) for lab, a in zip(labels, per_label)},
-            "counts": {"clips": len(rows), "labels": len(labels), "positives": int(targets.sum())}}
+    return {
+        "metrics": {"map": value},
+        "chance": {"map": chance},
+        "settings": {
+            "prompt": ctx.cfg.prompt,
+            "label_case": "lower",
+            "labels": "all tags present in the split",
+            "ap": "area under the precision-recall steps (sklearn's definition)",
+        },
+        "per_label": {lab: round(float(a), 4) for lab, a in zip(labels, per_label)},
+        "counts": {"clips": len(rows), "labels": len(labels), "positives": int(targets.sum())},
+    }
 
 
-@_register("retrieval_scenes", "test_scenes",
-           "text<->audio retrieval with every reference caption: t2a ranks the single true clip for each caption, "
-           "a2t the best-ranked of the clip's true captions")
+@_register(
+    "retrieval_scenes",
+    "test_scenes",
+    "text<->audio retrieval with every reference caption: t2a ranks the single true clip for each caption, "
+    "a2t the best-ranked of the clip's true captions",
+)
 def _retrieval_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     keep = [i for i, r in enumerate(rows) if r.get("captions")]
     if not keep:
@@ -231,15 +241,22 @@ def _retrieval_scenes(ctx: _Context, rows: list[dict], split: str) -> dict:
     captions = [c for i in keep for c in rows[i]["captions"]]
     caption_audio = np.array([j for j, i in enumerate(keep) for _ in rows[i]["captions"]])
     sim = ctx.audio(split)[keep] @ ctx.texts(captions).T  # (A, T)
-    return {"metrics": metrics.retrieval_metrics(sim, caption_audio),
-            "chance": metrics.retrieval_chance(caption_audio, len(keep)),
-            "settings": {"captions": "all references of each clip", "ties": "count against the system",
-                         "map_k": 10, "a2t_map": "AP@10 over the clip's captions, / min(10, captions)"},
-            "counts": {"clips": len(keep), "captions": len(captions)}}
+    return {
+        "metrics": metrics.retrieval_metrics(sim, caption_audio),
+        "chance": metrics.retrieval_chance(caption_audio, len(keep)),
+        "settings": {
+            "captions": "all references of each clip",
+            "ties": "count against the system",
+            "map_k": 10,
+            "a2t_map": "AP@10 over the clip's captions, / min(10, captions)",
+        },
+        "counts": {"clips": len(keep), "captions": len(captions)},
+    }
 
 
-def evaluate_dual(model, manifest: str | Path, protocols: Sequence[str] | None = None,
-                  cfg: EvalConfig | None = None) -> dict:
+def evaluate_dual(
+    model, manifest: str | Path, protocols: Sequence[str] | None = None, cfg: EvalConfig | None = None
+) -> dict:
     """Run the named protocols (default: cfg.protocols) on `manifest`'s test splits.
 
     `model` needs `encode_audio(waveform, lengths)`, `encode_texts(texts)` and `cfg.audio.frontend.sample_rate`
@@ -302,18 +319,23 @@ def _meteor(candidate_sets: Sequence[Mapping[str, str]], references: Mapping[str
         del scorer
 
 
-def evaluate_captions(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]],
-                      meteor: bool = False) -> dict:
+def evaluate_captions(
+    candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], meteor: bool = False
+) -> dict:
     """Score one candidate caption per id against that id's references: BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR
     when asked and java + pycocoevalcap are there). The chance level is the same metrics for shuffled candidates
     (each id scored with another id's candidate)."""
     shuffled = metrics.shuffled_candidates(candidates)
     scores = metrics.caption_scores(candidates, references)
     chance = metrics.caption_scores(shuffled, references)
-    settings = {"tokenizer": CAPTION_TOKENIZER, "bleu": "corpus BLEU, closest reference length",
-                "rouge_l_beta": metrics.ROUGE_BETA, "cider_d_sigma": metrics.CIDER_SIGMA,
-                "cider_d_document_frequency": "references of the evaluated set",
-                "chance": "each id scored with the next id's candidate (sorted ids, cyclic)"}
+    settings = {
+        "tokenizer": CAPTION_TOKENIZER,
+        "bleu": "corpus BLEU, closest reference length",
+        "rouge_l_beta": metrics.ROUGE_BETA,
+        "cider_d_sigma": metrics.CIDER_SIGMA,
+        "cider_d_document_frequency": "references of the evaluated set",
+        "chance": "each id scored with the next id's candidate (sorted ids, cyclic)",
+    }
     if meteor:
         got = _meteor([candidates, shuffled], references)
         if isinstance(got, str):
@@ -322,8 +344,13 @@ def evaluate_captions(candidates: Mapping[str, str], references: Mapping[str, Se
         else:
             scores["meteor"], chance["meteor"] = got
             settings["meteor"] = "METEOR 1.5 (pycocoevalcap jar), -l en -norm"
-    return {"protocol": "captioning", "metrics": scores, "chance": chance, "settings": settings,
-            "counts": {"clips": len(candidates), "references": sum(len(r) for r in references.values())}}
+    return {
+        "protocol": "captioning",
+        "metrics": scores,
+        "chance": chance,
+        "settings": settings,
+        "counts": {"clips": len(candidates), "references": sum(len(r) for r in references.values())},
+    }
 
 
 # --- reporting and command line ------------------------------------------------------------------------------------
@@ -347,8 +374,6 @@ def format_results(results: Mapping[str, Any]) -> str:
 def _load_config(args) -> EvalConfig:
     data: dict[str, Any] = {}
     if args.recipe:
-        from blat.pipeline.recipe import load_recipe
-
         section = load_recipe(args.recipe).evaluate or {}
         data = to_dict(section) if dataclasses.is_dataclass(section) else dict(section)
     if args.config:
@@ -376,8 +401,11 @@ def _read_candidates(path: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     from blat_contract.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m blat.pipeline.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m blat.pipeline.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("dual", help="run the retrieval / zero-shot protocols on a dual-encoder checkpoint")
@@ -407,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             cands = _read_candidates(args.candidates)
             rows = {r["id"]: r for r in load_split(args.manifest, args.split)}
             cands = {k: v for k, v in cands.items() if k in rows and rows[k].get("captions")}
-            results = evaluate_captions(cands, {k: rows[k]["captions"] for k in cands}, meteor=args.meteor or cfg.meteor)
+            results = evaluate_captions(
+                cands, {k: rows[k]["captions"] for k in cands}, meteor=args.meteor or cfg.meteor
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

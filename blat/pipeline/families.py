@@ -24,6 +24,7 @@ speech > instruments > music > human non-speech > animals and nature > sound eff
 music" is "music", "Laughter; Speech" is "speech", "Horse; Clip-clop" is "animals and nature". A clip with no tags
 (or only unknown names) is "sound effects".
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,14 @@ HUMAN, NATURE, EFFECTS = "human non-speech", "animals and nature", "sound effect
 FAMILIES = (SPEECH, INSTRUMENTS, MUSIC, HUMAN, NATURE, EFFECTS)  # also the precedence order
 FAMILIES_PATH = Path(__file__).with_name("data") / "audioset_families.csv"
 
-_ROOTS = (("Speech", SPEECH), ("Musical instrument", INSTRUMENTS), ("Music", MUSIC),
-          ("Human sounds", HUMAN), ("Animal", NATURE), ("Natural sounds", NATURE))
+_ROOTS = (
+    ("Speech", SPEECH),
+    ("Musical instrument", INSTRUMENTS),
+    ("Music", MUSIC),
+    ("Human sounds", HUMAN),
+    ("Animal", NATURE),
+    ("Natural sounds", NATURE),
+)
 _GENERIC = ("Hiss", "Buzz", "Rattle", "Crackle")  # onomatopoeia that are sound effects unless other tags say more
 
 

@@ -1,13 +1,14 @@
 """A frozen audio tower (tower_lr_scale = 0): eval mode, no gradients, and its outputs computed once per clip, so
 training the heads on top does not re-run the CNN every epoch. Only valid when clips are never cropped (every clip
 fits the training crop), since a cached output is of the whole clip."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +34,13 @@ def tower_params(model: nn.Module, lr: float, tower_lr_scale: float) -> list[dic
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tower_ids]
     groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}]
     if tower_lr_scale > 0:
-        groups.append({"params": [p for p in tower.parameters() if p.requires_grad], "lr": lr * tower_lr_scale,
-                       "lr_scale": tower_lr_scale})
+        groups.append(
+            {
+                "params": [p for p in tower.parameters() if p.requires_grad],
+                "lr": lr * tower_lr_scale,
+                "lr_scale": tower_lr_scale,
+            }
+        )
     return groups
 
 
@@ -55,9 +61,16 @@ def clip_key(path: str | Path) -> str:
 
 
 @torch.no_grad()
-def per_clip_outputs(fn: Callable, waves: Sequence[np.ndarray], min_samples: int, batch_size: int = 16,
-                     device: torch.device | str = "cpu", desc: str = "frozen tower", keys: Sequence[str] | None = None,
-                     cache: Path | None = None) -> list[torch.Tensor]:
+def per_clip_outputs(
+    fn: Callable,
+    waves: Sequence[np.ndarray],
+    min_samples: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    desc: str = "frozen tower",
+    keys: Sequence[str] | None = None,
+    cache: Path | None = None,
+) -> list[torch.Tensor]:
     """fn(waveform (B, N), lengths (B,)) for every clip, alone in effect (the towers mask by length), batched by
     similar length. fn returns (B, E) pooled outputs, or (frames (B, T, C), valid (B,)) -> each clip's (T_i, C).
 
@@ -67,11 +80,11 @@ def per_clip_outputs(fn: Callable, waves: Sequence[np.ndarray], min_samples: int
     out: list[torch.Tensor | None] = [stored.get(k) for k in keys] if keys is not None else [None] * len(waves)
     todo = [i for i in np.argsort([len(w) for w in waves]) if out[i] is None]
     for k in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", leave=False):
-        idx = todo[k:k + batch_size]
+        idx = todo[k : k + batch_size]
         wave, lengths = batch_audio([waves[i] for i in idx], None, min_samples)
         result = fn(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device))
         for j, i in enumerate(idx):
-            out[i] = result[0][j, :int(result[1][j])].cpu() if isinstance(result, tuple) else result[j].cpu()
+            out[i] = result[0][j, : int(result[1][j])].cpu() if isinstance(result, tuple) else result[j].cpu()
     if cache is not None and keys is not None and todo:
         stored.update(zip(keys, out))
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -91,5 +104,5 @@ def pad_frames(frames: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     valid = torch.tensor([len(f) for f in frames], dtype=torch.long)
     out = frames[0].new_zeros(len(frames), int(valid.max()), frames[0].shape[1])
     for i, f in enumerate(frames):
-        out[i, :len(f)] = f
+        out[i, : len(f)] = f
     return out, valid

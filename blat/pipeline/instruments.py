@@ -16,6 +16,7 @@ key, GM name, AudioSet tags, pitches) and the drum keys of the standard kit (ban
 pitches and velocities per program; notes are held for `HOLD_SECONDS` and keep their release tail (the clip ends when
 the tail falls 60 dB below the peak, or at `MAX_TAIL_SECONDS`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,19 @@ G_DELAY, G_ATTACK, G_HOLD, G_DECAY, G_SUSTAIN, G_RELEASE, G_KEY_HOLD, G_KEY_DECA
 G_INSTRUMENT, G_KEYRANGE, G_VELRANGE, G_KEYNUM, G_VELOCITY, G_ATTENUATION = 41, 43, 44, 46, 47, 48
 G_COARSE, G_FINE, G_SAMPLE, G_MODES, G_SCALE, G_ROOT = 51, 52, 53, 54, 56, 58
 _RANGES = (G_KEYRANGE, G_VELRANGE)
-_DEFAULTS = {G_DELAY: -12000, G_ATTACK: -12000, G_HOLD: -12000, G_DECAY: -12000, G_RELEASE: -12000, G_SUSTAIN: 0,
-             G_FILTER_FC: 13500, G_SCALE: 100, G_ROOT: -1, G_KEYNUM: -1, G_VELOCITY: -1}
+_DEFAULTS = {
+    G_DELAY: -12000,
+    G_ATTACK: -12000,
+    G_HOLD: -12000,
+    G_DECAY: -12000,
+    G_RELEASE: -12000,
+    G_SUSTAIN: 0,
+    G_FILTER_FC: 13500,
+    G_SCALE: 100,
+    G_ROOT: -1,
+    G_KEYNUM: -1,
+    G_VELOCITY: -1,
+}
 
 
 class SoundFontError(ValueError):
@@ -75,17 +87,19 @@ class SoundFont:
 def _chunks(buf: bytes, start: int, end: int):
     pos = start
     while pos + 8 <= end:
-        cid, size = buf[pos:pos + 4], struct.unpack_from("<I", buf, pos + 4)[0]
+        cid, size = buf[pos : pos + 4], struct.unpack_from("<I", buf, pos + 4)[0]
         yield cid, pos + 8, size
         pos += 8 + size + (size & 1)
 
 
-def _zones(bags: list[tuple[int, int]], gens: list[tuple[int, int]], first: int, last: int, terminal: int) -> list[Zone]:
+def _zones(
+    bags: list[tuple[int, int]], gens: list[tuple[int, int]], first: int, last: int, terminal: int
+) -> list[Zone]:
     """Zones of one preset/instrument: bags first..last-1; a first zone without the terminal generator is global."""
     zones = []
     for b in range(first, last):
         zone: Zone = {}
-        for op, amount in gens[bags[b][0]:bags[b + 1][0]]:
+        for op, amount in gens[bags[b][0] : bags[b + 1][0]]:
             if op in _RANGES:
                 zone[op] = (amount & 0xFF, amount >> 8)
             else:
@@ -112,13 +126,13 @@ def load_soundfont(path: str) -> SoundFont:
     for cid, off, n in _chunks(raw, 12, size):  # memmap slices -> bytes only where needed
         if cid.tobytes() != b"LIST":
             continue
-        kind = raw[off:off + 4].tobytes()
+        kind = raw[off : off + 4].tobytes()
         for sub, soff, sn in _chunks(raw, off + 4, off + n):
             sub = sub.tobytes()
             if kind == b"sdta" and sub == b"smpl":
                 smpl = (soff, sn)
             elif kind == b"pdta":
-                pdta[sub] = raw[soff:soff + sn].tobytes()
+                pdta[sub] = raw[soff : soff + sn].tobytes()
     if smpl is None or not {b"phdr", b"pbag", b"pgen", b"inst", b"ibag", b"igen", b"shdr"} <= set(pdta):
         raise SoundFontError(f"{path}: missing sample data or preset tables")
     data = np.memmap(path, dtype="<i2", mode="r", offset=smpl[0], shape=(smpl[1] // 2,))
@@ -130,18 +144,19 @@ def load_soundfont(path: str) -> SoundFont:
     def name(b: bytes) -> str:
         return b.split(b"\0", 1)[0].decode("latin-1").strip()
 
-    samples = [Sample(name(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-               for r in records(b"shdr", "<20sIIIIIBbHH")]
+    samples = [Sample(name(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in records(b"shdr", "<20sIIIIIBbHH")]
     ibag, igen = records(b"ibag", "<HH"), records(b"igen", "<HH")
     inst = records(b"inst", "<20sH")
-    instruments = [(name(inst[i][0]), _zones(ibag, igen, inst[i][1], inst[i + 1][1], G_SAMPLE))
-                   for i in range(len(inst) - 1)]
+    instruments = [
+        (name(inst[i][0]), _zones(ibag, igen, inst[i][1], inst[i + 1][1], G_SAMPLE)) for i in range(len(inst) - 1)
+    ]
     pbag, pgen = records(b"pbag", "<HH"), records(b"pgen", "<HH")
     phdr = records(b"phdr", "<20sHHHIII")
     presets = {}
     for i in range(len(phdr) - 1):
-        presets.setdefault((phdr[i][2], phdr[i][1]),
-                           (name(phdr[i][0]), _zones(pbag, pgen, phdr[i][3], phdr[i + 1][3], G_INSTRUMENT)))
+        presets.setdefault(
+            (phdr[i][2], phdr[i][1]), (name(phdr[i][0]), _zones(pbag, pgen, phdr[i][3], phdr[i + 1][3], G_INSTRUMENT))
+        )
     return SoundFont(path, data, samples, instruments, presets)
 
 
@@ -201,7 +216,7 @@ def _voice(sf: SoundFont, g: Zone, key: int, velocity: int, n_on: int, n_total: 
     else:
         pos = pos[pos < len(wave) - 1]
     out = np.zeros(n_total)
-    out[:len(pos)] = np.interp(pos, np.arange(len(wave)), wave)
+    out[: len(pos)] = np.interp(pos, np.arange(len(wave)), wave)
     fc = g[G_FILTER_FC]
     if fc < 13500:  # initial low-pass cutoff in absolute cents; a 2-pole (biquad, Q 0.707) low-pass
         hz = min(8.176 * 2.0 ** (fc / 1200.0), 0.45 * sr)
@@ -215,8 +230,16 @@ def _voice(sf: SoundFont, g: Zone, key: int, velocity: int, n_on: int, n_total: 
     return out * _envelope(g, key, n_on, n_total, sr) * gain
 
 
-def render_note(path: str, bank: int, program: int, key: int, velocity: int, sr: int,
-                hold: float = HOLD_SECONDS, max_tail: float = MAX_TAIL_SECONDS) -> np.ndarray:
+def render_note(
+    path: str,
+    bank: int,
+    program: int,
+    key: int,
+    velocity: int,
+    sr: int,
+    hold: float = HOLD_SECONDS,
+    max_tail: float = MAX_TAIL_SECONDS,
+) -> np.ndarray:
     """One note of a preset -> float32 mono at `sr`, peak-normalised to 0.9 * (velocity / 127) ** 0.5, with its
     release tail cut where it falls 60 dB below the peak. Raises SoundFontError if the preset is missing or silent."""
     sf = load_soundfont(path)
@@ -232,9 +255,24 @@ def render_note(path: str, bank: int, program: int, key: int, velocity: int, sr:
                 continue
             g = {**_DEFAULTS, **iz}
             for op, amount in pz.items():  # preset generators add to the instrument's (ranges/indices excepted)
-                if op not in (G_INSTRUMENT, G_KEYRANGE, G_VELRANGE, G_SAMPLE, G_MODES, G_ROOT, G_KEYNUM, G_VELOCITY,
-                              G_START, G_END, G_STARTLOOP, G_ENDLOOP, G_START_COARSE, G_END_COARSE,
-                              G_STARTLOOP_COARSE, G_ENDLOOP_COARSE):
+                if op not in (
+                    G_INSTRUMENT,
+                    G_KEYRANGE,
+                    G_VELRANGE,
+                    G_SAMPLE,
+                    G_MODES,
+                    G_ROOT,
+                    G_KEYNUM,
+                    G_VELOCITY,
+                    G_START,
+                    G_END,
+                    G_STARTLOOP,
+                    G_ENDLOOP,
+                    G_START_COARSE,
+                    G_END_COARSE,
+                    G_STARTLOOP_COARSE,
+                    G_ENDLOOP_COARSE,
+                ):
                     g[op] = g.get(op, _DEFAULTS.get(op, 0)) + amount
             out += _voice(sf, g, key, velocity, n_on, n_total, sr)
     peak = float(np.abs(out).max()) if len(out) else 0.0
@@ -271,8 +309,15 @@ def gm_table() -> tuple[GMEntry, ...]:
         drum = r["kind"] == "drum"
         number = int(r["number"])
         pitches = (number,) if drum else tuple(int(p) for p in r["pitches"].split())
-        entries.append(GMEntry(DRUM_BANK if drum else 0, number, r["name"].strip(),
-                               parse_tags(r["tags"], f"{GM_TABLE_PATH}:{i}"), pitches))
+        entries.append(
+            GMEntry(
+                DRUM_BANK if drum else 0,
+                number,
+                r["name"].strip(),
+                parse_tags(r["tags"], f"{GM_TABLE_PATH}:{i}"),
+                pitches,
+            )
+        )
     return tuple(entries)
 
 

@@ -7,11 +7,12 @@ captions are tokenised with `blat_contract.vocab.words` (lower case, punctuation
 Ties in retrieval count against the system (a tie with a wrong item is not a hit), so a collapsed model
 that gives every item the same score scores at or below chance, never at the top.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,14 +29,16 @@ _TINY, _SMALL = 1e-15, 1e-9  # coco-caption's BLEU guards against log(0) and div
 
 
 def _ngrams(tokens: Sequence[str], n: int = NGRAMS) -> Counter:
-    return Counter(tuple(tokens[i:i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1))
+    return Counter(tuple(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1))
 
 
 def _check(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> list[str]:
     if set(candidates) != set(references):
         missing, extra = set(candidates) - set(references), set(references) - set(candidates)
-        raise ValueError(f"candidates and references must share ids: {len(missing)} without references "
-                         f"(e.g. {sorted(missing)[:3]}), {len(extra)} without a candidate (e.g. {sorted(extra)[:3]})")
+        raise ValueError(
+            f"candidates and references must share ids: {len(missing)} without references "
+            f"(e.g. {sorted(missing)[:3]}), {len(extra)} without a candidate (e.g. {sorted(extra)[:3]})"
+        )
     empty = [k for k, refs in references.items() if not refs]
     if empty:
         raise ValueError(f"{len(empty)} ids have no reference caption, e.g. {empty[:3]}")
@@ -84,8 +87,9 @@ def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
     return row[-1]
 
 
-def rouge_l(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]],
-            beta: float = ROUGE_BETA) -> tuple[float, dict[str, float]]:
+def rouge_l(
+    candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], beta: float = ROUGE_BETA
+) -> tuple[float, dict[str, float]]:
     """ROUGE-L (coco-caption): per candidate, the best LCS precision and the best LCS recall over its references
     (each maximised on its own) combined into F_beta; the corpus score is the mean. -> (mean, per id)."""
     per = {}
@@ -97,12 +101,13 @@ def rouge_l(candidates: Mapping[str, str], references: Mapping[str, Sequence[str
             lcs = _lcs(ref, cand)
             prec = max(prec, lcs / len(cand) if cand else 0.0)
             rec = max(rec, lcs / len(ref) if ref else 0.0)
-        per[key] = (1 + beta ** 2) * prec * rec / (rec + beta ** 2 * prec) if prec and rec else 0.0
+        per[key] = (1 + beta**2) * prec * rec / (rec + beta**2 * prec) if prec and rec else 0.0
     return float(np.mean(list(per.values()))), per
 
 
-def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]],
-            sigma: float = CIDER_SIGMA) -> tuple[float, dict[str, float]]:
+def cider_d(
+    candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], sigma: float = CIDER_SIGMA
+) -> tuple[float, dict[str, float]]:
     """CIDEr-D (coco-caption): TF-IDF n-gram vectors (n = 1..4) with document frequency counted over the
     references of the evaluated set (a "document" is one id's reference set), candidate weights clipped at the
     reference's, cosine per n, a Gaussian length penalty exp(-delta^2 / (2 sigma^2)), averaged over n and over
@@ -136,7 +141,7 @@ def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str
         total = 0.0
         for ref in ref_grams[k]:
             vec_r, norm_r, len_r = vector(ref)
-            penalty = math.exp(-((len_c - len_r) ** 2) / (2 * sigma ** 2))
+            penalty = math.exp(-((len_c - len_r) ** 2) / (2 * sigma**2))
             for n in range(NGRAMS):
                 dot = sum(min(w, vec_r[n].get(g, 0.0)) * vec_r[n].get(g, 0.0) for g, w in vec_c[n].items())
                 if norm_c[n] and norm_r[n]:
@@ -219,8 +224,9 @@ def _ap_at_k(ranked: np.ndarray, k: int) -> np.ndarray:
     return (precision * top).sum(axis=1) / np.minimum(ranked.sum(axis=1), k)
 
 
-def retrieval_metrics(similarity: np.ndarray, caption_audio: np.ndarray, ks: Sequence[int] = (1, 5, 10),
-                      map_k: int = 10) -> dict[str, float]:
+def retrieval_metrics(
+    similarity: np.ndarray, caption_audio: np.ndarray, ks: Sequence[int] = (1, 5, 10), map_k: int = 10
+) -> dict[str, float]:
     """Text<->audio retrieval with several captions per clip (the authors' protocol).
 
     similarity: (A, T) audio x caption scores; caption_audio: (T,) index of each caption's clip.
@@ -264,8 +270,9 @@ def _ap_at_k_chance(n_items: int, n_relevant: int, k: int) -> float:
     return total / min(k, c)
 
 
-def retrieval_chance(caption_audio: np.ndarray, n_audio: int, ks: Sequence[int] = (1, 5, 10),
-                     map_k: int = 10) -> dict[str, float]:
+def retrieval_chance(
+    caption_audio: np.ndarray, n_audio: int, ks: Sequence[int] = (1, 5, 10), map_k: int = 10
+) -> dict[str, float]:
     """The expected value of each `retrieval_metrics` entry for a random ranking (exact, not simulated)."""
     counts = np.bincount(np.asarray(caption_audio), minlength=n_audio)  # captions per clip
     n_text = int(counts.sum())

@@ -12,6 +12,7 @@ per-process batch B/N train exactly like one process at batch B (BatchNorm stati
 Writes <out>/dual.safetensors (the best checkpoint by text-to-audio geomean of R@1/5/10 on held-out pairs),
 <out>/steps.jsonl (one line per step: loss, lr, temperature) and <out>/report.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,65 +35,27 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from blat.models.dual import NORM_EPS, DualEncoder
-from blat.pipeline.contrastive import (DistInfo, average_gradients, contrastive_loss, setup_distributed,
-                                       use_global_batchnorm)
-from blat.pipeline.frozen import cache_file, clip_key, freeze, per_clip_outputs, tower_params
+from blat.pipeline.contrastive import (
+    DistInfo,
+    average_gradients,
+    contrastive_loss,
+    setup_distributed,
+    use_global_batchnorm,
+)
 from blat.pipeline.evaluate import encode_clips, encode_texts, load_split, read_audio
+from blat.pipeline.frozen import cache_file, clip_key, freeze, per_clip_outputs, tower_params
 from blat.pipeline.metrics import retrieval_chance, retrieval_metrics
+from blat.pipeline.recipe import load_recipe
+from blat.pipeline.stages import PretrainConfig
 from blat_contract.config import ConfigError, apply_env, from_dict, to_dict
 
 log = logging.getLogger("blat.pipeline.pretrain" if __name__ == "__main__" else __name__)
 
 SELECTION_METRIC = "t2a_geomean"  # (R@1 R@5 R@10)^(1/3), text to audio: BLAT's checkpoint selection
-FROZEN_TEXT_NOTE = ("text tower frozen at its initial (pretrained) weights; its pooled outputs were computed once "
-                    "and cached; only text_proj was trained on the text side")
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """Stage 3 settings (a recipe's `pretrain` section). Defaults are the BLAT paper's where it has one."""
-
-    model: str = "small-cnn-minilm"  # registry name, a checkpoint to continue from, or a DualEncoderConfig JSON file
-    panns_checkpoint: str | None = None  # PANNs CNN14 .pth to initialise the audio tower from (CNN14 widths only)
-    panns_trusted: bool = False  # allow full unpickling of that file (only for files you trust)
-    freeze_text: bool = False  # fix the text tower: pooled outputs cached once; audio tower, both heads, scale train
-    # Learning-rate multiplier of the audio tower. 0 freezes it (a pretrained tower such as aisfx): eval mode, and its
-    # pooled outputs computed once per clip when no training clip is longer than clip_seconds.
-    tower_lr_scale: float = 1.0
-    tower_cache: str = ""  # folder for a frozen tower's per-clip outputs, shared by runs and seeds ("" = none)
-    use_captioned: bool = False  # also train on the manifest's `captioned` split with its reference captions
-    epochs: int = 10
-    batch_size: int = 128  # global; each of the N processes takes batch_size / N
-    lr: float = 1e-4  # Adam
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.05  # linear warm-up over this fraction of all steps, then cosine decay to 0
-    clip_seconds: float = 10.0  # random training crop; shorter clips are zero-padded (their true length is passed)
-    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped to this after every step (CLIP)
-    sync_batchnorm: bool = True  # distributed: BatchNorm statistics over the global batch, not each process's
-    val_size: int = 1000  # pairs held out from training to pick the best epoch (0: keep the last epoch)
-    val_captions: str = "training"  # held-out pairs scored with "training" captions (the paper) or "references"
-    val_split: str = ""  # with a separate validation manifest: use this split only ("" = every captioned row)
-    eval_batch_size: int = 16  # clips per forward pass in validation
-    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs); for smoke runs and timing
-    log_every: int = 10  # steps between JSON log lines (every step goes to steps.jsonl)
-    seed: int = 0  # model init, held-out pairs, data order and crops
-    device: str = "auto"  # auto: cuda:<LOCAL_RANK> if available, else cpu
-    workers: int = 0  # DataLoader worker processes per training process
-    num_threads: int = 0  # torch CPU threads per process (0: CPU cores / processes on this node)
-
-    def __post_init__(self):
-        if self.batch_size < 2:
-            raise ConfigError("pretrain.batch_size must be >= 2 (a contrastive batch needs negatives)")
-        if self.val_captions not in ("training", "references"):
-            raise ConfigError(f"pretrain.val_captions must be 'training' or 'references', got {self.val_captions!r}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ConfigError("pretrain.warmup_fraction must be in [0, 1)")
-        if self.clip_seconds <= 0 or self.epochs < 1 or self.lr <= 0:
-            raise ConfigError("pretrain.clip_seconds, epochs and lr must be positive")
-        if self.tower_lr_scale < 0:
-            raise ConfigError("pretrain.tower_lr_scale must be >= 0")
-        if self.max_logit_scale <= 1:
-            raise ConfigError("pretrain.max_logit_scale must be > 1")
+FROZEN_TEXT_NOTE = (
+    "text tower frozen at its initial (pretrained) weights; its pooled outputs were computed once "
+    "and cached; only text_proj was trained on the text side"
+)
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -107,8 +71,12 @@ class Pair:
     references: tuple[str, ...]  # the manifest's reference captions (for val_captions="references")
 
 
-def load_pairs(manifest: str | Path, synthetic: str | Path | None = None, use_captioned: bool = False,
-               captioned_split: str = "captioned") -> tuple[list[Pair], list[str]]:
+def load_pairs(
+    manifest: str | Path,
+    synthetic: str | Path | None = None,
+    use_captioned: bool = False,
+    captioned_split: str = "captioned",
+) -> tuple[list[Pair], list[str]]:
     """(pairs, caption table). Synthetic rows {id, caption, ...} pair with the manifest clip of that id. With
     `use_captioned`, or when there is no synthetic file, the rows of `captioned_split` ("" = any split) pair with
     their own reference captions."""
@@ -154,7 +122,7 @@ def crop(wave: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.n
     """A random `samples`-long window, or the whole clip zero-padded to `samples`. -> (window, true length)."""
     if len(wave) >= samples:
         start = int(rng.integers(0, len(wave) - samples + 1))
-        return wave[start:start + samples], samples
+        return wave[start : start + samples], samples
     return np.pad(wave, (0, samples - len(wave))), len(wave)
 
 
@@ -162,8 +130,9 @@ class PairDataset(torch.utils.data.Dataset):
     """Item (epoch, i) -> (crop (S,), true length, caption index). The crop offset and the caption are drawn
     from a generator seeded by (seed, epoch, i), so they do not depend on the process or worker that reads it."""
 
-    def __init__(self, pairs: Sequence[Pair], clip_samples: int, sample_rate: int, seed: int,
-                 pooled: torch.Tensor | None = None):
+    def __init__(
+        self, pairs: Sequence[Pair], clip_samples: int, sample_rate: int, seed: int, pooled: torch.Tensor | None = None
+    ):
         self.pairs, self.clip_samples, self.sample_rate, self.seed = list(pairs), clip_samples, sample_rate, seed
         self.pooled = pooled  # (n, E) a frozen tower's outputs per pair: items carry them instead of audio
 
@@ -184,7 +153,7 @@ class PairDataset(torch.utils.data.Dataset):
 def global_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The epoch's shuffled global batches of item indices; the last incomplete batch is dropped."""
     order = np.random.default_rng([seed, epoch]).permutation(n_items)
-    return [order[k * batch_size:(k + 1) * batch_size] for k in range(n_items // batch_size)]
+    return [order[k * batch_size : (k + 1) * batch_size] for k in range(n_items // batch_size)]
 
 
 class _ShardSampler(torch.utils.data.Sampler):
@@ -196,7 +165,7 @@ class _ShardSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         for b in self.batches:
-            yield [(self.epoch, int(i)) for i in b[self.rank * self.local:(self.rank + 1) * self.local]]
+            yield [(self.epoch, int(i)) for i in b[self.rank * self.local : (self.rank + 1) * self.local]]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -211,8 +180,9 @@ def _collate(items):
 
 
 @torch.no_grad()
-def text_features(model: DualEncoder, captions: Sequence[str], batch_size: int = 256,
-                  info: DistInfo = DistInfo()) -> torch.Tensor:
+def text_features(
+    model: DualEncoder, captions: Sequence[str], batch_size: int = 256, info: DistInfo = DistInfo()
+) -> torch.Tensor:
     """(N, H) pooled text-tower outputs (before text_proj) of the frozen tower, in eval mode. Distributed, each
     process encodes a contiguous share and the shares are gathered."""
     tower = model.text_encoder
@@ -220,22 +190,28 @@ def text_features(model: DualEncoder, captions: Sequence[str], batch_size: int =
     tower.eval()
     device = model.logit_scale.device
     share = math.ceil(len(captions) / info.world)
-    mine = list(captions[info.rank * share:(info.rank + 1) * share])
-    parts = [tower(**tower.tokenize(mine[i:i + batch_size], device=device)) for i in range(0, len(mine), batch_size)]
+    mine = list(captions[info.rank * share : (info.rank + 1) * share])
+    parts = [tower(**tower.tokenize(mine[i : i + batch_size], device=device)) for i in range(0, len(mine), batch_size)]
     local = torch.cat(parts) if parts else torch.zeros(0, tower.hidden_size, device=device)
     tower.train(was_training)
     if info.world == 1:
         return local
     padded = torch.zeros(share, tower.hidden_size, device=device, dtype=local.dtype)
-    padded[:len(local)] = local
+    padded[: len(local)] = local
     gathered = [torch.empty_like(padded) for _ in range(info.world)]
     dist.all_gather(gathered, padded)
-    return torch.cat(gathered)[:len(captions)]
+    return torch.cat(gathered)[: len(captions)]
 
 
-def embed_batch(model: DualEncoder, wave: torch.Tensor, lengths: torch.Tensor, caption_ids: torch.Tensor,
-                captions: Sequence[str], features: torch.Tensor | None = None,
-                pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_batch(
+    model: DualEncoder,
+    wave: torch.Tensor,
+    lengths: torch.Tensor,
+    caption_ids: torch.Tensor,
+    captions: Sequence[str],
+    features: torch.Tensor | None = None,
+    pooled: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (audio (b, E), text (b, E)), unit norm. With cached `features` the text side is text_proj + norm only;
     with `pooled`, `wave` holds the frozen audio tower's (b, E_audio) outputs and the audio side is the head only."""
     audio = model.project_audio(wave) if pooled else model.encode_audio(wave, lengths)
@@ -271,8 +247,15 @@ def build_model(spec: str, seed: int) -> DualEncoder:
     return model
 
 
-def validate(model: DualEncoder, val: Sequence[Pair], captions: Sequence[str], use_references: bool,
-             batch_size: int, device: torch.device, pooled: torch.Tensor | None = None) -> dict[str, float]:
+def validate(
+    model: DualEncoder,
+    val: Sequence[Pair],
+    captions: Sequence[str],
+    use_references: bool,
+    batch_size: int,
+    device: torch.device,
+    pooled: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Retrieval metrics on held-out pairs (whole clips, every caption of each clip). `pooled`: a frozen audio
     tower's outputs for those clips, so only the head runs."""
     was_training = model.training
@@ -290,8 +273,14 @@ def validate(model: DualEncoder, val: Sequence[Pair], captions: Sequence[str], u
     return retrieval_metrics(sim, caption_audio)
 
 
-def _frozen_outputs(model: DualEncoder, pairs: Sequence[Pair], clip_samples: int | None, sample_rate: int,
-                    device: torch.device, cache_dir: str = "") -> torch.Tensor | None:
+def _frozen_outputs(
+    model: DualEncoder,
+    pairs: Sequence[Pair],
+    clip_samples: int | None,
+    sample_rate: int,
+    device: torch.device,
+    cache_dir: str = "",
+) -> torch.Tensor | None:
     """(n, E_audio) the frozen tower's output per pair, or None when some clip is longer than the training crop
     `clip_samples` (each epoch would see another window, so nothing can be cached; None: whole clips)."""
     waves = [read_audio(p.audio, sample_rate) for p in tqdm(pairs, desc="reading clips", unit="clip", leave=False)]
@@ -299,11 +288,20 @@ def _frozen_outputs(model: DualEncoder, pairs: Sequence[Pair], clip_samples: int
         log.info("audio tower frozen; clips longer than the crop, so it runs every step")
         return None
     t0 = time.perf_counter()
-    outputs = torch.stack(per_clip_outputs(model.audio_encoder, waves, model.cfg.audio.min_samples, device=device,
-                                           keys=[clip_key(p.audio) for p in pairs],
-                                           cache=cache_file(cache_dir, model.audio_encoder, "pooled")))
-    log.info("audio tower frozen; pooled outputs cached",
-             extra={"clips": len(waves), "seconds": round(time.perf_counter() - t0, 2)})
+    outputs = torch.stack(
+        per_clip_outputs(
+            model.audio_encoder,
+            waves,
+            model.cfg.audio.min_samples,
+            device=device,
+            keys=[clip_key(p.audio) for p in pairs],
+            cache=cache_file(cache_dir, model.audio_encoder, "pooled"),
+        )
+    )
+    log.info(
+        "audio tower frozen; pooled outputs cached",
+        extra={"clips": len(waves), "seconds": round(time.perf_counter() - t0, 2)},
+    )
     return outputs
 
 
@@ -339,12 +337,22 @@ def _load_data(cfg: PretrainConfig, manifest, synthetic, val_manifest) -> _Data:
 
 
 def _val_caption_audio(data: _Data) -> np.ndarray:
-    return np.array([j for j, p in enumerate(data.val)
-                     for _ in (p.references if data.val_references and p.references else p.captions)])
+    return np.array(
+        [
+            j
+            for j, p in enumerate(data.val)
+            for _ in (p.references if data.val_references and p.references else p.captions)
+        ]
+    )
 
 
-def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthetic: str | Path | None = None,
-             val_manifest: str | Path | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: PretrainConfig,
+    manifest: str | Path,
+    out: str | Path,
+    synthetic: str | Path | None = None,
+    val_manifest: str | Path | None = None,
+) -> dict[str, Any]:
     """Train a dual encoder; write <out>/dual.safetensors, steps.jsonl and report.json; return the report.
 
     Under torchrun every process calls this (one global batch is split across them in rank order); only rank 0
@@ -361,8 +369,10 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
     out = Path(out)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-        log.info("pretrain config", extra={"config": to_dict(cfg), "world_size": info.world, "device": str(device),
-                                           "threads": threads})
+        log.info(
+            "pretrain config",
+            extra={"config": to_dict(cfg), "world_size": info.world, "device": str(device), "threads": threads},
+        )
     data = _load_data(cfg, manifest, synthetic, val_manifest)
     steps_per_epoch = len(data.train) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -389,29 +399,46 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
         t0 = time.perf_counter()
         features = text_features(model, data.captions, info=info)
         if info.main:
-            log.info("text tower frozen; pooled outputs cached",
-                     extra={"captions": len(data.captions), "seconds": round(time.perf_counter() - t0, 2)})
+            log.info(
+                "text tower frozen; pooled outputs cached",
+                extra={"captions": len(data.captions), "seconds": round(time.perf_counter() - t0, 2)},
+            )
     groups = tower_params(model, cfg.lr, cfg.tower_lr_scale)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sample_rate = model.cfg.audio.frontend.sample_rate
     clip_samples = int(round(cfg.clip_seconds * sample_rate))
-    pooled = (_frozen_outputs(model, data.train, clip_samples, sample_rate, device, cfg.tower_cache)
-              if cfg.tower_lr_scale == 0 else None)
+    pooled = (
+        _frozen_outputs(model, data.train, clip_samples, sample_rate, device, cfg.tower_cache)
+        if cfg.tower_lr_scale == 0
+        else None
+    )
     dataset = PairDataset(data.train, clip_samples, sample_rate, cfg.seed, pooled)
     val_pooled = None  # validation reads whole clips: a frozen tower's outputs are always cacheable
     if cfg.tower_lr_scale == 0 and data.val and info.main:
         val_pooled = _frozen_outputs(model, data.val, None, sample_rate, device, cfg.tower_cache)
     max_log_scale = math.log(cfg.max_logit_scale)
-    meta = {"stage": "pretrain", "recipe": to_dict(cfg), "frozen_text": cfg.freeze_text,
-            "frozen_audio_tower": cfg.tower_lr_scale == 0, "cached_audio_tower": pooled is not None,
-            "text_tower": FROZEN_TEXT_NOTE if cfg.freeze_text else "trained end to end",
-            "world_size": info.world, "global_batch": cfg.batch_size,
-            "data": {"manifest": str(manifest), "manifest_sha256": file_sha256(manifest),
-                     "synthetic": str(synthetic) if synthetic else None, "synthetic_sha256": file_sha256(synthetic),
-                     "val_manifest": str(val_manifest) if val_manifest else None,
-                     "val_manifest_sha256": file_sha256(val_manifest),
-                     "train_pairs": len(data.train), "val_pairs": len(data.val), "captions": len(data.captions)}}
+    meta = {
+        "stage": "pretrain",
+        "recipe": to_dict(cfg),
+        "frozen_text": cfg.freeze_text,
+        "frozen_audio_tower": cfg.tower_lr_scale == 0,
+        "cached_audio_tower": pooled is not None,
+        "text_tower": FROZEN_TEXT_NOTE if cfg.freeze_text else "trained end to end",
+        "world_size": info.world,
+        "global_batch": cfg.batch_size,
+        "data": {
+            "manifest": str(manifest),
+            "manifest_sha256": file_sha256(manifest),
+            "synthetic": str(synthetic) if synthetic else None,
+            "synthetic_sha256": file_sha256(synthetic),
+            "val_manifest": str(val_manifest) if val_manifest else None,
+            "val_manifest_sha256": file_sha256(val_manifest),
+            "train_pairs": len(data.train),
+            "val_pairs": len(data.val),
+            "captions": len(data.captions),
+        },
+    }
 
     history: list[dict] = []
     best: dict[str, Any] = {}
@@ -425,16 +452,29 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
             if cfg.tower_lr_scale == 0:
                 freeze(model.audio_encoder)
             sampler = _ShardSampler(len(data.train), cfg.batch_size, cfg.seed, epoch, info.rank, info.world)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate,
-                                                 num_workers=cfg.workers)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.main, leave=False,
-                       total=min(len(sampler), total_steps - step))
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=cfg.workers
+            )
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not info.main,
+                leave=False,
+                total=min(len(sampler), total_steps - step),
+            )
             t_epoch, losses = time.perf_counter(), []
             for wave, lengths, caption_ids in bar:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(step, total_steps, warmup)
-                audio, text = embed_batch(model, wave.to(device), lengths.to(device), caption_ids.to(device),
-                                          data.captions, features, pooled=pooled is not None)
+                audio, text = embed_batch(
+                    model,
+                    wave.to(device),
+                    lengths.to(device),
+                    caption_ids.to(device),
+                    data.captions,
+                    features,
+                    pooled=pooled is not None,
+                )
                 loss = contrastive_loss(audio, text, model.logit_scale, distributed=info.world > 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -451,9 +491,14 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
                 first_loss = value if first_loss is None else first_loss
                 losses.append(value)
                 if info.main:
-                    record = {"step": step, "epoch": epoch + 1, "loss": value, "lr": optimizer.param_groups[0]["lr"],
-                              "logit_scale": float(model.logit_scale.detach().exp()),
-                              "seconds": round(time.perf_counter() - t_train, 3)}
+                    record = {
+                        "step": step,
+                        "epoch": epoch + 1,
+                        "loss": value,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "logit_scale": float(model.logit_scale.detach().exp()),
+                        "seconds": round(time.perf_counter() - t_train, 3),
+                    }
                     steps_file.write(json.dumps(record) + "\n")
                     steps_file.flush()
                     bar.set_postfix(loss=f"{value:.4f}")
@@ -462,18 +507,28 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
                 if step >= total_steps:
                     break
             bar.close()
-            entry = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                     "epoch_seconds": round(time.perf_counter() - t_epoch, 2)}
+            entry = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": float(np.mean(losses)),
+                "epoch_seconds": round(time.perf_counter() - t_epoch, 2),
+            }
             if info.main:
                 if data.val:
                     t0 = time.perf_counter()
-                    entry["val"] = validate(model, data.val, data.val_captions, data.val_references,
-                                            cfg.eval_batch_size, device, val_pooled)
+                    entry["val"] = validate(
+                        model, data.val, data.val_captions, data.val_references, cfg.eval_batch_size, device, val_pooled
+                    )
                     entry["val_seconds"] = round(time.perf_counter() - t0, 2)
                 score = entry["val"][SELECTION_METRIC] if data.val else float(epoch)
                 if not best or score > best["value"]:
-                    best = {"metric": SELECTION_METRIC if data.val else "last epoch", "value": score,
-                            "epoch": epoch + 1, "step": step, "val": entry.get("val")}
+                    best = {
+                        "metric": SELECTION_METRIC if data.val else "last epoch",
+                        "value": score,
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "val": entry.get("val"),
+                    }
                     save_checkpoint(model, out / "dual.safetensors", meta={**meta, "best": best})
                     entry["saved"] = True
                 log.info("epoch done", extra=entry)
@@ -486,12 +541,23 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
         if steps_file is not None:
             steps_file.close()
         torch.set_num_threads(threads_before)
-    report = {"checkpoint": str(out / "dual.safetensors"), "best": best, "history": history, "steps": step,
-              "first_loss": first_loss, "world_size": info.world, "device": str(device), "threads": threads,
-              "train_pairs": len(data.train), "val_pairs": len(data.val), "frozen_text": cfg.freeze_text,
-              "val_chance": retrieval_chance(_val_caption_audio(data), len(data.val)) if data.val else None,
-              "train_seconds": round(time.perf_counter() - t_train, 2),
-              "seconds": round(time.perf_counter() - t_start, 2), "config": to_dict(cfg)}
+    report = {
+        "checkpoint": str(out / "dual.safetensors"),
+        "best": best,
+        "history": history,
+        "steps": step,
+        "first_loss": first_loss,
+        "world_size": info.world,
+        "device": str(device),
+        "threads": threads,
+        "train_pairs": len(data.train),
+        "val_pairs": len(data.val),
+        "frozen_text": cfg.freeze_text,
+        "val_chance": retrieval_chance(_val_caption_audio(data), len(data.val)) if data.val else None,
+        "train_seconds": round(time.perf_counter() - t_train, 2),
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "config": to_dict(cfg),
+    }
     if info.main:
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         log.info("pretrain done", extra={"best": best, "steps": step, "seconds": report["seconds"]})
@@ -501,13 +567,15 @@ def pretrain(cfg: PretrainConfig, manifest: str | Path, out: str | Path, synthet
 # --- command line --------------------------------------------------------------------------------------------------
 
 
-def load_config(recipe: str | None = None, config: str | Path | None = None,
-                overrides: Sequence[str] = (), environ: dict[str, str] | None = None) -> PretrainConfig:
+def load_config(
+    recipe: str | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    environ: dict[str, str] | None = None,
+) -> PretrainConfig:
     """Recipe section, then a JSON file, then BLAT_PRETRAIN_* environment variables, then --set key=value."""
     data: dict[str, Any] = {}
     if recipe:
-        from blat.pipeline.recipe import load_recipe
-
         section = load_recipe(recipe).pretrain or {}
         data = to_dict(section) if dataclasses.is_dataclass(section) else dict(section)
     if config:
@@ -527,13 +595,19 @@ def load_config(recipe: str | None = None, config: str | Path | None = None,
 def main(argv: list[str] | None = None) -> int:
     from blat_contract.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m blat.pipeline.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m blat.pipeline.pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--manifest", type=Path, required=True, help="scene manifest (JSON Lines)")
     p.add_argument("--synthetic", type=Path, help="stage 2's captions (JSON Lines rows {id, caption, ...})")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--val-manifest", type=Path, help="validate on this manifest's captioned rows instead of "
-                                                     "holding out training pairs")
+    p.add_argument(
+        "--val-manifest",
+        type=Path,
+        help="validate on this manifest's captioned rows instead of holding out training pairs",
+    )
     p.add_argument("--recipe", help="take the `pretrain` section of this recipe (name or path)")
     p.add_argument("--config", type=Path, help="JSON file with PretrainConfig fields (over the recipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
@@ -551,8 +625,10 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         best = report["best"]
-        print(f"{report['steps']} steps in {report['train_seconds']} s; best {best.get('metric')} = "
-              f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')} -> {report['checkpoint']}")
+        print(
+            f"{report['steps']} steps in {report['train_seconds']} s; best {best.get('metric')} = "
+            f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')} -> {report['checkpoint']}"
+        )
     return 0
 
 

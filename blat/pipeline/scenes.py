@@ -10,6 +10,7 @@ Splits: captioned (plays AudioCaps: stage 1 trains on its captions), tags_only (
 used for training; its captions are kept for evaluation), test_scenes and test_events (held-out sources only).
 Run `python -m blat.pipeline.scenes -h`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -29,7 +30,8 @@ from tqdm import tqdm
 
 from blat.pipeline import templates
 from blat.pipeline.data import file_sha256, load_audio, load_jsonl, write_jsonl
-from blat.pipeline.recipe import ScenesConfig, load_recipe, with_overrides
+from blat.pipeline.recipe import load_recipe, with_overrides
+from blat.pipeline.stages import ScenesConfig
 from blat_contract.config import to_dict
 
 log = logging.getLogger("blat.pipeline.scenes" if __name__ == "__main__" else __name__)
@@ -40,19 +42,56 @@ FADE_S = 0.005  # fade at the cut ends of a cropped event piece (no clicks)
 PEAK = 0.95  # a mix louder than this is scaled down as a whole
 # A clip whose main (first) tag is one of these, and that has none of NOT_BACKGROUND, can be a steady background
 # bed (ambience) when it is long enough: rain, wind, water, fire, engines idling, hums...
-BACKGROUND_TAGS = frozenset({
-    "Rain", "Wind", "Water", "Stream", "Ocean", "Waves, surf", "Waterfall", "Fire", "Idling", "Hum", "Mains hum",
-    "Air conditioning", "Mechanical fan", "Rustling leaves", "Traffic noise, roadway noise", "Static", "White noise",
-    "Insect", "Cricket", "Outside, rural or natural", "Outside, urban or manmade", "Whir", "Boiling",
-    "Heavy engine (low frequency)", "Engine", "Trickle, dribble", "Crowd",
-})
-NOT_BACKGROUND = frozenset({"Walk, footsteps", "Splash, splatter", "Explosion", "Whoosh, swoosh, swish", "Thunder",
-                            "Engine starting", "Accelerating, revving, vroom", "Breaking"})
+BACKGROUND_TAGS = frozenset(
+    {
+        "Rain",
+        "Wind",
+        "Water",
+        "Stream",
+        "Ocean",
+        "Waves, surf",
+        "Waterfall",
+        "Fire",
+        "Idling",
+        "Hum",
+        "Mains hum",
+        "Air conditioning",
+        "Mechanical fan",
+        "Rustling leaves",
+        "Traffic noise, roadway noise",
+        "Static",
+        "White noise",
+        "Insect",
+        "Cricket",
+        "Outside, rural or natural",
+        "Outside, urban or manmade",
+        "Whir",
+        "Boiling",
+        "Heavy engine (low frequency)",
+        "Engine",
+        "Trickle, dribble",
+        "Crowd",
+    }
+)
+NOT_BACKGROUND = frozenset(
+    {
+        "Walk, footsteps",
+        "Splash, splatter",
+        "Explosion",
+        "Whoosh, swoosh, swish",
+        "Thunder",
+        "Engine starting",
+        "Accelerating, revving, vroom",
+        "Breaking",
+    }
+)
 
 
 def is_background(clip: dict, min_seconds: float) -> bool:
     tags = clip["tags"]
-    return bool(tags) and tags[0] in BACKGROUND_TAGS and not NOT_BACKGROUND & set(tags) and clip["duration"] >= min_seconds
+    return (
+        bool(tags) and tags[0] in BACKGROUND_TAGS and not NOT_BACKGROUND & set(tags) and clip["duration"] >= min_seconds
+    )
 
 
 # --- splitting by source ------------------------------------------------------------------------------------------
@@ -98,7 +137,7 @@ def _rms(x: np.ndarray) -> float:
 def event_piece(wave: np.ndarray, clip_offset: float, duration: float, sr: int) -> np.ndarray:
     """The part of a clip an event plays: [clip_offset, +duration) s, faded at any cut end."""
     a = int(round(clip_offset * sr))
-    piece = wave[a: a + int(round(duration * sr))].astype(np.float32)
+    piece = wave[a : a + int(round(duration * sr))].astype(np.float32)
     n = min(int(FADE_S * sr), len(piece) // 2)
     if n:
         ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -126,7 +165,7 @@ def render_scene(spec: dict, clips: dict[str, np.ndarray], canvas_s: float, sr: 
         piece = event_piece(clips[ev["clip_id"]], ev["clip_offset"], ev["offset"] - ev["onset"], sr)
         a = int(round(ev["onset"] * sr))
         piece = piece[: n - a]
-        mix[a: a + len(piece)] += np.float32(10 ** (ev["gain_db"] / 20)) * piece
+        mix[a : a + len(piece)] += np.float32(10 ** (ev["gain_db"] / 20)) * piece
     return mix
 
 
@@ -189,9 +228,17 @@ def plan_scene(pool: _Pool, cfg: ScenesConfig, rng: np.random.Generator, clips: 
     for e, level in zip(events, levels):
         onset = round(min(e["onset"], canvas - e["length"]), 4)
         piece = event_piece(clips[e["clip"]["id"]], e["clip_offset"], e["length"], sr)
-        spec_events.append({"clip_id": e["clip"]["id"], "source": e["clip"]["source"], "tags": list(e["clip"]["tags"]),
-                            "onset": onset, "offset": round(onset + e["length"], 4), "clip_offset": e["clip_offset"],
-                            "gain_db": float(level - _db(_rms(piece)))})
+        spec_events.append(
+            {
+                "clip_id": e["clip"]["id"],
+                "source": e["clip"]["source"],
+                "tags": list(e["clip"]["tags"]),
+                "onset": onset,
+                "offset": round(onset + e["length"], 4),
+                "clip_offset": e["clip_offset"],
+                "gain_db": float(level - _db(_rms(piece))),
+            }
+        )
     spec_events.sort(key=lambda ev: (ev["onset"], ev["clip_id"]))
     background = None
     if rng.random() < cfg.p_background:
@@ -202,8 +249,14 @@ def plan_scene(pool: _Pool, cfg: ScenesConfig, rng: np.random.Generator, clips: 
             snr = float(rng.uniform(*cfg.snr_db))
             level = float(np.mean(levels)) - snr
             bed = background_bed(clips[bg["id"]], off, n, sr)
-            background = {"clip_id": bg["id"], "source": bg["source"], "tags": list(bg["tags"]), "clip_offset": off,
-                          "gain_db": level - _db(_rms(bed)), "snr_db": round(snr, 2)}
+            background = {
+                "clip_id": bg["id"],
+                "source": bg["source"],
+                "tags": list(bg["tags"]),
+                "clip_offset": off,
+                "gain_db": level - _db(_rms(bed)),
+                "snr_db": round(snr, 2),
+            }
     spec = {"events": spec_events, "background": background}
     peak = float(np.abs(render_scene(spec, clips, canvas, sr)).max())
     if peak > PEAK:  # scale everything down together: relative levels (and SNRs) are kept
@@ -231,11 +284,14 @@ def scene_tags(spec: dict) -> list[str]:
 
 
 def _config_key(cfg: ScenesConfig, corpus_sha: str) -> str:
-    return hashlib.sha256(json.dumps({"config": to_dict(cfg), "corpus": corpus_sha}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps({"config": to_dict(cfg), "corpus": corpus_sha}, sort_keys=True).encode()
+    ).hexdigest()
 
 
-def make_scenes(corpus_manifest: str | Path, out_dir: str | Path, config: ScenesConfig | None = None,
-                force: bool = False) -> Path:
+def make_scenes(
+    corpus_manifest: str | Path, out_dir: str | Path, config: ScenesConfig | None = None, force: bool = False
+) -> Path:
     """Build the scene manifest (and audio) from a corpus manifest. Returns <out_dir>/manifest.jsonl.
 
     Deterministic given (corpus manifest, config); a rerun with the same inputs returns at once unless `force`."""
@@ -261,8 +317,11 @@ def make_scenes(corpus_manifest: str | Path, out_dir: str | Path, config: Scenes
         raise ValueError("no clips in the captioned group: the corpus is too small")
 
     by_id, out_rows = {r["id"]: r for r in rows}, []
-    jobs = [("captioned", "captioned", cfg.n_captioned), ("tags_only", "tags_only", cfg.n_tags_only),
-            ("test_scenes", "test", cfg.n_test_scenes)]
+    jobs = [
+        ("captioned", "captioned", cfg.n_captioned),
+        ("tags_only", "tags_only", cfg.n_tags_only),
+        ("test_scenes", "test", cfg.n_test_scenes),
+    ]
     for split_index, (split, group, count) in enumerate(jobs):
         if count and not pools[group].keys:
             log.warning("no clips for split", extra={"split": split})
@@ -271,12 +330,25 @@ def make_scenes(corpus_manifest: str | Path, out_dir: str | Path, config: Scenes
             rng = np.random.default_rng([cfg.seed, split_index, i])  # per scene: order-independent, reproducible
             spec = plan_scene(pools[group], cfg, rng, clips)
             captions = templates.distinct_captions(
-                lambda r: templates.scene_caption(spec["events"], spec["background"], r), rng, cfg.n_captions,
-                first=_single_event_text(spec, by_id))
+                lambda r: templates.scene_caption(spec["events"], spec["background"], r),  # noqa: B023 - called here
+                rng,
+                cfg.n_captions,
+                first=_single_event_text(spec, by_id),
+            )
             sid = f"{split}/{i:05d}"
             _write_flac(out / "audio" / f"{sid}.flac", render_scene(spec, clips, cfg.canvas_s, sr), sr)
-            out_rows.append({"id": sid, "audio": f"audio/{sid}.flac", "duration": cfg.canvas_s, "tags": scene_tags(spec),
-                             "captions": captions, "split": split, **spec, "seed": cfg.seed})
+            out_rows.append(
+                {
+                    "id": sid,
+                    "audio": f"audio/{sid}.flac",
+                    "duration": cfg.canvas_s,
+                    "tags": scene_tags(spec),
+                    "captions": captions,
+                    "split": split,
+                    **spec,
+                    "seed": cfg.seed,
+                }
+            )
     event_jobs = [("test_events", "test", "")]  # every held-out recording, alone
     if cfg.source_events:  # the training groups' recordings too (AudioCaps and AudioSet clips are recordings)
         event_jobs += [("captioned", "captioned", "e"), ("tags_only", "tags_only", "e")]
@@ -286,13 +358,27 @@ def make_scenes(corpus_manifest: str | Path, out_dir: str | Path, config: Scenes
     write_jsonl(out_rows, manifest)
     report = _report(out_rows, group_of, cfg, key, corpus_manifest, corpus_sha, time.time() - started)
     report_path.write_text(json.dumps(report, indent=1) + "\n")
-    log.info("scenes written", extra={"manifest": str(manifest), "rows": len(out_rows), "splits": report["splits"],
-                                      "seconds": report["seconds"]})
+    log.info(
+        "scenes written",
+        extra={
+            "manifest": str(manifest),
+            "rows": len(out_rows),
+            "splits": report["splits"],
+            "seconds": report["seconds"],
+        },
+    )
     return manifest
 
 
-def _event_rows(group_clips: list[dict], clips: dict[str, np.ndarray], split: str, prefix: str, job: int,
-                cfg: ScenesConfig, out: Path) -> list[dict]:
+def _event_rows(
+    group_clips: list[dict],
+    clips: dict[str, np.ndarray],
+    split: str,
+    prefix: str,
+    job: int,
+    cfg: ScenesConfig,
+    out: Path,
+) -> list[dict]:
     """One row per recording, kept at its own length up to the canvas, with template references."""
     sr, rows = cfg.sample_rate, []
     for i, r in enumerate(tqdm(group_clips, desc=f"{split}: recordings", unit="clip")):
@@ -301,13 +387,31 @@ def _event_rows(group_clips: list[dict], clips: dict[str, np.ndarray], split: st
         sid = f"{split}/{prefix}{i:05d}"
         _write_flac(out / "audio" / f"{sid}.flac", wave, sr)
         dur = round(len(wave) / sr, 4)
-        rows.append({"id": sid, "audio": f"audio/{sid}.flac", "duration": dur, "tags": list(r["tags"]),
-                     "captions": templates.event_captions(r["tags"], r.get("caption_hint", ""), r.get("captions", []),
-                                                          rng, cfg.n_captions),
-                     "split": split,
-                     "events": [{"clip_id": r["id"], "source": r["source"], "tags": list(r["tags"]), "onset": 0.0,
-                                 "offset": dur, "clip_offset": 0.0, "gain_db": 0.0}],
-                     "background": None, "seed": cfg.seed})
+        rows.append(
+            {
+                "id": sid,
+                "audio": f"audio/{sid}.flac",
+                "duration": dur,
+                "tags": list(r["tags"]),
+                "captions": templates.event_captions(
+                    r["tags"], r.get("caption_hint", ""), r.get("captions", []), rng, cfg.n_captions
+                ),
+                "split": split,
+                "events": [
+                    {
+                        "clip_id": r["id"],
+                        "source": r["source"],
+                        "tags": list(r["tags"]),
+                        "onset": 0.0,
+                        "offset": dur,
+                        "clip_offset": 0.0,
+                        "gain_db": 0.0,
+                    }
+                ],
+                "background": None,
+                "seed": cfg.seed,
+            }
+        )
     return rows
 
 
@@ -320,13 +424,24 @@ def _single_event_text(spec: dict, by_id: dict[str, dict]) -> list[str]:
     return [text[0][:1].upper() + text[0][1:]] if text else []
 
 
-def _report(rows: list[dict], group_of: dict[str, str], cfg: ScenesConfig, key: str, corpus: Path, corpus_sha: str,
-            seconds: float) -> dict:
+def _report(
+    rows: list[dict],
+    group_of: dict[str, str],
+    cfg: ScenesConfig,
+    key: str,
+    corpus: Path,
+    corpus_sha: str,
+    seconds: float,
+) -> dict:
     splits = Counter(r["split"] for r in rows)
     tags = {s: Counter(t for r in rows if r["split"] == s for t in r["tags"]) for s in SPLITS}
     return {
-        "key": key, "config": to_dict(cfg), "corpus_manifest": str(corpus), "corpus_sha256": corpus_sha,
-        "seconds": round(seconds, 1), "splits": dict(splits),
+        "key": key,
+        "config": to_dict(cfg),
+        "corpus_manifest": str(corpus),
+        "corpus_sha256": corpus_sha,
+        "seconds": round(seconds, 1),
+        "splits": dict(splits),
         "sources": dict(Counter(group_of.values())),
         "events_per_scene": {s: dict(Counter(len(r["events"]) for r in rows if r["split"] == s)) for s in SPLITS},
         "with_background": {s: sum(1 for r in rows if r["split"] == s and r["background"]) for s in SPLITS},
@@ -340,11 +455,13 @@ def _report(rows: list[dict], group_of: dict[str, str], cfg: ScenesConfig, key: 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m blat.pipeline.scenes", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m blat.pipeline.scenes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="\n\n".join(__doc__.split("\n\n")[:3]),
         epilog="examples:\n"
-               "  python -m blat.pipeline.scenes --corpus runs/corpus/ci/manifest.jsonl --out runs/scenes/ci\n"
-               "  python -m blat.pipeline.scenes --corpus ... --out ... --recipe demo --n-captioned 2000 --seed 1\n")
+        "  python -m blat.pipeline.scenes --corpus runs/corpus/ci/manifest.jsonl --out runs/scenes/ci\n"
+        "  python -m blat.pipeline.scenes --corpus ... --out ... --recipe demo --n-captioned 2000 --seed 1\n",
+    )
     p.add_argument("--corpus", type=Path, required=True, help="corpus manifest.jsonl (python -m blat.pipeline.corpus)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--recipe", default="ci", help="preset name (ci, demo) or recipe JSON path; its 'scenes' section")

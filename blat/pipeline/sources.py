@@ -5,6 +5,7 @@ General-MIDI SoundFonts whose instruments are rendered note by note (`blat.pipel
 Each sound is a `Member`: a picklable pointer (file on disk, optional zip entry or byte span) that a worker
 process can read without sharing open handles.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -38,72 +39,182 @@ class PackageSpec:
     plan: str = ""  # SoundFont packages: which notes to render (a key of instruments.PLANS); "" = audio files
 
 
-PACKAGES = {p.name: p for p in [
-    PackageSpec("openttd-opensfx", "usr/share/games/openttd/baseset/opensfx",
-                "73 transport/industry recordings in opensfx.cat, each with a caption, author and licence"),
-    PackageSpec("minetest-data", "usr/share/games/minetest/games", "footsteps per surface, digging, doors, glass, fire, water"),
-    PackageSpec("ufoai-sound", "usr/share/games/ufoai/base", "0snd.pk3: weapons, ambience, footsteps, impacts, doors"),
-    PackageSpec("bucklespring-data", "usr/share/buckle/wav", "IBM Model M key presses and releases"),
-    PackageSpec("sound-theme-freedesktop", "usr/share/sounds/freedesktop/stereo", "desktop event sounds"),
-    PackageSpec("0ad-data", "usr/share/games/0ad/mods/public", "1.4 GB .deb; public.zip: animals, actors, weather, tools"),
-    PackageSpec("wesnoth-1.16-data", "usr/share/games/wesnoth/1.16", "146 MB .deb: weapons, creatures, ambience",
-                "GPL-2+"),
-    PackageSpec("scorched3d-data", "usr/share/games/scorched3d/data/globalmods", "animals, vehicles, weather, weapons"),
-    PackageSpec("lincity-ng-data", "usr/share/games/lincity-ng/sounds", "city ambiences: traffic, industry, farms, water"),
-    PackageSpec("flare-game", "usr/share/games/flare/mods", "123 MB .deb: footsteps, inventory foley, ambience loops"),
-    PackageSpec("widelands-data", "usr/share/games/widelands/data", "381 MB .deb: crafts, animals, farm, woodcutting"),
-    PackageSpec("megaglest-data", "usr/share/games/megaglest", "242 MB .deb: animals, weather, siege and work sounds"),
-    PackageSpec("tuxpaint-stamps-default", "usr/share/tuxpaint/stamps", "161 MB .deb: ~75 animal and household sounds"),
-    PackageSpec("redeclipse-data", "usr/share/games/redeclipse/data/sounds",
-                "862 MB .deb: weather and water ambiences, machinery, footsteps, guns, explosions", "CC-BY-SA-3.0"),
-    PackageSpec("openarena-data", "usr/share/games/openarena",
-                "44 MB .deb; pak0.pk3: footsteps, guns, explosions, fire, wind, machinery", "GPL-2+"),
-    # Not in `demo`: 1.3 GB to download for ~60 usable clips; select it by name when bandwidth is cheap.
-    PackageSpec("flightgear-data-base", "usr/share/games/flightgear",
-                "1.3 GB .deb: aircraft engines, rotors, tyres, doors, switches, rain, thunder, wind", "GPL-2+"),
-    PackageSpec("supertuxkart-data", "usr/share/games/supertuxkart/data",
-                "628 MB .deb: engines, crashes, water, weather, animals", "GPL-3+"),
-    PackageSpec("hedgewars-data", "usr/share/games/hedgewars/Data/Sounds",
-                "145 MB .deb: guns, explosions, tools, water", "GFDL-1.3"),
-    PackageSpec("supertux-data", "usr/share/games/supertux2/sounds", "162 MB .deb: cartoon foley, weather, fire",
-                "GPL-3+"),
-    PackageSpec("cube2-data", "usr/share/games/cube2/packages/sounds", "173 MB .deb: guns, explosions, footsteps",
-                "CC-BY-3.0"),
-    PackageSpec("warzone2100-data", "usr/share/games/warzone2100",
-                "143 MB .deb; base.wz: guns, cannons, explosions, steam, fire (most of its audio is voice)", "GPL-2+"),
-    PackageSpec("nexuiz-data", "usr/share/games/nexuiz/data",
-                "267 MB .deb; data.pk3: footsteps, machinery, wind, steam, guns, explosions (half its audio is voice)",
-                "GPL-2+"),
-    PackageSpec("berusky2-data", "usr/share/games/berusky2/sound",
-                "560 MB .deb: thunder, rain, birds, frogs, water, footsteps, town and forest ambiences", "GPL-2+"),
-    PackageSpec("btanks-data", "usr/share/games/btanks/data/sounds",
-                "26 MB .deb: explosions, tank cannons, engines, fire, helicopter, train, outdoor ambiences"),
-    PackageSpec("torcs-data", "usr/share/games/torcs/data/sound",
-                "333 MB .deb: one engine recording per car model, crashes, skids", "GPL-2+"),
-    PackageSpec("scratch", "usr/share/scratch",
-                "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, human sounds, music loops, instruments",
-                "CC-BY-SA-3.0"),
-    PackageSpec("alsa-utils", "usr/share/sounds/alsa", "1 MB .deb: a woman speaking the names of speaker channels"),
-    PackageSpec("fluid-soundfont-gm", "usr/share/sounds/sf2",
-                "120 MB .deb: FluidR3 General-MIDI SoundFont, ~580 notes of 87 instruments and 34 drums rendered",
-                "MIT", plan="full"),
-    PackageSpec("timgm6mb-soundfont", "usr/share/sounds/sf2",
-                "5 MB .deb: TimGM6mb General-MIDI SoundFont, one note of each of 56 instrument classes rendered",
-                "GPL-2", plan="small"),
-]}
+PACKAGES = {
+    p.name: p
+    for p in [
+        PackageSpec(
+            "openttd-opensfx",
+            "usr/share/games/openttd/baseset/opensfx",
+            "73 transport/industry recordings in opensfx.cat, each with a caption, author and licence",
+        ),
+        PackageSpec(
+            "minetest-data",
+            "usr/share/games/minetest/games",
+            "footsteps per surface, digging, doors, glass, fire, water",
+        ),
+        PackageSpec(
+            "ufoai-sound", "usr/share/games/ufoai/base", "0snd.pk3: weapons, ambience, footsteps, impacts, doors"
+        ),
+        PackageSpec("bucklespring-data", "usr/share/buckle/wav", "IBM Model M key presses and releases"),
+        PackageSpec("sound-theme-freedesktop", "usr/share/sounds/freedesktop/stereo", "desktop event sounds"),
+        PackageSpec(
+            "0ad-data", "usr/share/games/0ad/mods/public", "1.4 GB .deb; public.zip: animals, actors, weather, tools"
+        ),
+        PackageSpec(
+            "wesnoth-1.16-data", "usr/share/games/wesnoth/1.16", "146 MB .deb: weapons, creatures, ambience", "GPL-2+"
+        ),
+        PackageSpec(
+            "scorched3d-data", "usr/share/games/scorched3d/data/globalmods", "animals, vehicles, weather, weapons"
+        ),
+        PackageSpec(
+            "lincity-ng-data", "usr/share/games/lincity-ng/sounds", "city ambiences: traffic, industry, farms, water"
+        ),
+        PackageSpec(
+            "flare-game", "usr/share/games/flare/mods", "123 MB .deb: footsteps, inventory foley, ambience loops"
+        ),
+        PackageSpec(
+            "widelands-data", "usr/share/games/widelands/data", "381 MB .deb: crafts, animals, farm, woodcutting"
+        ),
+        PackageSpec(
+            "megaglest-data", "usr/share/games/megaglest", "242 MB .deb: animals, weather, siege and work sounds"
+        ),
+        PackageSpec(
+            "tuxpaint-stamps-default", "usr/share/tuxpaint/stamps", "161 MB .deb: ~75 animal and household sounds"
+        ),
+        PackageSpec(
+            "redeclipse-data",
+            "usr/share/games/redeclipse/data/sounds",
+            "862 MB .deb: weather and water ambiences, machinery, footsteps, guns, explosions",
+            "CC-BY-SA-3.0",
+        ),
+        PackageSpec(
+            "openarena-data",
+            "usr/share/games/openarena",
+            "44 MB .deb; pak0.pk3: footsteps, guns, explosions, fire, wind, machinery",
+            "GPL-2+",
+        ),
+        # Not in `demo`: 1.3 GB to download for ~60 usable clips; select it by name when bandwidth is cheap.
+        PackageSpec(
+            "flightgear-data-base",
+            "usr/share/games/flightgear",
+            "1.3 GB .deb: aircraft engines, rotors, tyres, doors, switches, rain, thunder, wind",
+            "GPL-2+",
+        ),
+        PackageSpec(
+            "supertuxkart-data",
+            "usr/share/games/supertuxkart/data",
+            "628 MB .deb: engines, crashes, water, weather, animals",
+            "GPL-3+",
+        ),
+        PackageSpec(
+            "hedgewars-data",
+            "usr/share/games/hedgewars/Data/Sounds",
+            "145 MB .deb: guns, explosions, tools, water",
+            "GFDL-1.3",
+        ),
+        PackageSpec(
+            "supertux-data", "usr/share/games/supertux2/sounds", "162 MB .deb: cartoon foley, weather, fire", "GPL-3+"
+        ),
+        PackageSpec(
+            "cube2-data",
+            "usr/share/games/cube2/packages/sounds",
+            "173 MB .deb: guns, explosions, footsteps",
+            "CC-BY-3.0",
+        ),
+        PackageSpec(
+            "warzone2100-data",
+            "usr/share/games/warzone2100",
+            "143 MB .deb; base.wz: guns, cannons, explosions, steam, fire (most of its audio is voice)",
+            "GPL-2+",
+        ),
+        PackageSpec(
+            "nexuiz-data",
+            "usr/share/games/nexuiz/data",
+            "267 MB .deb; data.pk3: footsteps, machinery, wind, steam, guns, explosions (half its audio is voice)",
+            "GPL-2+",
+        ),
+        PackageSpec(
+            "berusky2-data",
+            "usr/share/games/berusky2/sound",
+            "560 MB .deb: thunder, rain, birds, frogs, water, footsteps, town and forest ambiences",
+            "GPL-2+",
+        ),
+        PackageSpec(
+            "btanks-data",
+            "usr/share/games/btanks/data/sounds",
+            "26 MB .deb: explosions, tank cannons, engines, fire, helicopter, train, outdoor ambiences",
+        ),
+        PackageSpec(
+            "torcs-data",
+            "usr/share/games/torcs/data/sound",
+            "333 MB .deb: one engine recording per car model, crashes, skids",
+            "GPL-2+",
+        ),
+        PackageSpec(
+            "scratch",
+            "usr/share/scratch",
+            "26 MB .deb; Media/Sounds: animals, doors, vehicles, water, human sounds, music loops, instruments",
+            "CC-BY-SA-3.0",
+        ),
+        PackageSpec("alsa-utils", "usr/share/sounds/alsa", "1 MB .deb: a woman speaking the names of speaker channels"),
+        PackageSpec(
+            "fluid-soundfont-gm",
+            "usr/share/sounds/sf2",
+            "120 MB .deb: FluidR3 General-MIDI SoundFont, ~580 notes of 87 instruments and 34 drums rendered",
+            "MIT",
+            plan="full",
+        ),
+        PackageSpec(
+            "timgm6mb-soundfont",
+            "usr/share/sounds/sf2",
+            "5 MB .deb: TimGM6mb General-MIDI SoundFont, one note of each of 56 instrument classes rendered",
+            "GPL-2",
+            plan="small",
+        ),
+    ]
+}
 _CI = ("openttd-opensfx", "minetest-data", "ufoai-sound", "bucklespring-data", "sound-theme-freedesktop")
 SIZES = {
     "ci": _CI,
     # The gateway's default index: ~1,000 real recordings of 100+ AudioSet classes for 450 MB of downloads.
     # Plus speech (megaglest unit voices, alsa-utils), music (megaglest and scorched3d soundtracks, scratch loops) and
     # one rendered note per instrument class (timgm6mb-soundfont, 5 MB).
-    "seed": _CI + ("scorched3d-data", "btanks-data", "scratch", "openarena-data", "lincity-ng-data", "megaglest-data",
-                   "alsa-utils", "timgm6mb-soundfont"),
-    "demo": _CI + ("0ad-data", "wesnoth-1.16-data", "scorched3d-data", "lincity-ng-data", "flare-game",
-                   "widelands-data", "megaglest-data", "tuxpaint-stamps-default", "redeclipse-data", "openarena-data",
-                   "supertuxkart-data", "hedgewars-data", "supertux-data", "cube2-data", "warzone2100-data",
-                   "nexuiz-data", "berusky2-data", "btanks-data", "torcs-data", "scratch", "alsa-utils",
-                   "fluid-soundfont-gm"),
+    "seed": _CI
+    + (
+        "scorched3d-data",
+        "btanks-data",
+        "scratch",
+        "openarena-data",
+        "lincity-ng-data",
+        "megaglest-data",
+        "alsa-utils",
+        "timgm6mb-soundfont",
+    ),
+    "demo": _CI
+    + (
+        "0ad-data",
+        "wesnoth-1.16-data",
+        "scorched3d-data",
+        "lincity-ng-data",
+        "flare-game",
+        "widelands-data",
+        "megaglest-data",
+        "tuxpaint-stamps-default",
+        "redeclipse-data",
+        "openarena-data",
+        "supertuxkart-data",
+        "hedgewars-data",
+        "supertux-data",
+        "cube2-data",
+        "warzone2100-data",
+        "nexuiz-data",
+        "berusky2-data",
+        "btanks-data",
+        "torcs-data",
+        "scratch",
+        "alsa-utils",
+        "fluid-soundfont-gm",
+    ),
 }
 
 
@@ -137,7 +248,8 @@ def _no_tool(tool: str, package: str) -> SourceError:
         f"cannot fetch Debian package {package!r}: `{tool}` was not found on PATH. The corpus builder downloads sound "
         f"packages with apt-get and unpacks them with dpkg-deb, so it needs a Debian/Ubuntu system (run `apt-get "
         f"update` once first). Alternatives: put {package}_*.deb into <cache>/debs/ yourself, or build from your own "
-        f"audio with `python -m blat.pipeline.corpus --from-folder DIR --csv TAGS.csv`.")
+        f"audio with `python -m blat.pipeline.corpus --from-folder DIR --csv TAGS.csv`."
+    )
 
 
 def download_deb(package: str, debs_dir: Path) -> Path:
@@ -155,7 +267,8 @@ def download_deb(package: str, debs_dir: Path) -> Path:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise SourceError(
             f"`apt-get download {package}` failed (exit {proc.returncode}):\n{tail}\nIf the package is unknown or the "
-            f"lists are stale, run `apt-get update` first (as root). Or build from your own audio with --from-folder.")
+            f"lists are stale, run `apt-get update` first (as root). Or build from your own audio with --from-folder."
+        )
     return cached[-1]
 
 
@@ -215,9 +328,9 @@ def parse_opensfx_cat(data: bytes) -> list[CatEntry]:
         if offset >= len(data):
             raise ValueError(f"catalogue entry {i}: offset {offset} past the end ({len(data)} bytes)")
         n = data[offset]
-        description = data[offset + 1: offset + 1 + n].split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+        description = data[offset + 1 : offset + 1 + n].split(b"\0", 1)[0].decode("utf-8", "replace").strip()
         start = offset + 1 + n
-        if data[start: start + 4] != b"RIFF" or start + size > len(data):
+        if data[start : start + 4] != b"RIFF" or start + size > len(data):
             raise ValueError(f"catalogue entry {i}: no RIFF data of {size} bytes at {start}")
         entries.append(CatEntry(i, description, start, size))
     return entries
@@ -244,8 +357,18 @@ def _cat_members(package: str, file: Path, rel: str, origin: str) -> list[Member
         original = _ORIGINAL.search(credit)  # entries edited from one source file share a recording
         group = f"{rel}:original:{original['name']}" if original else f"{rel}:{e.index:02d}"
         name = f"{e.index:02d} {title}".replace("/", "-")  # "Train/ship breakdown" must not become a folder
-        members.append(Member(package, f"{rel}/{name}", str(file), f"{origin}!{e.index}",
-                              span=(e.offset, e.size), caption=caption, credit=credit, group=group))
+        members.append(
+            Member(
+                package,
+                f"{rel}/{name}",
+                str(file),
+                f"{origin}!{e.index}",
+                span=(e.offset, e.size),
+                caption=caption,
+                credit=credit,
+                group=group,
+            )
+        )
     return members
 
 
@@ -263,7 +386,8 @@ def _zip_members(package: str, file: Path, rel: str, origin: str) -> list[Member
 
 
 def _soundfont_members(spec: PackageSpec, root: Path, tree: Path) -> list[Member]:
-    """One member per note of the package's plan, for each .sf2 under the root: "<file>.sf2/program/040 Violin/G4 v112"."""
+    """One member per note of the package's plan, for each .sf2 under the root:
+    "<file>.sf2/program/040 Violin/G4 v112"."""
     from blat.pipeline import instruments
 
     members = []
@@ -273,9 +397,18 @@ def _soundfont_members(spec: PackageSpec, root: Path, tree: Path) -> list[Member
         rel, origin = file.relative_to(root).as_posix(), file.relative_to(tree).as_posix()
         for n in instruments.plan_notes(spec.plan):
             where = f"{rel}/{n.path}"
-            members.append(Member(spec.name, where, str(file), f"{origin}!{n.path}",
-                                  caption=None, group=f"{rel}/{n.path.rsplit('/', 1)[0]}",
-                                  note=(n.entry.bank, n.program, n.key, n.velocity), tags=n.entry.tags))
+            members.append(
+                Member(
+                    spec.name,
+                    where,
+                    str(file),
+                    f"{origin}!{n.path}",
+                    caption=None,
+                    group=f"{rel}/{n.path.rsplit('/', 1)[0]}",
+                    note=(n.entry.bank, n.program, n.key, n.velocity),
+                    tags=n.entry.tags,
+                )
+            )
     return members
 
 

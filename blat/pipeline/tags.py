@@ -6,6 +6,7 @@ names; empty = exclude the file, used for speech, music and voices), `caption_hi
 the sound, or empty). Rows are tried in order and the first match wins; files no row matches are skipped.
 Lines starting with `#` are comments.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,10 @@ def parse_tags(text: str, where: str = "") -> tuple[str, ...]:
         if tag not in names:
             close = difflib.get_close_matches(tag, names, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise TagTableError(f"{where}: {tag!r} is not one of the 527 AudioSet display names "
-                                f"(blat_contract/data/audioset/class_labels_indices.csv){hint}")
+            raise TagTableError(
+                f"{where}: {tag!r} is not one of the 527 AudioSet display names "
+                f"(blat_contract/data/audioset/class_labels_indices.csv){hint}"
+            )
     if len(set(tags)) != len(tags):
         raise TagTableError(f"{where}: repeated tag in {text!r}")
     return tags

@@ -3,14 +3,15 @@ true temporal relations of the events ("a dog barks, then a door slams while rai
 
 Also the tags-only captions of ablation (c): text from the tag names alone, no audio and no captioner.
 """
+
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,12 +21,20 @@ PHRASES_PATH = Path(__file__).with_name("data") / "tag_phrases.csv"
 OVERLAP_TOLERANCE_S = 0.05  # an event that starts this close to the previous one's end follows it ("then")
 
 # Connectives between consecutive events, by relation and by the form of the phrases ("clause" or "noun").
-THEN = {"clause": (", then ", " and then ", " before ", ", and after that "), "noun": (" followed by ", ", then ", " and then ")}
+THEN = {
+    "clause": (", then ", " and then ", " before ", ", and after that "),
+    "noun": (" followed by ", ", then ", " and then "),
+}
 WHILE = {"clause": (" while ", " as ", " and at the same time "), "noun": (" along with ", " together with ", " and ")}
 # Background (a steady bed under the events): {ev} the events, {bg} the background phrase of the same form.
 BACKGROUND = {
-    "clause": ("{ev} while {bg} in the background", "{ev} as {bg}", "{ev} over the sound of {bgn}",
-               "{bg} as {ev}", "{ev}, with {bgn} in the background"),
+    "clause": (
+        "{ev} while {bg} in the background",
+        "{ev} as {bg}",
+        "{ev} over the sound of {bgn}",
+        "{bg} as {ev}",
+        "{ev}, with {bgn} in the background",
+    ),
     "noun": ("{ev} with {bg} in the background", "{ev} over {bg}", "{bg} in the background with {ev}"),
 }
 
@@ -50,7 +59,7 @@ def load_phrase_bank(path: str | Path | None = None) -> dict[str, Phrases]:
     names = set(audioset_labels())
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.lstrip().startswith("#")]
     bank = {}
-    for i, row in enumerate(csv.DictReader(lines), start=2):
+    for row in csv.DictReader(lines):
         tag = row["tag"].strip()
         if tag not in names:
             raise PhraseBankError(f"{path}: {tag!r} is not an AudioSet display name")
@@ -111,8 +120,9 @@ def scene_caption(events: Sequence[dict], background: dict | None, rng: np.rando
         text += last + _event_phrase(ev["tags"], form, rng)
     if background:
         template = _pick(rng, BACKGROUND[form])
-        text = template.format(ev=text, bg=_event_phrase(background["tags"], form, rng),
-                               bgn=_event_phrase(background["tags"], "noun", rng))
+        text = template.format(
+            ev=text, bg=_event_phrase(background["tags"], form, rng), bgn=_event_phrase(background["tags"], "noun", rng)
+        )
     elif len(events) == 1 and form == "noun" and rng.random() < 0.3:
         text = "the sound of " + text
     return _sentence(text)
@@ -140,12 +150,15 @@ def distinct_captions(make, rng: np.random.Generator, n: int, first: Sequence[st
     return [out[i % len(out)] for i in range(n)]
 
 
-def event_captions(tags: Sequence[str], hint: str, captions: Sequence[str], rng: np.random.Generator, n: int) -> list[str]:
+def event_captions(
+    tags: Sequence[str], hint: str, captions: Sequence[str], rng: np.random.Generator, n: int
+) -> list[str]:
     """n references for a single recorded event: its shipped description and hint first, then bank phrases."""
     ps = clip_phrases(tags)
     bank = list(ps.clauses) + list(ps.nouns) + [f"the sound of {x}" for x in ps.nouns]
-    return distinct_captions(lambda r: _sentence(_pick(r, bank)), rng, n,
-                             first=[_sentence(c) for c in shipped_text(hint, captions)])
+    return distinct_captions(
+        lambda r: _sentence(_pick(r, bank)), rng, n, first=[_sentence(c) for c in shipped_text(hint, captions)]
+    )
 
 
 def tags_caption(tags: Sequence[str]) -> str:

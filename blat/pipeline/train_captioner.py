@@ -5,6 +5,7 @@ constant rate, a word vocabulary built from the training captions. Every caption
 step encodes each clip once and decodes all of its captions. The audio is decoded once and kept in memory.
 Writes one self-describing checkpoint (blat.checkpoint). Run `python -m blat.pipeline.train_captioner -h`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,8 @@ from blat.models import build_model, get_model_config
 from blat.models.captioner import TagGuidedCaptioner, tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
 from blat.pipeline.frozen import cache_file, clip_key, freeze, pad_frames, per_clip_outputs, tower_params
-from blat.pipeline.recipe import CaptionerConfig, load_recipe, with_overrides
+from blat.pipeline.recipe import load_recipe, with_overrides
+from blat.pipeline.stages import CaptionerConfig
 from blat_contract.audio import SAMPLE_RATE
 from blat_contract.config import to_dict
 from blat_contract.vocab import PAD, Vocabulary
@@ -50,8 +52,13 @@ def build_captioner(cfg: CaptionerConfig, vocab: Vocabulary) -> TagGuidedCaption
     return model
 
 
-def caption_loss(model: TagGuidedCaptioner, encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 tokens: torch.Tensor, clip_index: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def caption_loss(
+    model: TagGuidedCaptioner,
+    encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tokens: torch.Tensor,
+    clip_index: torch.Tensor,
+    label_smoothing: float,
+) -> torch.Tensor:
     """Mean label-smoothed cross-entropy over the non-pad target tokens of every caption.
 
     encoded: model.encode(...) of C clips, (C, T, d) memory, (C,) valid frames, (C, d) tag vectors; tokens (P, L)
@@ -59,8 +66,12 @@ def caption_loss(model: TagGuidedCaptioner, encoded: tuple[torch.Tensor, torch.T
     all of its captions."""
     memory, valid, tag_vec = encoded
     logits = model.decode(tokens[:, :-1], memory[clip_index], valid[clip_index], tag_vec[clip_index])  # (P, L-1, V)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
-                           ignore_index=PAD, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        tokens[:, 1:].reshape(-1),
+        ignore_index=PAD,
+        label_smoothing=label_smoothing,
+    )
 
 
 def _pad(seqs: list[list[int]]) -> torch.Tensor:
@@ -70,8 +81,9 @@ def _pad(seqs: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def train_captioner(scenes_manifest: str | Path, out_path: str | Path, config: CaptionerConfig | None = None,
-                    progress: bool = True) -> Path:
+def train_captioner(
+    scenes_manifest: str | Path, out_path: str | Path, config: CaptionerConfig | None = None, progress: bool = True
+) -> Path:
     """Train on the captioned split of a scene manifest and save the checkpoint to `out_path` (returned)."""
     cfg = config or CaptionerConfig()
     threads = torch.get_num_threads()
@@ -104,15 +116,31 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
     optimizer = torch.optim.Adam(tower_params(model, cfg.lr, cfg.tower_lr_scale), lr=cfg.lr)
     frames = None  # a frozen tower's frames, once per clip
     if cfg.tower_lr_scale == 0 and all(len(w) <= max_samples for w in waves):
-        frames = per_clip_outputs(model.audio_encoder.frames, waves, model.audio_encoder.cfg.min_samples,
-                                  device=device, desc="stage 1: frozen tower",
-                                  keys=[clip_key(r["audio_path"]) for r in rows],
-                                  cache=cache_file(cfg.tower_cache, model.audio_encoder, "frames"))
-    log.info("training captioner", extra={"arch": cfg.arch, "use_tags": cfg.use_tags, "clips": len(rows),
-                                          "pairs": sum(map(len, tokens)), "vocab_size": len(vocab),
-                                          "params": sum(p.numel() for p in model.parameters()),
-                                          "clips_per_step": clips_per_step, "steps_per_epoch": steps, "device": str(device),
-                                          "tower_lr_scale": cfg.tower_lr_scale, "cached_tower_frames": frames is not None})
+        frames = per_clip_outputs(
+            model.audio_encoder.frames,
+            waves,
+            model.audio_encoder.cfg.min_samples,
+            device=device,
+            desc="stage 1: frozen tower",
+            keys=[clip_key(r["audio_path"]) for r in rows],
+            cache=cache_file(cfg.tower_cache, model.audio_encoder, "frames"),
+        )
+    log.info(
+        "training captioner",
+        extra={
+            "arch": cfg.arch,
+            "use_tags": cfg.use_tags,
+            "clips": len(rows),
+            "pairs": sum(map(len, tokens)),
+            "vocab_size": len(vocab),
+            "params": sum(p.numel() for p in model.parameters()),
+            "clips_per_step": clips_per_step,
+            "steps_per_epoch": steps,
+            "device": str(device),
+            "tower_lr_scale": cfg.tower_lr_scale,
+            "cached_tower_frames": frames is not None,
+        },
+    )
     losses: list[float] = []
     bar = tqdm(total=cfg.epochs * steps, desc="stage 1: captioner", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
@@ -122,14 +150,17 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
             freeze(model.audio_encoder)
         total, count, t0 = 0.0, 0, time.time()
         for s in range(steps):
-            batch = order[s * clips_per_step: (s + 1) * clips_per_step]
+            batch = order[s * clips_per_step : (s + 1) * clips_per_step]
             if frames is not None:
                 f, valid = pad_frames([frames[i] for i in batch])
                 encoded = model.encode_frames(f.to(device), valid.to(device), tags[batch].to(device))
             else:
-                wave, lengths = batch_audio([waves[i] for i in batch], max_samples, model.audio_encoder.cfg.min_samples, rng)
-                encoded = model.encode(torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device),
-                                       tags[batch].to(device))
+                wave, lengths = batch_audio(
+                    [waves[i] for i in batch], max_samples, model.audio_encoder.cfg.min_samples, rng
+                )
+                encoded = model.encode(
+                    torch.from_numpy(wave).to(device), torch.from_numpy(lengths).to(device), tags[batch].to(device)
+                )
             caps = [(j, t) for j, i in enumerate(batch) for t in tokens[i]]
             clip_index = torch.tensor([j for j, _ in caps], device=device)
             loss = caption_loss(model, encoded, _pad([t for _, t in caps]).to(device), clip_index, cfg.label_smoothing)
@@ -143,14 +174,26 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
         log.info("epoch done", extra={"epoch": epoch + 1, "loss": losses[-1], "seconds": round(time.time() - t0, 1)})
     bar.close()
     meta = {
-        "stage": "captioner", "recipe": to_dict(cfg), "epochs": cfg.epochs, "final_train_loss": losses[-1],
-        "train_losses": losses, "vocab_size": len(vocab), "use_tags": cfg.use_tags, "arch": cfg.arch,
-        "data_manifest": str(scenes_manifest), "data_manifest_sha256": file_sha256(scenes_manifest),
-        "train_split": TRAIN_SPLIT, "clips": len(rows), "pairs": sum(map(len, tokens)), "seed": cfg.seed,
+        "stage": "captioner",
+        "recipe": to_dict(cfg),
+        "epochs": cfg.epochs,
+        "final_train_loss": losses[-1],
+        "train_losses": losses,
+        "vocab_size": len(vocab),
+        "use_tags": cfg.use_tags,
+        "arch": cfg.arch,
+        "data_manifest": str(scenes_manifest),
+        "data_manifest_sha256": file_sha256(scenes_manifest),
+        "train_split": TRAIN_SPLIT,
+        "clips": len(rows),
+        "pairs": sum(map(len, tokens)),
+        "seed": cfg.seed,
         "seconds": round(time.time() - started, 1),
     }
     path = save_checkpoint(model.cpu().eval(), out_path, meta)
-    log.info("captioner saved", extra={"checkpoint": str(path), "final_train_loss": losses[-1], "seconds": meta["seconds"]})
+    log.info(
+        "captioner saved", extra={"checkpoint": str(path), "final_train_loss": losses[-1], "seconds": meta["seconds"]}
+    )
     return path
 
 
@@ -159,18 +202,30 @@ def _train(scenes_manifest: str | Path, out_path: str | Path, cfg: CaptionerConf
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m blat.pipeline.train_captioner", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m blat.pipeline.train_captioner",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="\n\n".join(__doc__.split("\n\n")[:2]),
         epilog="examples:\n"
-               "  python -m blat.pipeline.train_captioner --scenes runs/scenes/ci/manifest.jsonl --out runs/ci/captioner.safetensors\n"
-               "  python -m blat.pipeline.train_captioner --scenes ... --out ... --no-tags --arch tiny-captioner --epochs 3\n")
+        "  python -m blat.pipeline.train_captioner --scenes runs/scenes/ci/manifest.jsonl \\\n"
+        "      --out runs/ci/captioner.safetensors\n"
+        "  python -m blat.pipeline.train_captioner --scenes ... --out ... --no-tags --arch tiny-captioner --epochs 3\n",
+    )
     p.add_argument("--scenes", type=Path, required=True, help="scene manifest.jsonl (python -m blat.pipeline.scenes)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path to write (.safetensors)")
     p.add_argument("--recipe", default="ci", help="preset name (ci, demo) or recipe JSON path; its 'captioner' section")
     p.add_argument("--arch", help="override captioner.arch (a registry name, e.g. tiny-captioner, small-captioner)")
-    p.add_argument("--no-tags", dest="use_tags", action="store_const", const=False, help="train without tag conditioning")
-    for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("min_count", int), ("seed", int),
-                       ("clip_s", float), ("num_threads", int)):
+    p.add_argument(
+        "--no-tags", dest="use_tags", action="store_const", const=False, help="train without tag conditioning"
+    )
+    for name, kind in (
+        ("epochs", int),
+        ("batch_size", int),
+        ("lr", float),
+        ("min_count", int),
+        ("seed", int),
+        ("clip_s", float),
+        ("num_threads", int),
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override captioner.{name}")
     p.add_argument("--device", help="override captioner.device (cpu, cuda, cuda:1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -8,11 +8,28 @@
 `AsyncClient` has the same methods, awaited. Results are the typed values in `blat_client.types`, identical on
 both transports; every failure is a `ClientError`.
 """
+
 from blat_client.audio import wav_chunks
 from blat_client.client import NO_RETRY, AsyncClient, Client, Retry
 from blat_client.errors import ClientError
-from blat_client.types import (Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow)
+from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
 
 __version__ = "0.2.0"
-__all__ = ["AsyncClient", "Caption", "Client", "ClientError", "Hit", "Info", "Item", "Job", "LabelScore", "NO_RETRY",
-           "Retry", "SearchResult", "Stats", "TagWindow", "Tags", "wav_chunks"]
+__all__ = [
+    "AsyncClient",
+    "Caption",
+    "Client",
+    "ClientError",
+    "Hit",
+    "Info",
+    "Item",
+    "Job",
+    "LabelScore",
+    "NO_RETRY",
+    "Retry",
+    "SearchResult",
+    "Stats",
+    "TagWindow",
+    "Tags",
+    "wav_chunks",
+]

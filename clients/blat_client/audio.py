@@ -1,11 +1,12 @@
 """Audio arguments and the PCM a stream sends, with the standard library only (the client carries no decoder)."""
+
 from __future__ import annotations
 
 import array
 import os
 import sys
 import wave
-from typing import Iterator
+from collections.abc import Iterator
 
 Audio = bytes | bytearray | memoryview | str | os.PathLike  # encoded file bytes, or a path to read them from
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")  # what the server decodes
@@ -26,8 +27,9 @@ def wav_chunks(path: str | os.PathLike, chunk_s: float = 0.5) -> tuple[int, Iter
     wav = wave.open(os.fspath(path), "rb")
     if wav.getsampwidth() != 2:
         wav.close()
-        raise ValueError(f"{path}: stream_tag's helper reads 16-bit PCM WAV only (this one has "
-                         f"{8 * wav.getsampwidth()}-bit samples)")
+        raise ValueError(
+            f"{path}: stream_tag's helper reads 16-bit PCM WAV only (this one has {8 * wav.getsampwidth()}-bit samples)"
+        )
     rate, channels = wav.getframerate(), wav.getnchannels()
     frames_per_chunk = max(1, int(rate * chunk_s))
 

@@ -10,6 +10,7 @@ Exit status: 0 done; 1 the server refused or failed the request (its message on 
 unreadable local file; 3 the server could not be reached or did not answer in time; 4 finished with failures
 (some files of add-folder, a rebuild that failed or was cancelled).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def common_options() -> argparse.ArgumentParser:
     """--url, --api-key, --timeout and --json: accepted by every remote command (after its name)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection and output")
-    g.add_argument("--url", default=os.environ.get("BLAT_URL", "http://127.0.0.1:8080"),
-                   help="gateway: http(s)://host:port (REST) or grpc://host:port (default: $BLAT_URL or "
-                        "http://127.0.0.1:8080)")
+    g.add_argument(
+        "--url",
+        default=os.environ.get("BLAT_URL", "http://127.0.0.1:8080"),
+        help="gateway: http(s)://host:port (REST) or grpc://host:port (default: $BLAT_URL or http://127.0.0.1:8080)",
+    )
     g.add_argument("--api-key", default=os.environ.get("BLAT_API_KEY"), help="API key (default: $BLAT_API_KEY)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
     g.add_argument("--json", action="store_true", help="print the answer as JSON")
@@ -76,14 +79,23 @@ def _filters(sp: argparse.ArgumentParser) -> None:
 
 def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     """Add the remote commands to an argparse subparsers object; each sets `remote=True`."""
+
     def cmd(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description or help, parents=parents,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            parents=parents,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.set_defaults(remote=True, command=name)
         return sp
 
-    s = cmd("search", "stored items matching a text query, a clip, or a stored item",
-            'blat search "dog barking" | blat search --audio clip.wav | blat search --similar ITEM_ID')
+    s = cmd(
+        "search",
+        "stored items matching a text query, a clip, or a stored item",
+        'blat search "dog barking" | blat search --audio clip.wav | blat search --similar ITEM_ID',
+    )
     s.add_argument("query", nargs="?", help='free text, e.g. "dog barking"')
     s.add_argument("--audio", metavar="FILE", help="find items that sound like this WAV/FLAC/OGG/MP3 file")
     s.add_argument("--similar", metavar="ID", help="find neighbours of this stored item")
@@ -91,16 +103,28 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s = cmd("tag", "zero-shot AudioSet tags of an audio file (over time with --window)")
     s.add_argument("file", help="WAV, FLAC, OGG or MP3 file")
     s.add_argument("--top-k", type=int, default=10, help="tags per clip and per window (default: 10)")
-    s.add_argument("--label", action="append", dest="labels", default=[], metavar="LABEL",
-                   help="score these labels instead of the 527 AudioSet ones (repeat)")
+    s.add_argument(
+        "--label",
+        action="append",
+        dest="labels",
+        default=[],
+        metavar="LABEL",
+        help="score these labels instead of the 527 AudioSet ones (repeat)",
+    )
     s.add_argument("--window", type=float, default=0.0, metavar="S", help="also tag windows of S seconds")
     s.add_argument("--hop", type=float, default=0.0, metavar="S", help="window hop (default: the window)")
     s = cmd("caption", "captions of an audio file")
     s.add_argument("file", help="WAV, FLAC, OGG or MP3 file")
     s.add_argument("--n-best", type=int, default=1, help="captions to return (default: 1)")
     s.add_argument("--beam-size", type=int, default=0, help="beam size (default: the bundle's)")
-    s.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG",
-                   help="AudioSet label (display name) guiding the captioner (repeat)")
+    s.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        default=[],
+        metavar="TAG",
+        help="AudioSet label (display name) guiding the captioner (repeat)",
+    )
     s = cmd("add", "store one audio file under an id")
     s.add_argument("id", help="item id: 1-200 characters of A-Z a-z 0-9 . _ : / -")
     s.add_argument("file", help="a local audio file to upload (with --server-path: a path on the server)")
@@ -108,9 +132,12 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="item tag (repeat)")
     s.add_argument("--caption", default="", help="item caption")
     s.add_argument("--upsert", action="store_true", help="replace an item with the same id")
-    s = cmd("add-folder", "upload every audio file under a local folder, with a progress bar",
-            "Each file becomes an item whose id is PREFIX + its path relative to FOLDER (spaces become '_'). Files "
-            "already stored (same id or same sound: 409) are counted as skipped, so a rerun resumes.")
+    s = cmd(
+        "add-folder",
+        "upload every audio file under a local folder, with a progress bar",
+        "Each file becomes an item whose id is PREFIX + its path relative to FOLDER (spaces become '_'). Files "
+        "already stored (same id or same sound: 409) are counted as skipped, so a rerun resumes.",
+    )
     s.add_argument("folder", help="local folder, searched recursively for " + ", ".join(AUDIO_SUFFIXES))
     s.add_argument("--prefix", default="", help="id prefix, e.g. 'field-2026/'")
     s.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="tag for every item")
@@ -119,13 +146,20 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     cmd("get", "show a stored item").add_argument("id")
     cmd("delete", "delete a stored item").add_argument("id")
-    s = cmd("rebuild", "rebuild the index from a server-side folder, manifest or embedding job and wait for it",
-            "Starts a background rebuild (searches keep using the old version until the new one validates), then "
-            "follows it with a progress bar. --status / --cancel act on a running job instead.")
+    s = cmd(
+        "rebuild",
+        "rebuild the index from a server-side folder, manifest or embedding job and wait for it",
+        "Starts a background rebuild (searches keep using the old version until the new one validates), then "
+        "follows it with a progress bar. --status / --cancel act on a running job instead.",
+    )
     s.add_argument("folder", nargs="?", help="folder on the server, under its ingest roots")
     s.add_argument("--manifest", help="JSON Lines manifest on the server instead of a folder")
-    s.add_argument("--embeddings", metavar="JOB_DIR", help="a finished embedding job's folder on the server "
-                   "(python -m blat_jobs.embed): loads precomputed embeddings instead of embedding audio")
+    s.add_argument(
+        "--embeddings",
+        metavar="JOB_DIR",
+        help="a finished embedding job's folder on the server "
+        "(python -m blat_jobs.embed): loads precomputed embeddings instead of embedding audio",
+    )
     s.add_argument("--no-wait", action="store_true", help="print the started job and return")
     s.add_argument("--status", metavar="JOB", help="show a job's progress")
     s.add_argument("--cancel", metavar="JOB", help="cancel a running job")
@@ -136,8 +170,17 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _filter(args) -> dict:
-    return {k: v for k, v in {"tags_any": args.tags_any, "tags_all": args.tags_all, "source_prefix": args.source_prefix,
-                              "min_duration_s": args.min_duration, "max_duration_s": args.max_duration}.items() if v}
+    return {
+        k: v
+        for k, v in {
+            "tags_any": args.tags_any,
+            "tags_all": args.tags_all,
+            "source_prefix": args.source_prefix,
+            "min_duration_s": args.min_duration,
+            "max_duration_s": args.max_duration,
+        }.items()
+        if v
+    }
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -169,11 +212,17 @@ def add_folder(c: Client, args) -> tuple[dict, int]:
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for n, (outcome, item_id, why) in enumerate(pool.map(one, files), 1):
             {"added": added, "skipped": skipped, "failed": failed}[outcome].append(
-                item_id if outcome == "added" else {"id": item_id, "reason": why})
+                item_id if outcome == "added" else {"id": item_id, "reason": why}
+            )
             bar.update(n, f"added {len(added)} skipped {len(skipped)} failed {len(failed)}", force=n == len(files))
     bar.close()
-    return {"folder": str(folder), "files": len(files), "added": added, "skipped": skipped, "failed": failed}, \
-        PARTIAL if failed else OK
+    return {
+        "folder": str(folder),
+        "files": len(files),
+        "added": added,
+        "skipped": skipped,
+        "failed": failed,
+    }, PARTIAL if failed else OK
 
 
 def rebuild(c: Client, args) -> tuple[object, int]:
@@ -187,8 +236,10 @@ def rebuild(c: Client, args) -> tuple[object, int]:
     if args.no_wait:
         return job, OK
     bar = Progress(f"rebuild {job.job_id}", job.total, args.quiet)
-    job = c.wait_rebuild(job.job_id, on_progress=lambda j: bar.update(j.done, f"{j.state} added {j.added}",
-                                                                      force=j.finished, total=j.total))
+    job = c.wait_rebuild(
+        job.job_id,
+        on_progress=lambda j: bar.update(j.done, f"{j.state} added {j.added}", force=j.finished, total=j.total),
+    )
     bar.close()
     return job, OK if job.state == "succeeded" else PARTIAL
 
@@ -239,8 +290,13 @@ def text(cmd: str, value) -> str:
     """A short human reading of an answer; --json has everything."""
     d = plain(value)
     if cmd == "search":
-        return "\n".join(f"{h['score']:.3f}  {h['id']}  [{', '.join(h['item']['tags'])}]  {h['item']['caption']}"
-                         for h in d["hits"]) or "no results"
+        return (
+            "\n".join(
+                f"{h['score']:.3f}  {h['id']}  [{', '.join(h['item']['tags'])}]  {h['item']['caption']}"
+                for h in d["hits"]
+            )
+            or "no results"
+        )
     if cmd == "tag":
         lines = [f"{t['score']:.3f}  {t['label']}" for t in d["tags"]]
         for w in d["windows"]:
@@ -251,8 +307,10 @@ def text(cmd: str, value) -> str:
         return "\n".join(f"{c['log_prob']:8.2f}  {c['text']}" for c in d)
     if cmd == "add-folder":
         failed = "".join(f"\n  failed {f['id']}: {f['reason']}" for f in d["failed"])
-        return f"{d['files']} files: {len(d['added'])} added, {len(d['skipped'])} already stored, " \
-               f"{len(d['failed'])} failed{failed}"
+        return (
+            f"{d['files']} files: {len(d['added'])} added, {len(d['skipped'])} already stored, "
+            f"{len(d['failed'])} failed{failed}"
+        )
     return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in d.items())
 
 
@@ -272,7 +330,8 @@ def execute(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blat_client", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m blat_client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), [common_options()])
     return execute(p.parse_args(argv))

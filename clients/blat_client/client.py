@@ -8,13 +8,15 @@ which `Client` runs at once and `AsyncClient` returns as a coroutine. Both retry
 doing any work (429 overloaded, 503 backend down) with exponential backoff, waiting at least what Retry-After
 asks, and give every call a timeout.
 """
+
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
 
 from blat_client.audio import Audio
 from blat_client.errors import ClientError
@@ -30,12 +32,13 @@ DEFAULT_TIMEOUT_S = 60.0
 class Retry:
     """Attempts after the first, and the backoff between them: base_s * 2**n (with jitter), capped at max_s, but never
     less than the server's Retry-After."""
+
     attempts: int = 3
     base_s: float = 0.25
     max_s: float = 10.0
 
     def delay(self, attempt: int, error: ClientError) -> float:
-        backoff = min(self.max_s, self.base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+        backoff = min(self.max_s, self.base_s * 2**attempt) * random.uniform(0.5, 1.0)
         return max(backoff, min(self.max_s, error.retry_after or 0.0))
 
 
@@ -53,8 +56,9 @@ def make_transport(target: str, api_key: str | None, timeout: float) -> RestTran
 
 
 class _Api:
-    def __init__(self, target: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 retry: Retry = Retry()):
+    def __init__(
+        self, target: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S, retry: Retry = Retry()
+    ):
         self.target, self.retry = target, retry
         self.transport = make_transport(target, api_key, timeout)
 
@@ -79,8 +83,9 @@ class _Api:
         return self._send(self.transport.search_item(item_id, k, filter))
 
     # -- models ----------------------------------------------------------------------------------------------------
-    def tag(self, audio: Audio, labels: Sequence[str] = (), top_k: int = 10, window_s: float = 0.0,
-            hop_s: float = 0.0) -> Tags:
+    def tag(
+        self, audio: Audio, labels: Sequence[str] = (), top_k: int = 10, window_s: float = 0.0, hop_s: float = 0.0
+    ) -> Tags:
         """Zero-shot tags over the 527 AudioSet labels (or `labels`); window_s > 0 adds tags per window."""
         return self._send(self.transport.tag(audio, labels, top_k, window_s, hop_s))
 
@@ -95,8 +100,17 @@ class _Api:
         return self._send(self.transport.embed_text([texts] if isinstance(texts, str) else list(texts)))
 
     # -- items -----------------------------------------------------------------------------------------------------
-    def add_item(self, item_id: str, audio: Audio | None = None, *, path: str | None = None, tags: Sequence[str] = (),
-                 caption: str = "", source_uri: str = "", upsert: bool = False) -> Item:
+    def add_item(
+        self,
+        item_id: str,
+        audio: Audio | None = None,
+        *,
+        path: str | None = None,
+        tags: Sequence[str] = (),
+        caption: str = "",
+        source_uri: str = "",
+        upsert: bool = False,
+    ) -> Item:
         """Store a clip under `item_id`: uploaded `audio`, or a server-side `path` under the server's ingest roots.
         Durable once this returns."""
         if (audio is None) == (path is None):
@@ -111,8 +125,9 @@ class _Api:
         return self._send(self.transport.delete_item(item_id))
 
     # -- index -----------------------------------------------------------------------------------------------------
-    def start_rebuild(self, folder: str | None = None, manifest: str | None = None,
-                      embeddings: str | None = None) -> Job:
+    def start_rebuild(
+        self, folder: str | None = None, manifest: str | None = None, embeddings: str | None = None
+    ) -> Job:
         """Rebuild the index in the background from a server-side folder or JSON Lines manifest of audio, or from
         a finished embedding job's folder (precomputed embeddings)."""
         if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
@@ -163,9 +178,17 @@ class Client(_Api):
                 return job
             time.sleep(poll_s)
 
-    def stream_tag(self, chunks: Iterable[bytes], sample_rate: int, encoding: str = "s16le", window_s: float = 0.0,
-                   hop_s: float = 0.0, top_k: int = 0, labels: Sequence[str] = (),
-                   timeout: float | None = None) -> Iterator[TagWindow]:
+    def stream_tag(
+        self,
+        chunks: Iterable[bytes],
+        sample_rate: int,
+        encoding: str = "s16le",
+        window_s: float = 0.0,
+        hop_s: float = 0.0,
+        top_k: int = 0,
+        labels: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Iterator[TagWindow]:
         """Raw mono PCM chunks (`encoding` "s16le" or "f32le" at `sample_rate`) in, one TagWindow out per hop, as
         soon as each window fills. gRPC only; `blat_client.wav_chunks(path)` reads a WAV file into chunks."""
         return self._streaming().stream_tag(chunks, sample_rate, encoding, window_s, hop_s, top_k, labels, timeout)
@@ -201,9 +224,17 @@ class AsyncClient(_Api):
                 return job
             await asyncio.sleep(poll_s)
 
-    def stream_tag(self, chunks, sample_rate: int, encoding: str = "s16le", window_s: float = 0.0, hop_s: float = 0.0,
-                   top_k: int = 0, labels: Sequence[str] = (),
-                   timeout: float | None = None) -> AsyncIterator[TagWindow]:
+    def stream_tag(
+        self,
+        chunks,
+        sample_rate: int,
+        encoding: str = "s16le",
+        window_s: float = 0.0,
+        hop_s: float = 0.0,
+        top_k: int = 0,
+        labels: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncIterator[TagWindow]:
         """`async for window in c.stream_tag(chunks, rate)`; `chunks` may be an iterable or an async iterable."""
         return self._streaming().astream_tag(chunks, sample_rate, encoding, window_s, hop_s, top_k, labels, timeout)
 

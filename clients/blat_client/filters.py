@@ -1,7 +1,9 @@
 """Search filters: a mapping with any of these keys, the same on both transports."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 Filter = Mapping[str, Any]
 FILTER_KEYS = ("tags_any", "tags_all", "source_prefix", "min_duration_s", "max_duration_s")

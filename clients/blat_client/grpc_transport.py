@@ -1,11 +1,13 @@
 """The gRPC transport (service blat.v1.Blat in blat_client/_wire/blat.proto). Each operation is described as a
 `GrpcCall` (method, request message, parser) and sent by `send` (blocking channel) or `asend` (grpc.aio channel).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -28,8 +30,15 @@ class GrpcCall:
 
 
 def item(it: pb.Item) -> Item:
-    return Item(id=it.id, source_uri=it.source_uri, duration_s=it.duration_s, tags=tuple(it.tags), caption=it.caption,
-                content_hash=it.content_hash, added_at=it.added_at)
+    return Item(
+        id=it.id,
+        source_uri=it.source_uri,
+        duration_s=it.duration_s,
+        tags=tuple(it.tags),
+        caption=it.caption,
+        content_hash=it.content_hash,
+        added_at=it.added_at,
+    )
 
 
 def search_result(r: pb.SearchResponse) -> SearchResult:
@@ -45,14 +54,29 @@ def window(w: pb.TagWindow) -> TagWindow:
 
 
 def job(j: pb.Job) -> Job:
-    return Job(job_id=j.job_id, state=j.state, done=j.done, total=j.total, added=j.added, skipped=j.skipped,
-               error=j.error, version=j.version)
+    return Job(
+        job_id=j.job_id,
+        state=j.state,
+        done=j.done,
+        total=j.total,
+        added=j.added,
+        skipped=j.skipped,
+        error=j.error,
+        version=j.version,
+    )
 
 
 def stats(s: pb.StatsResponse) -> Stats:
-    return Stats(items=s.items, deleted_pending=s.deleted_pending, index_kind=s.index_kind,
-                 index_version=s.index_version, previous_version=s.previous_version, dim=s.dim, bundle=s.bundle,
-                 index_engine=s.index_engine)
+    return Stats(
+        items=s.items,
+        deleted_pending=s.deleted_pending,
+        index_kind=s.index_kind,
+        index_version=s.index_version,
+        previous_version=s.previous_version,
+        dim=s.dim,
+        bundle=s.bundle,
+        index_engine=s.index_engine,
+    )
 
 
 def _filter(flt: Filter | None) -> pb.Filter | None:
@@ -67,8 +91,9 @@ def _error(e: grpc.RpcError) -> ClientError:
     details = e.details() if hasattr(e, "details") else str(e)
     if name == "UNAVAILABLE" and "failed to connect" in (details or "").lower():
         return ClientError(0, "unreachable", details)
-    return ClientError(GRPC_TO_HTTP.get(name, 500), name, details or "", None,
-                       parse_retry_after(trailing.get("retry-after")))
+    return ClientError(
+        GRPC_TO_HTTP.get(name, 500), name, details or "", None, parse_retry_after(trailing.get("retry-after"))
+    )
 
 
 class GrpcTransport:
@@ -77,8 +102,10 @@ class GrpcTransport:
     def __init__(self, address: str, api_key: str | None, timeout: float):
         self.address, self.timeout = address, timeout
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self._options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
         self._channel: grpc.Channel | None = None
         self._achannel: grpc.aio.Channel | None = None  # belongs to the event loop it is first used in
         self._sync: pb_grpc.BlatStub | None = None
@@ -99,15 +126,17 @@ class GrpcTransport:
     # -- sending ---------------------------------------------------------------------------------------------------
     def send(self, call: GrpcCall) -> Any:
         try:
-            return call.parse(getattr(self._stub(), call.method)(call.request, timeout=self.timeout,
-                                                                 metadata=self.metadata))
+            return call.parse(
+                getattr(self._stub(), call.method)(call.request, timeout=self.timeout, metadata=self.metadata)
+            )
         except grpc.RpcError as e:
             raise _error(e) from None
 
     async def asend(self, call: GrpcCall) -> Any:
         try:
-            return call.parse(await getattr(self._astub(), call.method)(call.request, timeout=self.timeout,
-                                                                        metadata=self.metadata))
+            return call.parse(
+                await getattr(self._astub(), call.method)(call.request, timeout=self.timeout, metadata=self.metadata)
+            )
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -121,13 +150,31 @@ class GrpcTransport:
 
     # -- streaming tags --------------------------------------------------------------------------------------------
     @staticmethod
-    def _config(sample_rate: int, encoding: str, window_s: float, hop_s: float, top_k: int,
-                labels: Sequence[str]) -> pb.StreamTagRequest:
-        return pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=sample_rate, encoding=encoding, window_s=window_s,
-                                                          hop_s=hop_s, top_k=top_k, labels=list(labels)))
+    def _config(
+        sample_rate: int, encoding: str, window_s: float, hop_s: float, top_k: int, labels: Sequence[str]
+    ) -> pb.StreamTagRequest:
+        return pb.StreamTagRequest(
+            config=pb.StreamConfig(
+                sample_rate=sample_rate,
+                encoding=encoding,
+                window_s=window_s,
+                hop_s=hop_s,
+                top_k=top_k,
+                labels=list(labels),
+            )
+        )
 
-    def stream_tag(self, chunks: Iterable[bytes], sample_rate: int, encoding: str, window_s: float, hop_s: float,
-                   top_k: int, labels: Sequence[str], timeout: float | None) -> Iterator[TagWindow]:
+    def stream_tag(
+        self,
+        chunks: Iterable[bytes],
+        sample_rate: int,
+        encoding: str,
+        window_s: float,
+        hop_s: float,
+        top_k: int,
+        labels: Sequence[str],
+        timeout: float | None,
+    ) -> Iterator[TagWindow]:
         def requests():
             yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
             for chunk in chunks:
@@ -139,8 +186,17 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise _error(e) from None
 
-    async def astream_tag(self, chunks, sample_rate: int, encoding: str, window_s: float, hop_s: float, top_k: int,
-                          labels: Sequence[str], timeout: float | None) -> AsyncIterator[TagWindow]:
+    async def astream_tag(
+        self,
+        chunks,
+        sample_rate: int,
+        encoding: str,
+        window_s: float,
+        hop_s: float,
+        top_k: int,
+        labels: Sequence[str],
+        timeout: float | None,
+    ) -> AsyncIterator[TagWindow]:
         async def requests():
             yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
             if hasattr(chunks, "__aiter__"):
@@ -161,36 +217,61 @@ class GrpcTransport:
         return GrpcCall("SearchText", pb.SearchTextRequest(query=query, k=k, filter=_filter(flt)), search_result)
 
     def search_audio(self, audio: Audio, k: int, flt: Filter | None) -> GrpcCall:
-        return GrpcCall("SearchAudio", pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k,
-                                                             filter=_filter(flt)), search_result)
+        return GrpcCall(
+            "SearchAudio",
+            pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k, filter=_filter(flt)),
+            search_result,
+        )
 
     def search_item(self, item_id: str, k: int, flt: Filter | None) -> GrpcCall:
         return GrpcCall("SearchItem", pb.SearchItemRequest(id=item_id, k=k, filter=_filter(flt)), search_result)
 
     def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> GrpcCall:
-        req = pb.TagRequest(audio=pb.Audio(data=read_audio(audio)), labels=list(labels), top_k=top_k,
-                            window_s=window_s, hop_s=hop_s)
+        req = pb.TagRequest(
+            audio=pb.Audio(data=read_audio(audio)), labels=list(labels), top_k=top_k, window_s=window_s, hop_s=hop_s
+        )
         return GrpcCall("Tag", req, lambda r: Tags(scores(r.tags), [window(w) for w in r.windows]))
 
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> GrpcCall:
-        req = pb.CaptionRequest(audio=pb.Audio(data=read_audio(audio)), tags=list(tags_), n_best=n_best,
-                                beam_size=beam_size)
-        return GrpcCall("Caption", req, lambda r: [Caption(c.text, c.log_prob, list(c.guide_tags), c.tags_predicted)
-                                                            for c in r.captions])
+        req = pb.CaptionRequest(
+            audio=pb.Audio(data=read_audio(audio)), tags=list(tags_), n_best=n_best, beam_size=beam_size
+        )
+        return GrpcCall(
+            "Caption",
+            req,
+            lambda r: [Caption(c.text, c.log_prob, list(c.guide_tags), c.tags_predicted) for c in r.captions],
+        )
 
     def embed_audio(self, audio: Audio) -> GrpcCall:
-        return GrpcCall("EmbedAudio", pb.EmbedAudioRequest(audio=pb.Audio(data=read_audio(audio))),
-                        lambda r: list(r.embeddings[0].values))
+        return GrpcCall(
+            "EmbedAudio",
+            pb.EmbedAudioRequest(audio=pb.Audio(data=read_audio(audio))),
+            lambda r: list(r.embeddings[0].values),
+        )
 
     def embed_text(self, texts: Sequence[str]) -> GrpcCall:
-        return GrpcCall("EmbedText", pb.EmbedTextRequest(texts=list(texts)),
-                        lambda r: [list(e.values) for e in r.embeddings])
+        return GrpcCall(
+            "EmbedText", pb.EmbedTextRequest(texts=list(texts)), lambda r: [list(e.values) for e in r.embeddings]
+        )
 
-    def add_item(self, item_id: str, audio: Audio | None, path: str | None, tags_: Sequence[str], caption: str,
-                 source_uri: str, upsert: bool) -> GrpcCall:
+    def add_item(
+        self,
+        item_id: str,
+        audio: Audio | None,
+        path: str | None,
+        tags_: Sequence[str],
+        caption: str,
+        source_uri: str,
+        upsert: bool,
+    ) -> GrpcCall:
         source = {"audio": pb.Audio(data=read_audio(audio))} if audio is not None else {"path": str(path)}
-        return GrpcCall("AddItem", pb.AddItemRequest(id=item_id, tags=list(tags_), caption=caption,
-                                                     source_uri=source_uri, upsert=upsert, **source), item)
+        return GrpcCall(
+            "AddItem",
+            pb.AddItemRequest(
+                id=item_id, tags=list(tags_), caption=caption, source_uri=source_uri, upsert=upsert, **source
+            ),
+            item,
+        )
 
     def get_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("GetItem", pb.ItemRequest(id=item_id), item)
@@ -199,8 +280,11 @@ class GrpcTransport:
         return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))
 
     def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> GrpcCall:
-        source = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
-                  if v is not None}
+        source = {
+            k: str(v)
+            for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
+            if v is not None
+        }
         req = pb.RebuildRequest(**source)
         return GrpcCall("StartRebuild", req, job)
 
@@ -217,5 +301,6 @@ class GrpcTransport:
         return GrpcCall("Stats", pb.Empty(), stats)
 
     def info(self) -> GrpcCall:
-        return GrpcCall("Info", pb.Empty(), lambda r: Info(json.loads(r.bundle_json), r.backend,
-                                                           json.loads(r.limits_json or "{}")))
+        return GrpcCall(
+            "Info", pb.Empty(), lambda r: Info(json.loads(r.bundle_json), r.backend, json.loads(r.limits_json or "{}"))
+        )

@@ -1,11 +1,13 @@
 """The REST transport (`/v1/...` over HTTP/JSON, with httpx). Each operation is first described as a `RestCall`,
 then sent by `send` (blocking) or `asend` (asyncio), so both modes share every path, parameter and parser.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -32,14 +34,21 @@ def f32(x: float) -> float:
 
 
 def item(d: Mapping[str, Any]) -> Item:
-    return Item(id=d["id"], source_uri=d.get("source_uri", ""), duration_s=f32(d.get("duration_s", 0.0)),
-                tags=tuple(d.get("tags", ())), caption=d.get("caption", ""), content_hash=d.get("content_hash", ""),
-                added_at=d.get("added_at", ""))
+    return Item(
+        id=d["id"],
+        source_uri=d.get("source_uri", ""),
+        duration_s=f32(d.get("duration_s", 0.0)),
+        tags=tuple(d.get("tags", ())),
+        caption=d.get("caption", ""),
+        content_hash=d.get("content_hash", ""),
+        added_at=d.get("added_at", ""),
+    )
 
 
 def search_result(d: Mapping[str, Any]) -> SearchResult:
-    return SearchResult([Hit(h["id"], f32(h["score"]), item(h["item"])) for h in d["hits"]], d["bundle"],
-                        d["index_version"])
+    return SearchResult(
+        [Hit(h["id"], f32(h["score"]), item(h["item"])) for h in d["hits"]], d["bundle"], d["index_version"]
+    )
 
 
 def scores(rows) -> list[LabelScore]:
@@ -47,19 +56,35 @@ def scores(rows) -> list[LabelScore]:
 
 
 def tags(d: Mapping[str, Any]) -> Tags:
-    return Tags(scores(d["tags"]), [TagWindow(f32(w["start_s"]), f32(w["end_s"]), scores(w["tags"]))
-                                    for w in d["windows"]])
+    return Tags(
+        scores(d["tags"]), [TagWindow(f32(w["start_s"]), f32(w["end_s"]), scores(w["tags"])) for w in d["windows"]]
+    )
 
 
 def job(d: Mapping[str, Any]) -> Job:
-    return Job(job_id=d["version"], state=d["state"], done=d["done"], total=d["total"], added=d["added"],
-               skipped=d["skipped"], error=d.get("error") or "", version=d["version"])
+    return Job(
+        job_id=d["version"],
+        state=d["state"],
+        done=d["done"],
+        total=d["total"],
+        added=d["added"],
+        skipped=d["skipped"],
+        error=d.get("error") or "",
+        version=d["version"],
+    )
 
 
 def stats(d: Mapping[str, Any]) -> Stats:
-    return Stats(items=d["count"], deleted_pending=d["tombstones"], index_kind=d["kind"], index_version=d["version"],
-                 previous_version=d.get("previous_version") or "", dim=d["dim"], bundle=d["bundle_id"],
-                 index_engine=d.get("engine", ""))
+    return Stats(
+        items=d["count"],
+        deleted_pending=d["tombstones"],
+        index_kind=d["kind"],
+        index_version=d["version"],
+        previous_version=d.get("previous_version") or "",
+        dim=d["dim"],
+        bundle=d["bundle_id"],
+        index_engine=d.get("engine", ""),
+    )
 
 
 def _segment(value: str) -> str:
@@ -103,8 +128,14 @@ class RestTransport:
             self._sync = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
         sent = _Sending()
         try:
-            r = self._sync.request(call.method, call.path, params=call.params, json=call.json, content=call.content,
-                                   extensions={"trace": sent.trace})
+            r = self._sync.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                content=call.content,
+                extensions={"trace": sent.trace},
+            )
         except httpx.TransportError as e:
             raise self._no_answer(call, e, sent) from None
         return self._answer(call, r)
@@ -114,8 +145,14 @@ class RestTransport:
             self._async = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
         sent = _Sending()
         try:
-            r = await self._async.request(call.method, call.path, params=call.params, json=call.json,
-                                          content=call.content, extensions={"trace": sent.atrace})
+            r = await self._async.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                content=call.content,
+                extensions={"trace": sent.atrace},
+            )
         except httpx.TransportError as e:
             raise self._no_answer(call, e, sent) from None
         return self._answer(call, r)
@@ -125,8 +162,12 @@ class RestTransport:
         if isinstance(e, httpx.TimeoutException):
             return ClientError(0, "timeout", f"{where}: no answer within {self.timeout:g} s ({type(e).__name__})")
         if sent.cut:  # retryable: the server cannot have acted on a request it did not read to the end
-            return ClientError(0, "connection_reset", f"{where}: the server closed the connection before it had "
-                                                      f"read the whole request (a refusal under load): {e!r}")
+            return ClientError(
+                0,
+                "connection_reset",
+                f"{where}: the server closed the connection before it had "
+                f"read the whole request (a refusal under load): {e!r}",
+            )
         return ClientError(0, "unreachable", f"{where}: {e!r}")
 
     @staticmethod
@@ -164,13 +205,22 @@ class RestTransport:
         return RestCall("POST", "/v1/search/item", search_result, json=body)
 
     def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> RestCall:
-        return self._upload("/v1/tag", audio, {"labels": list(labels), "top_k": top_k, "window_s": window_s,
-                                               "hop_s": hop_s}, tags)
+        return self._upload(
+            "/v1/tag", audio, {"labels": list(labels), "top_k": top_k, "window_s": window_s, "hop_s": hop_s}, tags
+        )
 
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> RestCall:
-        return self._upload("/v1/caption", audio, {"tags": list(tags_), "n_best": n_best, "beam_size": beam_size},
-                            lambda d: [Caption(c["text"], f32(c["log_prob"]), list(c.get("guide_tags", [])),
-                                                   bool(c.get("tags_predicted", False))) for c in d["captions"]])
+        return self._upload(
+            "/v1/caption",
+            audio,
+            {"tags": list(tags_), "n_best": n_best, "beam_size": beam_size},
+            lambda d: [
+                Caption(
+                    c["text"], f32(c["log_prob"]), list(c.get("guide_tags", [])), bool(c.get("tags_predicted", False))
+                )
+                for c in d["captions"]
+            ],
+        )
 
     def embed_audio(self, audio: Audio) -> RestCall:
         return self._upload("/v1/embed/audio", audio, {}, lambda d: [float(x) for x in d["embedding"]])
@@ -178,14 +228,36 @@ class RestTransport:
     def embed_text(self, texts: Sequence[str]) -> RestCall:
         return RestCall("POST", "/v1/embed/text", lambda d: d["embeddings"], json={"texts": list(texts)})
 
-    def add_item(self, item_id: str, audio: Audio | None, path: str | None, tags_: Sequence[str], caption: str,
-                 source_uri: str, upsert: bool) -> RestCall:
+    def add_item(
+        self,
+        item_id: str,
+        audio: Audio | None,
+        path: str | None,
+        tags_: Sequence[str],
+        caption: str,
+        source_uri: str,
+        upsert: bool,
+    ) -> RestCall:
         if path is not None:
-            return RestCall("POST", "/v1/items/from-path", item, json={
-                "id": item_id, "path": str(path), "tags": list(tags_), "caption": caption, "source_uri": source_uri,
-                "upsert": upsert})
-        return self._upload("/v1/items", audio, {"id": item_id, "tags": list(tags_), "caption": caption,
-                                                 "source_uri": source_uri, "upsert": upsert}, item)
+            return RestCall(
+                "POST",
+                "/v1/items/from-path",
+                item,
+                json={
+                    "id": item_id,
+                    "path": str(path),
+                    "tags": list(tags_),
+                    "caption": caption,
+                    "source_uri": source_uri,
+                    "upsert": upsert,
+                },
+            )
+        return self._upload(
+            "/v1/items",
+            audio,
+            {"id": item_id, "tags": list(tags_), "caption": caption, "source_uri": source_uri, "upsert": upsert},
+            item,
+        )
 
     def get_item(self, item_id: str) -> RestCall:
         return RestCall("GET", f"/v1/items/{_segment(item_id)}", item)
@@ -194,8 +266,11 @@ class RestTransport:
         return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))
 
     def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> RestCall:
-        body = {k: str(v) for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
-                if v is not None}
+        body = {
+            k: str(v)
+            for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
+            if v is not None
+        }
         return RestCall("POST", "/v1/index/rebuild", job, json=body)
 
     def rebuild_status(self, job_id: str) -> RestCall:

@@ -3,6 +3,7 @@
 `to_dict()` gives plain JSON-ready data (the CLI's --json output). Times are ISO 8601 UTC strings with milliseconds
 ("2026-12-03T06:45:45.123Z"), as the server writes them on both faces.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ class _Value:
 @dataclass(frozen=True)
 class Item(_Value):
     """One stored clip's metadata."""
+
     id: str
     source_uri: str = ""  # where the audio came from (a server-side path, or what the uploader said)
     duration_s: float = 0.0
@@ -76,6 +78,7 @@ class Caption(_Value):
 @dataclass(frozen=True)
 class Job(_Value):
     """A background index rebuild. `state`: queued, running, validating, succeeded, failed or cancelled."""
+
     job_id: str
     state: str
     done: int  # entries consumed, skipped ones included

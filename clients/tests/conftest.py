@@ -6,6 +6,7 @@ The gateway must accept writes without a key and have an empty ingest root at $B
 process and the server can read). Everything here uses the standard library and blat_client only, so it runs in a
 virtualenv that holds nothing but the client (tests/clients/test_install.py does exactly that).
 """
+
 from __future__ import annotations
 
 import array

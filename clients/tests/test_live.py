@@ -1,4 +1,5 @@
 """The client against a real gateway, over both transports: typed answers, identical on REST and gRPC."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from blat_client import (AsyncClient, Caption, Client, ClientError, Hit, Item, Job, SearchResult, Stats, Tags,
-                         TagWindow, wav_chunks)
 from conftest import wav_bytes
+
+from blat_client import (
+    AsyncClient,
+    Caption,
+    Client,
+    ClientError,
+    Hit,
+    Item,
+    Job,
+    SearchResult,
+    Stats,
+    Tags,
+    TagWindow,
+    wav_chunks,
+)
 
 N = 6
 
@@ -25,8 +38,14 @@ def stored(rest_url, grpc_target) -> dict[str, bytes]:
         for i in range(N):
             item_id, data = f"live/{i}", wav_bytes(100 + i, seconds=0.5 + 0.25 * i)
             c = rest if i % 2 == 0 else rpc
-            got = c.add_item(item_id, data, tags=["live", "even" if i % 2 == 0 else "odd"], caption=f"clip {i}",
-                             source_uri=f"test://{i}", upsert=True)  # upsert: a rerun against the same server
+            got = c.add_item(
+                item_id,
+                data,
+                tags=["live", "even" if i % 2 == 0 else "odd"],
+                caption=f"clip {i}",
+                source_uri=f"test://{i}",
+                upsert=True,
+            )  # upsert: a rerun against the same server
             assert isinstance(got, Item) and got.id == item_id and got.tags == ("live", got.tags[1])
             assert got.source_uri == f"test://{i}" and got.duration_s == pytest.approx(0.5 + 0.25 * i, abs=1e-3)
             out[item_id] = data
@@ -50,12 +69,18 @@ def test_answers_are_typed(client, stored):
 
 def test_both_transports_answer_the_same(rest_url, grpc_target, stored):
     with Client(rest_url) as rest, Client(grpc_target) as rpc:
-        for call in (lambda c: c.get_item("live/3"), lambda c: c.stats(), lambda c: c.info(),
-                     lambda c: c.search_item("live/0", k=4), lambda c: c.search_text("noise", k=4),
-                     lambda c: c.search_audio(stored["live/2"], k=3, filter={"tags_all": ["live", "even"]}),
-                     lambda c: c.tag(stored["live/4"], top_k=5, window_s=0.5),
-                     lambda c: c.caption(stored["live/2"], n_best=2),
-                     lambda c: c.embed_text(["rain", "a dog"]), lambda c: c.embed_audio(stored["live/1"])):
+        for call in (
+            lambda c: c.get_item("live/3"),
+            lambda c: c.stats(),
+            lambda c: c.info(),
+            lambda c: c.search_item("live/0", k=4),
+            lambda c: c.search_text("noise", k=4),
+            lambda c: c.search_audio(stored["live/2"], k=3, filter={"tags_all": ["live", "even"]}),
+            lambda c: c.tag(stored["live/4"], top_k=5, window_s=0.5),
+            lambda c: c.caption(stored["live/2"], n_best=2),
+            lambda c: c.embed_text(["rain", "a dog"]),
+            lambda c: c.embed_audio(stored["live/1"]),
+        ):
             a, b = call(rest), call(rpc)
             assert type(a) is type(b)
             # Scores travel as JSON doubles and as protobuf floats: equal to float32 precision.
@@ -149,8 +174,7 @@ def test_stream_tag(grpc_target, rest_url, tmp_path):
 
 def test_cli(rest_url, grpc_target, stored, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "blat_client", *args], capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run([sys.executable, "-m", "blat_client", *args], capture_output=True, text=True, timeout=120)
 
     out = cli("get", "live/1", "--url", grpc_target, "--json")
     assert out.returncode == 0, out.stderr

@@ -4,6 +4,7 @@ request unread (it refused it, or went away, before reading all of it), so the c
 A scripted server (standard library sockets) resets the first uploads under their body, as a client far from a
 gateway saw its refusals before the gateway drained refused bodies (the 429 is lost with the reset); the next attempt
 gets the real answer."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ import pytest
 
 from blat_client import NO_RETRY, Client, ClientError, Retry
 
-ITEM = {"id": "a/1", "source_uri": "", "duration_s": 1.0, "tags": [], "caption": "", "content_hash": "h",
-        "added_at": "2026-01-01T00:00:00Z"}
+ITEM = {
+    "id": "a/1",
+    "source_uri": "",
+    "duration_s": 1.0,
+    "tags": [],
+    "caption": "",
+    "content_hash": "h",
+    "added_at": "2026-01-01T00:00:00Z",
+}
 
 
 def _read_head(conn: socket.socket) -> tuple[bytes, bytes]:
@@ -29,8 +37,10 @@ def _read_head(conn: socket.socket) -> tuple[bytes, bytes]:
 
 def _created(body: dict) -> bytes:
     raw = json.dumps(body).encode()
-    return (f"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}\r\n"
-            f"connection: close\r\n\r\n").encode() + raw
+    return (
+        f"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}\r\n"
+        f"connection: close\r\n\r\n"
+    ).encode() + raw
 
 
 @pytest.fixture
@@ -51,8 +61,13 @@ def resetting_server():
                 if len(seen) <= resets:  # the 429 a gateway wrote is lost with the reset over a real network
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     continue  # closed with the body unread: a reset
-                length = int(next(v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
-                                  if k.lower() == b"content-length"))
+                length = int(
+                    next(
+                        v
+                        for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                        if k.lower() == b"content-length"
+                    )
+                )
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 conn.sendall(_created(ITEM))

@@ -1,5 +1,6 @@
 """Retries and timeouts against scripted servers (standard library HTTP, grpcio): they answer 429 or 503 with a
 Retry-After first, which a real gateway only does under overload, then the real answer's shape."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from blat_client import NO_RETRY, Client, ClientError, Retry
 from blat_client._wire import blat_pb2 as pb
 from blat_client._wire import blat_pb2_grpc as pb_grpc
 
-STATS = {"count": 3, "tombstones": 0, "kind": "flat", "version": "v0002", "previous_version": "v0001", "dim": 8,
-         "bundle_id": "b@1"}
+STATS = {
+    "count": 3,
+    "tombstones": 0,
+    "kind": "flat",
+    "version": "v0002",
+    "previous_version": "v0001",
+    "dim": 8,
+    "bundle_id": "b@1",
+}
 
 
 class Script:
@@ -36,8 +44,9 @@ def http_server():
                 script.times.append(time.monotonic())
                 time.sleep(script.hang_s)
                 status = script.statuses.pop(0) if script.statuses else 200
-                body = json.dumps(STATS if status == 200 else
-                                  {"error": {"code": "overloaded", "message": "busy, try later"}}).encode()
+                body = json.dumps(
+                    STATS if status == 200 else {"error": {"code": "overloaded", "message": "busy, try later"}}
+                ).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 if status != 200 and script.retry_after:

@@ -3,6 +3,7 @@
 The bundle is assembled in a temporary sibling directory and renamed into place, so a reader sees
 either no bundle or a complete one. Every graph is checked against PyTorch before the rename.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,20 @@ import torch
 from tqdm import tqdm
 
 from blat.models import DualEncoder, TagGuidedCaptioner
-from blat_contract.bundle import (AudioSpec, BundleManifest, CaptionerSpec, GraphInfo, LabelBank, LabelSpec, TaggerSpec,
-                             TensorInfo, TextSpec, sha256_file, write_manifest)
-from blat.models.towers import read_head_classes
+from blat.models.heads import read_head_classes
+from blat_contract.bundle import (
+    AudioSpec,
+    BundleManifest,
+    CaptionerSpec,
+    GraphInfo,
+    LabelBank,
+    LabelSpec,
+    TaggerSpec,
+    TensorInfo,
+    TextSpec,
+    sha256_file,
+    write_manifest,
+)
 from blat_contract.labels import labels_for_mids
 from blat_export.graphs import _WRAPPERS, GRAPH_SPECS, _example_inputs, export_graph, has_tagger
 from blat_export.labels import DEFAULT_PROMPT, build_label_bank
@@ -33,7 +45,9 @@ class ExportError(RuntimeError):
     """The exported graphs do not reproduce the PyTorch model."""
 
 
-def check_parity(name: str, model: torch.nn.Module, onnx_path: Path, inputs: tuple[torch.Tensor, ...] | None = None) -> float:
+def check_parity(
+    name: str, model: torch.nn.Module, onnx_path: Path, inputs: tuple[torch.Tensor, ...] | None = None
+) -> float:
     """Max abs difference of every output between ONNX Runtime and PyTorch on `inputs` (default: the export example)."""
     inputs = inputs if inputs is not None else _example_inputs(name, model)
     with torch.no_grad():
@@ -59,12 +73,22 @@ def _graph_info(name: str) -> GraphInfo:
     return GraphInfo(f"{name}.onnx", conv(inputs), conv(outputs))
 
 
-def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCaptioner | None = None, *,
-                 name: str = "blat", version: str | None = None, prompt: str = DEFAULT_PROMPT,
-                 source: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                 calibration: tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None] | None = None,
-                 label_bank: tuple[LabelBank, str] | None = None, beam_size: int = 3,
-                 tagger_zero_shot_weight: float = 0.0, overwrite: bool = False) -> Path:
+def write_bundle(
+    out_dir: str | Path,
+    dual: DualEncoder,
+    captioner: TagGuidedCaptioner | None = None,
+    *,
+    name: str = "blat",
+    version: str | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    source: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None] | None = None,
+    label_bank: tuple[LabelBank, str] | None = None,
+    beam_size: int = 3,
+    tagger_zero_shot_weight: float = 0.0,
+    overwrite: bool = False,
+) -> Path:
     """Export `dual` (+ `captioner`) into the bundle directory `out_dir`; returns it.
 
     calibration: (waveforms (M, N), lengths (M,) or None, 0/1 targets (M, 527) or None) reference clips.
@@ -104,24 +128,39 @@ def write_bundle(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCap
 
         frontend = audio_cfg.frontend
         manifest = BundleManifest(
-            name=name, version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            embedding_dim=dual.cfg.embed_dim, logit_scale=float(dual.logit_scale.detach().exp()),
-            audio=AudioSpec(frontend=frontend, min_samples=audio_cfg.min_samples,
-                            frame_seconds=audio_cfg.frame_seconds,
-                            clip_seconds=10.0),
+            name=name,
+            version=version,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            embedding_dim=dual.cfg.embed_dim,
+            logit_scale=float(dual.logit_scale.detach().exp()),
+            audio=AudioSpec(
+                frontend=frontend,
+                min_samples=audio_cfg.min_samples,
+                frame_seconds=audio_cfg.frame_seconds,
+                clip_seconds=10.0,
+            ),
             text=TextSpec(tokenizer="tokenizer.json", max_tokens=dual.cfg.text.max_tokens),
             labels=LabelSpec(file="labels.npz", prompt_template=prompt, calibration=method, count=len(bank.names)),
-            captioner=None if captioner is None else CaptionerSpec(
-                vocab="vocab.json", max_tokens=captioner.cfg.max_tokens, beam_size=beam_size,
-                use_tags=captioner.cfg.use_tags, n_tags=captioner.cfg.n_tags),
+            captioner=None
+            if captioner is None
+            else CaptionerSpec(
+                vocab="vocab.json",
+                max_tokens=captioner.cfg.max_tokens,
+                beam_size=beam_size,
+                use_tags=captioner.cfg.use_tags,
+                n_tags=captioner.cfg.n_tags,
+            ),
             tagger=tagger_spec(dual, tagger_zero_shot_weight),
             graphs={g: _graph_info(g) for g in graphs},
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            source=dict(source or {}), metrics={**(metrics or {}), "export_parity_max_abs": parity},
+            source=dict(source or {}),
+            metrics={**(metrics or {}), "export_parity_max_abs": parity},
         )
         write_manifest(tmp, manifest)
-    log.info("bundle written", extra={"bundle": str(out_dir), "id": manifest.id,
-                                      "files": len(manifest.files), "label_calibration": method})
+    log.info(
+        "bundle written",
+        extra={"bundle": str(out_dir), "id": manifest.id, "files": len(manifest.files), "label_calibration": method},
+    )
     return out_dir
 
 
@@ -132,8 +171,12 @@ def tagger_spec(dual: DualEncoder, zero_shot_weight: float = 0.0) -> TaggerSpec 
     if not 0.0 <= zero_shot_weight <= 1.0:
         raise ValueError(f"tagger_zero_shot_weight must lie in [0, 1], got {zero_shot_weight}")
     tower = dual.audio_encoder
-    return TaggerSpec(labels=labels_for_mids(read_head_classes(dual.cfg.audio.head_classes)),
-                      source=tower.head_source, pooling=tower.head_pooling, zero_shot_weight=zero_shot_weight)
+    return TaggerSpec(
+        labels=labels_for_mids(read_head_classes(dual.cfg.audio.head_classes)),
+        source=tower.head_source,
+        pooling=tower.head_pooling,
+        zero_shot_weight=zero_shot_weight,
+    )
 
 
 def checkpoint_source(path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Each wrapper fixes one graph's tensor names and shapes; `GRAPH_SPECS` is the contract the server reads
 back from bundle.json. Dynamic axes: B (batch), N (samples), L (tokens), T (frames), S (steps).
 """
+
 from __future__ import annotations
 
 import logging
@@ -117,15 +118,21 @@ def _i(name, *shape):
 
 # graph name -> (inputs, outputs); D embedding dim, C frame channels, K head classes, d decoder width, V vocabulary
 GRAPH_SPECS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    "audio_encoder": ((_f("waveform", "B", "N"), _i("lengths", "B")),
-                      (_f("audio_embedding", "B", "D"), _f("frames", "B", "T", "C"), _i("frame_lengths", "B"))),
+    "audio_encoder": (
+        (_f("waveform", "B", "N"), _i("lengths", "B")),
+        (_f("audio_embedding", "B", "D"), _f("frames", "B", "T", "C"), _i("frame_lengths", "B")),
+    ),
     "audio_pool": ((_f("frames", "B", "T", "C"), _i("frame_lengths", "B")), (_f("audio_embedding", "B", "D"),)),
     "audio_tagger": ((_f("frames", "B", "T", "C"), _i("frame_lengths", "B")), (_f("class_probs", "B", "K"),)),
     "text_encoder": ((_i("input_ids", "B", "L"), _i("attention_mask", "B", "L")), (_f("text_embedding", "B", "D"),)),
-    "captioner_encoder": ((_f("waveform", "B", "N"), _i("lengths", "B"), _f("tags", "B", 527)),
-                          (_f("memory", "B", "T", "d"), _i("memory_lengths", "B"), _f("tag_vector", "B", "d"))),
-    "captioner_decoder": ((_i("tokens", "S", "L"), _f("memory", "S", "T", "d"), _i("memory_lengths", "S"),
-                           _f("tag_vector", "S", "d")), (_f("log_probs", "S", "V"),)),
+    "captioner_encoder": (
+        (_f("waveform", "B", "N"), _i("lengths", "B"), _f("tags", "B", 527)),
+        (_f("memory", "B", "T", "d"), _i("memory_lengths", "B"), _f("tag_vector", "B", "d")),
+    ),
+    "captioner_decoder": (
+        (_i("tokens", "S", "L"), _f("memory", "S", "T", "d"), _i("memory_lengths", "S"), _f("tag_vector", "S", "d")),
+        (_f("log_probs", "S", "V"),),
+    ),
 }
 
 
@@ -151,13 +158,23 @@ def _example_inputs(name: str, model: nn.Module) -> tuple[torch.Tensor, ...]:
         d, s, t = model.cfg.d_model, 5, 13
         tokens = torch.randint(4, len(model.vocab), (s, 4), generator=g)
         tokens[:, 0] = 1
-        return tokens, torch.randn(s, t, d, generator=g), torch.tensor([13, 12, 9, 13, 6]), torch.randn(s, d, generator=g)
+        return (
+            tokens,
+            torch.randn(s, t, d, generator=g),
+            torch.tensor([13, 12, 9, 13, 6]),
+            torch.randn(s, d, generator=g),
+        )
     raise KeyError(name)
 
 
-_WRAPPERS = {"audio_encoder": AudioEncoderGraph, "audio_pool": AudioPoolGraph, "audio_tagger": AudioTaggerGraph,
-             "text_encoder": TextEncoderGraph,
-             "captioner_encoder": CaptionerEncoderGraph, "captioner_decoder": CaptionerDecoderGraph}
+_WRAPPERS = {
+    "audio_encoder": AudioEncoderGraph,
+    "audio_pool": AudioPoolGraph,
+    "audio_tagger": AudioTaggerGraph,
+    "text_encoder": TextEncoderGraph,
+    "captioner_encoder": CaptionerEncoderGraph,
+    "captioner_decoder": CaptionerDecoderGraph,
+}
 
 
 def export_graph(name: str, model: nn.Module, path: str | Path) -> Path:
@@ -171,8 +188,15 @@ def export_graph(name: str, model: nn.Module, path: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, example, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic, verbose=False,
-            input_names=[s.name for s in inputs], output_names=[s.name for s in outputs], optimize=True,
+            wrapper,
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic,
+            verbose=False,
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            optimize=True,
         )
     program.save(str(path), external_data=False)
     return path

@@ -5,6 +5,7 @@ a clip can be both "Dog" and "Rain". With tagged reference clips each label gets
 standardised similarity; labels with too few positives, and bundles without tagged clips, fall back
 to a shared slope and a threshold a fixed number of standard deviations above the label's mean.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +55,8 @@ def _platt(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> t
 
 
 def calibrate(similarities: np.ndarray, targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """similarities (M, K) reference-clip x label cosines, targets (M, K) 0/1 or None -> scale (K,), bias (K,), method."""
+    """similarities (M, K) reference-clip x label cosines, targets (M, K) 0/1 or None
+    -> scale (K,), bias (K,), method."""
     mu = similarities.mean(0)
     sd = similarities.std(0) + 1e-6
     z = (similarities - mu) / sd  # (M, K)
@@ -68,23 +70,32 @@ def calibrate(similarities: np.ndarray, targets: np.ndarray | None = None) -> tu
             w[:], b[:] = _platt(z.ravel(), targets.ravel().astype(np.float64))
         for k in np.nonzero(rich & (positives < len(targets)))[0]:
             w[k], b[k] = _platt(z[:, k], targets[:, k].astype(np.float64))
-        method = (f"platt on {len(targets)} tagged clips ({int(rich.sum())} labels fitted alone, "
-                  f"the rest shared)")
+        method = f"platt on {len(targets)} tagged clips ({int(rich.sum())} labels fitted alone, the rest shared)"
     # Fold the standardisation in: sigmoid(w * (s - mu) / sd + b) = sigmoid(scale * s + bias).
     return (w / sd).astype(np.float32), (b - w * mu / sd).astype(np.float32), method
 
 
 @torch.no_grad()
-def build_label_bank(model: DualEncoder, prompt: str = DEFAULT_PROMPT, names: tuple[str, ...] | None = None,
-                     audio: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
-                     targets: np.ndarray | None = None, batch: int = 64) -> tuple[LabelBank, str]:
+def build_label_bank(
+    model: DualEncoder,
+    prompt: str = DEFAULT_PROMPT,
+    names: tuple[str, ...] | None = None,
+    audio: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    targets: np.ndarray | None = None,
+    batch: int = 64,
+) -> tuple[LabelBank, str]:
     """Embed `prompt` for every label and calibrate on `audio` (default: `reference_audio`)."""
     names = names or audioset_labels()
     texts = [prompt.format(label=n.lower()) for n in names]
-    emb = torch.cat([model.encode_texts(texts[i:i + batch]) for i in range(0, len(texts), batch)]).numpy()
+    emb = torch.cat([model.encode_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)]).numpy()
     if audio is None:
         audio = reference_audio(model.cfg.audio.frontend.sample_rate)
-    audio_emb = torch.cat([model.encode_audio(audio[i:i + batch], None if lengths is None else lengths[i:i + batch])
-                           for i in range(0, len(audio), batch)]).numpy()
+    audio_emb = torch.cat(
+        [
+            model.encode_audio(audio[i : i + batch], None if lengths is None else lengths[i : i + batch])
+            for i in range(0, len(audio), batch)
+        ]
+    ).numpy()
     scale, bias, method = calibrate(audio_emb @ emb.T, targets)
     return LabelBank(tuple(names), emb.astype(np.float32), scale, bias), method

@@ -7,6 +7,7 @@ labels.npz (the calibrated label bank), MODEL_CARD.md and release.json: the comm
 recipe and seeds, the evaluation, the packages its omitted towers come from (version and sha256 of their weight
 files) and the sha256 of every other file. `load_release` checks all of those before it builds anything.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,7 +89,7 @@ def _distribution(module: str) -> tuple[str, str]:
 def package_source(source: str) -> PackageSource:
     if not source.startswith(PACKAGE_PREFIX):
         raise ReleaseError(f"{source}: a release may leave out only towers shipped in packages (package:...)")
-    distribution, version = _distribution(source[len(PACKAGE_PREFIX):].partition("/")[0])
+    distribution, version = _distribution(source[len(PACKAGE_PREFIX) :].partition("/")[0])
     return PackageSource(source, distribution, version, tree_sha256(resolve_path(source)))
 
 
@@ -126,10 +127,24 @@ def _save(model, path: Path, meta: dict) -> list[str]:
         return []
 
 
-def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCaptioner, bank: LabelBank, *,
-                  name: str, version: str, command: str, recipe: str, seeds: tuple[int, ...], label_prompt: str,
-                  label_calibration: str, model_card: str, metrics: dict[str, Any] | None = None,
-                  tagger_zero_shot_weight: float = 0.0, overwrite: bool = False) -> Path:
+def write_release(
+    out_dir: str | Path,
+    dual: DualEncoder,
+    captioner: TagGuidedCaptioner,
+    bank: LabelBank,
+    *,
+    name: str,
+    version: str,
+    command: str,
+    recipe: str,
+    seeds: tuple[int, ...],
+    label_prompt: str,
+    label_calibration: str,
+    model_card: str,
+    metrics: dict[str, Any] | None = None,
+    tagger_zero_shot_weight: float = 0.0,
+    overwrite: bool = False,
+) -> Path:
     """Write the release atomically (a temporary sibling renamed into place); returns its directory."""
     out_dir = Path(out_dir)
     with staged_directory(out_dir, overwrite) as tmp:
@@ -139,11 +154,19 @@ def write_release(out_dir: str | Path, dual: DualEncoder, captioner: TagGuidedCa
         bank.save(tmp / "labels.npz")
         (tmp / "MODEL_CARD.md").write_text(model_card)
         manifest = ReleaseManifest(
-            name=name, version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command=command,
-            recipe=recipe, seeds=tuple(seeds), label_prompt=label_prompt, label_calibration=label_calibration,
+            name=name,
+            version=version,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            command=command,
+            recipe=recipe,
+            seeds=tuple(seeds),
+            label_prompt=label_prompt,
+            label_calibration=label_calibration,
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            packages=tuple(package_source(s) for s in omitted), metrics=dict(metrics or {}),
-            tagger_zero_shot_weight=tagger_zero_shot_weight if has_tagger(dual) else 0.0)
+            packages=tuple(package_source(s) for s in omitted),
+            metrics=dict(metrics or {}),
+            tagger_zero_shot_weight=tagger_zero_shot_weight if has_tagger(dual) else 0.0,
+        )
         (tmp / MANIFEST).write_text(json.dumps(to_dict(manifest), indent=2) + "\n")
     return out_dir
 
@@ -168,8 +191,10 @@ def read_release(release_dir: str | Path) -> ReleaseManifest:
         except FileNotFoundError as e:
             raise ReleaseError(f"{release_dir}: needs {pkg.distribution}=={pkg.version} installed ({e})") from None
         if actual != pkg.sha256:
-            raise ReleaseError(f"{release_dir}: {pkg.source} has sha256 {actual[:12]}..., the release was made with "
-                               f"{pkg.distribution}=={pkg.version} ({pkg.sha256[:12]}...); install that version")
+            raise ReleaseError(
+                f"{release_dir}: {pkg.source} has sha256 {actual[:12]}..., the release was made with "
+                f"{pkg.distribution}=={pkg.version} ({pkg.sha256[:12]}...); install that version"
+            )
     return manifest
 
 

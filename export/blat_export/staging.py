@@ -1,11 +1,12 @@
 """Directories written whole: built in a temporary sibling, renamed into place only when complete."""
+
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

@@ -10,6 +10,7 @@ Layout: <repo>/<model>/config.pbtxt rendered from the packaged triton_templates/
 Versions are integers shared by all models of one bundle; `version_policy` keeps the newest `keep_versions`.
 This module is torch-free (onnx is imported only to read axis sizes).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +28,11 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +80,7 @@ class TritonSettings:
 
 # ---------------------------------------------------------------------------------------------------- axis sizes
 
+
 def _axis_sizes(bundle_dir: Path, manifest: BundleManifest) -> dict[str, int]:
     """Sizes of the fixed symbolic axes (D, C, d, V) as the ONNX graphs declare them."""
     import onnx
@@ -85,15 +88,22 @@ def _axis_sizes(bundle_dir: Path, manifest: BundleManifest) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for name, info in manifest.graphs.items():
         graph = onnx.load(str(bundle_dir / info.file), load_external_data=False).graph
-        declared = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-                    for v in [*graph.input, *graph.output]}
+        declared = {
+            v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.input, *graph.output]
+        }
         for spec in (*info.inputs, *info.outputs):
             for axis, size in zip(spec.shape, declared.get(spec.name, [])):
                 if isinstance(axis, str) and axis not in DYNAMIC_AXES and size:
                     if sizes.setdefault(axis, size) != size:
                         raise RepositoryError(f"{name}.{spec.name}: axis {axis} is {size}, elsewhere {sizes[axis]}")
-    needed = {a for info in manifest.graphs.values() for s in (*info.inputs, *info.outputs) for a in s.shape
-              if isinstance(a, str) and a not in DYNAMIC_AXES}
+    needed = {
+        a
+        for info in manifest.graphs.values()
+        for s in (*info.inputs, *info.outputs)
+        for a in s.shape
+        if isinstance(a, str) and a not in DYNAMIC_AXES
+    }
     if needed - set(sizes):
         raise RepositoryError(f"{bundle_dir}: no graph declares a size for axes {sorted(needed - set(sizes))}")
     return sizes
@@ -114,6 +124,7 @@ def _axis_ranges(graph: str, manifest: BundleManifest, settings: TritonSettings)
 
 # -------------------------------------------------------------------------------------------------------- config
 
+
 def _config_dims(shape: Sequence[str | int], sizes: dict[str, int]) -> tuple[list[int], bool]:
     """Bundle shape (batch axis first) -> Triton dims without the batch axis, and whether it needs a reshape."""
     dims = [-1 if a in DYNAMIC_AXES else sizes[a] if isinstance(a, str) else int(a) for a in shape[1:]]
@@ -127,15 +138,23 @@ def _tensor_entry(name: str, dtype: str, dims: list[int], reshape: bool) -> str:
 
 def _signature(graph: GraphInfo, sizes: dict[str, int]) -> list[str]:
     """The config tensor entries a graph's bundle specs call for (what a template must contain)."""
-    return [_tensor_entry(s.name, TRITON_DTYPES[s.dtype], *_config_dims(s.shape, sizes))
-            for s in (*graph.inputs, *graph.outputs)]
+    return [
+        _tensor_entry(s.name, TRITON_DTYPES[s.dtype], *_config_dims(s.shape, sizes))
+        for s in (*graph.inputs, *graph.outputs)
+    ]
 
 
 def _warmup(graph: str, info: GraphInfo, sizes: dict[str, int], ranges: dict) -> tuple[str, dict[str, np.ndarray]]:
     """A model_warmup block with one sample at the opt shape, and the files of its integer inputs (<model>/warmup/)."""
     opt = {axis: r[1] for axis, r in ranges.items()}
-    values = {"lengths": opt["N"], "frame_lengths": opt["T"], "memory_lengths": opt["T"],
-              "attention_mask": 1, "input_ids": 0, "tokens": START}
+    values = {
+        "lengths": opt["N"],
+        "frame_lengths": opt["T"],
+        "memory_lengths": opt["T"],
+        "attention_mask": 1,
+        "input_ids": 0,
+        "tokens": START,
+    }
     inputs, files = [], {}
     for spec in info.inputs:
         dims, _ = _config_dims(spec.shape, sizes)
@@ -145,31 +164,45 @@ def _warmup(graph: str, info: GraphInfo, sizes: dict[str, int], ranges: dict) ->
         else:
             files[spec.name] = np.full(dims, values[spec.name], dtype="<i8")
             source = f'input_data_file: "{spec.name}"'
-        inputs.append(f'    inputs {{ key: "{spec.name}" value: {{ data_type: {TRITON_DTYPES[spec.dtype]} '
-                      f'dims: [ {", ".join(map(str, dims))} ] {source} }} }}')
+        inputs.append(
+            f'    inputs {{ key: "{spec.name}" value: {{ data_type: {TRITON_DTYPES[spec.dtype]} '
+            f"dims: [ {', '.join(map(str, dims))} ] {source} }} }}"
+        )
     block = "model_warmup [ {\n" + f'    name: "{graph}_opt_shape" batch_size: 1\n' + "\n".join(inputs) + "\n} ]"
     return block, files
 
 
 def _tensorrt(info: GraphInfo, sizes: dict[str, int], ranges: dict, settings: TritonSettings) -> str:
     """The onnxruntime backend's TensorRT accelerator (FP16) with one explicit shape profile."""
-    def profile(i: int) -> str:
-        return ",".join(f"{s.name}:" + "x".join(str(ranges[a][i] if a in DYNAMIC_AXES else sizes[a]
-                                                    if isinstance(a, str) else a) for a in s.shape)
-                        for s in info.inputs)
 
-    params = {"precision_mode": "FP16", "max_workspace_size_bytes": str(settings.trt_workspace_bytes),
-              "trt_profile_min_shapes": profile(0), "trt_profile_opt_shapes": profile(1),
-              "trt_profile_max_shapes": profile(2)}
+    def profile(i: int) -> str:
+        return ",".join(
+            f"{s.name}:"
+            + "x".join(
+                str(ranges[a][i] if a in DYNAMIC_AXES else sizes[a] if isinstance(a, str) else a) for a in s.shape
+            )
+            for s in info.inputs
+        )
+
+    params = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(settings.trt_workspace_bytes),
+        "trt_profile_min_shapes": profile(0),
+        "trt_profile_opt_shapes": profile(1),
+        "trt_profile_max_shapes": profile(2),
+    }
     if settings.trt_cache_dir:
         params.update(trt_engine_cache_enable="1", trt_engine_cache_path=settings.trt_cache_dir)
     lines = "\n".join(f'      parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
-    return ("optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
-            f'      name: "tensorrt"\n{lines}\n}} ] }} }}')
+    return (
+        "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
+        f'      name: "tensorrt"\n{lines}\n}} ] }} }}'
+    )
 
 
-def render_config(model: str, manifest: BundleManifest, sizes: dict[str, int],
-                  settings: TritonSettings) -> tuple[str, dict[str, np.ndarray]]:
+def render_config(
+    model: str, manifest: BundleManifest, sizes: dict[str, int], settings: TritonSettings
+) -> tuple[str, dict[str, np.ndarray]]:
     """config.pbtxt of `model` from its template, and the warm-up input files it names (for <model>/warmup/)."""
     template = string.Template((TEMPLATES / model / "config.pbtxt.tmpl").read_text())
     gpu = settings.flavor == "gpu"
@@ -182,12 +215,15 @@ def render_config(model: str, manifest: BundleManifest, sizes: dict[str, int],
     flat = " ".join(template.substitute(values, deployment="").split())
     missing = [e for e in _signature(info, sizes) if e not in flat]
     if missing or flat.count("{ name: ") != len(info.inputs) + len(info.outputs):
-        raise RepositoryError(f"{TEMPLATES / model}/config.pbtxt.tmpl does not match the bundle's {model} graph: "
-                              f"its tensors must be exactly {_signature(info, sizes)}")
+        raise RepositoryError(
+            f"{TEMPLATES / model}/config.pbtxt.tmpl does not match the bundle's {model} graph: "
+            f"its tensors must be exactly {_signature(info, sizes)}"
+        )
     blocks, files = [], {}
     if settings.intra_op_threads:
-        blocks.append(f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: '
-                      f'"{settings.intra_op_threads}" }} }}')
+        blocks.append(
+            f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{settings.intra_op_threads}" }} }}'
+        )
     if settings.tensorrt:
         blocks.append(_tensorrt(info, sizes, ranges, settings))
     if settings.warmup:
@@ -197,6 +233,7 @@ def render_config(model: str, manifest: BundleManifest, sizes: dict[str, int],
 
 
 # ---------------------------------------------------------------------------------------------------- repository
+
 
 def read_repository(repo_dir: str | Path) -> dict[int, dict[str, dict[str, Any]]]:
     """version -> model -> its version_info.json, for every version directory in the repository."""
@@ -225,13 +262,22 @@ def _check_compatible(existing: dict, signatures: dict[str, list[str]], flavor: 
     for v, infos in existing.items():
         for m, info in infos.items():
             if m in signatures and (info["flavor"], info["io"]) != (flavor, signatures[m]):
-                raise RepositoryError(f"version {v} of {m} is a {info['flavor']} model of {info['bundle']} with "
-                                      f"other tensors than {bundle_id}; one config.pbtxt cannot serve both: pass "
-                                      "replace=True to remove the old versions")
+                raise RepositoryError(
+                    f"version {v} of {m} is a {info['flavor']} model of {info['bundle']} with "
+                    f"other tensors than {bundle_id}; one config.pbtxt cannot serve both: pass "
+                    "replace=True to remove the old versions"
+                )
 
 
-def write_repository(bundle_dir: str | Path, repo_dir: str | Path, settings: TritonSettings | None = None, *,
-                     version: int | None = None, replace: bool = False, **overrides: Any) -> Path:
+def write_repository(
+    bundle_dir: str | Path,
+    repo_dir: str | Path,
+    settings: TritonSettings | None = None,
+    *,
+    version: int | None = None,
+    replace: bool = False,
+    **overrides: Any,
+) -> Path:
     """Add `bundle_dir` to the Triton repository `repo_dir` as integer `version` (default: the next free one).
 
     `overrides` are TritonSettings fields (flavor="cpu", tensorrt=True, ...). Older versions stay and are served
@@ -253,8 +299,12 @@ def write_repository(bundle_dir: str | Path, repo_dir: str | Path, settings: Tri
     if not replace:
         _check_compatible(existing, signatures, settings.flavor, manifest.id)
     newest = max(existing, default=0)  # numbers keep rising after a replace: a version never names two bundles
-    already = not replace and bool(existing) and version in (None, newest) and all(
-        existing[newest].get(m, {}).get("bundle_sha256") == bundle_sha for m in models)
+    already = (
+        not replace
+        and bool(existing)
+        and version in (None, newest)
+        and all(existing[newest].get(m, {}).get("bundle_sha256") == bundle_sha for m in models)
+    )
     version = newest if already else version if version is not None else newest + 1
     if not already and (version < 1 or (version in existing and not replace)):
         raise RepositoryError(f"{repo_dir}: version {version} exists or is invalid (versions are integers >= 1)")
@@ -266,10 +316,16 @@ def write_repository(bundle_dir: str | Path, repo_dir: str | Path, settings: Tri
         for m in [] if already else models:  # stage every version directory before touching the repository
             (staging / m).mkdir()
             _fill_version(m, bundle_dir, manifest, settings, staging / m)
-            info = {"model": m, "version": version, "flavor": settings.flavor, "bundle": manifest.id,
-                    "bundle_sha256": bundle_sha, "io": signatures[m],
-                    "graph_sha256": manifest.files[manifest.graphs[m].file] if m in manifest.graphs else None,
-                    "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            info = {
+                "model": m,
+                "version": version,
+                "flavor": settings.flavor,
+                "bundle": manifest.id,
+                "bundle_sha256": bundle_sha,
+                "io": signatures[m],
+                "graph_sha256": manifest.files[manifest.graphs[m].file] if m in manifest.graphs else None,
+                "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             (staging / m / VERSION_INFO).write_text(json.dumps(info, indent=2) + "\n")
         for m in models:  # the config first: a polling Triton never sees a version without its config
             model_dir = repo_dir / m
@@ -288,12 +344,21 @@ def write_repository(bundle_dir: str | Path, repo_dir: str | Path, settings: Tri
                 (staging / m).rename(model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("triton repository written", extra={"repo": str(repo_dir), "version": version, "bundle": manifest.id,
-                                                 "flavor": settings.flavor, "new_version": not already})
+    log.info(
+        "triton repository written",
+        extra={
+            "repo": str(repo_dir),
+            "version": version,
+            "bundle": manifest.id,
+            "flavor": settings.flavor,
+            "new_version": not already,
+        },
+    )
     return repo_dir
 
 
 # -------------------------------------------------------------------------------------------------------- server
+
 
 class TritonUnavailable(RuntimeError):
     """The tritonserver binary (nvidia-pytriton wheel) is missing or cannot run on this machine."""
@@ -304,8 +369,14 @@ class TritonStartError(RuntimeError):
 
 
 # Signs in the log that the binary itself cannot run on this machine (rather than a bad repository or option).
-_UNRUNNABLE = ("error while loading shared libraries", "cannot open shared object", "GLIBC_", "version `",
-               "Illegal instruction", "Exec format error")
+_UNRUNNABLE = (
+    "error while loading shared libraries",
+    "cannot open shared object",
+    "GLIBC_",
+    "version `",
+    "Illegal instruction",
+    "Exec format error",
+)
 
 
 def _free_port() -> int:
@@ -336,8 +407,13 @@ class TritonProcess:
     def log_tail(self, lines: int = 25) -> str:
         """Triton's error lines (E...), then the last `lines` lines of its log."""
         text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
-        errors = [line for line in text if line[:1] == "E" and line[1:5].isdigit()
-                  or any(w in line.lower() for w in ("error:", "unrecognized", "failed to", "unavailable:"))][:20]
+        errors = [
+            line
+            for line in text
+            if line[:1] == "E"
+            and line[1:5].isdigit()
+            or any(w in line.lower() for w in ("error:", "unrecognized", "failed to", "unavailable:"))
+        ][:20]
         return "\n".join([*errors, "...", *text[-lines:]] if errors else text[-lines:])
 
     def ready(self) -> bool:
@@ -358,7 +434,7 @@ class TritonProcess:
                 self.process.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "TritonProcess":
+    def __enter__(self) -> TritonProcess:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -383,26 +459,40 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def launch_cpu_server(repo_dir: str | Path, *, grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0,
-                      timeout_s: float = 120.0, log_path: str | Path | None = None, extra_args: Sequence[str] = (),
-                      die_with_parent: bool = False) -> TritonProcess:
+def launch_cpu_server(
+    repo_dir: str | Path,
+    *,
+    grpc_port: int = 0,
+    http_port: int = 0,
+    metrics_port: int = 0,
+    timeout_s: float = 120.0,
+    log_path: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+    die_with_parent: bool = False,
+) -> TritonProcess:
     """Start the wheel's tritonserver on `repo_dir` (a CPU-flavour repository) and wait until it is ready.
 
     Ports 0 pick free ones. The Python backend's stub embeds the libpython of *this* interpreter and, finding
     `python3` first on PATH, adopts this interpreter's environment (a venv's site-packages: numpy < 2, onnxruntime).
     `die_with_parent` (Linux) stops the server if the launching thread dies without stop(). It needs a
     preexec_fn, which forces fork(): with a gRPC channel open in this process, grpcio's fork handlers can
-    deadlock, so it is off by default; launch from a thread that outlives the server when you turn it on. Raises TritonUnavailable when the binary cannot run here,
+    deadlock, so it is off by default; launch from a thread that outlives the server when you turn it on. Raises
+    TritonUnavailable when the binary cannot run here,
     TritonStartError when it runs but does not become ready.
     """
     server = pytriton_server_dir()
-    stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
-        "triton_python_backend_stub"
+    stub = (
+        server
+        / "python_backend_stubs"
+        / f"{sys.version_info.major}.{sys.version_info.minor}"
+        / "triton_python_backend_stub"
+    )
     if not stub.is_file():
         raise TritonUnavailable(f"nvidia-pytriton has no Python-backend stub for Python {sys.version.split()[0]}")
     workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
-    shutil.copytree(server / "backends" / "python", workdir / "backends" / "python",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        server / "backends" / "python", workdir / "backends" / "python", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(stub, workdir / "backends" / "python" / "triton_python_backend_stub")
     log_path = Path(log_path) if log_path else workdir / "tritonserver.log"
 
@@ -412,17 +502,33 @@ def launch_cpu_server(repo_dir: str | Path, *, grpc_port: int = 0, http_port: in
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ inside the repository's version directories
     ports = [p or _free_port() for p in (grpc_port, http_port, metrics_port)]
-    cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={Path(repo_dir).resolve()}",
-           f"--backend-directory={workdir / 'backends'}", "--disable-auto-complete-config",
-           "--grpc-address=127.0.0.1", f"--grpc-port={ports[0]}", "--http-address=127.0.0.1",
-           f"--http-port={ports[1]}", "--metrics-address=127.0.0.1", f"--metrics-port={ports[2]}",
-           "--exit-timeout-secs=5", *extra_args]
+    cmd = [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={Path(repo_dir).resolve()}",
+        f"--backend-directory={workdir / 'backends'}",
+        "--disable-auto-complete-config",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={ports[0]}",
+        "--http-address=127.0.0.1",
+        f"--http-port={ports[1]}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={ports[2]}",
+        "--exit-timeout-secs=5",
+        *extra_args,
+    ]
     log.info("starting tritonserver", extra={"repo": str(repo_dir), "grpc_port": ports[0], "log": str(log_path)})
     try:
         with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True,
-                                       preexec_fn=_die_with_parent if die_with_parent else None)
+            process = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
     except OSError as e:
         shutil.rmtree(workdir, ignore_errors=True)
         raise TritonUnavailable(f"cannot execute {cmd[0]}: {e}") from None

@@ -4,6 +4,7 @@ Settings come from defaults, a JSON file (--config or $BLAT_SERVER_CONFIG) and B
 variables (BLAT_SERVER_HTTP_PORT=9000, BLAT_SERVER_LIMITS__MAX_TEXT_CHARS=300, ...); they are logged at start-up
 with API keys redacted. Stops cleanly on SIGINT/SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,43 +21,79 @@ def exposure_warning(settings) -> str | None:
     host = settings.host.strip("[]").lower()
     if settings.auth.keys or host in LOOPBACK_HOSTS or host.startswith("127."):
         return None
-    return (f"the gateway listens on {settings.host}, reachable from other machines, and auth.keys is empty: anyone "
-            "who can reach it may add, delete and roll back; set auth.keys (BLAT_SERVER_AUTH__KEYS) or bind 127.0.0.1")
+    return (
+        f"the gateway listens on {settings.host}, reachable from other machines, and auth.keys is empty: anyone "
+        "who can reach it may add, delete and roll back; set auth.keys (BLAT_SERVER_AUTH__KEYS) or bind 127.0.0.1"
+    )
+
+
+def start_gateway(settings):
+    """The gateway as `serve` runs it, without the HTTP listener: (gateway, started gRPC server, its port, ASGI app).
+
+    Also used by the tests to run a gateway inside the test process (tests/server/conftest.py `inproc_gateway`)."""
+    from blat_gateway.grpc_service import create_grpc_server
+    from blat_gateway.rest import create_app
+    from blat_gateway.service import Gateway
+
+    gateway = Gateway(settings)
+    try:
+        gateway.ingest.seed()
+        grpc_server, grpc_port = create_grpc_server(gateway, f"{settings.host}:{settings.grpc_port}")
+        grpc_server.start()
+    except BaseException:
+        gateway.close()
+        raise
+    return gateway, grpc_server, grpc_port, create_app(gateway)
+
+
+def uvicorn_options(settings) -> dict:
+    """uvicorn's options for the gateway's REST side (header limits through the guarded protocol)."""
+    from blat_gateway.http_protocol import guarded_protocol
+
+    limits = settings.limits
+    return dict(
+        host=settings.host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s),
+    )
+
+
+def stop_gateway(gateway, grpc_server, grace_s: float = 5) -> None:
+    """The shutdown after the REST side stopped: gRPC health NOT_SERVING while in-flight calls finish, then close."""
+    grpc_server.health_watch.set()
+    grpc_server.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while in-flight calls finish
+    grpc_server.stop(grace=grace_s).wait()
+    gateway.close()
 
 
 def serve(settings) -> int:
     import uvicorn
 
-    from blat_gateway.grpc_service import create_grpc_server
-    from blat_gateway.http_protocol import guarded_protocol
-    from blat_gateway.rest import create_app
-    from blat_gateway.service import Gateway
-
     warning = exposure_warning(settings)
     if warning:
         log.warning(warning)
-    gateway = Gateway(settings)
-    gateway.seed_index()
-    grpc_server, grpc_port = create_grpc_server(gateway, f"{settings.host}:{settings.grpc_port}")
-    grpc_server.start()
-    app = create_app(gateway)
-    log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "grpc": f"{settings.host}:{grpc_port}",
-                               "bundle": gateway.manifest.id, "backend": settings.backend,
-                               "index": gateway.store.stats().to_dict()})
+    gateway, grpc_server, grpc_port, app = start_gateway(settings)
+    log.info(
+        "serving",
+        extra={
+            "http": f"http://{settings.host}:{settings.http_port}",
+            "grpc": f"{settings.host}:{grpc_port}",
+            "bundle": gateway.manifest.id,
+            "backend": settings.backend,
+            "index": gateway.store.stats().to_dict(),
+        },
+    )
     # While it serves, uvicorn handles SIGINT/SIGTERM itself; when it is done it restores the previous handlers and
     # raises the signal again. With Python's defaults that kills the process (SIGTERM) or raises KeyboardInterrupt
     # (SIGINT) before the shutdown below runs: these handlers let the repeated signal end uvicorn.run() normally.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     try:
-        limits = settings.limits
-        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False,
-                    http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s))
+        uvicorn.run(app, **uvicorn_options(settings))
     finally:
-        grpc_server.health_watch.set()
-        grpc_server.health.enter_graceful_shutdown()  # health checks answer NOT_SERVING while in-flight calls finish
-        grpc_server.stop(grace=5).wait()
-        gateway.close()
+        stop_gateway(gateway, grpc_server)
         log.info("stopped")
     return 0
 
@@ -65,20 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     from blat_contract.logs import setup_logging
     from blat_gateway.settings import load_settings
 
-    p = argparse.ArgumentParser(prog="python -m blat_gateway", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m blat_gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="JSON settings file (overrides defaults; env vars override it)")
     p.add_argument("--bundle", help="model bundle directory (overrides the settings)")
     p.add_argument("--index-dir", help="index directory (overrides the settings)")
     p.add_argument("--http-port", type=int)
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
-    p.add_argument("--rollback", action="store_true",
-                   help="make the previous index version live again and exit, without serving (the way back from a "
-                        "live version that fails its integrity check at start)")
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="make the previous index version live again and exit, without serving (the way back from a "
+        "live version that fails its integrity check at start)",
+    )
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in {"bundle": args.bundle, "index_dir": args.index_dir, "http_port": args.http_port,
-                                   "grpc_port": args.grpc_port}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "bundle": args.bundle,
+            "index_dir": args.index_dir,
+            "http_port": args.http_port,
+            "grpc_port": args.grpc_port,
+        }.items()
+        if v is not None
+    }
     try:
         settings = load_settings(args.config, **overrides)
     except (ValueError, OSError) as e:

@@ -5,6 +5,7 @@ input it feeds ("audio", "text" or None: no model call) and, for REST, the body 
 capped at limits.max_upload_bytes; "json": capped at limits.max_json_bytes; None: no body). A route or method that
 is not in the table is refused (403 / PERMISSION_DENIED): a new endpoint is closed until it is declared here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,13 +98,16 @@ def authorize(access: Access, keys: dict[str, list[str]], key: str, what: str, r
         raise Forbidden(f"{what} is not open to clients")
     if access.scope != PUBLIC and keys:
         if key not in keys:
-            raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
-                               "(gRPC: metadata 'authorization' or 'x-api-key')")
+            raise Unauthorized(
+                "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+                "(gRPC: metadata 'authorization' or 'x-api-key')"
+            )
         if access.scope not in keys[key]:
             raise Forbidden(f"this key lacks the '{access.scope}' scope")
     if read_only and access.scope == WRITE:
-        raise ReadOnly("this replica is read-only (settings.read_only): send writes, rebuilds and rollbacks to "
-                       "the writer")
+        raise ReadOnly(
+            "this replica is read-only (settings.read_only): send writes, rebuilds and rollbacks to the writer"
+        )
 
 
 def redact(key: str) -> str:

@@ -1,6 +1,7 @@
 """Admission control: a bounded gate per model input type, and the request's deadline.
 
-Every call that runs a model passes its input type's gate ("audio" or "text", see server/blat_gateway/access.py) before any
+Every call that runs a model passes its input type's gate ("audio" or "text", see server/blat_gateway/access.py) before
+any
 work is done for it, body reading and decoding included. A full gate answers Overloaded (429 / RESOURCE_EXHAUSTED,
 with Retry-After) at once, so a flood is shed in microseconds instead of queueing in thread pools past its deadline.
 Admission stamps the request's deadline; work that is still waiting when it passes is dropped (504), never run.
@@ -8,13 +9,14 @@ Admission stamps the request's deadline; work that is still waiting when it pass
 The deadline travels in a context variable: set by the face (REST middleware, gRPC interceptor) in the request's
 context, it follows the call into the thread pool (anyio copies the context) and is read by `remaining()`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from blat_gateway.errors import DeadlineExceeded, Overloaded
 
@@ -43,8 +45,10 @@ class Gate:
         with self._lock:
             if self._held >= self.capacity:
                 self.refused += 1
-                raise Overloaded(f"{self.name} models: {self.capacity} requests already admitted; retry shortly",
-                                 retry_after_s=self.retry_after_s)
+                raise Overloaded(
+                    f"{self.name} models: {self.capacity} requests already admitted; retry shortly",
+                    retry_after_s=self.retry_after_s,
+                )
             self._held += 1
 
     def leave(self) -> None:

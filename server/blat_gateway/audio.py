@@ -19,6 +19,7 @@ block the event loop, and the work per upload is bounded by its bytes and the fr
 kill-on-timeout would close the rest, at the cost of copying every upload across processes; not done here.
 mpg123 writes warnings about damaged MP3 frames to stderr (bounded by the upload's size).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -43,6 +44,7 @@ MAX_CHANNELS = 2  # mono or stereo; multichannel stems are refused rather than g
 MAX_ABS_SAMPLE = 1_000.0  # 60 dB over full scale: float files may exceed 1.0, but not by this much
 READ_CHUNK_BYTES = 64 * 1024  # upload read size
 DECODE_BLOCK_FRAMES = 1 << 16  # frames per libsndfile read: 512 KiB for float32 stereo
+PCM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # raw PCM that StreamTag takes
 
 FORMATS = ("WAV", "FLAC", "OGG", "MP3")  # containers we accept, as sniffed from magic bytes
 # libsndfile's name(s) for each container, and the encodings inside it that we let libsndfile decode.
@@ -57,16 +59,34 @@ _SUBTYPES = {
 # header, whose sub-format carries the real code.
 _WAV_CODES = {1, 3, 6, 7}
 _WAV_EXTENSIBLE = 0xFFFE
-_WAV_CODE_NAMES = {0x0002: "MS ADPCM", 0x0011: "IMA ADPCM", 0x0031: "GSM 6.10", 0x0050: "MPEG", 0x0055: "MPEG Layer 3",
-                   0x00FF: "AAC", 0x0161: "WMA", 0x1610: "AAC"}
+_WAV_CODE_NAMES = {
+    0x0002: "MS ADPCM",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0050: "MPEG",
+    0x0055: "MPEG Layer 3",
+    0x00FF: "AAC",
+    0x0161: "WMA",
+    0x1610: "AAC",
+}
 # Writers that cannot seek back (pipes) leave a placeholder data size, 0xFFFFFFFF or near 2 GiB: not a truncation.
 _WAV_SIZE_PLACEHOLDER = 0x7FFF_F000
 _SF_UNKNOWN_FRAMES = 1 << 62  # libsndfile reports SF_COUNT_MAX when it does not know the length
 # Magic bytes of common non-audio uploads, for a clearer 415 message.
-_NOT_AUDIO = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-              (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "gzip data"),
-              (b"\x7fELF", "an ELF executable"), (b"FORM", "AIFF/IFF audio"), (b"RF64", "RF64 audio"),
-              (b"\x1aE\xdf\xa3", "Matroska/WebM"), (b".snd", "AU audio"), (b"caff", "CAF audio")]
+_NOT_AUDIO = [
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\x7fELF", "an ELF executable"),
+    (b"FORM", "AIFF/IFF audio"),
+    (b"RF64", "RF64 audio"),
+    (b"\x1aE\xdf\xa3", "Matroska/WebM"),
+    (b".snd", "AU audio"),
+    (b"caff", "CAF audio"),
+]
 
 
 @dataclass(frozen=True)
@@ -189,7 +209,7 @@ def sniff_format(data: bytes) -> str:
         if len(head) >= 10:
             size = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
             size += 10 if head[5] & 0x10 else 0  # footer present
-            if bytes(data[size:size + 4]) == b"fLaC":
+            if bytes(data[size : size + 4]) == b"fLaC":
                 return "FLAC"
         return "MP3"
     if _is_mpeg_frame(head):
@@ -203,8 +223,9 @@ def sniff_format(data: bytes) -> str:
         what = "text, such as JSON or HTML"
     # Never the bytes themselves: server-side paths (add from path, rebuilds) would quote files the caller cannot read.
     hint = f"it looks like {what}" if what else "no known audio signature"
-    raise UnsupportedFormat(f"unsupported audio format ({hint}); accepted: WAV, FLAC, OGG (Vorbis, Opus), MP3",
-                            accepted=list(FORMATS))
+    raise UnsupportedFormat(
+        f"unsupported audio format ({hint}); accepted: WAV, FLAC, OGG (Vorbis, Opus), MP3", accepted=list(FORMATS)
+    )
 
 
 def _wav_chunks(data: bytes) -> tuple[int | None, int | None, int]:
@@ -216,7 +237,7 @@ def _wav_chunks(data: bytes) -> tuple[int | None, int | None, int]:
     for _ in range(64):
         if pos + 8 > len(data):
             break
-        cid, size = bytes(data[pos:pos + 4]), struct.unpack_from("<I", data, pos + 4)[0]
+        cid, size = bytes(data[pos : pos + 4]), struct.unpack_from("<I", data, pos + 4)[0]
         body = pos + 8
         if cid == b"fmt " and size >= 2 and body + 2 <= len(data):
             code = struct.unpack_from("<H", data, body)[0]
@@ -233,9 +254,11 @@ def _wav_chunks(data: bytes) -> tuple[int | None, int | None, int]:
 
 
 # libsndfile texts that mislead when the input is an in-memory upload, and what they mean there.
-_CLEARER = {"File does not exist or is not a regular file": "no decodable MPEG audio frames found",
-            "Internal psf_fseek() failed": "the stream is damaged, or its header gives no length",
-            "SF_INFO struct incomplete": "the header lacks a sample rate or channel count"}
+_CLEARER = {
+    "File does not exist or is not a regular file": "no decodable MPEG audio frames found",
+    "Internal psf_fseek() failed": "the stream is damaged, or its header gives no length",
+    "SF_INFO struct incomplete": "the header lacks a sample rate or channel count",
+}
 
 
 def _libsndfile_message(e: Exception) -> str:
@@ -249,17 +272,49 @@ def _check_info(f: sf.SoundFile, container: str, limits: AudioLimits) -> None:
     if f.format not in _SF_FORMATS[container]:
         raise UnsupportedFormat(f"the file starts like {container} but libsndfile reads it as {f.format}")
     if f.subtype not in _SUBTYPES[container]:
-        raise UnsupportedFormat(f"{container} with {f.subtype} encoding is not supported; "
-                                f"accepted: {', '.join(sorted(_SUBTYPES[container]))}")
+        raise UnsupportedFormat(
+            f"{container} with {f.subtype} encoding is not supported; "
+            f"accepted: {', '.join(sorted(_SUBTYPES[container]))}"
+        )
     if not limits.min_rate <= f.samplerate <= limits.max_rate:
-        raise BadAudio(f"sample rate {f.samplerate} Hz is outside the accepted {limits.min_rate}..{limits.max_rate} Hz",
-                       sample_rate=f.samplerate)
+        raise BadAudio(
+            f"sample rate {f.samplerate} Hz is outside the accepted {limits.min_rate}..{limits.max_rate} Hz",
+            sample_rate=f.samplerate,
+        )
     if not 1 <= f.channels <= limits.max_channels:
         raise BadAudio(f"{f.channels} channels; at most {limits.max_channels} are accepted", channels=f.channels)
     # MP3 lengths are estimates (file size / first frame's bitrate without a Xing header): those are only counted.
     if container != "MP3" and 0 < f.frames < _SF_UNKNOWN_FRAMES and f.frames / f.samplerate > limits.max_seconds:
-        raise TooLarge(f"the clip lasts {f.frames / f.samplerate:.1f} s (from its header); "
-                       f"the limit is {limits.max_seconds:g} s", max_seconds=limits.max_seconds)
+        raise TooLarge(
+            f"the clip lasts {f.frames / f.samplerate:.1f} s (from its header); the limit is {limits.max_seconds:g} s",
+            max_seconds=limits.max_seconds,
+        )
+
+
+def check_samples(samples: np.ndarray, limits: AudioLimits, at_s: float = 0.0) -> None:
+    """BadAudio when decoded samples hold NaN, Inf or magnitudes over `limits.max_abs_sample`; `at_s`: where the
+    block starts in the clip, for the message. Uploads (per decoded block) and StreamTag's PCM (per chunk) both pass."""
+    if not len(samples):
+        return
+    peak = float(np.max(np.abs(samples)))
+    if not math.isfinite(peak):
+        raise BadAudio(f"the audio contains NaN or infinite samples (near {at_s:.2f} s)")
+    if peak > limits.max_abs_sample:
+        raise BadAudio(
+            f"the audio contains samples of magnitude {peak:.3g}; "
+            f"at most {limits.max_abs_sample:g} is accepted (full scale is 1.0)"
+        )
+
+
+def decode_pcm(data: bytes, encoding: str, limits: AudioLimits, at_s: float = 0.0) -> np.ndarray:
+    """Raw little-endian mono PCM (`encoding`: one of PCM_ENCODINGS, whole samples only) -> (N,) float32, checked
+    as decoded uploads are (`check_samples`)."""
+    dtype = PCM_ENCODINGS[encoding]
+    samples = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    if dtype.kind == "i":
+        samples /= 32768.0
+    check_samples(samples, limits, at_s)
+    return samples
 
 
 def _read_mono(f: sf.SoundFile, target_rate: int, limits: AudioLimits) -> tuple[np.ndarray, int]:
@@ -272,18 +327,14 @@ def _read_mono(f: sf.SoundFile, target_rate: int, limits: AudioLimits) -> tuple[
         block = f.read(min(DECODE_BLOCK_FRAMES, cap + 1 - frames), dtype="float32", always_2d=True)  # (n, C)
         if len(block) == 0:  # exhausted (or the decoder gave up): every pass either ends or advances
             break
-        peak = float(np.max(np.abs(block)))
-        if not math.isfinite(peak):
-            raise BadAudio(f"the audio contains NaN or infinite samples (near {frames / rate:.2f} s)")
-        if peak > limits.max_abs_sample:
-            raise BadAudio(f"the audio contains samples of magnitude {peak:.3g}; "
-                           f"at most {limits.max_abs_sample:g} is accepted (full scale is 1.0)")
+        check_samples(block, limits, frames / rate)
         frames += len(block)
         mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
         out.append(resampler.resample_chunk(mono) if resampler else mono)
     if frames > cap:
-        raise TooLarge(f"the clip lasts more than the limit of {limits.max_seconds:g} s",
-                       max_seconds=limits.max_seconds)
+        raise TooLarge(
+            f"the clip lasts more than the limit of {limits.max_seconds:g} s", max_seconds=limits.max_seconds
+        )
     if resampler and frames:
         out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     samples = np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -313,8 +364,9 @@ def decode_audio(data: bytes, target_rate: int = SAMPLE_RATE, limits: AudioLimit
             name = _WAV_CODE_NAMES.get(code, f"format code 0x{code:04X}")
             raise UnsupportedFormat(f"WAV with {name} encoding is not supported; accepted: PCM, float, A-law, mu-law")
         if declared is not None and present < declared < _WAV_SIZE_PLACEHOLDER:
-            raise BadAudio(f"the WAV file is truncated: its header declares {declared} bytes of audio, "
-                           f"{present} are present")
+            raise BadAudio(
+                f"the WAV file is truncated: its header declares {declared} bytes of audio, {present} are present"
+            )
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             _check_info(f, container, limits)
@@ -323,7 +375,7 @@ def decode_audio(data: bytes, target_rate: int = SAMPLE_RATE, limits: AudioLimit
             declared_frames = f.frames
     except (ServiceError, MemoryError):  # MemoryError is the server's trouble, not the upload's: a 5xx
         raise
-    except Exception as e:  # noqa: BLE001 - libsndfile's errors are RuntimeErrors; nothing from a decoder may escape
+    except Exception as e:
         raise BadAudio(f"could not decode the {container} file: {_libsndfile_message(e)}") from None
     if frames == 0:
         raise BadAudio(f"the {container} file contains no audio samples")
@@ -332,8 +384,15 @@ def decode_audio(data: bytes, target_rate: int = SAMPLE_RATE, limits: AudioLimit
     duration = frames / rate
     if duration < limits.min_seconds:
         raise BadAudio(f"the clip lasts {duration:.4f} s; the minimum is {limits.min_seconds:g} s")
-    return DecodedAudio(samples=samples, sample_rate=target_rate, duration_s=duration, original_rate=rate,
-                        channels=channels, format=container, subtype=subtype)
+    return DecodedAudio(
+        samples=samples,
+        sample_rate=target_rate,
+        duration_s=duration,
+        original_rate=rate,
+        channels=channels,
+        format=container,
+        subtype=subtype,
+    )
 
 
 def encode_wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:

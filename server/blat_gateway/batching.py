@@ -8,6 +8,7 @@ queue answers `Overloaded` at once (HTTP 429 with Retry-After) instead of lettin
 past its deadline is dropped (DeadlineExceeded), never run. A batch that fails is retried one item at a time, so one
 bad item fails alone and its batch-mates still get their results.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,9 +16,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from blat_gateway.errors import BackendDown, BadRequest, DeadlineExceeded, Overloaded, ServiceError
 
@@ -36,9 +38,16 @@ class _Job(Generic[T]):
 
 
 class MicroBatcher(Generic[T, R]):
-    def __init__(self, name: str, run_batch: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 16,
-                 max_wait_s: float = 0.005, max_queue: int = 64,
-                 on_batch: Callable[[str, int], None] | None = None, on_idle: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[Sequence[T]], Sequence[R]],
+        max_batch: int = 16,
+        max_wait_s: float = 0.005,
+        max_queue: int = 64,
+        on_batch: Callable[[str, int], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ):
         self.name, self.run_batch = name, run_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
@@ -55,8 +64,10 @@ class MicroBatcher(Generic[T, R]):
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise Overloaded(f"{self.name}: {self._queue.maxsize} requests already queued; retry shortly",
-                             retry_after_s=max(1.0, self.max_wait_s * 10)) from None
+            raise Overloaded(
+                f"{self.name}: {self._queue.maxsize} requests already queued; retry shortly",
+                retry_after_s=max(1.0, self.max_wait_s * 10),
+            ) from None
         return job.future
 
     def submit(self, item: T, timeout_s: float) -> R:
@@ -72,7 +83,7 @@ class MicroBatcher(Generic[T, R]):
         fut = asyncio.wrap_future(self.submit_future(item, timeout_s))
         try:
             return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded(f"{self.name}: no result within {timeout_s:g} s") from None
 
     def close(self) -> None:
@@ -121,7 +132,7 @@ class MicroBatcher(Generic[T, R]):
     def _run(self, live: list[_Job]) -> None:
         try:
             results = self.run_batch([j.item for j in live])
-        except Exception as e:  # noqa: BLE001 - every waiting caller must hear about it
+        except Exception as e:
             if len(live) > 1 and not isinstance(e, WHOLE_BATCH_ERRORS):
                 self._run_alone(live, e)
                 return
@@ -138,8 +149,10 @@ class MicroBatcher(Generic[T, R]):
     def _run_alone(self, live: list[_Job], batch_error: Exception) -> None:
         """A batch failed: run its items one at a time, so only the item that causes the failure fails. An item that
         fails alone while others succeed is the input's fault (400 unless the error says otherwise)."""
-        log.warning("batch failed; retrying its items one at a time",
-                    extra={"batcher": self.name, "size": len(live), "error": repr(batch_error)[:300]})
+        log.warning(
+            "batch failed; retrying its items one at a time",
+            extra={"batcher": self.name, "size": len(live), "error": repr(batch_error)[:300]},
+        )
         outcomes: list[tuple[_Job, object, Exception | None]] = []
         for job in live:
             if job.future.done():
@@ -149,7 +162,7 @@ class MicroBatcher(Generic[T, R]):
                 continue
             try:
                 outcomes.append((job, self.run_batch([job.item])[0], None))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 outcomes.append((job, None, e))
         some_ok = any(err is None for _, _, err in outcomes)
         for job, result, err in outcomes:
@@ -158,8 +171,9 @@ class MicroBatcher(Generic[T, R]):
             elif isinstance(err, ServiceError):
                 job.future.set_exception(err)
             elif some_ok:
-                job.future.set_exception(BadRequest(f"{self.name}: this input could not be processed "
-                                                    f"({type(err).__name__}: {err})"))
+                job.future.set_exception(
+                    BadRequest(f"{self.name}: this input could not be processed ({type(err).__name__}: {err})")
+                )
             else:
                 log.error("item failed alone", extra={"batcher": self.name, "error": repr(err)[:300]})
                 job.future.set_exception(err)

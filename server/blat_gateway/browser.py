@@ -1,4 +1,5 @@
-"""Browser safety at the REST door (server/blat_gateway/front_door.py): a gateway without keys on a developer's machine is
+"""Browser safety at the REST door (server/blat_gateway/front_door.py): a gateway without keys on a developer's machine
+is
 reachable from every web page that machine opens, so the door checks what a browser sends.
 
 - Host: non-public routes answer only the names in `allowed_hosts` (localhost names and the bound address by
@@ -8,6 +9,7 @@ reachable from every web page that machine opens, so the door checks what a brow
 - CORS: answered only for the configured origins (no credentials: keys travel in headers the page sets).
 - Every answer carries a Content-Security-Policy (the page's own files only, no inline script), nosniff and no framing.
 """
+
 from __future__ import annotations
 
 from blat_gateway.access import PUBLIC, Access
@@ -17,12 +19,19 @@ from blat_gateway.settings import Settings
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# The page (server/blat_gateway/web/) is one HTML file, one script and one style sheet from this origin; it plays audio it fetched
+# The page (server/blat_gateway/web/) is one HTML file, one script and one style sheet from this origin; it plays audio
+# it fetched
 # (blob:) and calls the API here. JSON answers are not rendered, so the same policy covers them.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer"), (b"cross-origin-resource-policy", b"same-origin"))
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
 CORS_ALLOW_HEADERS = b"authorization, x-api-key, content-type"
 CORS_MAX_AGE_S = b"600"
 
@@ -54,12 +63,15 @@ class BrowserGuard:
         state-changing request from another origin's page."""
         host = headers.get("host")
         if access.scope != PUBLIC and host is not None and not self.host_allowed(host):
-            raise MisdirectedRequest(f"this gateway does not answer to the host name {host_name(host)!r}: add it to "
-                                     "browser.allowed_hosts")
+            raise MisdirectedRequest(
+                f"this gateway does not answer to the host name {host_name(host)!r}: add it to browser.allowed_hosts"
+            )
         origin = headers.get("origin")
         if method in STATE_CHANGING and origin is not None and not self.same_or_allowed_origin(origin, host):
-            raise ForeignOrigin(f"a {method} from a page at {origin} is refused: only this gateway's own page and "
-                                "browser.cors_origins may change things here")
+            raise ForeignOrigin(
+                f"a {method} from a page at {origin} is refused: only this gateway's own page and "
+                "browser.cors_origins may change things here"
+            )
 
     def same_or_allowed_origin(self, origin: str, host: str | None) -> bool:
         origin = origin.strip().lower()
@@ -72,16 +84,21 @@ class BrowserGuard:
         """The CORS headers of an answer to a page at `origin`: none unless it is configured."""
         if origin is None or origin.strip().lower() not in self.cors_origins:
             return []
-        return [(b"access-control-allow-origin", origin.strip().encode("latin-1")), (b"vary", b"Origin"),
-                (b"access-control-expose-headers", b"retry-after")]
+        return [
+            (b"access-control-allow-origin", origin.strip().encode("latin-1")),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", b"retry-after"),
+        ]
 
     def preflight_headers(self, origin: str | None, methods: set[str]) -> list[tuple[bytes, bytes]]:
         cors = self.cors_headers(origin)
         if not cors:
             return []
-        return cors + [(b"access-control-allow-methods", ", ".join(sorted(methods)).encode()),
-                       (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
-                       (b"access-control-max-age", CORS_MAX_AGE_S)]
+        return cors + [
+            (b"access-control-allow-methods", ", ".join(sorted(methods)).encode()),
+            (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
+            (b"access-control-max-age", CORS_MAX_AGE_S),
+        ]
 
     def secured(self, headers: list[tuple[bytes, bytes]], origin: str | None) -> list[tuple[bytes, bytes]]:
         """An answer's headers with the security headers (a route's own CSP is kept) and, for a configured

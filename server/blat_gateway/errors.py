@@ -3,6 +3,7 @@
 Services raise these; the REST and gRPC faces translate them with `http_status` / `grpc_code`, so the
 two APIs answer the same failure the same way.
 """
+
 from __future__ import annotations
 
 
@@ -21,7 +22,9 @@ class ServiceError(Exception):
         self.details = details
 
     def to_json(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}}
+        return {
+            "error": {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+        }
 
 
 class BadRequest(ServiceError):

@@ -1,7 +1,9 @@
 """The ASGI layer in front of the REST routes: what every request passes before a route sees it.
 
-In order: find the route and its entry in server/blat_gateway/access.py; start the request's deadline (it covers the body);
-check the browser's Host and Origin (server/blat_gateway/browser.py: 421/403); check the API key (401/403); refuse a declared
+In order: find the route and its entry in server/blat_gateway/access.py; start the request's deadline (it covers the
+body);
+check the browser's Host and Origin (server/blat_gateway/browser.py: 421/403); check the API key (401/403); refuse a
+declared
 body size over the cap (413: limits.max_upload_bytes for audio uploads, limits.max_json_bytes for JSON); read the
 whole body (408 when it stalls for limits.body_idle_s or is not in by the deadline, 413 past the cap, 429 past
 limits.max_body_bytes_in_flight); only then admit the request through its model input's gate (429 with Retry-After).
@@ -10,6 +12,7 @@ reads the rest of it first (up to the cap, within the deadline), so the client r
 It also times every request for /metrics and adds the security headers to every answer. FastAPI parses a JSON body
 before it runs a route's dependencies, so none of this could live in dependencies.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -100,8 +103,13 @@ class FrontDoor:
         try:
             try:
                 self.browser.check(scope["method"], headers, access)
-                authorize(access, self.gw.settings.auth.keys, presented_key(headers),
-                          f"{scope['method']} {template}", read_only=self.gw.settings.read_only)
+                authorize(
+                    access,
+                    self.gw.settings.auth.keys,
+                    presented_key(headers),
+                    f"{scope['method']} {template}",
+                    read_only=self.gw.settings.read_only,
+                )
                 declared = headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise TooLarge(f"request body of {int(declared)} bytes; the limit here is {cap}")
@@ -132,7 +140,7 @@ class FrontDoor:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception as e:  # noqa: BLE001 - the answer is the point; the log keeps the traceback
+        except Exception as e:
             if started:
                 raise
             if isinstance(e, TimeoutError):  # a wait on model work that outlived the request's deadline
@@ -147,8 +155,11 @@ def _worth_draining(e: ServiceError, headers: dict[str, str], cap: int) -> bool:
     """Whether to read what the client still sends before refusing it: not past the cap or a stall (it would not
     end), nor for a client that waits for 100 Continue (it sends no body unless asked)."""
     declared = headers.get("content-length", "")
-    return (not isinstance(e, (TooLarge, RequestTimeout)) and headers.get("expect", "").lower() != "100-continue"
-            and (not declared.isdigit() or int(declared) <= cap))
+    return (
+        not isinstance(e, (TooLarge, RequestTimeout))
+        and headers.get("expect", "").lower() != "100-continue"
+        and (not declared.isdigit() or int(declared) <= cap)
+    )
 
 
 class _Body:
@@ -167,11 +178,13 @@ class _Body:
         left = self.ends_at - time.monotonic()
         try:
             return await asyncio.wait_for(receive(), max(0.0, min(self.idle_s, left)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self.idle_s < left:
                 raise RequestTimeout(f"no part of the request body arrived for {self.idle_s:g} s") from None
-            raise RequestTimeout(f"the request body was not in within the request's deadline "
-                                 f"(limits.request_timeout_s, {self.deadline_s:g} s)") from None
+            raise RequestTimeout(
+                f"the request body was not in within the request's deadline "
+                f"(limits.request_timeout_s, {self.deadline_s:g} s)"
+            ) from None
 
     async def read(self, receive: Receive) -> bool:
         """Read the whole body; False when the client disconnected instead."""
@@ -191,8 +204,11 @@ class _Body:
     def _hold(self, chunk: bytes) -> None:
         budget = self.door.gw.limits.max_body_bytes_in_flight
         if self.door.body_bytes_held + len(chunk) > budget:
-            raise Overloaded(f"request bodies of {self.door.body_bytes_held} bytes are being served (the limit is "
-                             f"{budget}); retry shortly", retry_after_s=1.0)
+            raise Overloaded(
+                f"request bodies of {self.door.body_bytes_held} bytes are being served (the limit is "
+                f"{budget}); retry shortly",
+                retry_after_s=1.0,
+            )
         self.door.body_bytes_held += len(chunk)
         self.held += len(chunk)
         self.chunks.append(chunk)
@@ -217,6 +233,7 @@ class _Body:
                 chunk = self.chunks.popleft()
                 return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
             return await receive()  # after the body: the disconnect, with no time limit
+
         return replayed
 
     def release(self) -> None:
@@ -227,8 +244,11 @@ class _Body:
 
 async def _answer(send: Send, e: ServiceError) -> None:
     body = json.dumps(e.to_json()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     if isinstance(e, Overloaded):
         headers.append((b"retry-after", str(max(1, round(e.retry_after_s))).encode()))
     await send({"type": "http.response.start", "status": e.http_status, "headers": headers})

@@ -1,4 +1,5 @@
-"""gRPC face of the gateway (blat_wire/blat.proto), with health checking and reflection. Same Gateway calls as REST."""
+"""gRPC face of the gateway (blat_wire/blat.proto), with health checking and reflection. Same service calls as REST."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,12 +8,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Iterator
 
 import grpc
-import numpy as np
-import soxr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -22,13 +21,13 @@ from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError
 from blat_gateway.index import Hit, ItemRecord, SearchFilter
 from blat_gateway.index.records import iso_time
 from blat_gateway.service import Gateway
+from blat_gateway.services.tagging import TagWindow
 from blat_gateway.tagging import LabelScore
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
 
 SERVICE = "blat.v1.Blat"
 MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a request
-STREAM_ENCODINGS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
 log = logging.getLogger(__name__)
@@ -37,13 +36,25 @@ log = logging.getLogger(__name__)
 def _filter(f: pb.Filter) -> SearchFilter | None:
     if not f.ByteSize():
         return None
-    return SearchFilter(tuple(f.tags_any), tuple(f.tags_all), f.source_prefix or None,
-                        f.min_duration_s or None, f.max_duration_s or None)
+    return SearchFilter(
+        tuple(f.tags_any),
+        tuple(f.tags_all),
+        f.source_prefix or None,
+        f.min_duration_s or None,
+        f.max_duration_s or None,
+    )
 
 
 def _item(it: ItemRecord) -> pb.Item:
-    return pb.Item(id=it.id, source_uri=it.source_uri, duration_s=it.duration_s or 0.0, tags=list(it.tags),
-                   caption=it.caption, content_hash=it.content_hash, added_at=iso_time(it.added_at))
+    return pb.Item(
+        id=it.id,
+        source_uri=it.source_uri,
+        duration_s=it.duration_s or 0.0,
+        tags=list(it.tags),
+        caption=it.caption,
+        content_hash=it.content_hash,
+        added_at=iso_time(it.added_at),
+    )
 
 
 def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
@@ -51,14 +62,29 @@ def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
 
 
 def _job(p) -> pb.Job:
-    return pb.Job(job_id=p.version, state=p.state, done=p.done, total=p.total, error=p.error or "", version=p.version,
-                  added=p.added, skipped=p.skipped)
+    return pb.Job(
+        job_id=p.version,
+        state=p.state,
+        done=p.done,
+        total=p.total,
+        error=p.error or "",
+        version=p.version,
+        added=p.added,
+        skipped=p.skipped,
+    )
 
 
 def _stats(s) -> pb.StatsResponse:
-    return pb.StatsResponse(items=s.count, deleted_pending=s.tombstones, index_kind=s.kind, index_version=s.version,
-                            bundle=s.bundle_id, dim=s.dim, previous_version=s.previous_version or "",
-                            index_engine=s.engine)
+    return pb.StatsResponse(
+        items=s.count,
+        deleted_pending=s.tombstones,
+        index_kind=s.kind,
+        index_version=s.version,
+        bundle=s.bundle_id,
+        dim=s.dim,
+        previous_version=s.previous_version or "",
+        index_engine=s.engine,
+    )
 
 
 def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
@@ -82,7 +108,7 @@ def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
                 if not offer(("msg", msg)):
                     return
             offer(("end", None))
-        except Exception as e:  # noqa: BLE001 - the RPC was cancelled or ended: the handler hears of it
+        except Exception as e:
             offer(("error", e))
 
     threading.Thread(target=pump, name="stream-reader", daemon=True).start()
@@ -127,27 +153,35 @@ class BlatServicer(pb_grpc.BlatServicer):
         self.streams = Gate("streams", gateway.limits.max_streams)
 
     def _hits(self, hits: list[Hit]) -> pb.SearchResponse:
-        return pb.SearchResponse(hits=[pb.Hit(id=h.id, score=h.score, item=_item(h.item)) for h in hits],
-                                 bundle=self.gw.manifest.id, index_version=self.gw.store.stats().version)
+        return pb.SearchResponse(
+            hits=[pb.Hit(id=h.id, score=h.score, item=_item(h.item)) for h in hits],
+            bundle=self.gw.manifest.id,
+            index_version=self.gw.store.stats().version,
+        )
 
     def SearchText(self, req, ctx):
-        return self._hits(self.gw.search_text(req.query, req.k or 10, _filter(req.filter)))
+        return self._hits(self.gw.search.text(req.query, req.k or 10, _filter(req.filter)))
 
     def SearchAudio(self, req, ctx):
-        return self._hits(self.gw.search_audio(req.audio.data, req.k or 10, _filter(req.filter)))
+        return self._hits(self.gw.search.audio(req.audio.data, req.k or 10, _filter(req.filter)))
 
     def SearchItem(self, req, ctx):
-        return self._hits(self.gw.search_item(req.id, req.k or 10, _filter(req.filter)))
+        return self._hits(self.gw.search.item(req.id, req.k or 10, _filter(req.filter)))
 
     def Tag(self, req, ctx):
-        clip, windows = self.gw.tag(req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s)
-        return pb.TagResponse(tags=_scores(clip), windows=[
-            pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows])
+        clip, windows = self.gw.tagging.tag(
+            req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s
+        )
+        return pb.TagResponse(
+            tags=_scores(clip),
+            windows=[pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows],
+        )
 
     def StreamTag(self, requests: Iterator[pb.StreamTagRequest], ctx) -> Iterator[pb.TagWindow]:
         """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived. At most
         limits.max_streams at once; a stream ends when it sends nothing for limits.stream_idle_s or lasts longer than
-        limits.stream_max_s. Windows are scored by Gateway.tag_windows, as /v1/tag scores them."""
+        limits.stream_max_s. The PCM is decoded, checked and windowed by the tagging service's TagStream
+        (server/blat_gateway/services/tagging.py), and its windows scored as /v1/tag scores them."""
         with self.streams.admitted():
             yield from self._stream_tag(_paced(requests, self.gw.limits.stream_idle_s, self.gw.limits.stream_max_s))
 
@@ -156,98 +190,94 @@ class BlatServicer(pb_grpc.BlatServicer):
         if first is None or first.WhichOneof("payload") != "config":
             raise BadRequest("the first StreamTag message must carry the config")
         cfg = first.config
-        if cfg.encoding not in STREAM_ENCODINGS or not 8000 <= cfg.sample_rate <= 192000:
-            raise BadRequest(f"encoding must be one of {sorted(STREAM_ENCODINGS)} and sample_rate in [8000, 192000]")
-        rate, dtype = self.gw.runtime.sample_rate, STREAM_ENCODINGS[cfg.encoding]
-        win, hop = self.gw.check_windows(cfg.window_s or 2.0, cfg.hop_s or 1.0)
-        bank, top_k = self.gw.label_bank(list(cfg.labels) or None), cfg.top_k or 5
-        buffer, start, last_end, pending = np.zeros(0, np.float32), 0, 0, b""
+        stream = self.gw.tagging.stream(
+            cfg.encoding,
+            cfg.sample_rate,
+            cfg.window_s or 2.0,
+            cfg.hop_s or 1.0,
+            list(cfg.labels) or None,
+            cfg.top_k or 5,
+            admit=lambda: self.gw.admitted("audio"),
+        )
         began, received_s, limits = time.monotonic(), 0.0, self.gw.limits
-        # One streaming resampler for the whole stream: no seams at chunk boundaries.
-        resampler = soxr.ResampleStream(cfg.sample_rate, rate, 1, "float32", quality="HQ") if cfg.sample_rate != rate else None
 
-        def windows(samples: np.ndarray, offset: int) -> list[pb.TagWindow]:
-            with self.gw.admitted("audio"):  # each window is admitted like a request of its own
-                found = self.gw.tag_windows(samples, win, hop, bank, top_k, offset=offset)
-            return [pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in found]
+        def out(windows: Iterator[TagWindow]) -> Iterator[pb.TagWindow]:
+            return (pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows)
 
         for msg in requests:
             if msg.WhichOneof("payload") != "pcm":
                 raise BadRequest("only PCM chunks may follow the config")
-            received_s += len(msg.pcm) / dtype.itemsize / cfg.sample_rate
+            received_s += len(msg.pcm) / stream.itemsize / cfg.sample_rate
             lived_s = time.monotonic() - began
             if lived_s > limits.stream_idle_s and received_s < limits.stream_min_realtime * lived_s:
-                raise DeadlineExceeded(f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
-                                       f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)")
-            raw = pending + msg.pcm
-            usable = len(raw) - len(raw) % dtype.itemsize
-            pending = raw[usable:]
-            chunk = np.frombuffer(raw[:usable], dtype=dtype).astype(np.float32)
-            if dtype.kind == "i":
-                chunk /= 32768.0
-            if not np.isfinite(chunk).all():
-                raise BadRequest("PCM chunk holds NaN or Inf samples")
-            if resampler is not None:
-                chunk = resampler.resample_chunk(chunk)
-            buffer = np.concatenate([buffer, chunk.astype(np.float32, copy=False)])
-            while len(buffer) >= win:
-                yield from windows(buffer[:win], start)
-                last_end = start + win
-                buffer, start = buffer[hop:], start + hop
-        if resampler is not None:
-            buffer = np.concatenate([buffer, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
-        if len(buffer) and start + len(buffer) > last_end:  # audio after the last full window: one shorter window
-            yield from windows(buffer, start)
+                raise DeadlineExceeded(
+                    f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
+                    f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)"
+                )
+            yield from out(stream.feed(msg.pcm))
+        yield from out(stream.finish())
 
     def Caption(self, req, ctx):
-        caps = self.gw.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
-        return pb.CaptionResponse(captions=[pb.Caption(text=c.text, log_prob=c.log_prob, guide_tags=c.guide_tags,
-                                                       tags_predicted=c.tags_predicted) for c in caps])
+        caps = self.gw.captioning.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
+        return pb.CaptionResponse(
+            captions=[
+                pb.Caption(text=c.text, log_prob=c.log_prob, guide_tags=c.guide_tags, tags_predicted=c.tags_predicted)
+                for c in caps
+            ]
+        )
 
     def EmbedAudio(self, req, ctx):
-        vec = self.gw.embed_audio(req.audio.data)
-        return pb.EmbedResponse(embeddings=[pb.Embedding(values=vec.tolist())], dim=len(vec), bundle=self.gw.manifest.id)
+        vec = self.gw.embedding.audio(req.audio.data)
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=vec.tolist())], dim=len(vec), bundle=self.gw.manifest.id
+        )
 
     def EmbedText(self, req, ctx):
-        vecs = self.gw.embed_texts(list(req.texts))
-        return pb.EmbedResponse(embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1],
-                                bundle=self.gw.manifest.id)
+        vecs = self.gw.embedding.texts(list(req.texts))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1], bundle=self.gw.manifest.id
+        )
 
     def AddItem(self, req, ctx):
         source = req.WhichOneof("source")
         if source is None:
             raise BadRequest("give audio or a server-side path")
         data, path = (req.audio.data, None) if source == "audio" else (None, req.path)
-        return _item(self.gw.add_item(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
+        return _item(self.gw.items.add(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
 
     def GetItem(self, req, ctx):
-        return _item(self.gw.get_item(req.id))
+        return _item(self.gw.items.get(req.id))
 
     def DeleteItem(self, req, ctx):
-        return pb.DeleteItemResponse(deleted=True, item=_item(self.gw.delete_item(req.id)))
+        return pb.DeleteItemResponse(deleted=True, item=_item(self.gw.items.delete(req.id)))
 
     def StartRebuild(self, req, ctx):
         source = req.WhichOneof("source")
-        return _job(self.gw.start_rebuild(req.folder if source == "folder" else None,
-                                          req.manifest if source == "manifest" else None,
-                                          embeddings=req.embeddings if source == "embeddings" else None))
+        return _job(
+            self.gw.ingest.start_rebuild(
+                req.folder if source == "folder" else None,
+                req.manifest if source == "manifest" else None,
+                embeddings=req.embeddings if source == "embeddings" else None,
+            )
+        )
 
     def GetRebuild(self, req, ctx):
-        return _job(self.gw.rebuild_status(req.job_id))
+        return _job(self.gw.ingest.rebuild_status(req.job_id))
 
     def CancelRebuild(self, req, ctx):
-        return _job(self.gw.cancel_rebuild(req.job_id))
+        return _job(self.gw.ingest.cancel_rebuild(req.job_id))
 
     def RollbackIndex(self, req, ctx):
-        return _stats(self.gw.rollback())
+        return _stats(self.gw.ingest.rollback())
 
     def Stats(self, req, ctx):
         return _stats(self.gw.stats())
 
     def Info(self, req, ctx):
         info = self.gw.info()
-        return pb.InfoResponse(bundle_json=json.dumps(info["bundle"]), backend=info["backend"],
-                               limits_json=json.dumps(info["limits"]))
+        return pb.InfoResponse(
+            bundle_json=json.dumps(info["bundle"]), backend=info["backend"], limits_json=json.dumps(info["limits"])
+        )
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -265,8 +295,9 @@ class _Guard(grpc.ServerInterceptor):
         access = grpc_access(method)
 
         def check():
-            authorize(access, self.gw.settings.auth.keys, presented_key(meta), method,
-                      read_only=self.gw.settings.read_only)
+            authorize(
+                access, self.gw.settings.auth.keys, presented_key(meta), method, read_only=self.gw.settings.read_only
+            )
 
         def fail(ctx, e: ServiceError):
             self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)
@@ -296,15 +327,16 @@ class _Guard(grpc.ServerInterceptor):
                         out = inner(req, ctx)
                 except ServiceError as e:
                     fail(ctx, e)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     unexpected(ctx, e)
                 finally:
                     reset_deadline(token)
                 self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
                 return out
 
-            return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer,
-                                                        handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_stream:
             inner_stream = handler.stream_stream
 
@@ -315,11 +347,13 @@ class _Guard(grpc.ServerInterceptor):
                     yield from inner_stream(reqs, ctx)
                 except ServiceError as e:
                     fail(ctx, e)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     unexpected(ctx, e)
                 self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
 
-            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler
 
 
@@ -332,8 +366,11 @@ def create_grpc_server(gateway: Gateway, address: str, workers: int | None = Non
     if workers is None:
         workers = gateway.admissible + gateway.limits.max_streams + THREADS_WITHOUT_MODEL
     max_msg = gateway.limits.max_upload_bytes + MAX_MESSAGE_BYTES_SLACK  # larger messages: RESOURCE_EXHAUSTED
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                         interceptors=[_Guard(gateway)], options=[("grpc.max_receive_message_length", max_msg)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        interceptors=[_Guard(gateway)],
+        options=[("grpc.max_receive_message_length", max_msg)],
+    )
     pb_grpc.add_BlatServicer_to_server(BlatServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -349,25 +386,37 @@ def create_grpc_server(gateway: Gateway, address: str, workers: int | None = Non
         while not stop.wait(every_s):
             try:
                 set_health()
-            except Exception:  # noqa: BLE001 - a closed gateway at shutdown; never kill the watcher
+            except Exception:
                 pass
 
     set_health()
     stop_watch = threading.Event()
     threading.Thread(target=watch, args=(stop_watch,), name="grpc-health", daemon=True).start()
-    names = (pb.DESCRIPTOR.services_by_name["Blat"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME, REFLECTION_V1)
+    names = (
+        pb.DESCRIPTOR.services_by_name["Blat"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+        REFLECTION_V1,
+    )
     reflection.enable_server_reflection(names, server)
     # grpc.reflection.v1 (what current grpcurl and Postman ask first) has the v1alpha messages under a new package
     # name, field for field, so v1alpha's servicer answers it on the wire; grpcio-reflection ships only v1alpha.
     v1 = reflection.ReflectionServicer(names)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
-        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-            v1.ServerReflectionInfo, reflection_pb2.ServerReflectionRequest.FromString,
-            reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        v1.ServerReflectionInfo,
+                        reflection_pb2.ServerReflectionRequest.FromString,
+                        reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
     port = server.add_insecure_port(address)
     server.health = health_servicer  # the launcher flips it on shutdown
     server.health_watch = stop_watch  # set it to stop following readiness
     return server, port
-
-

@@ -10,6 +10,7 @@ A refusal is written, the sending side shut (FIN), and what the client still sen
 moment, so the client reads the answer instead of a reset. Stalled bodies are the ASGI layer's job
 (server/blat_gateway/front_door.py: limits.body_idle_s between chunks).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from blat_gateway.browser import PAGE_CSP, SECURITY_HEADERS
 
 DRAIN_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
 # The headers every answer carries (server/blat_gateway/browser.py), these refusals included.
-SECURED = "".join(f"{k.decode()}: {v.decode()}\r\n" for k, v in SECURITY_HEADERS) \
-    + f"content-security-policy: {PAGE_CSP}\r\n"
+SECURED = (
+    "".join(f"{k.decode()}: {v.decode()}\r\n" for k, v in SECURITY_HEADERS) + f"content-security-policy: {PAGE_CSP}\r\n"
+)
 
 
 def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11Protocol]:
@@ -61,7 +63,7 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
                     self._arm()
                 pending = self.conn.trailing_data[0] + data
                 if len(pending) > max_header_bytes and b"\r\n\r\n" not in pending[: max_header_bytes + 4]:
-                    if b"\r\n" not in pending[: max_header_bytes]:
+                    if b"\r\n" not in pending[:max_header_bytes]:
                         self._refuse(414, f"request line over {max_header_bytes} bytes")
                     else:
                         self._refuse(431, f"request headers over {max_header_bytes} bytes")
@@ -81,8 +83,11 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
             code = {408: "request_timeout", 414: "uri_too_long", 431: "headers_too_large"}[status]
             body = json.dumps({"error": {"code": code, "message": message}}).encode()
             reason = {408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}[status]
-            self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-                                 f"content-length: {len(body)}\r\n{SECURED}connection: close\r\n\r\n".encode() + body)
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n{SECURED}connection: close\r\n\r\n".encode()
+                + body
+            )
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(DRAIN_S, self.transport.close)

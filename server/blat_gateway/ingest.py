@@ -1,6 +1,7 @@
 """Server-side paths (item add from a path, rebuilds): resolved and checked against the ingest roots when a request
 names them, and again when a file is opened, since a rebuild opens its files later, in a background job.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ def check_path(path: str, roots: Sequence[str], trusted: bool = False) -> Path:
     real = Path(check_text(path, "path")).resolve()
     resolved = [Path(r).resolve() for r in roots]
     if not trusted and not _inside(real, resolved):
-        raise Forbidden(f"{path} is outside the configured ingest roots"
-                        + ("" if resolved else " (none are configured: set ingest_roots)"))
+        raise Forbidden(
+            f"{path} is outside the configured ingest roots"
+            + ("" if resolved else " (none are configured: set ingest_roots)")
+        )
     if not real.exists():
         raise NotFound(f"{path} does not exist")
     return real
@@ -47,8 +50,11 @@ def read_inside_roots(path: str | Path, roots: Sequence[str], max_bytes: int, tr
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO, a device
             raise BadRequest(f"{path} is not a file")
         opened = Path(f"/proc/self/fd/{fd}")
-        if not trusted and opened.is_symlink() and not _inside(Path(os.readlink(opened)),
-                                                               [Path(r).resolve() for r in roots]):
+        if (
+            not trusted
+            and opened.is_symlink()
+            and not _inside(Path(os.readlink(opened)), [Path(r).resolve() for r in roots])
+        ):
             raise Forbidden(f"{path} is outside the configured ingest roots (it changed while it was opened)")
     except BaseException:
         os.close(fd)

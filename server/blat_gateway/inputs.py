@@ -5,6 +5,7 @@ protobuf both admit strings that nothing downstream can take: a NUL byte (SQLite
 a lone UTF-16 surrogate such as "\\ud800" (no UTF-8 encoding exists, so the tokenizer and SQLite raise). Refusing them
 here, per item, keeps one bad string from failing a batch of other people's requests.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,5 +55,12 @@ def manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
             raise BadRequest(f"{path}:{n}: need a JSON object with 'audio' or 'path'") from None
         check_text(audio, f"{path}:{n}: audio")
         captions = row.get("captions") or []
-        yield n, {"id": row.get("id") or Path(audio).stem, "audio": audio, "tags": row.get("tags", []),
-                  "caption": row.get("caption") or (captions[0] if captions else "")}
+        yield (
+            n,
+            {
+                "id": row.get("id") or Path(audio).stem,
+                "audio": audio,
+                "tags": row.get("tags", []),
+                "caption": row.get("caption") or (captions[0] if captions else ""),
+            },
+        )

@@ -6,6 +6,7 @@ client accepts by default, whatever was stored, or every search returning such a
 client (a 5 MiB caption once did; its own AddItem reply failed after the write had committed). Checks run before
 anything is embedded or stored.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,15 @@ def _field(payload: int) -> int:
 
 def worst_item_bytes(limits) -> int:
     """The largest `Item` message (blat_wire/blat.proto) the limits allow; `extra` is not sent over gRPC."""
-    return (_field(ID_CHARS) + _field(UTF8_MAX * limits.max_source_uri_chars) + 5  # duration_s: tag + float
-            + limits.max_tags * _field(UTF8_MAX * limits.max_tag_chars) + _field(UTF8_MAX * limits.max_caption_chars)
-            + _field(CONTENT_HASH_CHARS) + _field(ISO_TIME_CHARS))
+    return (
+        _field(ID_CHARS)
+        + _field(UTF8_MAX * limits.max_source_uri_chars)
+        + 5  # duration_s: tag + float
+        + limits.max_tags * _field(UTF8_MAX * limits.max_tag_chars)
+        + _field(UTF8_MAX * limits.max_caption_chars)
+        + _field(CONTENT_HASH_CHARS)
+        + _field(ISO_TIME_CHARS)
+    )
 
 
 def worst_search_reply_bytes(limits) -> int:
@@ -41,27 +48,34 @@ def worst_search_reply_bytes(limits) -> int:
 
 
 def _too_long(what: str, value: str, limit: int) -> BadRequest:
-    return BadRequest(f"{what} is {len(value):,} characters long; at most {limit:,} are stored", field=what,
-                      limit=limit)
+    return BadRequest(
+        f"{what} is {len(value):,} characters long; at most {limit:,} are stored", field=what, limit=limit
+    )
 
 
 def check_fields(limits, tags=(), caption: str = "", source_uri: str = "", extra: dict | None = None) -> None:
     """BadRequest naming the first field over its limit (`limits`: settings.LimitSettings)."""
     if len(tags) > limits.max_tags:
-        raise BadRequest(f"at most {limits.max_tags} tags are stored per item, got {len(tags)}", field="tags",
-                         limit=limits.max_tags)
+        raise BadRequest(
+            f"at most {limits.max_tags} tags are stored per item, got {len(tags)}", field="tags", limit=limits.max_tags
+        )
     for i, tag in enumerate(tags):
         if isinstance(tag, str) and len(tag) > limits.max_tag_chars:
             raise _too_long(f"tags[{i}]", tag, limits.max_tag_chars)
-    for what, value, limit in (("caption", caption, limits.max_caption_chars),
-                               ("source_uri", source_uri, limits.max_source_uri_chars)):
+    for what, value, limit in (
+        ("caption", caption, limits.max_caption_chars),
+        ("source_uri", source_uri, limits.max_source_uri_chars),
+    ):
         if isinstance(value, str) and len(value) > limit:
             raise _too_long(what, value, limit)
     if extra:
         size = len(json.dumps(extra, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
         if size > limits.max_extra_bytes:
-            raise BadRequest(f"extra takes {size:,} bytes as JSON; at most {limits.max_extra_bytes:,} are stored",
-                             field="extra", limit=limits.max_extra_bytes)
+            raise BadRequest(
+                f"extra takes {size:,} bytes as JSON; at most {limits.max_extra_bytes:,} are stored",
+                field="extra",
+                limit=limits.max_extra_bytes,
+            )
 
 
 def check_record(record: ItemRecord, limits) -> ItemRecord:

@@ -11,12 +11,13 @@ Measured on the default bundle (16 max-size uploads at once, the ONNX Runtime ar
 0.84 GB as the last answer went out, 0.55 GB once trimmed, 0.45 GB trimmed with 2 arenas. The rest is live (threads
 the load created, Python's own object arenas).
 """
+
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 MALLOC_ARENAS = 2

@@ -1,4 +1,5 @@
 """Prometheus metrics of the gateway: requests and latency per endpoint, batch sizes, queue depth, index size."""
+
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -11,14 +12,27 @@ class Metrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("blat_requests_total", "Requests by endpoint and status", ["api", "endpoint", "status"], registry=r)
-        self.latency = Histogram("blat_request_seconds", "Request latency by endpoint", ["api", "endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.batch = Histogram("blat_batch_size", "Requests merged per model call", ["batcher"],
-                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.requests = Counter(
+            "blat_requests_total", "Requests by endpoint and status", ["api", "endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "blat_request_seconds",
+            "Request latency by endpoint",
+            ["api", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "blat_batch_size",
+            "Requests merged per model call",
+            ["batcher"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.queue = Gauge("blat_queue_depth", "Requests waiting per batcher", ["batcher"], registry=r)
-        self.admitted = Gauge("blat_admitted", "Requests admitted per model input gate (at most batching.max_queue)",
-                              ["gate"], registry=r)
+        self.admitted = Gauge(
+            "blat_admitted", "Requests admitted per model input gate (at most batching.max_queue)", ["gate"], registry=r
+        )
         self.items = Gauge("blat_index_items", "Live items in the index", registry=r)
         self.tombstones = Gauge("blat_index_tombstones", "Deleted items not yet compacted", registry=r)
 

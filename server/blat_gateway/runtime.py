@@ -6,10 +6,11 @@ The memory of a model call grows with its input (clips x longest clip for the au
 captioner's decoder), so a batch larger than the runtime's budget is cut into several calls of neighbours in length
 (`sub_batches`); the graphs mask by length, so how a batch is cut never changes a result.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -43,8 +44,9 @@ def pad_batch(waves: Sequence[np.ndarray], min_samples: int) -> tuple[np.ndarray
 
 
 class ModelRuntime:
-    def __init__(self, bundle_dir: str | Path, backend: Backend, max_call_seconds: float = 120.0,
-                 max_caption_rows: int = 32):
+    def __init__(
+        self, bundle_dir: str | Path, backend: Backend, max_call_seconds: float = 120.0, max_caption_rows: int = 32
+    ):
         """max_call_seconds: padded audio per audio-graph call (clips x longest clip); max_caption_rows: hypotheses
         per captioner-decoder call (clips x beam). Larger batches are cut into several calls."""
         self.bundle_dir, self.backend = Path(bundle_dir), backend
@@ -57,9 +59,14 @@ class ModelRuntime:
         self.labels = LabelBank.load(self.bundle_dir / m.labels.file)
         tagger = m.tagger
         # The 527 labels as /v1/tag scores them by default: the tagger's (mixed as the bundle says) and zero-shot.
-        self.default_labels = LabelSet(self.labels.names, self.labels.embeddings, self.labels.scale, self.labels.bias,
-                                       head_index(self.labels.names, tagger.labels if tagger else None),
-                                       tagger.zero_shot_weight if tagger else 0.0)
+        self.default_labels = LabelSet(
+            self.labels.names,
+            self.labels.embeddings,
+            self.labels.scale,
+            self.labels.bias,
+            head_index(self.labels.names, tagger.labels if tagger else None),
+            tagger.zero_shot_weight if tagger else 0.0,
+        )
         self.vocab = Vocabulary.from_json((self.bundle_dir / m.captioner.vocab).read_text()) if m.captioner else None
 
     @property
@@ -70,8 +77,9 @@ class ModelRuntime:
         """-> (B, D) unit-norm audio embeddings."""
         return self.analyze_audio(waves, tagger=False)[0]
 
-    def audio_calls(self, waves: Sequence[np.ndarray], per_clip_rows: int = 1,
-                    max_rows: int | None = None) -> list[list[int]]:
+    def audio_calls(
+        self, waves: Sequence[np.ndarray], per_clip_rows: int = 1, max_rows: int | None = None
+    ) -> list[list[int]]:
         """How a batch of clips is cut into model calls within the budget (indices into `waves`)."""
         lengths = [max(len(w), self.manifest.audio.min_samples) for w in waves]
         return sub_batches(lengths, self.max_call_samples, max(1, (max_rows or len(waves)) // per_clip_rows))
@@ -93,8 +101,9 @@ class ModelRuntime:
                 probs[idx] = p
         return emb, probs
 
-    def predicted_tags(self, embedding: np.ndarray, probs: np.ndarray | None, threshold: float,
-                       limit: int) -> dict[str, float]:
+    def predicted_tags(
+        self, embedding: np.ndarray, probs: np.ndarray | None, threshold: float, limit: int
+    ) -> dict[str, float]:
         """One clip's confident tags, as /v1/tag ranks the 527 labels by default (at most `limit` scoring at least
         `threshold`, best first). Empty without a tagger: a bundle without one predicts no tags."""
         if probs is None:
@@ -104,8 +113,9 @@ class ModelRuntime:
 
     def class_probs(self, frames: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
         """(B, T, C) frames with (B,) valid counts -> (B, K) probabilities of the tagger's labels."""
-        out = self.backend.run("audio_tagger", {"frames": frames.astype(np.float32),
-                                                "frame_lengths": frame_lengths.astype(np.int64)})
+        out = self.backend.run(
+            "audio_tagger", {"frames": frames.astype(np.float32), "frame_lengths": frame_lengths.astype(np.int64)}
+        )
         return out["class_probs"]
 
     def audio_features(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +126,9 @@ class ModelRuntime:
 
     def pool_frames(self, frames: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
         """(B, T, C) frame features with (B,) valid counts -> (B, D) embeddings (windowed tagging)."""
-        out = self.backend.run("audio_pool", {"frames": frames.astype(np.float32), "frame_lengths": frame_lengths.astype(np.int64)})
+        out = self.backend.run(
+            "audio_pool", {"frames": frames.astype(np.float32), "frame_lengths": frame_lengths.astype(np.int64)}
+        )
         return out["audio_embedding"]
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -126,8 +138,9 @@ class ModelRuntime:
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         return self.backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["text_embedding"]
 
-    def caption(self, waves: Sequence[np.ndarray], tags: np.ndarray | None = None,
-                options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+    def caption(
+        self, waves: Sequence[np.ndarray], tags: np.ndarray | None = None, options: DecodingOptions | None = None
+    ) -> list[list[Hypothesis]]:
         """Beam search over the captioner graphs, in one call of each whatever its size; tags (B, 527) multi-hot or
         None (no tag guidance)."""
         if self.manifest.captioner is None:
@@ -139,14 +152,21 @@ class ModelRuntime:
         enc = self.backend.run("captioner_encoder", {"waveform": batch, "lengths": lengths, "tags": tags})
 
         def step(seqs: np.ndarray, origin: np.ndarray) -> np.ndarray:
-            return self.backend.run("captioner_decoder", {
-                "tokens": seqs, "memory": enc["memory"][origin], "memory_lengths": enc["memory_lengths"][origin],
-                "tag_vector": enc["tag_vector"][origin]})["log_probs"]
+            return self.backend.run(
+                "captioner_decoder",
+                {
+                    "tokens": seqs,
+                    "memory": enc["memory"][origin],
+                    "memory_lengths": enc["memory_lengths"][origin],
+                    "tag_vector": enc["tag_vector"][origin],
+                },
+            )["log_probs"]
 
         return beam_search(step, len(waves), options)
 
-    def captions(self, waves: Sequence[np.ndarray], tags: np.ndarray | None,
-                 options: DecodingOptions) -> list[list[tuple[str, float]]]:
+    def captions(
+        self, waves: Sequence[np.ndarray], tags: np.ndarray | None, options: DecodingOptions
+    ) -> list[list[tuple[str, float]]]:
         """Per clip, its n-best (caption, log-probability), in calls within the budget (clips x beam rows, padded
         audio): each a whole beam search where the backend runs one (Triton's BLS `captioner`: no round trip per
         decoding step), else by `caption` here."""
@@ -157,8 +177,10 @@ class ModelRuntime:
         for idx in self.audio_calls(waves, options.beam_size, self.max_caption_rows):
             clips = [waves[i] for i in idx]
             if whole is None:
-                found = [[(self.caption_text(h), float(h.log_prob)) for h in hyps]
-                         for hyps in self.caption(clips, tags[idx], options)]
+                found = [
+                    [(self.caption_text(h), float(h.log_prob)) for h in hyps]
+                    for hyps in self.caption(clips, tags[idx], options)
+                ]
             else:
                 found = whole(*pad_batch(clips, self.manifest.audio.min_samples), tags[idx], options)
             for i, hyps in zip(idx, found):

@@ -5,6 +5,7 @@ the server enforces (k range, text length and count, the id pattern). Response m
 returns; routes still build plain dicts (validating every answer would cost time on the hot path), and the
 schema test (schemathesis against the live server) checks that the answers conform.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -16,20 +17,29 @@ from blat_gateway.index.records import ID_PATTERN, MAX_TAGS, SearchFilter
 from blat_gateway.settings import LimitSettings
 
 # Declared in the schema, checked by blat_gateway.index.records.check_id (whose 400 says what is wrong in words).
-ID = {"json_schema_extra": {"pattern": f"^{ID_PATTERN.pattern}$"},
-      "description": "1-200 of A-Z a-z 0-9 . _ : / -; no empty, '.' or '..' segment between slashes"}
+ID = {
+    "json_schema_extra": {"pattern": f"^{ID_PATTERN.pattern}$"},
+    "description": "1-200 of A-Z a-z 0-9 . _ : / -; no empty, '.' or '..' segment between slashes",
+}
 
 
 def request_models(limits: LimitSettings) -> SimpleNamespace:
     text_range = {"min_length": 1, "max_length": limits.max_text_chars}
     # What an item stores (server/blat_gateway/item_limits.py checks the same limits on both faces and in rebuilds).
     stored = SimpleNamespace(
-        caption={"max_length": limits.max_caption_chars,
-                 "description": f"at most {limits.max_caption_chars} characters"},
-        source_uri={"max_length": limits.max_source_uri_chars,
-                    "description": f"at most {limits.max_source_uri_chars} characters"},
-        tags={"max_length": limits.max_tags,
-              "description": f"at most {limits.max_tags} tags of {limits.max_tag_chars} characters"})
+        caption={
+            "max_length": limits.max_caption_chars,
+            "description": f"at most {limits.max_caption_chars} characters",
+        },
+        source_uri={
+            "max_length": limits.max_source_uri_chars,
+            "description": f"at most {limits.max_source_uri_chars} characters",
+        },
+        tags={
+            "max_length": limits.max_tags,
+            "description": f"at most {limits.max_tags} tags of {limits.max_tag_chars} characters",
+        },
+    )
     Tag = Annotated[str, Field(max_length=limits.max_tag_chars)]
     k_range = {"ge": 1, "le": limits.max_k, "description": f"results, 1-{limits.max_k}"}
 
@@ -43,8 +53,9 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         max_duration_s: float | None = None
 
         def to_filter(self) -> SearchFilter:
-            return SearchFilter(tuple(self.tags_any), tuple(self.tags_all), self.source_prefix, self.min_duration_s,
-                                self.max_duration_s)
+            return SearchFilter(
+                tuple(self.tags_any), tuple(self.tags_all), self.source_prefix, self.min_duration_s, self.max_duration_s
+            )
 
     class SearchTextBody(BaseModel):
         query: str = Field(description="free text", **text_range)
@@ -69,17 +80,30 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
 
     class RebuildBody(BaseModel):
         folder: str | None = Field(None, description="a folder under the ingest roots; ids are relative paths")
-        manifest: str | None = Field(None, description="a JSON Lines file under the ingest roots: id, audio|path, "
-                                                       "tags, caption")
-        embeddings: str | None = Field(None, description="a finished embedding job's folder under the ingest roots "
-                                                         "(python -m blat_jobs.embed): precomputed, not embedded again")
+        manifest: str | None = Field(
+            None, description="a JSON Lines file under the ingest roots: id, audio|path, tags, caption"
+        )
+        embeddings: str | None = Field(
+            None,
+            description="a finished embedding job's folder under the ingest roots "
+            "(python -m blat_jobs.embed): precomputed, not embedded again",
+        )
 
-    return SimpleNamespace(FilterBody=FilterBody, SearchTextBody=SearchTextBody, SearchItemBody=SearchItemBody,
-                           EmbedTextBody=EmbedTextBody, AddFromPathBody=AddFromPathBody, RebuildBody=RebuildBody,
-                           k=k_range, stored=stored, Tag=Tag)
+    return SimpleNamespace(
+        FilterBody=FilterBody,
+        SearchTextBody=SearchTextBody,
+        SearchItemBody=SearchItemBody,
+        EmbedTextBody=EmbedTextBody,
+        AddFromPathBody=AddFromPathBody,
+        RebuildBody=RebuildBody,
+        k=k_range,
+        stored=stored,
+        Tag=Tag,
+    )
 
 
 # -- responses ---------------------------------------------------------------------------------------------------
+
 
 class ItemOut(BaseModel):
     id: str
@@ -107,10 +131,12 @@ class HitsOut(BaseModel):
 class LabelScoreOut(BaseModel):
     label: str
     score: float = Field(description="independent per-label probability")
-    scorer: str = Field(description="'tagger': the bundle's supervised AudioSet head; 'tagger+zero_shot': the "
-                                    "head's probability mixed with the zero-shot one (bundle.json "
-                                    "tagger.zero_shot_weight); 'zero_shot': the label's prompt embedding against the "
-                                    "audio embedding, calibrated")
+    scorer: str = Field(
+        description="'tagger': the bundle's supervised AudioSet head; 'tagger+zero_shot': the "
+        "head's probability mixed with the zero-shot one (bundle.json "
+        "tagger.zero_shot_weight); 'zero_shot': the label's prompt embedding against the "
+        "audio embedding, calibrated"
+    )
 
 
 class TagWindowOut(BaseModel):
@@ -164,8 +190,10 @@ class JobOut(BaseModel):
     error: str | None
     started_at: float
     finished_at: float | None
-    unreadable: int = Field(description="entries that could not be read (undecodable, outside the ingest roots, "
-                                        "over a stored-string limit), skipped: counted in `skipped` too")
+    unreadable: int = Field(
+        description="entries that could not be read (undecodable, outside the ingest roots, "
+        "over a stored-string limit), skipped: counted in `skipped` too"
+    )
 
 
 class StatsOut(BaseModel):

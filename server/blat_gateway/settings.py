@@ -1,9 +1,11 @@
 """Gateway settings: one typed object, read from defaults, then a JSON file, then BLAT_SERVER_* environment variables.
 
-    BLAT_SERVER_CONFIG=/etc/blat.json BLAT_SERVER_HTTP_PORT=9000 BLAT_SERVER_LIMITS__MAX_TEXT_CHARS=300 python -m blat_gateway
+    BLAT_SERVER_CONFIG=/etc/blat.json BLAT_SERVER_HTTP_PORT=9000 BLAT_SERVER_LIMITS__MAX_TEXT_CHARS=300 python -m
+    blat_gateway
 
 Nested fields use a double underscore (BLAT_SERVER_BATCHING__MAX_BATCH=32). Values are JSON-decoded when possible.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +84,8 @@ class LimitSettings:
     # bodies held at once (read or being served). Past it uploads get 429. Default: 64 maximal uploads.
     max_body_bytes_in_flight: int = 64 * 32 * 1024 * 1024
     # What an item stores (add, rebuild, manifests alike; 400). Search answers carry these strings: with max_k hits
-    # at these lengths a gRPC reply stays under a default client's 4 MiB (server/blat_gateway/item_limits.py; 2.8 MiB at most).
+    # at these lengths a gRPC reply stays under a default client's 4 MiB (server/blat_gateway/item_limits.py; 2.8 MiB
+    # at most).
     max_caption_chars: int = 2000
     max_tags: int = 64  # tags per item (at most records.MAX_TAGS, the stores' own bound)
     max_tag_chars: int = 64  # per tag (at most records.MAX_TAG_CHARS); AudioSet names take at most 40
@@ -95,9 +98,11 @@ class LimitSettings:
         if not (1 <= self.max_tags <= MAX_TAGS and 1 <= self.max_tag_chars <= MAX_TAG_CHARS):
             raise ValueError(f"limits: need 1 <= max_tags <= {MAX_TAGS}, 1 <= max_tag_chars <= {MAX_TAG_CHARS}")
         if (worst := worst_search_reply_bytes(self)) > GRPC_DEFAULT_MAX_RECEIVE:
-            raise ValueError(f"limits: a gRPC search answer of max_k={self.max_k} items at the stored-string limits "
-                             f"could take {worst / 2**20:.1f} MiB, over the 4 MiB a default gRPC client accepts: "
-                             "lower max_k or the max_caption_chars / max_tag(s) / max_source_uri_chars limits")
+            raise ValueError(
+                f"limits: a gRPC search answer of max_k={self.max_k} items at the stored-string limits "
+                f"could take {worst / 2**20:.1f} MiB, over the 4 MiB a default gRPC client accepts: "
+                "lower max_k or the max_caption_chars / max_tag(s) / max_source_uri_chars limits"
+            )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Why a mix: the head was trained on AudioSet and hears speech and music well, but
 "Animal") above the specific one; the zero-shot bank was trained on the release's own corpus and knows its sound
 effects. On blat-demo/2's held-out events an equal mix beats either alone (README, Results by family).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

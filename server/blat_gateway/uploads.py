@@ -7,6 +7,7 @@ a refused add (409) never touches the stored audio of another item, and an ackno
 kill -9. A kill between the commit and the rename leaves an item without audio (it answers 404 for its audio) and an
 orphan temp file, removed at the next start.
 """
+
 from __future__ import annotations
 
 import contextlib

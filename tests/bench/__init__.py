@@ -1,4 +1,5 @@
 """Tests of the bench/ scripts. bench/ is a folder of scripts, not a package: each test loads its script by path."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,6 +1,7 @@
 """The caption-batching benchmark on the tiny bundle: every batch size captions every clip as one clip per call does
 (the tiny captioner's captions are empty, so the log-probabilities carry the check: padding is masked by length), and
 captions that do differ are reported, not hidden."""
+
 from __future__ import annotations
 
 import json

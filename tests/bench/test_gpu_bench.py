@@ -1,6 +1,7 @@
 """bench/gpu_bench.py: its --help, its refusals (no GPU without --cpu-check, no bundle), and --cpu-check end to end
 on the tiny bundle: the CPU-flavour repository on the nvidia-pytriton wheel's tritonserver, throughput.py through a
 gateway that really calls it, every process stopped at the end. The GPU run itself needs a GPU host."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ SCRIPT = Path(__file__).parents[2] / "bench" / "gpu_bench.py"
 
 
 def gpu_bench(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
+    )
 
 
 def test_help():

@@ -1,6 +1,7 @@
 """The index benchmark on a small set: every kind is built, tuned and measured on held-out queries, and the tuned
 approximate indexes meet the recall target at every query distance; then each kind is loaded into a real
 `IndexStore` and searched through it, with and without a tag filter."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,23 @@ index_recall = load_bench("index_recall")
 
 def test_index_bench_small(tmp_path):
     out = tmp_path / "index.json"
-    assert index_recall.main(["--sizes", "12000", "--store-sizes", "12000", "--dim", "32", "--store-dir", str(tmp_path),
-                              "--json", str(out)]) == 0
+    assert (
+        index_recall.main(
+            [
+                "--sizes",
+                "12000",
+                "--store-sizes",
+                "12000",
+                "--dim",
+                "32",
+                "--store-dir",
+                str(tmp_path),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     rows = {r["kind"]: r for r in result["faiss"]}
     assert {"flat", "ivf", "hnsw", "hnsw (former tuning)"} <= set(rows)

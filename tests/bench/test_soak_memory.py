@@ -1,5 +1,6 @@
 """The soak's memory phase on the tiny bundle, two requests per kind: every kind is answered 200 and the RSS figures
 come back. The default bundle's figures come from `bench/soak.py --phases memory` (BENCHMARKS.md)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The StreamTag benchmark on the tiny bundle against a real gateway process: paced and as fast as possible, every
 window of every concurrent stream is answered, with a lag, a real-time factor (fast) and the server's CPU per audio
 second."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,12 @@ stream_tag = load_bench("stream_tag")
 
 def run(tiny_bundle, tmp_path, *extra: str) -> dict:
     out = tmp_path / "stream.json"
-    assert stream_tag.main(["--bundle", str(tiny_bundle), "--streams", "1", "3", "--seconds", "3.3", *extra,
-                            "--json", str(out)]) == 0
+    assert (
+        stream_tag.main(
+            ["--bundle", str(tiny_bundle), "--streams", "1", "3", "--seconds", "3.3", *extra, "--json", str(out)]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 

@@ -1,8 +1,7 @@
 """The aisfx tower: the package's own weights, parity with the package's inference code on real recordings (at
 its 44.1 kHz and at our 32 kHz), batch invariance, and the heads-only checkpoints that leave it out."""
-from __future__ import annotations
 
-import dataclasses
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ librosa = pytest.importorskip("librosa")
 
 
 def tower(rate: int):
-    cfg = AudioEncoderConfig(frontend=aisfx_frontend(rate), channels=CHANNELS, embed_dim=512, dropout=0.0,
-                             arch="aisfx", pretrained=WEIGHTS)
+    cfg = AudioEncoderConfig(
+        frontend=aisfx_frontend(rate), channels=CHANNELS, embed_dim=512, dropout=0.0, arch="aisfx", pretrained=WEIGHTS
+    )
     return build_audio_tower(cfg).eval()
 
 
@@ -76,7 +76,7 @@ def test_frontend_of_the_config_file_is_the_derived_one():
 
 def test_batching_does_not_change_a_clip(real_clips):
     t = tower(32000)
-    clips = [real_clips[k][: n] for k, n in zip(sorted(real_clips)[:5], (32000, 20000, 50000, 4000, 70001))]
+    clips = [real_clips[k][:n] for k, n in zip(sorted(real_clips)[:5], (32000, 20000, 50000, 4000, 70001))]
     with torch.no_grad():
         alone = [t.frames(torch.from_numpy(c[None])) for c in clips]
         n = max(map(len, clips))
@@ -119,8 +119,9 @@ def test_heads_only_checkpoint_rebuilds_the_model(tmp_path):
     wave = 0.1 * torch.randn(2, 32000)
     with torch.no_grad():
         np.testing.assert_allclose(loaded.encode_audio(wave).numpy(), model.encode_audio(wave).numpy(), atol=2e-3)
-        np.testing.assert_allclose(loaded.encode_texts(["a door slams"]).numpy(),
-                                   model.encode_texts(["a door slams"]).numpy(), atol=2e-3)
+        np.testing.assert_allclose(
+            loaded.encode_texts(["a door slams"]).numpy(), model.encode_texts(["a door slams"]).numpy(), atol=2e-3
+        )
 
 
 def test_a_trained_tower_cannot_be_left_out(tmp_path):
@@ -132,4 +133,6 @@ def test_a_trained_tower_cannot_be_left_out(tmp_path):
     save_checkpoint(model, tmp_path / "full.safetensors")  # in full it is fine, and needs no package to load
     loaded, _ = load_checkpoint(tmp_path / "full.safetensors")
     assert loaded.cfg.audio.pretrained is None
-    torch.testing.assert_close(loaded.audio_encoder.conv_block1.conv1.weight, model.audio_encoder.conv_block1.conv1.weight)
+    torch.testing.assert_close(
+        loaded.audio_encoder.conv_block1.conv1.weight, model.audio_encoder.conv_block1.conv1.weight
+    )

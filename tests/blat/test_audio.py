@@ -1,4 +1,5 @@
 """blat.audio: the log-mel front end against librosa's filterbank and a numpy STFT written here."""
+
 from __future__ import annotations
 
 import librosa
@@ -14,8 +15,16 @@ CFG = FrontEndConfig()  # BLAT: 32 kHz, n_fft 1024, hop 320, 64 slaney mels, 50-
 
 def librosa_fb(cfg: FrontEndConfig = CFG) -> np.ndarray:
     """(n_mels, n_freqs) float64 reference filterbank."""
-    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
-                               htk=False, norm="slaney", dtype=np.float64)
+    return librosa.filters.mel(
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        n_mels=cfg.n_mels,
+        fmin=cfg.f_min,
+        fmax=cfg.f_max,
+        htk=False,
+        norm="slaney",
+        dtype=np.float64,
+    )
 
 
 def reference_log_mel(x: np.ndarray, cfg: FrontEndConfig = CFG) -> np.ndarray:
@@ -37,7 +46,7 @@ def chirp_signal(seconds: float = 3.0, seed: int = 0, sr: int = CFG.sample_rate)
     f0, f1 = 30.0, 15_000.0
     phase = 2 * np.pi * f0 * seconds / np.log(f1 / f0) * ((f1 / f0) ** (t / seconds) - 1)
     x = 0.5 * np.sin(phase) + 0.1 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(len(t))
-    x[int(1.0 * sr): int(1.2 * sr)] = 0.0  # digital silence: exercises the -100 dB floor
+    x[int(1.0 * sr) : int(1.2 * sr)] = 0.0  # digital silence: exercises the -100 dB floor
     return x
 
 
@@ -127,11 +136,11 @@ def test_padded_batch_equals_each_clip_alone():
     fe = LogMelFrontEnd(CFG)
     batch = torch.zeros(len(lengths), max(lengths))
     for i, n in enumerate(lengths):
-        batch[i, :n] = torch.from_numpy(full[i * 100: i * 100 + n])
+        batch[i, :n] = torch.from_numpy(full[i * 100 : i * 100 + n])
     out = fe(batch, torch.tensor(lengths))
     assert out.shape == (len(lengths), 1 + max(lengths) // 320, 64)
     for i, n in enumerate(lengths):
-        alone = fe(batch[i: i + 1, :n])[0]
+        alone = fe(batch[i : i + 1, :n])[0]
         T = 1 + n // 320
         assert alone.shape[0] == T
         torch.testing.assert_close(out[i, :T], alone, atol=2e-5, rtol=0)  # dB
@@ -144,8 +153,19 @@ def test_short_window_centred_like_torch_stft():
     cfg = FrontEndConfig(win_length=640)
     x = torch.from_numpy(chirp_signal(seconds=0.5).astype(np.float64))[None]
     fe = exact_float64(LogMelFrontEnd(cfg), cfg)
-    spec = torch.stft(x, 1024, 320, 640, torch.hann_window(640, periodic=True, dtype=torch.float64),
-                      center=True, pad_mode="reflect", return_complex=True).abs() ** 2
+    spec = (
+        torch.stft(
+            x,
+            1024,
+            320,
+            640,
+            torch.hann_window(640, periodic=True, dtype=torch.float64),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        ).abs()
+        ** 2
+    )
     ref = 10 * torch.log10((spec.transpose(1, 2) @ torch.from_numpy(librosa_fb(cfg).T)).clamp(min=1e-10))
     mask = ref > -60
     assert (fe(x) - ref).abs()[mask].max() < 1e-6

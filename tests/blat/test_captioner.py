@@ -1,4 +1,5 @@
 """blat.models.captioner: the tag-guided captioner (tiny-captioner) and its decoding."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,14 @@ def tokens_batch():
 
 def test_config_defaults_follow_blat():
     cfg = blat.get_model_config("blat-captioner")
-    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.n_tags, cfg.max_tokens) == (256, 2, 4, 1024, 527, 20)
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.n_tags, cfg.max_tokens) == (
+        256,
+        2,
+        4,
+        1024,
+        527,
+        20,
+    )
 
 
 @torch.no_grad()
@@ -123,7 +131,7 @@ def test_memory_padding_is_ignored(model):
     toks = tokens_batch()
     batch = model(wave, lengths, tags, toks)
     for i, n in enumerate(LENGTHS):
-        alone = model(wave[i: i + 1, :n], None, tags[i: i + 1], toks[i: i + 1])
+        alone = model(wave[i : i + 1, :n], None, tags[i : i + 1], toks[i : i + 1])
         torch.testing.assert_close(batch[i], alone[0], atol=1e-4, rtol=1e-4)
 
 
@@ -131,12 +139,13 @@ def _clip_logp(model, wave, n, tags):
     """log p(next | prefix) for one clip, by running the decoder on the prefix directly."""
     memory, valid, tag_vec = model.encode(wave[None, :n], None, tags[None])
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def logp(prefix: tuple[int, ...]) -> np.ndarray:
         logits = model.decode(torch.tensor([prefix]), memory, valid, tag_vec)[0, -1]
         out = torch.log_softmax(logits.double(), -1).numpy()
         out.flags.writeable = False
         return out
+
     return logp
 
 
@@ -148,8 +157,9 @@ def _all_prefix_logp(model, wave, n, tags, max_tokens):
     for k in range(max_tokens + 1):
         prefixes = [(START, *w) for w in itertools.product(EMITTABLE, repeat=k)]
         rows = len(prefixes)
-        logits = model.decode(torch.tensor(prefixes), memory.expand(rows, -1, -1), valid.expand(rows),
-                              tag_vec.expand(rows, -1))[:, -1]
+        logits = model.decode(
+            torch.tensor(prefixes), memory.expand(rows, -1, -1), valid.expand(rows), tag_vec.expand(rows, -1)
+        )[:, -1]
         for prefix, lp in zip(prefixes, torch.log_softmax(logits.double(), -1).numpy()):
             table[prefix] = lp
     return table
@@ -206,7 +216,7 @@ def test_batched_generate_equals_per_clip(model):
     opts = DecodingOptions(beam_size=3, max_tokens=6, n_best=3)
     batched = model.generate(wave, lengths, tags, opts)
     for i, n in enumerate(LENGTHS):
-        alone = model.generate(wave[i: i + 1, :n], None, tags[i: i + 1], opts)[0]
+        alone = model.generate(wave[i : i + 1, :n], None, tags[i : i + 1], opts)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         np.testing.assert_allclose([h.log_prob for h in alone], [h.log_prob for h in batched[i]], atol=1e-4)
 

@@ -1,4 +1,5 @@
 """Our own checkpoint format: one safetensors file whose header carries config, tokenizer or vocabulary and meta."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,21 @@ from blat_contract.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a dog barks", "", "Birds are chirping, while a MAN speaks loudly in the distance " * 6, "rain on a tin roof"]
-CAPTIONS = ["a dog barks loudly", "a man is speaking", "birds are chirping in the distance", "rain falls on a roof",
-            "a car engine idles", "water flows in a stream"]
-META = {"epoch": 7, "best": {"r1": 0.25, "metric": "t2a_gmean"}, "notes": "naïve ünïcode ✓", "tags": ["a", "b"], "none": None}
+CAPTIONS = [
+    "a dog barks loudly",
+    "a man is speaking",
+    "birds are chirping in the distance",
+    "rain falls on a roof",
+    "a car engine idles",
+    "water flows in a stream",
+]
+META = {
+    "epoch": 7,
+    "best": {"r1": 0.25, "metric": "t2a_gmean"},
+    "notes": "naïve ünïcode ✓",
+    "tags": ["a", "b"],
+    "none": None,
+}
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -50,7 +63,9 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
-    differ = [k for k in sa if sa[k].dtype != sb[k].dtype or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k])]
+    differ = [
+        k for k in sa if sa[k].dtype != sb[k].dtype or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k])
+    ]
     assert not differ, differ
 
 
@@ -183,8 +198,9 @@ def test_custom_tokenizer_travels_in_the_file(tmp_path, no_source_folders):
     from blat.models.text import configure_tokenizer
 
     cfg = blat.get_model_config("tiny-dual")
-    text = dataclasses.replace(cfg.text, tokenizer=None, max_tokens=6,
-                               hf_config={**cfg.text.hf_config, "vocab_size": len(words)})
+    text = dataclasses.replace(
+        cfg.text, tokenizer=None, max_tokens=6, hf_config={**cfg.text.hf_config, "vocab_size": len(words)}
+    )
     model = randomize_(DualEncoder(dataclasses.replace(cfg, text=text), configure_tokenizer(tok, 6)), seed=3)
     path = save_checkpoint(model, tmp_path / "custom.safetensors")
     loaded, _ = load_checkpoint(path)
@@ -232,8 +248,9 @@ def test_captioner_round_trip(tiny_captioner, tiny_captioner_file, vocab, no_sou
         assert torch.equal(tiny_captioner(wave, lengths, tags, tokens), loaded(wave, lengths, tags, tokens))
         hyps_a = tiny_captioner.generate(wave, lengths, tags, opts)
         hyps_b = loaded.generate(wave, lengths, tags, opts)
-    assert [[(h.score, h.log_prob, h.tokens) for h in hs] for hs in hyps_a] == \
-           [[(h.score, h.log_prob, h.tokens) for h in hs] for hs in hyps_b]
+    assert [[(h.score, h.log_prob, h.tokens) for h in hs] for hs in hyps_a] == [
+        [(h.score, h.log_prob, h.tokens) for h in hs] for hs in hyps_b
+    ]
     assert tiny_captioner.caption(wave, lengths, tags) == loaded.caption(wave, lengths, tags)
     assert tiny_captioner.greedy(wave, lengths, tags) == loaded.greedy(wave, lengths, tags)
 
@@ -251,6 +268,7 @@ def test_captioner_vocabulary_edited_to_another_size_fails_naming_tensors(tiny_c
         cfg = json.loads(h["config"])
         cfg["vocab_size"] = 0
         h["config"] = json.dumps(cfg)
+
     path = rewrite(tiny_captioner_file, tmp_path / "bigger.safetensors", header=bigger)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
@@ -287,7 +305,12 @@ def test_minilm_header_names_no_source_folder(minilm, minilm_file):
     text = stored(minilm_file)["config"]["text"]
     assert text["pretrained"] is None and text["tokenizer"] is None and text["pooling"] == "mean"
     hf = text["hf_config"]
-    assert (hf["model_type"], hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]) == ("bert", 384, 6, 12)
+    assert (hf["model_type"], hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]) == (
+        "bert",
+        384,
+        6,
+        12,
+    )
     assert not any(k.startswith("_") for k in hf), hf
 
 
@@ -312,8 +335,14 @@ def test_minilm_loads_where_its_package_is_missing(minilm, minilm_file, tmp_path
     """)
     out = tmp_path / "emb.pt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", script, str(minilm_file), str(out), *TEXTS], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(minilm_file), str(out), *TEXTS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with torch.no_grad():  # another process may split the matmuls differently: equal up to float rounding
         torch.testing.assert_close(torch.load(out), minilm.encode_texts(TEXTS), rtol=0, atol=1e-6)
@@ -342,14 +371,16 @@ def test_safetensors_without_our_header(tmp_path, metadata):
 
 
 def test_newer_format_version(tiny_dual_file, tmp_path):
-    path = rewrite(tiny_dual_file, tmp_path / "v2.safetensors",
-                   header=lambda h: h.update(format_version=str(FORMAT_VERSION + 1)))
+    path = rewrite(
+        tiny_dual_file, tmp_path / "v2.safetensors", header=lambda h: h.update(format_version=str(FORMAT_VERSION + 1))
+    )
     with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1} is newer than this code"):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("edit", [lambda h: h.update(format_version="one"), lambda h: h.pop("config")],
-                         ids=["bad-version", "no-config"])
+@pytest.mark.parametrize(
+    "edit", [lambda h: h.update(format_version="one"), lambda h: h.pop("config")], ids=["bad-version", "no-config"]
+)
 def test_broken_header(tiny_dual_file, tmp_path, edit):
     path = rewrite(tiny_dual_file, tmp_path / "broken.safetensors", header=edit)
     with pytest.raises(CheckpointError, match=str(path)):
@@ -368,20 +399,37 @@ def _reshape(key, shape):
     return lambda ts: ts.update({key: torch.zeros(shape)})
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (_pop("audio_proj.bias"), ["missing keys (1): audio_proj.bias"]),
-    (_pop("audio_encoder.conv_block2.bn1.num_batches_tracked"),
-     ["missing keys (1): audio_encoder.conv_block2.bn1.num_batches_tracked"]),
-    (_rename("text_proj.weight", "text_projection.weight"),
-     ["missing keys (1): text_proj.weight", "unexpected keys (1): text_projection.weight"]),
-    (_rename("text_encoder.model.encoder.layer.1.output.dense.weight", "text_encoder.model.encoder.layer.2.output.dense.weight"),
-     ["missing keys (1): text_encoder.model.encoder.layer.1.output.dense.weight",
-      "unexpected keys (1): text_encoder.model.encoder.layer.2.output.dense.weight"]),
-    (_reshape("audio_encoder.fc1.weight", (32, 16)),
-     ["shape mismatches (1): audio_encoder.fc1.weight: file (32, 16) vs model (32, 32)"]),
-    (_reshape("logit_scale", (1,)), ["shape mismatches (1): logit_scale: file (1,) vs model ()"]),
-    (lambda ts: ts.update(extra=torch.zeros(1)), ["unexpected keys (1): extra"]),
-], ids=["missing", "missing-int-buffer", "renamed", "renamed-text", "reshaped", "reshaped-scalar", "extra"])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (_pop("audio_proj.bias"), ["missing keys (1): audio_proj.bias"]),
+        (
+            _pop("audio_encoder.conv_block2.bn1.num_batches_tracked"),
+            ["missing keys (1): audio_encoder.conv_block2.bn1.num_batches_tracked"],
+        ),
+        (
+            _rename("text_proj.weight", "text_projection.weight"),
+            ["missing keys (1): text_proj.weight", "unexpected keys (1): text_projection.weight"],
+        ),
+        (
+            _rename(
+                "text_encoder.model.encoder.layer.1.output.dense.weight",
+                "text_encoder.model.encoder.layer.2.output.dense.weight",
+            ),
+            [
+                "missing keys (1): text_encoder.model.encoder.layer.1.output.dense.weight",
+                "unexpected keys (1): text_encoder.model.encoder.layer.2.output.dense.weight",
+            ],
+        ),
+        (
+            _reshape("audio_encoder.fc1.weight", (32, 16)),
+            ["shape mismatches (1): audio_encoder.fc1.weight: file (32, 16) vs model (32, 32)"],
+        ),
+        (_reshape("logit_scale", (1,)), ["shape mismatches (1): logit_scale: file (1,) vs model ()"]),
+        (lambda ts: ts.update(extra=torch.zeros(1)), ["unexpected keys (1): extra"]),
+    ],
+    ids=["missing", "missing-int-buffer", "renamed", "renamed-text", "reshaped", "reshaped-scalar", "extra"],
+)
 def test_tensor_edits_fail_naming_the_keys(tiny_dual_file, tmp_path, edit, expected):
     path = rewrite(tiny_dual_file, tmp_path / "edited.safetensors", tensors=edit)
     with pytest.raises(CheckpointError) as err:
@@ -395,7 +443,12 @@ def test_tensor_edits_fail_naming_the_keys(tiny_dual_file, tmp_path, edit, expec
 
 def test_captioner_renamed_tensor(tiny_captioner_file, tmp_path):
     old = "decoder.layers.0.self_attn.in_proj_weight"
-    path = rewrite(tiny_captioner_file, tmp_path / "edited.safetensors", tensors=_rename(old, old.replace("layers.0", "layers.9")))
-    with pytest.raises(CheckpointError, match=r"TagGuidedCaptioner(.|\n)*missing keys \(1\): decoder\.layers\.0\.self_attn"
-                                              r"\.in_proj_weight(.|\n)*unexpected keys \(1\): decoder\.layers\.9\.self_attn"):
+    path = rewrite(
+        tiny_captioner_file, tmp_path / "edited.safetensors", tensors=_rename(old, old.replace("layers.0", "layers.9"))
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"TagGuidedCaptioner(.|\n)*missing keys \(1\): decoder\.layers\.0\.self_attn"
+        r"\.in_proj_weight(.|\n)*unexpected keys \(1\): decoder\.layers\.9\.self_attn",
+    ):
         load_checkpoint(path)

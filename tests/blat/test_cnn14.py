@@ -1,9 +1,7 @@
 """blat.models.cnn14: the paper-size parameter count, and padded batches equal clips run alone."""
+
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 import torch
 
@@ -41,14 +39,22 @@ def test_paper_cnn14_parameter_count():
     assert n_params(model) == expected
     # and the state dict carries PANNs/BLAT names
     keys = set(model.state_dict())
-    assert {"bn0.weight", "conv_block1.conv1.weight", "conv_block6.bn2.running_var", "fc1.weight",
-            "melspec_extractor.spectrogram.window", "melspec_extractor.mel_scale.fb"} <= keys
+    assert {
+        "bn0.weight",
+        "conv_block1.conv1.weight",
+        "conv_block6.bn2.running_var",
+        "fc1.weight",
+        "melspec_extractor.spectrogram.window",
+        "melspec_extractor.mel_scale.fb",
+    } <= keys
     assert "conv_block1.conv1.bias" not in keys
 
 
 def test_param_count_small_configs():
     for channels, embed in [((8, 16, 32), 32), ((32, 64, 128, 256), 256)]:
-        assert n_params(Cnn14(AudioEncoderConfig(channels=channels, embed_dim=embed))) == cnn14_param_count(channels, 64, embed)
+        assert n_params(Cnn14(AudioEncoderConfig(channels=channels, embed_dim=embed))) == cnn14_param_count(
+            channels, 64, embed
+        )
 
 
 def test_min_samples_and_time_stride():

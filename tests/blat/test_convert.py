@@ -4,6 +4,7 @@ The files are built here from the *published* layouts (FIELD_NOTES section 1), n
 audio keys are spelled out by hand with CNN14's shapes, text keys come from a Hugging Face BertModel of
 BERT-medium's size. Every tensor gets random values, so a tensor landing in the wrong place shows up.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,17 +21,24 @@ from blat.models import Cnn14
 transformers = pytest.importorskip("transformers")
 
 CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
-BERT_MEDIUM = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048, vocab_size=30522)
+BERT_MEDIUM = dict(
+    hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048, vocab_size=30522
+)
 # A scaled-down file with the same layout, for the failure cases (the importer reads sizes off the shapes).
 SMALL_CHANNELS = (8, 16, 32, 64, 128, 256)
 SMALL_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128, vocab_size=30522)
-DROPPED = ("text_encoder.model.embeddings.position_ids", "text_encoder.model.pooler.dense.weight",
-           "text_encoder.model.pooler.dense.bias")
+DROPPED = (
+    "text_encoder.model.embeddings.position_ids",
+    "text_encoder.model.pooler.dense.weight",
+    "text_encoder.model.pooler.dense.bias",
+)
 
 
 def bn_shapes(name: str, c: int) -> dict[str, tuple]:
-    return {**{f"{name}.{p}": (c,) for p in ("weight", "bias", "running_mean", "running_var")},
-            f"{name}.num_batches_tracked": ()}
+    return {
+        **{f"{name}.{p}": (c,) for p in ("weight", "bias", "running_mean", "running_var")},
+        f"{name}.num_batches_tracked": (),
+    }
 
 
 def cnn14_shapes(prefix: str, channels=CNN14_CHANNELS, n_mels: int = 64, embed: int = 2048) -> dict[str, tuple]:
@@ -71,16 +79,21 @@ def random_tensors(shapes: dict[str, tuple], gen: torch.Generator) -> dict[str, 
     return out
 
 
-def blat_state_dict(channels=CNN14_CHANNELS, audio_embed=2048, bert=BERT_MEDIUM, embed=1024, seed=0,
-                    logit_scale_shape=()) -> dict[str, torch.Tensor]:
+def blat_state_dict(
+    channels=CNN14_CHANNELS, audio_embed=2048, bert=BERT_MEDIUM, embed=1024, seed=0, logit_scale_shape=()
+) -> dict[str, torch.Tensor]:
     """The released BLAT state_dict layout, random values."""
     hidden = bert["hidden_size"]
-    shapes = {"audio_encoder.melspec_extractor.spectrogram.window": (1024,),
-              "audio_encoder.melspec_extractor.mel_scale.fb": (513, 64),
-              **cnn14_shapes("audio_encoder.", channels, 64, audio_embed),
-              **bert_shapes("text_encoder.model.", **bert),
-              "audio_proj.weight": (embed, audio_embed), "audio_proj.bias": (embed,),
-              "text_proj.weight": (embed, hidden), "text_proj.bias": (embed,)}
+    shapes = {
+        "audio_encoder.melspec_extractor.spectrogram.window": (1024,),
+        "audio_encoder.melspec_extractor.mel_scale.fb": (513, 64),
+        **cnn14_shapes("audio_encoder.", channels, 64, audio_embed),
+        **bert_shapes("text_encoder.model.", **bert),
+        "audio_proj.weight": (embed, audio_embed),
+        "audio_proj.bias": (embed,),
+        "text_proj.weight": (embed, hidden),
+        "text_proj.bias": (embed,),
+    }
     gen = torch.Generator().manual_seed(seed)
     sd = random_tensors(shapes, gen)
     sd["text_encoder.model.embeddings.position_ids"] = torch.arange(512, dtype=torch.long)[None]  # old saves hold it
@@ -89,9 +102,20 @@ def blat_state_dict(channels=CNN14_CHANNELS, audio_embed=2048, bert=BERT_MEDIUM,
 
 
 def save_blat(sd, path, **extra):
-    torch.save({"state_dict": sd, "epoch": 3, "iteration": 100, "monitor_best": 0.5,
-                "config": {"model": {"audio_encoder": "Cnn14", "text_encoder": "prajjwal1/bert-medium"},
-                           "optimizer": {"lr": 1e-4}}, **extra}, path)
+    torch.save(
+        {
+            "state_dict": sd,
+            "epoch": 3,
+            "iteration": 100,
+            "monitor_best": 0.5,
+            "config": {
+                "model": {"audio_encoder": "Cnn14", "text_encoder": "prajjwal1/bert-medium"},
+                "optimizer": {"lr": 1e-4},
+            },
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -132,7 +156,9 @@ def test_blat_every_tensor_lands_where_it_should(imported, file_sd):
     model_sd = imported.state_dict()
     kept = {k for k in file_sd if k not in DROPPED}
     assert set(model_sd) == kept, (sorted(set(model_sd) - kept), sorted(kept - set(model_sd)))
-    wrong = [k for k in sorted(kept) if model_sd[k].dtype != file_sd[k].dtype or not torch.equal(model_sd[k], file_sd[k])]
+    wrong = [
+        k for k in sorted(kept) if model_sd[k].dtype != file_sd[k].dtype or not torch.equal(model_sd[k], file_sd[k])
+    ]
     assert not wrong, f"tensors that differ from the file: {wrong}"
 
 
@@ -142,7 +168,12 @@ def test_blat_config_read_off_the_shapes(imported):
     assert cfg.audio.frontend.n_mels == 64 and cfg.audio.frontend.n_fft == 1024
     hf = imported.text_encoder.model.config
     assert (hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.intermediate_size, hf.vocab_size) == (
-        512, 8, 8, 2048, 30522)
+        512,
+        8,
+        8,
+        2048,
+        30522,
+    )
     assert cfg.text.pooling == "cls" and cfg.text.max_tokens == 30
     assert not imported.training
 
@@ -169,14 +200,15 @@ def test_blat_text_tower_matches_hf_bert_with_the_files_weights(imported, file_s
     prefix = "text_encoder.model."
     with torch.device("meta"):  # no random init: every weight comes from the file (assign=True)
         bert = transformers.BertModel(transformers.BertConfig(**BERT_MEDIUM), add_pooling_layer=True)
-    sub = {k[len(prefix):]: v for k, v in file_sd.items() if k.startswith(prefix) and k not in DROPPED[:1]}
+    sub = {k[len(prefix) :]: v for k, v in file_sd.items() if k.startswith(prefix) and k not in DROPPED[:1]}
     bert.load_state_dict(sub, strict=True, assign=True)
     bert.eval()
     tok = imported.text_encoder.tokenize(["a dog barks", "birds are chirping in the trees at dawn"])
     ids = tok["input_ids"]
     with torch.no_grad():  # positions and segment ids given explicitly: BERT's buffers for them stayed on meta
-        cls = bert(**tok, token_type_ids=torch.zeros_like(ids),
-                   position_ids=torch.arange(ids.shape[1])[None].expand_as(ids)).last_hidden_state[:, 0]
+        cls = bert(
+            **tok, token_type_ids=torch.zeros_like(ids), position_ids=torch.arange(ids.shape[1])[None].expand_as(ids)
+        ).last_hidden_state[:, 0]
         want = F.normalize(cls @ file_sd["text_proj.weight"].T + file_sd["text_proj.bias"], dim=-1)
         got = imported.encode_text(**tok)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -214,19 +246,25 @@ def test_blat_bare_state_dict_is_accepted(tmp_path):
 def rename(old, new):
     def edit(sd):
         sd[new] = sd.pop(old)
+
     return edit
 
 
-@pytest.mark.parametrize("old, new", [
-    ("audio_encoder.fc1.weight", "audio_encoder.fc_1.weight"),
-    ("audio_encoder.conv_block3.conv1.weight", "audio_encoder.conv_block3.conv_1.weight"),
-    ("audio_encoder.bn0.weight", "audio_encoder.bn_0.weight"),
-    ("text_encoder.model.encoder.layer.0.intermediate.dense.weight",
-     "text_encoder.model.encoder.layer.0.intermediate.dense_.weight"),
-    ("text_encoder.model.embeddings.word_embeddings.weight", "text_encoder.model.embeddings.word_embedding.weight"),
-    ("text_proj.bias", "text_projection.bias"),
-    ("logit_scale", "logit_scale_"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("audio_encoder.fc1.weight", "audio_encoder.fc_1.weight"),
+        ("audio_encoder.conv_block3.conv1.weight", "audio_encoder.conv_block3.conv_1.weight"),
+        ("audio_encoder.bn0.weight", "audio_encoder.bn_0.weight"),
+        (
+            "text_encoder.model.encoder.layer.0.intermediate.dense.weight",
+            "text_encoder.model.encoder.layer.0.intermediate.dense_.weight",
+        ),
+        ("text_encoder.model.embeddings.word_embeddings.weight", "text_encoder.model.embeddings.word_embedding.weight"),
+        ("text_proj.bias", "text_projection.bias"),
+        ("logit_scale", "logit_scale_"),
+    ],
+)
 def test_blat_renamed_key_lists_missing_and_unexpected(tmp_path, old, new):
     path, _ = small_blat(tmp_path, edit=rename(old, new))
     with pytest.raises(CheckpointError) as err:
@@ -235,14 +273,18 @@ def test_blat_renamed_key_lists_missing_and_unexpected(tmp_path, old, new):
     assert "missing keys (1): " + old in msg and "unexpected keys (1): " + new in msg, msg
 
 
-@pytest.mark.parametrize("key, shape, model_shape", [
-    ("audio_encoder.conv_block2.conv2.weight", (16, 16, 5, 5), (16, 16, 3, 3)),
-    ("text_encoder.model.encoder.layer.1.attention.self.key.bias", (63,), (64,)),
-    ("logit_scale", (2,), ()),
-])
+@pytest.mark.parametrize(
+    "key, shape, model_shape",
+    [
+        ("audio_encoder.conv_block2.conv2.weight", (16, 16, 5, 5), (16, 16, 3, 3)),
+        ("text_encoder.model.encoder.layer.1.attention.self.key.bias", (63,), (64,)),
+        ("logit_scale", (2,), ()),
+    ],
+)
 def test_blat_wrong_shape_is_named(tmp_path, key, shape, model_shape):
     def edit(sd):
         sd[key] = torch.zeros(shape)
+
     path, _ = small_blat(tmp_path, edit=edit)
     with pytest.raises(CheckpointError) as err:
         import_blat_checkpoint(path)
@@ -252,6 +294,7 @@ def test_blat_wrong_shape_is_named(tmp_path, key, shape, model_shape):
 def test_blat_extra_key_is_unexpected(tmp_path):
     def edit(sd):
         sd["audio_encoder.fc_audioset.weight"] = torch.zeros(527, 64)
+
     path, _ = small_blat(tmp_path, edit=edit)
     with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): audio_encoder\.fc_audioset\.weight"):
         import_blat_checkpoint(path)
@@ -305,11 +348,14 @@ def test_blat_tokenizer_must_match_the_vocabulary(tmp_path):
 
 
 def panns_file(path, channels=CNN14_CHANNELS, embed=2048, drop=(), seed=1, **extra):
-    shapes = {**cnn14_shapes("", channels, 64, embed),
-              "spectrogram_extractor.stft.conv_real.weight": (513, 1, 1024),
-              "spectrogram_extractor.stft.conv_imag.weight": (513, 1, 1024),
-              "logmel_extractor.melW": (1025, 64),  # deliberately unlike ours: ignored
-              "fc_audioset.weight": (527, embed), "fc_audioset.bias": (527,)}
+    shapes = {
+        **cnn14_shapes("", channels, 64, embed),
+        "spectrogram_extractor.stft.conv_real.weight": (513, 1, 1024),
+        "spectrogram_extractor.stft.conv_imag.weight": (513, 1, 1024),
+        "logmel_extractor.melW": (1025, 64),  # deliberately unlike ours: ignored
+        "fc_audioset.weight": (527, embed),
+        "fc_audioset.bias": (527,),
+    }
     sd = random_tensors({k: v for k, v in shapes.items() if k not in drop}, torch.Generator().manual_seed(seed))
     torch.save({"model": sd, "iteration": 660000, **extra}, path)
     return sd
@@ -366,8 +412,9 @@ def test_custom_pickled_class_needs_trusted(tmp_path):
     sd = panns_file(tmp_path / "cnn.pth", small, 32, extra_state=Opaque())
     with pytest.raises(CheckpointError, match=r"trusted=True"):
         import_panns_cnn14(tmp_path / "cnn.pth", Cnn14(blat.config.AudioEncoderConfig(channels=small, embed_dim=32)))
-    encoder = import_panns_cnn14(tmp_path / "cnn.pth", Cnn14(blat.config.AudioEncoderConfig(channels=small, embed_dim=32)),
-                                 trusted=True)
+    encoder = import_panns_cnn14(
+        tmp_path / "cnn.pth", Cnn14(blat.config.AudioEncoderConfig(channels=small, embed_dim=32)), trusted=True
+    )
     assert torch.equal(encoder.state_dict()["fc1.weight"], sd["fc1.weight"])
 
     path, _ = small_blat(tmp_path, name="blat_opaque.pth")

@@ -1,4 +1,5 @@
 """blat.models.dual: the contrastive model's heads, normalisation and temperature (tiny-dual)."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,7 @@ def test_audio_embedding_ignores_batch_padding(model):
     wave, lengths = audio()
     batch = model.encode_audio(wave, lengths)
     for i, n in enumerate(lengths.tolist()):
-        torch.testing.assert_close(batch[i], model.encode_audio(wave[i: i + 1, :n])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch[i], model.encode_audio(wave[i : i + 1, :n])[0], atol=1e-5, rtol=1e-5)
 
 
 def test_heads_and_state_dict_names(model):
@@ -87,7 +88,9 @@ def test_gradients_reach_both_towers_and_the_scale(model):
         a, t, scale = model(wave, lengths, tok["input_ids"], tok["attention_mask"])
         logits = scale * a @ t.T
         target = torch.arange(3)
-        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        loss = (
+            torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)
+        ) / 2
         model.zero_grad()
         loss.backward()
         assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0

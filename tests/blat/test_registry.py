@@ -1,4 +1,5 @@
 """blat.models registry and blat.load_model."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,16 @@ from blat_contract.vocab import Vocabulary
 
 VOCAB = Vocabulary.build(["a dog barks", "rain falls on a roof"])
 PAPER = {"blat-cnn14-bertm", "blat-captioner"}  # ~124M and ~85M parameters: seconds to build
-EXPECTED = {"blat-captioner", "blat-cnn14-bertm", "ci-captioner", "ci-cnn-minilm", "small-captioner", "small-cnn-minilm",
-            "tiny-captioner", "tiny-dual"}
+EXPECTED = {
+    "blat-captioner",
+    "blat-cnn14-bertm",
+    "ci-captioner",
+    "ci-cnn-minilm",
+    "small-captioner",
+    "small-cnn-minilm",
+    "tiny-captioner",
+    "tiny-dual",
+}
 
 
 def test_list_models():
@@ -21,8 +30,9 @@ def test_list_models():
     assert EXPECTED <= set(names)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in PAPER else n
-                                  for n in blat.list_models()])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in PAPER else n for n in blat.list_models()]
+)
 def test_every_registered_model_builds(name):
     cfg = blat.get_model_config(name)
     if isinstance(cfg, CaptionerConfig):

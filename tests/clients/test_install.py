@@ -1,5 +1,6 @@
 """The client is its own distribution: built from clients/ alone, installed into an empty virtualenv, and its own
 test suite (clients/tests) passes there against a real gateway over REST and gRPC."""
+
 from __future__ import annotations
 
 import json
@@ -43,18 +44,30 @@ def test_the_wheel_holds_the_client_and_its_stubs_only(client_venv):
     for stub in ("blat_pb2.py", "blat_pb2_grpc.py", "blat.proto"):
         assert f"blat_client/_wire/{stub}" in names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
-    requires = sorted(line.split(":", 1)[1].strip().split(">")[0].split("=")[0].split("<")[0]
-                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
+    requires = sorted(
+        line.split(":", 1)[1].strip().split(">")[0].split("=")[0].split("<")[0]
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:")
+    )
     assert requires == ["grpcio", "httpx", "protobuf"]
 
 
 def test_the_venv_has_no_server_side(client_venv):
     python = client_venv / "bin" / "python"
-    code = ("import importlib.util, json, blat_client; print(json.dumps({m: importlib.util.find_spec(m) is not None "
-            "for m in ('blat_gateway', 'blat_wire', 'blat_contract', 'blat', 'numpy', 'torch', 'blat_client')}))")
+    code = (
+        "import importlib.util, json, blat_client; print(json.dumps({m: importlib.util.find_spec(m) is not None "
+        "for m in ('blat_gateway', 'blat_wire', 'blat_contract', 'blat', 'numpy', 'torch', 'blat_client')}))"
+    )
     found = json.loads(run([python, "-c", code], cwd="/").stdout)
-    assert found == {"blat_gateway": False, "blat_wire": False, "blat_contract": False, "blat": False, "numpy": False,
-                     "torch": False, "blat_client": True}
+    assert found == {
+        "blat_gateway": False,
+        "blat_wire": False,
+        "blat_contract": False,
+        "blat": False,
+        "numpy": False,
+        "torch": False,
+        "blat_client": True,
+    }
 
 
 def test_client_suite_in_the_clean_venv(client_venv, tiny_bundle, tmp_path):
@@ -63,10 +76,21 @@ def test_client_suite_in_the_clean_venv(client_venv, tiny_bundle, tmp_path):
     suite = tmp_path / "suite"
     shutil.copytree(CLIENTS / "tests", suite, ignore=shutil.ignore_patterns("__pycache__"))
     with running_server(tiny_bundle, tmp_path / "gw") as gw:
-        env = {"BLAT_TEST_URL": gw.http_url, "BLAT_TEST_GRPC": gw.grpc_address, "BLAT_TEST_ROOT": str(gw.roots),
-               "PATH": f"{client_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
-        out = subprocess.run([client_venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              str(suite)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        env = {
+            "BLAT_TEST_URL": gw.http_url,
+            "BLAT_TEST_GRPC": gw.grpc_address,
+            "BLAT_TEST_ROOT": str(gw.roots),
+            "PATH": f"{client_venv / 'bin'}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        }
+        out = subprocess.run(
+            [client_venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
 
@@ -76,13 +100,19 @@ def test_build_refuses_stubs_that_do_not_match_the_proto(client_venv, tmp_path):
     shutil.copytree(CLIENTS, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "tests"))
     proto = copy / "blat_client" / "_wire" / "blat.proto"
     proto.write_text(proto.read_text() + "\nmessage Extra { string x = 1; }\n")
-    out = subprocess.run([client_venv / "bin" / "python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir",
-                          tmp_path / "w", copy], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [client_venv / "bin" / "python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", tmp_path / "w", copy],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode != 0 and "blat_client/_wire is stale" in out.stdout + out.stderr
 
 
 def test_committed_stubs_match_the_proto():
     """Both generated copies (wire/ for the server, clients/blat_client/_wire/ for the client) are what
     blat_wire/blat.proto generates today."""
-    out = subprocess.run([sys.executable, "-m", "blat_wire.generate", "--check"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "blat_wire.generate", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr

@@ -3,6 +3,7 @@
 The next-token distributions come from a seeded generator keyed on (batch item, whole prefix), so every
 prefix of every item gets its own, deterministic distribution and nothing about the search is special-cased.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,10 +37,13 @@ def make_step(seed: int = 0, item_offset: int = 0, calls: list | None = None):
         if calls is not None:
             calls.append(seqs.shape)
         return np.stack([hashed_logp(int(o) + item_offset, tuple(s.tolist()), seed) for s, o in zip(seqs, origin)])
+
     return step
 
 
-def exhaustive(item: int, max_tokens: int, seed: int = 0, alpha: float = 0.0) -> list[tuple[float, float, tuple[int, ...]]]:
+def exhaustive(
+    item: int, max_tokens: int, seed: int = 0, alpha: float = 0.0
+) -> list[tuple[float, float, tuple[int, ...]]]:
     """Every caption of 0..max_tokens emittable words + END: (rank score, log-prob, words), best first."""
     out = []
     for n in range(max_tokens + 1):
@@ -138,9 +142,16 @@ def test_beam_one_is_greedy_when_an_early_end_looks_better():
     assert wide.tokens == ()  # the exhaustive optimum is the empty caption
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(beam_size=0), dict(max_tokens=0), dict(n_best=0), dict(beam_size=2, n_best=3), dict(length_penalty=-0.1),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(beam_size=0),
+        dict(max_tokens=0),
+        dict(n_best=0),
+        dict(beam_size=2, n_best=3),
+        dict(length_penalty=-0.1),
+    ],
+)
 def test_options_validation(kwargs):
     with pytest.raises(ValueError):
         DecodingOptions(**kwargs)

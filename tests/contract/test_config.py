@@ -1,4 +1,5 @@
 """blat_contract.config: strict typed configs from dicts, their inverse, and env-var overrides."""
+
 from __future__ import annotations
 
 import dataclasses

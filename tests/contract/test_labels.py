@@ -1,4 +1,5 @@
 """blat_contract.labels: the AudioSet class list and multi-hot tag vectors."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """blat_contract.vocab: the word-level caption vocabulary."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,11 +61,14 @@ def test_json_round_trip():
     assert w == v and w.encode("a man speaks") == v.encode("a man speaks")
 
 
-@pytest.mark.parametrize("tokens", [
-    ("<pad>", "<start>", "<end>"),  # too short
-    ("<start>", "<pad>", "<end>", "<unk>", "a"),  # wrong order
-    SPECIALS + ("a", "b", "a"),  # duplicate
-])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ("<pad>", "<start>", "<end>"),  # too short
+        ("<start>", "<pad>", "<end>", "<unk>", "a"),  # wrong order
+        SPECIALS + ("a", "b", "a"),  # duplicate
+    ],
+)
 def test_bad_vocabularies_fail(tokens):
     with pytest.raises(ValueError):
         Vocabulary(tokens)

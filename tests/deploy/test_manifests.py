@@ -5,6 +5,7 @@ deploy/prometheus.yml are read as YAML and checked against the gateway's own set
 table and metrics registry, and the gateway container's command is run on this machine. Nothing is applied to a
 cluster and no image is built.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ TRITON_DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 # ------------------------------------------------------------------------------------------------------ reading
 
+
 def yaml_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
 
@@ -49,8 +51,13 @@ def documents(path: Path) -> list:
 
 def k8s_objects() -> list[tuple[Path, dict]]:
     """Every Kubernetes object under deploy/k8s/ (documents with a kind; not the kustomization itself)."""
-    return [(p, d) for p in yaml_files() if K8S in p.parents for d in documents(p)
-            if isinstance(d, dict) and "kind" in d and d["kind"] != "Kustomization"]
+    return [
+        (p, d)
+        for p in yaml_files()
+        if K8S in p.parents
+        for d in documents(p)
+        if isinstance(d, dict) and "kind" in d and d["kind"] != "Kustomization"
+    ]
 
 
 def objects(kind: str) -> list[dict]:
@@ -71,8 +78,7 @@ def container_of(deployment: dict) -> dict:
 
 def gateway_deployment() -> dict:
     """The Deployment whose container is configured by BLAT_SERVER_CONFIG."""
-    found = [d for d in objects("Deployment")
-             if any(e["name"] == CONFIG_ENV for e in container_of(d).get("env", []))]
+    found = [d for d in objects("Deployment") if any(e["name"] == CONFIG_ENV for e in container_of(d).get("env", []))]
     assert len(found) == 1, f"expected one Deployment setting {CONFIG_ENV}, found {len(found)}"
     return found[0]
 
@@ -118,8 +124,11 @@ def secret_value(name: str, key: str) -> str:
 def mount_for(pod_spec: dict, container: dict, path: str) -> tuple[dict, dict]:
     """(volumeMount, volume) of the deepest mount holding `path`."""
     p = PurePosixPath(path)
-    mounts = [m for m in container.get("volumeMounts", []) if p == PurePosixPath(m["mountPath"])
-              or PurePosixPath(m["mountPath"]) in p.parents]
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if p == PurePosixPath(m["mountPath"]) or PurePosixPath(m["mountPath"]) in p.parents
+    ]
     assert mounts, f"{path} is on no volume of container {container['name']}"
     mount = max(mounts, key=lambda m: len(m["mountPath"]))
     volume = {v["name"]: v for v in pod_spec.get("volumes", [])}[mount["name"]]
@@ -249,6 +258,7 @@ def contains(directory: str, path: str) -> bool:
 
 # -------------------------------------------------------------------------------------------------------- tests
 
+
 def test_every_yaml_file_parses_and_every_object_is_named():
     files = yaml_files()
     assert COMPOSE in files and PROMETHEUS in files and (K8S / "kustomization.yaml") in files
@@ -294,8 +304,9 @@ def test_gateway_settings_from_the_configmap_and_env_match_the_manifests(tmp_pat
     triton_service = service_for(triton)
     assert host == triton_service["metadata"]["name"]
     grpc = triton_ports(container_of(triton)["command"])["grpc"]
-    assert service_target_ports(triton_service, container_of(triton)).get(int(port)) == grpc, \
+    assert service_target_ports(triton_service, container_of(triton)).get(int(port)) == grpc, (
         f"{settings.triton.url} does not reach Triton's gRPC port {grpc}"
+    )
 
     # The index directory: on the gateway's writable ReadWriteOnce PVC (its parent is the mount: a fresh volume's
     # lost+found stays out of the index). The bundle: on a volume.
@@ -335,7 +346,9 @@ def test_probe_paths_are_public_routes_of_the_app(tiny_bundle, tmp_path):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         path = container[probe]["httpGet"]["path"]
         assert ("GET", path) in routes, f"{probe}: GET {path} is not a route of the gateway"
-        assert public_get(path), f"{probe}: GET {path} is not PUBLIC in server/blat_gateway/access.py (probes send no key)"
+        assert public_get(path), (
+            f"{probe}: GET {path} is not PUBLIC in server/blat_gateway/access.py (probes send no key)"
+        )
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
@@ -395,8 +408,9 @@ def test_compose_gateway_settings_match_its_ports_and_volumes():
     env = compose_env(gateway)
     config = image_file(env[CONFIG_ENV])
     assert config is not None and config.is_file(), f"{env[CONFIG_ENV]} is not in the image"
-    assert not any(contains(target, env[CONFIG_ENV]) for _, target, _ in compose_volumes(gateway)), \
+    assert not any(contains(target, env[CONFIG_ENV]) for _, target, _ in compose_volumes(gateway)), (
         "a volume hides the settings file"
+    )
     settings = load_settings(environ={**env, CONFIG_ENV: str(config)})
     assert settings.host == "0.0.0.0" and settings.backend == "triton"
     assert compose_container_ports(gateway) == {settings.http_port, settings.grpc_port}
@@ -426,12 +440,14 @@ def test_prometheus_scrapes_the_compose_services_on_their_ports():
     image, _, tag = prometheus["image"].rpartition(":")
     assert image and tag and tag != "latest", "pin the Prometheus image"
     config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
-    assert ((PROMETHEUS.resolve(), config_path, True) in compose_volumes(prometheus)), "prometheus.yml not mounted"
+    assert (PROMETHEUS.resolve(), config_path, True) in compose_volumes(prometheus), "prometheus.yml not mounted"
 
     env = compose_env(services["gateway"])
     gateway_settings = load_settings(environ={**env, CONFIG_ENV: str(image_file(env[CONFIG_ENV]))})
-    expected = {"gateway": (gateway_settings.http_port, "/metrics"),
-                "triton": (triton_ports(services["triton"]["command"])["metrics"], "/metrics")}
+    expected = {
+        "gateway": (gateway_settings.http_port, "/metrics"),
+        "triton": (triton_ports(services["triton"]["command"])["metrics"], "/metrics"),
+    }
     scraped = set()
     for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]:
         for static in job["static_configs"]:
@@ -466,8 +482,11 @@ def test_hpa_scales_on_a_metric_the_gateway_exports_and_respects_the_index():
         assert rule["seriesQuery"].startswith(rule["name"]["as"] + "{")
 
     # One pod owns the index (a ReadWriteOnce PVC): until the index is shared, at most one replica.
-    index_claims = [v["persistentVolumeClaim"]["claimName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
-                    if "persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly")]
+    index_claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly")
+    ]
     if any(obj("PersistentVolumeClaim", c)["spec"]["accessModes"] == ["ReadWriteOnce"] for c in index_claims):
         assert hpa["spec"].get("minReplicas", 1) == hpa["spec"]["maxReplicas"] == deployment["spec"]["replicas"] == 1
         assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -475,13 +494,19 @@ def test_hpa_scales_on_a_metric_the_gateway_exports_and_respects_the_index():
 
 def test_every_container_has_resources():
     for path, doc in k8s_objects():
-        spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"] if doc["kind"] == "Pod" \
+        spec = (
+            doc["spec"]["template"]["spec"]
+            if doc["kind"] == "Deployment"
+            else doc["spec"]
+            if doc["kind"] == "Pod"
             else None
+        )
         for c in (spec or {}).get("containers", []):
             assert {"requests", "limits"} <= c.get("resources", {}).keys(), f"{path}: {c['name']} has no resources"
 
 
 # --------------------------------------------------------------------------------------------- the real command
+
 
 def kubernetes_argv(container: dict) -> list[str]:
     """What the container runs: `command` replaces the image's ENTRYPOINT and CMD, `args` alone replaces CMD."""
@@ -526,14 +551,25 @@ def test_gateway_container_command_starts_the_server_here(tiny_bundle, tmp_path)
     base["PYTHONUNBUFFERED"] = "1"
     for attempt in range(3):  # a free port can be taken by someone else before the gateway binds it
         http_port, grpc_port = free_port(), free_port()
-        overrides = {f"{ENV_PREFIX}BUNDLE": str(tiny_bundle), f"{ENV_PREFIX}INDEX_DIR": str(tmp_path / "index"),
-                     f"{ENV_PREFIX}HOST": "127.0.0.1", f"{ENV_PREFIX}BACKEND": "onnxruntime",
-                     f"{ENV_PREFIX}HTTP_PORT": str(http_port), f"{ENV_PREFIX}GRPC_PORT": str(grpc_port)}
+        overrides = {
+            f"{ENV_PREFIX}BUNDLE": str(tiny_bundle),
+            f"{ENV_PREFIX}INDEX_DIR": str(tmp_path / "index"),
+            f"{ENV_PREFIX}HOST": "127.0.0.1",
+            f"{ENV_PREFIX}BACKEND": "onnxruntime",
+            f"{ENV_PREFIX}HTTP_PORT": str(http_port),
+            f"{ENV_PREFIX}GRPC_PORT": str(grpc_port),
+        }
         print(f"running {argv} with the manifest's env, overridden for this machine: {overrides}")
         log_path = tmp_path / f"gateway-{attempt}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, cwd=ROOT, env={**base, **manifest_env, **overrides}, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**base, **manifest_env, **overrides},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         tail = lambda: log_path.read_text(errors="replace")[-4000:]  # noqa: E731
         url = f"http://127.0.0.1:{http_port}"
         try:
@@ -551,8 +587,10 @@ def test_gateway_container_command_starts_the_server_here(tiny_bundle, tmp_path)
                 if not ready:
                     if proc.poll() is not None and attempt < 2 and "address already in use" in tail().lower():
                         continue
-                    pytest.fail(f"{argv}: {probes['readinessProbe']} never answered 200 "
-                                f"(exit code {proc.poll()}):\n{tail()}", pytrace=False)
+                    pytest.fail(
+                        f"{argv}: {probes['readinessProbe']} never answered 200 (exit code {proc.poll()}):\n{tail()}",
+                        pytrace=False,
+                    )
                 for name in ("livenessProbe", "startupProbe"):
                     assert http.get(url + probes[name]).status_code == 200, name
                 assert http.get(url + "/v1/info").status_code == 401, "the Secret's keys were not applied"

@@ -1,6 +1,7 @@
 """The Milvus deployment examples (deploy/milvus/): the Kubernetes overlay and the compose file give gateways whose
 settings load, name Milvus and Triton where those run, and split a writer from read-only, stateless replicas.
 Parsed and checked here; not applied to a cluster (no Docker or kubectl in CI)."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,21 @@ def docs(path: Path) -> list[dict]:
 
 
 def base_objects() -> dict[tuple[str, str], dict]:
-    return {(d["kind"], d["metadata"]["name"]): d for p in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
-            for d in docs(p) if "kind" in d and "metadata" in d}
+    return {
+        (d["kind"], d["metadata"]["name"]): d
+        for p in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for d in docs(p)
+        if "kind" in d and "metadata" in d
+    }
 
 
 def overlay() -> tuple[dict, dict[tuple[str, str], dict], dict[tuple[str, str], dict]]:
     """(kustomization, patches by (kind, name), added objects by (kind, name))."""
     k = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
     patches = {(d["kind"], d["metadata"]["name"]): d for p in k["patches"] for d in docs(OVERLAY / p["path"])}
-    added = {(d["kind"], d["metadata"]["name"]): d for r in k["resources"] if r.endswith(".yaml")
-             for d in docs(OVERLAY / r)}
+    added = {
+        (d["kind"], d["metadata"]["name"]): d for r in k["resources"] if r.endswith(".yaml") for d in docs(OVERLAY / r)
+    }
     return k, patches, added
 
 
@@ -56,8 +62,9 @@ def test_k8s_gateways_load_their_settings(tmp_path, role):
     _, patches, added = overlay()
     config = tmp_path / "gateway.json"
     config.write_text(patches[("ConfigMap", "blat-gateway-config")]["data"]["gateway.json"])
-    deployment = added[("Deployment", "blat-gateway-writer")] if role == "writer" else \
-        patches[("Deployment", "blat-gateway")]
+    deployment = (
+        added[("Deployment", "blat-gateway-writer")] if role == "writer" else patches[("Deployment", "blat-gateway")]
+    )
     env = {**env_of(deployment), CONFIG_ENV: str(config)}
     s = load_settings(environ=env)
     assert s.index_engine == "milvus" and s.milvus.uri.startswith("http://") and s.read_only == (role == "reader")
@@ -68,8 +75,11 @@ def test_k8s_gateways_load_their_settings(tmp_path, role):
         assert deployment["spec"]["replicas"] >= 2
     else:
         assert deployment["spec"]["replicas"] == 1  # one writer: duplicate checks read, then write
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
-                  if "persistentVolumeClaim" in v]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in deployment["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
         assert "blat-index" in claims  # uploaded audio lives on the writer's volume
 
 

@@ -1,5 +1,6 @@
 """A bundle of the pretrained aisfx tower: its front end and masking go into ONNX, and the server's runtime
 reproduces PyTorch on real recordings, alone and batched. The export and the server never name the tower."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +9,11 @@ import torch
 
 pytest.importorskip("aisfx", reason="the aisfx package (pip install --no-deps aisfx==0.1.2)")
 
-import blat  # noqa: E402
-from blat_contract.bundle import read_bundle  # noqa: E402
-from blat_contract.vocab import Vocabulary  # noqa: E402
-from blat_gateway.backends.ort import OnnxRuntimeBackend  # noqa: E402
-from blat_gateway.runtime import ModelRuntime, pad_batch  # noqa: E402
+import blat
+from blat_contract.bundle import read_bundle
+from blat_contract.vocab import Vocabulary
+from blat_gateway.backends.ort import OnnxRuntimeBackend
+from blat_gateway.runtime import ModelRuntime, pad_batch
 
 CAPTIONS = ["a door slams", "a bell rings twice", "water drips in a cave"]
 

@@ -1,4 +1,5 @@
 """The bundle contract: ONNX Runtime (through the server's runtime) reproduces PyTorch, and bad bundles fail."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ def test_pooling_all_frames_gives_the_embedding(runtime, real_clips):
     assert np.abs(runtime.pool_frames(frames, frame_lengths) - emb).max() <= 1e-5
 
 
-@pytest.mark.parametrize("texts", [["a dog barks"], ["rain", "a man speaks while a car passes by on a wet road",
-                                                     "birds chirp then a door slams", "x " * 80]])
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["a dog barks"],
+        ["rain", "a man speaks while a car passes by on a wet road", "birds chirp then a door slams", "x " * 80],
+    ],
+)
 def test_text_parity(runtime, tiny_models, texts):
     with torch.no_grad():
         ref = tiny_models[0].encode_texts(texts).numpy()

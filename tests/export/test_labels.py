@@ -1,4 +1,5 @@
 """Per-label calibration of zero-shot scores."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The paper-size BLAT architecture (random weights in the official checkpoint layout) exports with parity."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,7 @@ from blat_contract.vocab import Vocabulary
 from blat_export.bundle import PARITY_ATOL, check_parity
 from blat_export.graphs import export_graph
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.bench  # paper-size graphs (a minute of export): `make test-bench`
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def test_paper_text_encoder(paper_dual, tmp_path):
 
 def test_paper_captioner(tmp_path):
     torch.manual_seed(1)
-    cap = blat.create_model("blat-captioner", vocab=Vocabulary.build(["a dog barks", "rain falls", "a car passes"])).eval()
+    cap = blat.create_model(
+        "blat-captioner", vocab=Vocabulary.build(["a dog barks", "rain falls", "a car passes"])
+    ).eval()
     for graph in ("captioner_encoder", "captioner_decoder"):
         path = export_graph(graph, cap, tmp_path / f"{graph}.onnx")
         assert check_parity(graph, cap, path) <= PARITY_ATOL

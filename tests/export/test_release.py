@@ -1,5 +1,6 @@
 """Model releases: heads-only checkpoints next to a calibrated label bank, every file hashed and checked at load,
 the packages of the left-out towers checked too, and a bundle built from a release equal to one built directly."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import torch
 
 pytest.importorskip("aisfx", reason="the aisfx package (pip install --no-deps aisfx==0.1.2)")
 
-import blat  # noqa: E402
-from blat_contract.vocab import Vocabulary  # noqa: E402
-from blat_export.labels import DEFAULT_PROMPT, build_label_bank  # noqa: E402
-from blat_export.release import ReleaseError, load_release, read_release, write_release  # noqa: E402
+import blat
+from blat_contract.vocab import Vocabulary
+from blat_export.labels import DEFAULT_PROMPT, build_label_bank
+from blat_export.release import ReleaseError, load_release, read_release, write_release
 
 CAPTIONS = ["a door slams", "a bell rings twice", "water drips in a cave"]
 
@@ -30,9 +31,21 @@ def models():
 def release(models, tmp_path):
     dual, captioner = models
     bank, method = build_label_bank(dual, DEFAULT_PROMPT)
-    return write_release(tmp_path / "rel" / "1", dual, captioner, bank, name="test", version="1",
-                         command="make train", recipe="ci", seeds=(0, 1, 2), label_prompt=DEFAULT_PROMPT,
-                         label_calibration=method, model_card="# test\n", metrics={"zero_shot": 0.5})
+    return write_release(
+        tmp_path / "rel" / "1",
+        dual,
+        captioner,
+        bank,
+        name="test",
+        version="1",
+        command="make train",
+        recipe="ci",
+        seeds=(0, 1, 2),
+        label_prompt=DEFAULT_PROMPT,
+        label_calibration=method,
+        model_card="# test\n",
+        metrics={"zero_shot": 0.5},
+    )
 
 
 def test_release_is_small_and_rebuilds_the_models(release, models):

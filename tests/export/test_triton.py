@@ -1,6 +1,7 @@
 """blat_export.triton: the repository writer (configs parsed with Triton's own model_config proto), and a real
 tritonserver (the nvidia-pytriton wheel's) serving the CPU flavour, checked against in-process ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,19 @@ from blat_contract.beam import DecodingOptions, beam_search
 from blat_contract.bundle import read_bundle, sha256_file
 from blat_contract.vocab import Vocabulary
 from blat_export import triton
-from blat_export.triton import (CAPTIONER, GRAPHS as ALL_GRAPHS, RepositoryError, TritonSettings, TritonStartError, TritonUnavailable,
-                           launch_cpu_server, read_repository, write_repository)
+from blat_export.triton import (
+    CAPTIONER,
+    RepositoryError,
+    TritonSettings,
+    TritonStartError,
+    TritonUnavailable,
+    launch_cpu_server,
+    read_repository,
+    write_repository,
+)
+from blat_export.triton import (
+    GRAPHS as ALL_GRAPHS,
+)
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -33,8 +45,10 @@ def parse(repo, model):
 
 def io_of(config):
     """(name, dtype, dims, reshaped) of every input and output: what clients see."""
-    return [(t.name, mc.DataType.Name(t.data_type), list(t.dims), t.HasField("reshape"))
-            for t in (*config.input, *config.output)]
+    return [
+        (t.name, mc.DataType.Name(t.data_type), list(t.dims), t.HasField("reshape"))
+        for t in (*config.input, *config.output)
+    ]
 
 
 def relabel(bundle, dst, version):
@@ -48,18 +62,27 @@ def relabel(bundle, dst, version):
 def config_sizes(repo):
     """D, C, d, V as the configs state them."""
     decoder = parse(repo, "captioner_decoder")
-    return {"D": parse(repo, "text_encoder").output[0].dims[0], "C": parse(repo, "audio_encoder").output[1].dims[1],
-            "d": decoder.input[3].dims[0], "V": decoder.output[0].dims[0]}
+    return {
+        "D": parse(repo, "text_encoder").output[0].dims[0],
+        "C": parse(repo, "audio_encoder").output[1].dims[1],
+        "d": decoder.input[3].dims[0],
+        "V": decoder.output[0].dims[0],
+    }
 
 
 def onnx_sizes(bundle):
     """D, C, d, V as ONNX Runtime reports the bundle's graph outputs."""
     out = lambda g, i: ort.InferenceSession(str(bundle / f"{g}.onnx")).get_outputs()[i].shape[-1]  # noqa: E731
-    return {"D": out("text_encoder", 0), "C": out("audio_encoder", 1), "d": out("captioner_encoder", 2),
-            "V": out("captioner_decoder", 0)}
+    return {
+        "D": out("text_encoder", 0),
+        "C": out("audio_encoder", 1),
+        "d": out("captioner_encoder", 2),
+        "V": out("captioner_decoder", 0),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- writer
+
 
 def test_a_tagger_bundle_gets_the_audio_tagger_model(yamnet_bundle, tmp_path):
     repo = write_repository(yamnet_bundle, tmp_path / "repo")
@@ -108,12 +131,20 @@ def test_gpu_flavour_configs(tiny_bundle, tmp_path):
     captioner = parse(repo, CAPTIONER)
     assert captioner.backend == "python" and captioner.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert [i.name for i in captioner.input] == ["waveform", "lengths", "tags"] and captioner.input[2].optional
-    assert [(o.name, mc.DataType.Name(o.data_type)) for o in captioner.output] == [("captions", "TYPE_STRING"),
-                                                                                  ("scores", "TYPE_FP32")]
+    assert [(o.name, mc.DataType.Name(o.data_type)) for o in captioner.output] == [
+        ("captions", "TYPE_STRING"),
+        ("scores", "TYPE_FP32"),
+    ]
     assert captioner.parameters["beam_size"].string_value == str(manifest.captioner.beam_size)
     files = {str(p.relative_to(repo / CAPTIONER / "1")) for p in (repo / CAPTIONER / "1").rglob("*") if p.is_file()}
-    assert files == {"model.py", "vocab.json", "version_info.json", "blat_contract/__init__.py", "blat_contract/beam.py",
-                     "blat_contract/vocab.py"}
+    assert files == {
+        "model.py",
+        "vocab.json",
+        "version_info.json",
+        "blat_contract/__init__.py",
+        "blat_contract/beam.py",
+        "blat_contract/vocab.py",
+    }
 
 
 def test_cpu_flavour_mirrors_gpu(tiny_bundle, tmp_path):
@@ -182,10 +213,12 @@ def test_missing_wheel_is_unavailable_not_a_failure(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- a real server
 
+
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    repo = write_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", flavor="cpu",
-                            intra_op_threads=1, max_batch_size=16)
+    repo = write_repository(
+        tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", flavor="cpu", intra_op_threads=1, max_batch_size=16
+    )
     try:
         process = launch_cpu_server(repo, timeout_s=90)
     except TritonUnavailable as e:
@@ -201,8 +234,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def sessions(tiny_bundle):
-    return {g: ort.InferenceSession(str(tiny_bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
-            for g in GRAPHS}
+    return {g: ort.InferenceSession(str(tiny_bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"]) for g in GRAPHS}
 
 
 def tensors(inputs):
@@ -247,12 +279,19 @@ def tags_batch(n, seed=0):
 
 def reference_captions(sessions, vocab, wave, lengths, tags, options):
     memory, memory_lengths, tag_vector = sessions["captioner_encoder"].run(
-        None, {"waveform": wave, "lengths": lengths, "tags": tags})
+        None, {"waveform": wave, "lengths": lengths, "tags": tags}
+    )
 
     def step(tokens, origin):
-        return sessions["captioner_decoder"].run(None, {"tokens": tokens, "memory": memory[origin],
-                                                        "memory_lengths": memory_lengths[origin],
-                                                        "tag_vector": tag_vector[origin]})[0]
+        return sessions["captioner_decoder"].run(
+            None,
+            {
+                "tokens": tokens,
+                "memory": memory[origin],
+                "memory_lengths": memory_lengths[origin],
+                "tag_vector": tag_vector[origin],
+            },
+        )[0]
 
     hyps = beam_search(step, len(wave), options)
     return [[vocab.decode(h.tokens) for h in hs] for hs in hyps], np.array([[h.log_prob for h in hs] for hs in hyps])
@@ -271,15 +310,25 @@ def test_every_graph_matches_onnxruntime(client, sessions):
     check_graph(client, sessions, "audio_pool", {"frames": ref["frames"], "frame_lengths": ref["frame_lengths"] - 1})
     rng = np.random.default_rng(1)
     mask = (np.arange(9)[None] < np.array([[9], [4], [2]])).astype(np.int64)
-    check_graph(client, sessions, "text_encoder",
-                {"input_ids": rng.integers(1000, 2000, (3, 9)) * mask, "attention_mask": mask})
-    enc = check_graph(client, sessions, "captioner_encoder", {"waveform": wave, "lengths": lengths,
-                                                               "tags": tags_batch(3)})
+    check_graph(
+        client, sessions, "text_encoder", {"input_ids": rng.integers(1000, 2000, (3, 9)) * mask, "attention_mask": mask}
+    )
+    enc = check_graph(
+        client, sessions, "captioner_encoder", {"waveform": wave, "lengths": lengths, "tags": tags_batch(3)}
+    )
     origin = np.array([0, 0, 1, 2, 2])
     tokens = np.concatenate([np.ones((5, 1), np.int64), rng.integers(4, 8, (5, 3))], axis=1)
-    check_graph(client, sessions, "captioner_decoder", {"tokens": tokens, "memory": enc["memory"][origin],
-                                                        "memory_lengths": enc["memory_lengths"][origin],
-                                                        "tag_vector": enc["tag_vector"][origin]})
+    check_graph(
+        client,
+        sessions,
+        "captioner_decoder",
+        {
+            "tokens": tokens,
+            "memory": enc["memory"][origin],
+            "memory_lengths": enc["memory_lengths"][origin],
+            "tag_vector": enc["tag_vector"][origin],
+        },
+    )
 
 
 @pytest.mark.slow
@@ -314,6 +363,7 @@ def infer_together(client, model, feeds):
         def record(result, error):
             results[i] = error if error is not None else result
             done.release()
+
         return record
 
     for i, feed in enumerate(feeds):
@@ -366,11 +416,14 @@ def test_concurrent_requests_are_batched_and_answered_correctly(client, sessions
 def test_a_model_that_fails_to_load_is_an_error(server, tmp_path):
     """Only a binary that cannot run is a skip: a repository Triton rejects raises TritonStartError."""
     (tmp_path / "broken" / "1").mkdir(parents=True)
-    (tmp_path / "broken" / "config.pbtxt").write_text('name: "broken" backend: "python" max_batch_size: 0\n'
-                                                      'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-                                                      'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    (tmp_path / "broken" / "config.pbtxt").write_text(
+        'name: "broken" backend: "python" max_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+    )
     (tmp_path / "broken" / "1" / "model.py").write_text(
-        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('broken on purpose')\n")
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('broken on purpose')\n"
+    )
     with pytest.raises(TritonStartError, match="broken on purpose"):
         launch_cpu_server(tmp_path, timeout_s=60)
 

@@ -1,4 +1,5 @@
 """Test helper shared by the job tests: kill a worker while it holds a shard's claim."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ redone by another; the merge refuses an incomplete job and names what is missing
 
 Equality is exact (np.array_equal): every worker runs ONNX Runtime with one thread on the same shards, so the same
 inputs go through the same kernels (seen: bit-identical)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from blat_gateway.index.bulk import read_folder
 from blat_jobs import embed
 from blat_jobs import shards as js
-from blat_gateway.index.bulk import read_folder
 from tests.jobs.claims import kill_holding
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,8 @@ def collection(tmp_path_factory) -> Path:
 
 
 def result(out: Path) -> tuple[list[dict], np.ndarray]:
-    """The finished folder as the gateway's rebuild reads it (blat_gateway.index.bulk): records as dicts (tags a list, as
+    """The finished folder as the gateway's rebuild reads it (blat_gateway.index.bulk): records as dicts (tags a list,
+    as
     the job wrote them) and embeddings, in id order."""
     _, pairs = read_folder(out)
     pairs = list(pairs())
@@ -72,8 +74,22 @@ def cli(*args: str, env: dict | None = None, wait: bool = True):
 
 
 def run_args(collection, bundle, out, *extra) -> list[str]:
-    return ["run", "--manifest", str(collection), "--bundle", str(bundle), "--out", str(out),
-            "--shard-size", str(SHARD), "--threads", "1", "--log-level", "WARNING", *extra]
+    return [
+        "run",
+        "--manifest",
+        str(collection),
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--shard-size",
+        str(SHARD),
+        "--threads",
+        "1",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
 
 
 def assert_same(out: Path, single) -> None:
@@ -126,9 +142,14 @@ def test_two_local_workers_equal_one_and_compute_each_shard_once(single, collect
 def test_torchrun_style_ranks_equal_one(single, collection, tiny_bundle, tmp_path):
     """Two independent processes with torchrun's environment: rank 1 leaves after its pass, rank 0 merges."""
     out = tmp_path / "ranks"
-    procs = [cli(*run_args(collection, tiny_bundle, out), wait=False, env={
-        "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2", js.DELAY_ENV: "0.3"})
-        for r in (0, 1)]
+    procs = [
+        cli(
+            *run_args(collection, tiny_bundle, out),
+            wait=False,
+            env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2", js.DELAY_ENV: "0.3"},
+        )
+        for r in (0, 1)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     assert "merged" in outs[0][0] and "merged" not in outs[1][0]
@@ -162,7 +183,6 @@ def test_a_gateway_rebuilds_from_the_job_without_embedding_again(single, collect
     import shutil
 
     from blat_client import Client, ClientError
-
     from tests.server.conftest import running_server
 
     roots = tmp_path / "roots"
@@ -180,7 +200,7 @@ def test_a_gateway_rebuilds_from_the_job_without_embedding_again(single, collect
             time.sleep(0.1)
         assert (job.state, job.added, job.total) == ("succeeded", N_CLIPS, N_CLIPS)
         assert client.stats().items == N_CLIPS
-        for r, e in zip(records, emb):
+        for r in records:
             item = client.get_item(r["id"])
             assert (item.tags, item.caption) == (tuple(r["tags"]), r["caption"])
             assert item.duration_s == pytest.approx(r["duration_s"], rel=1e-6)  # float32 on the wire

@@ -1,6 +1,7 @@
 """blat_jobs.shards: planning, exclusive claims, stale-claim takeover, atomic outputs, resumption and the merge check.
 
 Shards here are text files of their ids ending in an END line, so a truncated file is recognisably damaged."""
+
 from __future__ import annotations
 
 import ast
@@ -174,8 +175,9 @@ def test_two_workers_share_the_shards_and_the_waiter_takes_over_a_dead_claim(tmp
         return ids
 
     results = {}
-    helper = threading.Thread(target=lambda: results.setdefault(1, js.run_worker(
-        job, slow, js.Identity(1, 2, 1), lease_s=30, wait=False)))
+    helper = threading.Thread(
+        target=lambda: results.setdefault(1, js.run_worker(job, slow, js.Identity(1, 2, 1), lease_s=30, wait=False))
+    )
     helper.start()
     started = time.time()
     results[0] = js.run_worker(job, slow, js.Identity(0, 2, 0), lease_s=0.6, wait=True, poll_s=0.05)

@@ -4,6 +4,7 @@
 Files are made with soundfile and then damaged, or written byte by byte where soundfile would refuse to write them.
 Sizes follow the given limits, so the over-size and over-long cases stay small when the limits are.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,13 +51,23 @@ def _encode(samples: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes | N
     return buf.getvalue()
 
 
-def wav_bytes(payload: bytes = b"", rate: int = 8000, channels: int = 1, code: int = 1, bits: int = 16,
-              data_size: int | None = None, fmt_size: int = 16, extra_chunks: bytes = b"", fmt: bool = True,
-              data: bool = True) -> bytes:
+def wav_bytes(
+    payload: bytes = b"",
+    rate: int = 8000,
+    channels: int = 1,
+    code: int = 1,
+    bits: int = 16,
+    data_size: int | None = None,
+    fmt_size: int = 16,
+    extra_chunks: bytes = b"",
+    fmt: bool = True,
+    data: bool = True,
+) -> bytes:
     """A WAVE file written by hand, so every header field can lie: `data_size` overrides the data chunk's size."""
     align = max(channels * bits // 8, 0)
-    fmt_body = struct.pack("<HHIIHH", code, channels & 0xFFFF, rate & 0xFFFFFFFF, (rate * align) & 0xFFFFFFFF,
-                           align & 0xFFFF, bits)
+    fmt_body = struct.pack(
+        "<HHIIHH", code, channels & 0xFFFF, rate & 0xFFFFFFFF, (rate * align) & 0xFFFFFFFF, align & 0xFFFF, bits
+    )
     body = b"WAVE"
     if fmt:
         body += b"fmt " + struct.pack("<I", fmt_size & 0xFFFFFFFF) + fmt_body
@@ -78,7 +89,7 @@ def wav_extensible(payload: bytes, sub_code: int, rate: int = 8000, channels: in
 
 def _damage(data: bytes, rng: np.random.Generator, start: int, length: int) -> bytes:
     out = bytearray(data)
-    out[start:start + length] = rng.bytes(min(length, len(data) - start))
+    out[start : start + length] = rng.bytes(min(length, len(data) - start))
     return bytes(out)
 
 
@@ -107,7 +118,7 @@ def bad_inputs(tmp: Path | None = None, limits: AudioLimits | None = None) -> li
     elf = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHI", 2, 0x3E, 1) + bytes(200)
     id3 = b"ID3\x03\x00\x00\x00\x00\x00\x10" + bytes(16)
 
-    W, F, O, M, X = "audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "application/octet-stream"
+    W, F, O, M, X = "audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "application/octet-stream"  # noqa: E741
     cases: list[tuple[str, str, str, bytes | None, set[int], str]] = [
         # not audio at all
         ("empty", "clip.wav", W, b"", {UNPROCESSABLE}, "zero bytes"),
@@ -117,69 +128,176 @@ def bad_inputs(tmp: Path | None = None, limits: AudioLimits | None = None) -> li
         ("json_as_wav", "clip.wav", W, json.dumps({"audio": [0.1, 0.2]}).encode(), {UNSUPPORTED}, ""),
         ("zip_as_wav", "clip.wav", W, zip_buf.getvalue(), {UNSUPPORTED}, "a WAV inside a ZIP"),
         ("elf_as_wav", "clip.wav", W, elf, {UNSUPPORTED}, "an executable header"),
-        ("gzip_bomb_as_wav", "clip.wav", W, gzip.compress(bytes(10 * 2**20), 9), {UNSUPPORTED},
-         "10 MiB of zeros gzipped"),
-        ("aiff_not_allowed", "clip.aiff", "audio/aiff", _encode(tone, 8000, "AIFF", "PCM_16"), {UNSUPPORTED},
-         "valid audio, but not an allowed container"),
+        (
+            "gzip_bomb_as_wav",
+            "clip.wav",
+            W,
+            gzip.compress(bytes(10 * 2**20), 9),
+            {UNSUPPORTED},
+            "10 MiB of zeros gzipped",
+        ),
+        (
+            "aiff_not_allowed",
+            "clip.aiff",
+            "audio/aiff",
+            _encode(tone, 8000, "AIFF", "PCM_16"),
+            {UNSUPPORTED},
+            "valid audio, but not an allowed container",
+        ),
         ("riff_avi", "clip.wav", W, b"RIFF" + struct.pack("<I", 100) + b"AVI LIST" + bytes(100), {UNSUPPORTED}, ""),
         # damaged WAV
         ("wav_header_only", "clip.wav", W, wav_bytes(data_size=1600), {UNPROCESSABLE}, "declares 0.1 s, holds none"),
-        ("wav_truncated_mid_data", "clip.wav", W, wav_bytes(pcm16, data_size=len(pcm16))[:44 + 333], {UNPROCESSABLE},
-         "cut mid-sample"),
-        ("wav_float_garbage", "clip.wav", W, wav_bytes(rng.bytes(4000), code=3, bits=32), {UNPROCESSABLE},
-         "random bytes as float samples: NaN/Inf/huge"),
-        ("wav_fmt_size_huge", "clip.wav", W, wav_bytes(pcm16, fmt_size=0xFFFFFFF0), {UNPROCESSABLE},
-         "wrong chunk size"),
+        (
+            "wav_truncated_mid_data",
+            "clip.wav",
+            W,
+            wav_bytes(pcm16, data_size=len(pcm16))[: 44 + 333],
+            {UNPROCESSABLE},
+            "cut mid-sample",
+        ),
+        (
+            "wav_float_garbage",
+            "clip.wav",
+            W,
+            wav_bytes(rng.bytes(4000), code=3, bits=32),
+            {UNPROCESSABLE},
+            "random bytes as float samples: NaN/Inf/huge",
+        ),
+        (
+            "wav_fmt_size_huge",
+            "clip.wav",
+            W,
+            wav_bytes(pcm16, fmt_size=0xFFFFFFF0),
+            {UNPROCESSABLE},
+            "wrong chunk size",
+        ),
         ("wav_fmt_size_short", "clip.wav", W, wav_bytes(pcm16, fmt_size=4), {UNPROCESSABLE}, "wrong chunk size"),
         ("wav_no_fmt_chunk", "clip.wav", W, wav_bytes(pcm16, fmt=False), {UNPROCESSABLE}, ""),
         ("wav_no_data_chunk", "clip.wav", W, wav_bytes(data=False), {UNPROCESSABLE}, ""),
-        ("wav_declares_1gib", "clip.wav", W, wav_bytes(pcm16, data_size=1 << 30), {UNPROCESSABLE},
-         "header declares 1 GiB of data, holds 1.6 kB"),
-        ("wav_many_junk_chunks", "clip.wav", W, wav_bytes(pcm16, extra_chunks=b"JUNK\x00\x00\x00\x00" * 100_000),
-         {UNPROCESSABLE}, "100k empty chunks between fmt and data"),
+        (
+            "wav_declares_1gib",
+            "clip.wav",
+            W,
+            wav_bytes(pcm16, data_size=1 << 30),
+            {UNPROCESSABLE},
+            "header declares 1 GiB of data, holds 1.6 kB",
+        ),
+        (
+            "wav_many_junk_chunks",
+            "clip.wav",
+            W,
+            wav_bytes(pcm16, extra_chunks=b"JUNK\x00\x00\x00\x00" * 100_000),
+            {UNPROCESSABLE},
+            "100k empty chunks between fmt and data",
+        ),
         ("wav_bits_0", "clip.wav", W, wav_bytes(pcm16, bits=0), {UNPROCESSABLE}, ""),
         # absurd parameters
         ("wav_rate_0hz", "clip.wav", W, wav_bytes(pcm16, rate=0), {UNPROCESSABLE}, ""),
         ("wav_rate_1hz", "clip.wav", W, wav_bytes(pcm16, rate=1), {UNPROCESSABLE}, ""),
         ("wav_rate_10mhz", "clip.wav", W, wav_bytes(pcm16, rate=10_000_000), {UNPROCESSABLE}, ""),
         ("wav_0_channels", "clip.wav", W, wav_bytes(pcm16, channels=0), {UNPROCESSABLE}, ""),
-        ("wav_8_channels", "clip.wav", W, _encode(_sine(0.5, 8000, channels=8), 8000, "WAV", "PCM_16"),
-         {UNPROCESSABLE}, "more channels than max_channels"),
+        (
+            "wav_8_channels",
+            "clip.wav",
+            W,
+            _encode(_sine(0.5, 8000, channels=8), 8000, "WAV", "PCM_16"),
+            {UNPROCESSABLE},
+            "more channels than max_channels",
+        ),
         ("wav_65535_channels", "clip.wav", W, wav_bytes(pcm16, channels=65535), {UNPROCESSABLE}, ""),
         # unusable samples
-        ("wav_nan_samples", "clip.wav", W, wav_bytes(np.full(800, np.nan, "<f4").tobytes(), code=3, bits=32),
-         {UNPROCESSABLE}, ""),
-        ("wav_inf_samples", "clip.wav", W,
-         wav_bytes(np.r_[np.zeros(400), np.inf, np.zeros(399)].astype("<f4").tobytes(), code=3, bits=32),
-         {UNPROCESSABLE}, "one +Inf among zeros"),
-        ("wav_double_1e30", "clip.wav", W, wav_bytes(np.full(800, 1e30, "<f8").tobytes(), code=3, bits=64),
-         {UNPROCESSABLE}, "finite in float32 but absurd"),
-        ("wav_double_1e40", "clip.wav", W, wav_bytes(np.full(800, -1e40, "<f8").tobytes(), code=3, bits=64),
-         {UNPROCESSABLE}, "overflows float32 to -Inf"),
+        (
+            "wav_nan_samples",
+            "clip.wav",
+            W,
+            wav_bytes(np.full(800, np.nan, "<f4").tobytes(), code=3, bits=32),
+            {UNPROCESSABLE},
+            "",
+        ),
+        (
+            "wav_inf_samples",
+            "clip.wav",
+            W,
+            wav_bytes(np.r_[np.zeros(400), np.inf, np.zeros(399)].astype("<f4").tobytes(), code=3, bits=32),
+            {UNPROCESSABLE},
+            "one +Inf among zeros",
+        ),
+        (
+            "wav_double_1e30",
+            "clip.wav",
+            W,
+            wav_bytes(np.full(800, 1e30, "<f8").tobytes(), code=3, bits=64),
+            {UNPROCESSABLE},
+            "finite in float32 but absurd",
+        ),
+        (
+            "wav_double_1e40",
+            "clip.wav",
+            W,
+            wav_bytes(np.full(800, -1e40, "<f8").tobytes(), code=3, bits=64),
+            {UNPROCESSABLE},
+            "overflows float32 to -Inf",
+        ),
         ("wav_zero_frames", "clip.wav", W, wav_bytes(b""), {UNPROCESSABLE}, "valid header, no frames"),
         ("wav_one_sample", "clip.wav", W, wav_bytes(pcm16[:2]), {UNPROCESSABLE}, "shorter than min_seconds"),
         # codecs outside the allow-list
-        ("wav_codec_mpeg3", "clip.wav", W, wav_bytes(rng.bytes(800), code=0x55, bits=0), {UNSUPPORTED},
-         "format code 0x55"),
+        (
+            "wav_codec_mpeg3",
+            "clip.wav",
+            W,
+            wav_bytes(rng.bytes(800), code=0x55, bits=0),
+            {UNSUPPORTED},
+            "format code 0x55",
+        ),
         ("wav_codec_ms_adpcm", "clip.wav", W, wav_bytes(rng.bytes(800), code=0x2, bits=4), {UNSUPPORTED}, ""),
         ("wav_codec_unknown", "clip.wav", W, wav_bytes(pcm16, code=0x1234), {UNSUPPORTED}, ""),
         ("wavex_unknown_subformat", "clip.wav", W, wav_extensible(pcm16, 0x1234), {UNSUPPORTED}, ""),
         # over the limits
-        ("wav_too_long", "clip.wav", W, _encode(np.zeros(int(long_s * limits.min_rate), np.float32), limits.min_rate,
-                                                "WAV", "PCM_U8"), {TOO_LARGE}, "max_seconds + 1 at the lowest rate"),
-        ("flac_too_long_silence", "clip.flac", F, _encode(np.zeros(int(long_s * 8000), np.float32), 8000,
-                                                           "FLAC", "PCM_16"), {TOO_LARGE}, "a decompression bomb"),
-        ("ogg_too_long_silence", "clip.ogg", O,
-         _encode(np.zeros(int(long_s * 8000), np.float32), 8000, "OGG", "VORBIS"), {TOO_LARGE}, ""),
-        ("oversize", "clip.wav", W, wav_bytes(bytes(limits.max_bytes + 1 - 44), bits=8), {TOO_LARGE},
-         "max_bytes + 1 bytes"),
+        (
+            "wav_too_long",
+            "clip.wav",
+            W,
+            _encode(np.zeros(int(long_s * limits.min_rate), np.float32), limits.min_rate, "WAV", "PCM_U8"),
+            {TOO_LARGE},
+            "max_seconds + 1 at the lowest rate",
+        ),
+        (
+            "flac_too_long_silence",
+            "clip.flac",
+            F,
+            _encode(np.zeros(int(long_s * 8000), np.float32), 8000, "FLAC", "PCM_16"),
+            {TOO_LARGE},
+            "a decompression bomb",
+        ),
+        (
+            "ogg_too_long_silence",
+            "clip.ogg",
+            O,
+            _encode(np.zeros(int(long_s * 8000), np.float32), 8000, "OGG", "VORBIS"),
+            {TOO_LARGE},
+            "",
+        ),
+        (
+            "oversize",
+            "clip.wav",
+            W,
+            wav_bytes(bytes(limits.max_bytes + 1 - 44), bits=8),
+            {TOO_LARGE},
+            "max_bytes + 1 bytes",
+        ),
         # damaged FLAC / OGG / MP3
         ("flac_truncated", "clip.flac", F, flac[: len(flac) // 2], {UNPROCESSABLE}, "cut in half"),
         ("flac_header_only", "clip.flac", F, flac[:42], {UNPROCESSABLE}, "fLaC + STREAMINFO"),
         ("flac_corrupt_frames", "clip.flac", F, _damage(flac, rng, len(flac) // 3, 200), {UNPROCESSABLE}, ""),
         ("flac_magic_then_garbage", "clip.flac", F, b"fLaC" + rng.bytes(2000), {UNPROCESSABLE}, ""),
-        ("flac_unknown_length", "clip.flac", F, _flac_set_total_samples(flac, 0), {UNPROCESSABLE},
-         "STREAMINFO total samples 0 (libsndfile cannot read it)"),
+        (
+            "flac_unknown_length",
+            "clip.flac",
+            F,
+            _flac_set_total_samples(flac, 0),
+            {UNPROCESSABLE},
+            "STREAMINFO total samples 0 (libsndfile cannot read it)",
+        ),
         ("ogg_truncated", "clip.ogg", O, ogg[: len(ogg) // 2], {UNPROCESSABLE}, ""),
         ("ogg_truncated_headers", "clip.ogg", O, ogg[:100], {UNPROCESSABLE}, ""),
         ("ogg_corrupt", "clip.ogg", O, _damage(ogg, rng, len(ogg) // 3, 200), {UNPROCESSABLE}, ""),
@@ -203,8 +321,14 @@ def odd_inputs(tmp: Path | None = None) -> list[BadInput]:
     mp3 = _encode(tone, 8000, "MP3", "MPEG_LAYER_III")
     W = "audio/wav"
     cases = [
-        ("wav_size_placeholder", "clip.wav", W, wav_bytes(pcm16, data_size=0xFFFFFFFF), {OK},
-         "streaming writers' 'unknown length' data size; 0.1 s present"),
+        (
+            "wav_size_placeholder",
+            "clip.wav",
+            W,
+            wav_bytes(pcm16, data_size=0xFFFFFFFF),
+            {OK},
+            "streaming writers' 'unknown length' data size; 0.1 s present",
+        ),
         ("wav_list_chunk_after_data", "clip.wav", W, wav_bytes(pcm16) + b"LIST\x04\x00\x00\x00INFO", {OK}, ""),
         ("wavex_pcm", "clip.wav", W, wav_extensible(pcm16, 1), {OK}, "WAVE_FORMAT_EXTENSIBLE PCM"),
         ("wav_u8", "clip.wav", W, _encode(tone, 8000, "WAV", "PCM_U8"), {OK}, ""),
@@ -213,8 +337,14 @@ def odd_inputs(tmp: Path | None = None) -> list[BadInput]:
         ("wav_named_mp3", "clip.mp3", "audio/mpeg", wav_bytes(pcm16), {OK}, "the name and type lie; the bytes win"),
         ("flac_with_id3", "clip.flac", "audio/flac", None if flac is None else id3 + flac, {OK}, ""),
         ("mp3_with_id3", "clip.mp3", "audio/mpeg", None if mp3 is None else id3 + mp3, {OK}, ""),
-        ("stereo_opposite_phase", "clip.wav", W, _encode(np.stack([tone, -tone], 1), 8000, "WAV", "PCM_16"), {OK},
-         "downmixes to silence"),
+        (
+            "stereo_opposite_phase",
+            "clip.wav",
+            W,
+            _encode(np.stack([tone, -tone], 1), 8000, "WAV", "PCM_16"),
+            {OK},
+            "downmixes to silence",
+        ),
     ]
     return _materialise(cases, tmp)
 

@@ -1,9 +1,18 @@
-"""Server fixtures: the real gateway (`python -m blat_gateway`) as a subprocess on free loopback ports, over ONNX Runtime
+"""Server fixtures: the real gateway (`python -m blat_gateway`) as a subprocess on free loopback ports, over ONNX
+Runtime
 or over a real tritonserver (the nvidia-pytriton wheel's, serving the CPU-flavour repository of the tiny bundle).
 
-`server` is module-scoped and parametrised over both backends: a module that uses it runs once per backend.
-`start_server` / `running_server` start extra gateways with their own settings (limits, keys, queue sizes).
+`server` is module-scoped and parametrised over both backends: a module that uses it runs once per backend. It is an
+in-process gateway (`inproc_gateway`): the same app, middleware, uvicorn protocol and gRPC server that
+`python -m blat_gateway` runs, built by blat_gateway.__main__.start_gateway inside the test process, serving on free
+loopback ports from threads. Starting one costs a fraction of a second; a gateway process costs seconds of imports.
+`inproc_gateway` / `running_inproc` start extra in-process gateways with their own settings (limits, keys, queues).
+
+`start_server` / `running_server` start real gateway processes. Use them only where the process itself is what is
+tested: kill -9 and signals, exit codes and start-up failures, process memory (RSS), several gateways sharing an
+index or a Milvus server, the installed client or CLI against a separate server, the README's examples.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,7 @@ RATE = 32_000  # the tiny bundle's sample rate
 
 # ------------------------------------------------------------------------------------------------------------ audio
 
+
 def wav(samples: np.ndarray, rate: int = RATE, subtype: str = "FLOAT") -> bytes:
     """A WAV file of mono float samples (FLOAT keeps them exactly: the server decodes the same values)."""
     buf = io.BytesIO()
@@ -44,7 +55,7 @@ def synth_clip(seed: int, seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
     for _ in range(int(rng.integers(1, 4))):
         f0 = rng.uniform(60, 6000)
         f1 = f0 * rng.uniform(0.5, 2.0)
-        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds))
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
         tremolo = 1 + rng.uniform(0, 1) * np.sin(2 * np.pi * rng.uniform(0.5, 12) * t)
         x += rng.uniform(0.05, 0.4) * tremolo * np.sin(phase)
     width = int(rng.integers(1, 64))
@@ -54,6 +65,7 @@ def synth_clip(seed: int, seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------- processes
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,7 +73,8 @@ def free_port() -> int:
 
 
 # The gateway starts through this trampoline: it asks for SIGKILL when the test process dies (Linux
-# PR_SET_PDEATHSIG, kept across exec), so a killed test run leaves no gateway behind, then execs `python -m blat_gateway`.
+# PR_SET_PDEATHSIG, kept across exec), so a killed test run leaves no gateway behind, then execs `python -m
+# blat_gateway`.
 # Not a preexec_fn: with one, subprocess must fork() and run the pthread_atfork handlers of grpcio, which deadlock
 # while gRPC channels of the test process are busy; without one it uses vfork() and no handler runs.
 _TRAMPOLINE = """
@@ -105,8 +118,9 @@ class ServerProcess:
         with httpx.Client(timeout=2.0) as http:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the gateway exited with code {self.proc.returncode} before it was ready:\n"
-                                       f"{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the gateway exited with code {self.proc.returncode} before it was ready:\n{self.log_tail()}"
+                    )
                 try:
                     if http.get(f"{self.http_url}/readyz").status_code == 200:
                         return
@@ -134,15 +148,17 @@ class ServerProcess:
             self.proc.kill()
         self.proc.wait()
 
-    def restart(self, ready_timeout_s: float = 90.0) -> "ServerProcess":
+    def restart(self, ready_timeout_s: float = 90.0) -> ServerProcess:
         """A new gateway process with the same settings, index directory and roots (new ports)."""
         self.stop()
-        return _spawn(self.bundle, self.index_dir, self.roots, self.backend, self.env, self.log_path.parent,
-                      ready_timeout_s)
+        return _spawn(
+            self.bundle, self.index_dir, self.roots, self.backend, self.env, self.log_path.parent, ready_timeout_s
+        )
 
 
-def server_env(roots: Path, backend: str = "onnxruntime", triton_url: str | None = None,
-               env: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(
+    roots: Path, backend: str = "onnxruntime", triton_url: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, str]:
     """The gateway's environment: this one without BLAT_SERVER_* settings, plus the test's."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("BLAT_SERVER_")}
     out.update(PYTHONUNBUFFERED="1", BLAT_SERVER_INGEST_ROOTS=f'["{roots}"]', BLAT_SERVER_BACKEND=backend)
@@ -154,18 +170,45 @@ def server_env(roots: Path, backend: str = "onnxruntime", triton_url: str | None
     return out
 
 
-def _spawn(bundle: Path, index_dir: Path, roots: Path, backend: str, env: dict[str, str], log_dir: Path,
-           ready_timeout_s: float) -> ServerProcess:
+def _spawn(
+    bundle: Path, index_dir: Path, roots: Path, backend: str, env: dict[str, str], log_dir: Path, ready_timeout_s: float
+) -> ServerProcess:
     for attempt in range(3):  # a free port can be taken by someone else before the server binds it
         http_port, grpc_port = free_port(), free_port()
         log_path = log_dir / f"gateway-{http_port}.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), "--bundle", str(bundle), "--index-dir",
-                 str(index_dir), "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
-                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        server = ServerProcess(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", Path(index_dir),
-                               Path(roots), Path(bundle), log_path, backend, env)
+                [
+                    sys.executable,
+                    "-c",
+                    _TRAMPOLINE,
+                    str(os.getpid()),
+                    "--bundle",
+                    str(bundle),
+                    "--index-dir",
+                    str(index_dir),
+                    "--http-port",
+                    str(http_port),
+                    "--grpc-port",
+                    str(grpc_port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        server = ServerProcess(
+            proc,
+            f"http://127.0.0.1:{http_port}",
+            f"127.0.0.1:{grpc_port}",
+            Path(index_dir),
+            Path(roots),
+            Path(bundle),
+            log_path,
+            backend,
+            env,
+        )
         try:
             server.wait_ready(ready_timeout_s)
             return server
@@ -177,17 +220,26 @@ def _spawn(bundle: Path, index_dir: Path, roots: Path, backend: str, env: dict[s
     raise AssertionError("unreachable")
 
 
-def start_server(bundle: Path, tmp: Path, *, backend: str = "onnxruntime", triton_url: str | None = None,
-                 env: dict[str, str] | None = None, index_dir: Path | None = None, roots: Path | None = None,
-                 ready_timeout_s: float = 90.0) -> ServerProcess:
+def start_server(
+    bundle: Path,
+    tmp: Path,
+    *,
+    backend: str = "onnxruntime",
+    triton_url: str | None = None,
+    env: dict[str, str] | None = None,
+    index_dir: Path | None = None,
+    roots: Path | None = None,
+    ready_timeout_s: float = 90.0,
+) -> ServerProcess:
     """Start a gateway under `tmp` (index/, roots/, logs) and wait until /readyz answers 200."""
     tmp = Path(tmp)
     index_dir = Path(index_dir or tmp / "index")
     roots = Path(roots or tmp / "roots")
     index_dir.mkdir(parents=True, exist_ok=True)
     roots.mkdir(parents=True, exist_ok=True)
-    return _spawn(Path(bundle), index_dir, roots, backend, server_env(roots, backend, triton_url, env), tmp,
-                  ready_timeout_s)
+    return _spawn(
+        Path(bundle), index_dir, roots, backend, server_env(roots, backend, triton_url, env), tmp, ready_timeout_s
+    )
 
 
 @contextlib.contextmanager
@@ -199,7 +251,157 @@ def running_server(bundle: Path, tmp: Path, **kwargs):
         server.stop()
 
 
+# --------------------------------------------------------------------------------------------------- in-process
+
+
+@dataclass
+class InProcessGateway:
+    """A gateway inside the test process: the app `python -m blat_gateway` serves (FrontDoor middleware and the
+    guarded h11 protocol included), on a uvicorn server in a thread, and its gRPC server, both on free loopback ports.
+    Same attributes as ServerProcess where they make sense (http_url, grpc_address, index_dir, roots, stop, ...);
+    `gateway` and `app` give tests the objects themselves (metrics, counters)."""
+
+    gateway: object = field(repr=False)
+    app: object = field(repr=False)
+    http_url: str
+    grpc_address: str
+    index_dir: Path
+    roots: Path
+    bundle: Path
+    backend: str
+    settings: object = field(repr=False)
+    _uvicorn: object = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+    _grpc: object = field(repr=False)
+    _env: dict = field(default_factory=dict, repr=False)  # inproc_gateway's own arguments, for restart
+    _stopped: bool = False
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def alive(self) -> bool:
+        return not self._stopped and self._thread.is_alive()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "(in-process gateway: its log goes to the test's captured log)"
+
+    def http(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.http_url, timeout=timeout)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """The clean shutdown `python -m blat_gateway` runs on SIGTERM; returns 0 as its exit code would be."""
+        if self._stopped:
+            return 0
+        self._stopped = True
+        from blat_gateway.__main__ import stop_gateway
+
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._uvicorn.force_exit = True
+            self._thread.join(timeout_s)
+        stop_gateway(self.gateway, self._grpc)
+        return 1 if self._thread.is_alive() else 0
+
+    kill = stop
+
+    def restart(self, ready_timeout_s: float = 90.0) -> InProcessGateway:
+        """A new in-process gateway with the same settings, index directory and roots (new ports)."""
+        self.stop()
+        return inproc_gateway(
+            self.bundle,
+            self.index_dir.parent,
+            index_dir=self.index_dir,
+            roots=self.roots,
+            ready_timeout_s=ready_timeout_s,
+            **self._env,
+        )
+
+
+def inproc_gateway(
+    bundle: Path,
+    tmp: Path,
+    *,
+    backend: str = "onnxruntime",
+    triton_url: str | None = None,
+    env: dict[str, str] | None = None,
+    index_dir: Path | None = None,
+    roots: Path | None = None,
+    ready_timeout_s: float = 90.0,
+) -> InProcessGateway:
+    """Start an in-process gateway under `tmp` with the settings `start_server` would give a process (the same
+    BLAT_SERVER_* `env`, read by load_settings from a dict, not from os.environ) and wait until /readyz answers 200."""
+    import uvicorn
+
+    from blat_gateway.__main__ import start_gateway, uvicorn_options
+    from blat_gateway.settings import load_settings
+
+    tmp = Path(tmp)
+    index_dir = Path(index_dir or tmp / "index")
+    roots = Path(roots or tmp / "roots")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    roots.mkdir(parents=True, exist_ok=True)
+    environ = {k: v for k, v in server_env(roots, backend, triton_url, env).items() if k.startswith("BLAT_SERVER_")}
+    settings = load_settings(
+        None, environ=environ, bundle=str(bundle), index_dir=str(index_dir), host="127.0.0.1", http_port=0, grpc_port=0
+    )
+    gateway, grpc_server, grpc_port, app = start_gateway(settings)
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        http_port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{http_port}", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + ready_timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process gateway's uvicorn did not start")
+            time.sleep(0.01)
+    except BaseException:
+        from blat_gateway.__main__ import stop_gateway
+
+        sock.close()  # on success uvicorn listens on it, and closes it when it stops
+        stop_gateway(gateway, grpc_server, grace_s=0)
+        raise
+    gw = InProcessGateway(
+        gateway,
+        app,
+        f"http://127.0.0.1:{http_port}",
+        f"127.0.0.1:{grpc_port}",
+        index_dir,
+        roots,
+        Path(bundle),
+        backend,
+        settings,
+        server,
+        thread,
+        grpc_server,
+        dict(backend=backend, triton_url=triton_url, env=env),
+    )
+    with httpx.Client(base_url=gw.http_url, timeout=2.0) as http:
+        while http.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                gw.stop()
+                raise RuntimeError(f"the in-process gateway was not ready after {ready_timeout_s:.0f} s")
+            time.sleep(0.05)
+    return gw
+
+
+@contextlib.contextmanager
+def running_inproc(bundle: Path, tmp: Path, **kwargs):
+    gateway = inproc_gateway(bundle, tmp, **kwargs)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 # ------------------------------------------------------------------------------------------------------- triton
+
 
 def launch_triton(repo: Path, **kwargs):
     """A ready tritonserver on `repo`. Skips when the binary cannot run on this machine (TritonUnavailable); any
@@ -236,16 +438,17 @@ def triton(triton_repo):
 
 # ------------------------------------------------------------------------------------------------------ gateway
 
+
 @pytest.fixture(scope="module", params=BACKENDS)
-def server(request, tiny_bundle, tmp_path_factory) -> ServerProcess:
-    """The gateway over each backend in turn (module-scoped: one start per backend and module)."""
+def server(request, tiny_bundle, tmp_path_factory) -> InProcessGateway:
+    """The gateway over each backend in turn (module-scoped: one in-process start per backend and module)."""
     backend = request.param
     triton_url = request.getfixturevalue("triton").grpc_url if backend == "triton" else None
     tmp = tmp_path_factory.mktemp(f"gateway-{backend}")
     try:
-        proc = start_server(tiny_bundle, tmp, backend=backend, triton_url=triton_url)
+        gateway = inproc_gateway(tiny_bundle, tmp, backend=backend, triton_url=triton_url)
     except RuntimeError as e:
         pytest.fail(str(e), pytrace=False)
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"the gateway did not stop cleanly (exit {code}):\n{proc.log_tail()}"
+    yield gateway
+    code = gateway.stop()
+    assert code == 0, "the in-process gateway did not stop cleanly"

@@ -1,11 +1,12 @@
 """The access table: every REST route and every RPC is declared (so none is closed by accident), and anything
 undeclared is refused on both faces."""
+
 from __future__ import annotations
 
 import pytest
 from fastapi.routing import APIRoute
 
-from blat_gateway.access import GRPC, REST, UNDECLARED, Access, authorize, grpc_access, redact, rest_access
+from blat_gateway.access import GRPC, REST, UNDECLARED, authorize, grpc_access, redact, rest_access
 from blat_gateway.errors import Forbidden, Unauthorized
 from blat_gateway.rest import create_app
 from blat_gateway.service import Gateway
@@ -24,7 +25,9 @@ def test_every_rest_route_is_declared_and_nothing_else(app):
     routes = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"}
     assert routes <= set(REST), f"routes missing from server/blat_gateway/access.py: {sorted(routes - set(REST))}"
     api = {k for k in routes if k[1].startswith("/v1/")}
-    assert {k for k in REST if k[1].startswith("/v1/")} == api, "server/blat_gateway/access.py declares routes that do not exist"
+    assert {k for k in REST if k[1].startswith("/v1/")} == api, (
+        "server/blat_gateway/access.py declares routes that do not exist"
+    )
     assert all(isinstance(r, APIRoute) for r in app.routes if getattr(r, "path", "").startswith("/v1/"))
 
 

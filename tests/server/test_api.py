@@ -6,6 +6,7 @@ thing), and the served embeddings, tags and captions must equal in-process ONNX 
 operations endpoints (/healthz, /readyz, /metrics, /openapi.json), which the client does not wrap, are read with
 httpx.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,6 +36,7 @@ N_ITEMS = 12
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def rest(server):
@@ -162,6 +164,7 @@ def metric(text: str, name: str, **labels) -> float:
 
 # ---------------------------------------------------------------------------------------------------------- items
 
+
 def test_add_and_get_items(items, rest, rpc):
     for item_id, (data, tags, source) in items.items():
         a, b = rest.get_item(item_id), rpc.get_item(item_id)
@@ -229,16 +232,19 @@ def test_delete_then_get_is_404(rest, rpc):
 
 # --------------------------------------------------------------------------------------------------------- search
 
+
 def test_search_text_with_k_and_filters(items, rest, rpc):
     for k in (1, 3, N_ITEMS):
         a, b = rest.search_text("dog barking", k=k), rpc.search_text("dog barking", k=k)
         assert len(a.hits) == k
         assert_same_hits(a, b)
         assert a.bundle == b.bundle == "tiny@test" and a.index_version == b.index_version
-    filters = [({"tags_any": ["even"]}, lambda it: "even" in it.tags),
-               ({"tags_all": ["odd", "low"]}, lambda it: {"odd", "low"} <= set(it.tags)),
-               ({"source_prefix": "grpc://"}, lambda it: it.source_uri.startswith("grpc://")),
-               ({"min_duration_s": 1.0, "max_duration_s": 2.5}, lambda it: 1.0 <= it.duration_s <= 2.5)]
+    filters = [
+        ({"tags_any": ["even"]}, lambda it: "even" in it.tags),
+        ({"tags_all": ["odd", "low"]}, lambda it: {"odd", "low"} <= set(it.tags)),
+        ({"source_prefix": "grpc://"}, lambda it: it.source_uri.startswith("grpc://")),
+        ({"min_duration_s": 1.0, "max_duration_s": 2.5}, lambda it: 1.0 <= it.duration_s <= 2.5),
+    ]
     for flt, ok in filters:
         expected = sum(ok(rest.get_item(i)) for i in items)
         a, b = rest.search_text("dog barking", k=50, filter=flt), rpc.search_text("dog barking", k=50, filter=flt)
@@ -273,6 +279,7 @@ def test_search_item_neighbours(items, rest, rpc):
 
 
 # ---------------------------------------------------------------------------------------------------- the models
+
 
 def test_embed_audio_matches_grpc_and_onnxruntime(items, rest, rpc, reference, bundle_json):
     dim = bundle_json["embedding_dim"]
@@ -348,8 +355,11 @@ def test_caption_n_best_with_tags(items, rest, rpc, reference):
         log_probs = [c.log_prob for c in a]
         assert log_probs == sorted(log_probs, reverse=True) and all(lp <= 0 for lp in log_probs)
         np.testing.assert_allclose(log_probs, [c.log_prob for c in b], atol=1e-5)
-        hyps = reference.caption([samples_of(data)], tags_to_multi_hot(tags)[None] if tags else None,
-                                 DecodingOptions(beam_size=4, max_tokens=spec.max_tokens, n_best=3))[0]
+        hyps = reference.caption(
+            [samples_of(data)],
+            tags_to_multi_hot(tags)[None] if tags else None,
+            DecodingOptions(beam_size=4, max_tokens=spec.max_tokens, n_best=3),
+        )[0]
         assert [c.text for c in a] == [reference.caption_text(h) for h in hyps]
         np.testing.assert_allclose(log_probs, [h.log_prob for h in hyps], atol=1e-4)
     assert len(rest.caption(data)) == 1
@@ -357,14 +367,21 @@ def test_caption_n_best_with_tags(items, rest, rpc, reference):
 
 # ------------------------------------------------------------------------------------------------ status and ops
 
+
 def test_stats_and_info(server, items, rest, rpc, http, bundle_json):
     a, b = rest.stats(), rpc.stats()
     assert a == b, "the same stats, field for field, over both faces"
     assert a.items >= len(items) and a.index_kind == "flat" and a.bundle == "tiny@test"
     assert a.dim == bundle_json["embedding_dim"]
     raw = http.get("/v1/index/stats").json()  # REST's own fields, which the client maps onto the common ones
-    assert (raw["count"], raw["tombstones"], raw["kind"], raw["version"], raw["dim"], raw["bundle_id"]) == \
-        (a.items, a.deleted_pending, a.index_kind, a.index_version, a.dim, a.bundle)
+    assert (raw["count"], raw["tombstones"], raw["kind"], raw["version"], raw["dim"], raw["bundle_id"]) == (
+        a.items,
+        a.deleted_pending,
+        a.index_kind,
+        a.index_version,
+        a.dim,
+        a.bundle,
+    )
     ia, ib = rest.info(), rpc.info()
     assert ia == ib, "the same info, limits included, over both faces"
     assert ia.bundle == bundle_json
@@ -403,15 +420,19 @@ def test_grpc_health_and_reflection(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "blat.v1.Blat"):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-        (answer,) = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                 timeout=10)
+        (answer,) = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
         names = {s.name for s in answer.list_services_response.service}
         assert {"blat.v1.Blat", "grpc.health.v1.Health"} <= names
-        (answer,) = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol="blat.v1.Blat")]), timeout=10)
+        (answer,) = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="blat.v1.Blat")]), timeout=10
+        )
         assert answer.file_descriptor_response.file_descriptor_proto  # a client can learn the API from the server
 
 
@@ -420,7 +441,7 @@ def test_stream_tag_windows(rest, rpc):
     clip = synth_clip(6000, seconds)
     f32 = clip.astype("<f4").tobytes()
     step = int(chunk_s * RATE) * 4
-    chunks = [f32[i:i + step] for i in range(0, len(f32), step)]
+    chunks = [f32[i : i + step] for i in range(0, len(f32), step)]
     chunks = [c[:5] for c in chunks[:1]] + [chunks[0][5:]] + chunks[1:]  # a chunk that splits a sample
     windows = list(rpc.stream_tag(iter(chunks), RATE, "f32le", window_s=2.0, hop_s=1.0, top_k=527, timeout=60))
     starts = [w.start_s for w in windows]
@@ -429,19 +450,29 @@ def test_stream_tag_windows(rest, rpc):
     # the first window's tags are the clip-level tags of its audio
     first = rest.tag(wav(clip[: 2 * RATE]), top_k=527)
     assert {t.label: t.score for t in windows[0].tags} == pytest.approx(
-        {t.label: t.score for t in first.tags}, abs=1e-6)
+        {t.label: t.score for t in first.tags}, abs=1e-6
+    )
 
     # int16 PCM at 16 kHz, resampled by the server as it streams; custom labels
     rate = 16_000
     s16 = (np.clip(clip[::2], -1, 1) * 32767).astype("<i2").tobytes()
-    chunks = [s16[i:i + 3001] for i in range(0, len(s16), 3001)]  # odd sizes: samples split across chunks
-    got = list(rpc.stream_tag(iter(chunks), rate, "s16le", window_s=1.5, hop_s=0.5, top_k=2,
-                              labels=["dog barking", "Speech", "silence"], timeout=60))
+    chunks = [s16[i : i + 3001] for i in range(0, len(s16), 3001)]  # odd sizes: samples split across chunks
+    got = list(
+        rpc.stream_tag(
+            iter(chunks),
+            rate,
+            "s16le",
+            window_s=1.5,
+            hop_s=0.5,
+            top_k=2,
+            labels=["dog barking", "Speech", "silence"],
+            timeout=60,
+        )
+    )
     starts = [w.start_s for w in got]
     assert len(got) >= 5 and starts[0] == 0
     assert all(b - a == pytest.approx(0.5, abs=1e-6) for a, b in zip(starts, starts[1:]))
-    assert all(len(w.tags) == 2 and {t.label for t in w.tags} <= {"dog barking", "Speech", "silence"}
-               for w in got)
+    assert all(len(w.tags) == 2 and {t.label for t in w.tags} <= {"dog barking", "Speech", "silence"} for w in got)
     assert got[-1].end_s == pytest.approx(len(clip[::2]) / rate, abs=0.01)
 
     with pytest.raises(ClientError) as e:  # a bad config is refused before any audio is read
@@ -501,8 +532,9 @@ def test_cli(server, tmp_path):
     clip.write_bytes(wav(synth_clip(7000, 1.2)))
 
     def blat(*args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "blat_cli", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "blat_cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
 
     def cli(*args, url=server.http_url, check=True):
         out = blat(*args, "--url", url, "--json")
@@ -535,8 +567,19 @@ def test_cli(server, tmp_path):
     assert gone.returncode == 3, gone.stderr
     helped = blat("--help")
     assert helped.returncode == 0
-    for word in ("search", "tag", "caption", "add", "add-folder", "get", "delete", "rebuild", "rollback", "stats",
-                 "info"):
+    for word in (
+        "search",
+        "tag",
+        "caption",
+        "add",
+        "add-folder",
+        "get",
+        "delete",
+        "rebuild",
+        "rollback",
+        "stats",
+        "info",
+    ):
         assert word in helped.stdout, word
     helped = blat("search", "--help")
     assert helped.returncode == 0
@@ -545,6 +588,7 @@ def test_cli(server, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- micro-batching
+
 
 @pytest.mark.slow
 def test_concurrent_requests_are_micro_batched(rest, rpc, http):
@@ -563,17 +607,21 @@ def test_concurrent_requests_are_micro_batched(rest, rpc, http):
     after = http.get("/metrics").text
     for i, (a, b) in enumerate(zip(single, together)):
         np.testing.assert_allclose(a, b, atol=ATOL, err_msg=f"clip {i}")
-    calls = metric(after, "blat_batch_size_count", batcher="audio_embed") - \
-        metric(before, "blat_batch_size_count", batcher="audio_embed")
-    requests = metric(after, "blat_batch_size_sum", batcher="audio_embed") - \
-        metric(before, "blat_batch_size_sum", batcher="audio_embed")
-    ones = metric(after, "blat_batch_size_bucket", batcher="audio_embed", le="1.0") - \
-        metric(before, "blat_batch_size_bucket", batcher="audio_embed", le="1.0")
+    calls = metric(after, "blat_batch_size_count", batcher="audio_embed") - metric(
+        before, "blat_batch_size_count", batcher="audio_embed"
+    )
+    requests = metric(after, "blat_batch_size_sum", batcher="audio_embed") - metric(
+        before, "blat_batch_size_sum", batcher="audio_embed"
+    )
+    ones = metric(after, "blat_batch_size_bucket", batcher="audio_embed", le="1.0") - metric(
+        before, "blat_batch_size_bucket", batcher="audio_embed", le="1.0"
+    )
     assert requests == len(clips)
     assert calls < len(clips) and ones < calls, f"no batch larger than 1: {calls} model calls for {requests} requests"
 
 
 # ---------------------------------------------------------------------------------------- rebuild and rollback
+
 
 def _wait_job(client, job_id, timeout_s=120.0) -> Job:
     deadline = time.monotonic() + timeout_s

@@ -3,6 +3,7 @@ code), never a crash, and the server keeps answering. Also: upload limits (413),
 with Retry-After) and a Triton backend that goes away (503 within the deadline, search by stored id still works).
 The clients that must see a 429 or 503 are built with `retry=NO_RETRY`: by default `blat_client` retries them.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blat_client import NO_RETRY, Client, ClientError
-from blat_gateway.audio import AudioLimits
-from tests.server.badinputs import bad_inputs
-from tests.server.conftest import running_server, start_server, synth_clip, wav
+from blat_gateway.audio import AudioLimits, encode_wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
+from tests.server.badinputs import bad_inputs
+from tests.server.conftest import running_server, start_server, synth_clip, wav
 
 MAX_UPLOAD = 1_572_864  # 1.5 MiB: the over-size cases stay small
 MAX_SECONDS = 20.0
-LIMITS_ENV = {"BLAT_SERVER_LIMITS__MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-              "BLAT_SERVER_LIMITS__MAX_AUDIO_SECONDS": str(MAX_SECONDS)}
+LIMITS_ENV = {
+    "BLAT_SERVER_LIMITS__MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+    "BLAT_SERVER_LIMITS__MAX_AUDIO_SECONDS": str(MAX_SECONDS),
+}
 CASES = bad_inputs(limits=AudioLimits(max_bytes=MAX_UPLOAD, max_seconds=MAX_SECONDS))
 REST_UPLOADS = ["/v1/search/audio", "/v1/tag", "/v1/caption", "/v1/embed/audio", "/v1/items"]
 GRPC_UPLOADS = {
@@ -81,6 +84,7 @@ def error_json(r: httpx.Response) -> dict:
 
 # ------------------------------------------------------------------------------------------------ bad audio
 
+
 def test_catalogue_is_broad():
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
     kinds = {c.name.split("_")[0] for c in CASES}
@@ -101,8 +105,11 @@ def test_bad_audio_is_refused_everywhere(gw, http, stub, case):
     r = http.post("/v1/items/from-path", json={"id": f"bad-{case.name}", "path": str(file)})
     assert r.status_code in case.expect_status, ("from-path", r.status_code, r.text[:300])
 
-    expect = {grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED} if 413 in case.expect_status else \
-        {grpc.StatusCode.INVALID_ARGUMENT}
+    expect = (
+        {grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        if 413 in case.expect_status
+        else {grpc.StatusCode.INVALID_ARGUMENT}
+    )
     for method, make in GRPC_UPLOADS.items():
         code = grpc_code(getattr(stub, method), make(case.data))
         assert code in expect and code not in NEVER, (method, code)
@@ -120,7 +127,7 @@ def test_upload_over_the_limit_is_413(gw, http, stub):
 
         def chunks():  # no Content-Length: the limit is enforced while the body streams in
             for i in range(0, len(big), 65536):
-                yield big[i:i + 65536]
+                yield big[i : i + 65536]
 
         r = http.post(path, params=params, content=chunks())
         assert r.status_code == 413 and "limit" in error_json(r)["message"], path
@@ -139,6 +146,7 @@ def test_upload_over_the_limit_is_413(gw, http, stub):
 
 
 # ---------------------------------------------------------------------------------------- text, ids, JSON
+
 
 def test_bad_text(http, stub):
     for text in ["", "   ", "x" * 513]:
@@ -161,9 +169,12 @@ def test_bad_ids(http, stub, good_wav):
         r = http.post("/v1/items", params={"id": bad}, content=good_wav)
         assert r.status_code == 400, bad
         assert http.post("/v1/search/item", json={"id": bad}).status_code == 400
-        for call, request in ((stub.GetItem, pb.ItemRequest(id=bad)), (stub.DeleteItem, pb.ItemRequest(id=bad)),
-                              (stub.SearchItem, pb.SearchItemRequest(id=bad)),
-                              (stub.AddItem, pb.AddItemRequest(id=bad, audio=pb.Audio(data=good_wav)))):
+        for call, request in (
+            (stub.GetItem, pb.ItemRequest(id=bad)),
+            (stub.DeleteItem, pb.ItemRequest(id=bad)),
+            (stub.SearchItem, pb.SearchItemRequest(id=bad)),
+            (stub.AddItem, pb.AddItemRequest(id=bad, audio=pb.Audio(data=good_wav))),
+        ):
             assert grpc_code(call, request) == grpc.StatusCode.INVALID_ARGUMENT, bad
     assert http.post("/v1/items", content=good_wav).status_code == 400  # no id at all
     for item in ("never-stored", "a/b:c.d_e-f"):  # valid ids that are not there
@@ -175,17 +186,25 @@ def test_bad_ids(http, stub, good_wav):
 JSON_ROUTES = ["/v1/search/text", "/v1/search/item", "/v1/embed/text", "/v1/items/from-path", "/v1/index/rebuild"]
 BROKEN_JSON = [b"{not json", b"", b"[1, 2]", b"null", b'"a string"', b'{"query": "a",}', b"\xff\xfe{}"]
 WRONG_TYPES = [
-    ("/v1/search/text", {"query": 5}), ("/v1/search/text", {"query": ["a"]}),
+    ("/v1/search/text", {"query": 5}),
+    ("/v1/search/text", {"query": ["a"]}),
     ("/v1/search/text", {"query": "a", "k": "ten"}),
-    ("/v1/search/text", {"query": "a", "k": 1.5}), ("/v1/search/text", {"query": "a", "filter": {"tags_any": "dog"}}),
+    ("/v1/search/text", {"query": "a", "k": 1.5}),
+    ("/v1/search/text", {"query": "a", "filter": {"tags_any": "dog"}}),
     ("/v1/search/text", {"query": "a", "filter": {"min_duration_s": "long"}}),
     ("/v1/search/text", {"query": "a", "filter": {"min_duration_s": 5, "max_duration_s": 1}}),
     ("/v1/search/text", {"query": "a", "filter": {"tag_any": ["dog"]}}),  # misspelt: not silently ignored
-    ("/v1/search/text", {"query": "a", "filter": []}), ("/v1/search/item", {"id": 5}), ("/v1/search/item", {}),
-    ("/v1/embed/text", {"texts": "not a list"}), ("/v1/embed/text", {"texts": [1, 2]}), ("/v1/embed/text", {}),
-    ("/v1/items/from-path", {"id": "x"}), ("/v1/items/from-path", {"id": "x", "path": "/a.wav", "tags": "dog"}),
+    ("/v1/search/text", {"query": "a", "filter": []}),
+    ("/v1/search/item", {"id": 5}),
+    ("/v1/search/item", {}),
+    ("/v1/embed/text", {"texts": "not a list"}),
+    ("/v1/embed/text", {"texts": [1, 2]}),
+    ("/v1/embed/text", {}),
+    ("/v1/items/from-path", {"id": "x"}),
+    ("/v1/items/from-path", {"id": "x", "path": "/a.wav", "tags": "dog"}),
     ("/v1/items/from-path", {"id": "x", "path": "/a.wav", "upsert": "maybe"}),
-    ("/v1/index/rebuild", {}), ("/v1/index/rebuild", {"folder": "/a", "manifest": "/b"}),
+    ("/v1/index/rebuild", {}),
+    ("/v1/index/rebuild", {"folder": "/a", "manifest": "/b"}),
     ("/v1/index/rebuild", {"folder": 7}),
 ]
 
@@ -200,9 +219,13 @@ def test_bad_json(http, stub):
         r = http.post(route, json=body)
         assert r.status_code == 400, (route, body, r.status_code, r.text[:200])
         error_json(r)
-    for path, params in [("/v1/search/audio", {"k": "ten"}), ("/v1/tag", {"top_k": "x"}),
-                         ("/v1/tag", {"window_s": "wide"}), ("/v1/caption", {"n_best": "two"}),
-                         ("/v1/items", {"id": "x", "upsert": "maybe"})]:
+    for path, params in [
+        ("/v1/search/audio", {"k": "ten"}),
+        ("/v1/tag", {"top_k": "x"}),
+        ("/v1/tag", {"window_s": "wide"}),
+        ("/v1/caption", {"n_best": "two"}),
+        ("/v1/items", {"id": "x", "upsert": "maybe"}),
+    ]:
         r = http.post(path, params=params, content=b"RIFF")
         assert r.status_code == 400, (path, params, r.text[:200])
     # not JSON at all: unknown routes and methods answer in the same error shape
@@ -214,44 +237,76 @@ def test_bad_json(http, stub):
 
 def test_parameters_out_of_range(http, stub, good_wav):
     http.post("/v1/items", params={"id": "anchor"}, content=good_wav).raise_for_status()
-    for k in (0, -1, 101, 10 ** 9, 10 ** 30):
+    for k in (0, -1, 101, 10**9, 10**30):
         assert http.post("/v1/search/text", json={"query": "a", "k": k}).status_code == 400, k
         assert http.post("/v1/search/item", json={"id": "anchor", "k": k}).status_code == 400, k
         assert http.post("/v1/search/audio", params={"k": k}, content=good_wav).status_code == 400, k
     for k in (-1, 101):  # 0 is "the default" on gRPC
         assert grpc_code(stub.SearchText, pb.SearchTextRequest(query="a", k=k)) == grpc.StatusCode.INVALID_ARGUMENT
         assert grpc_code(stub.SearchItem, pb.SearchItemRequest(id="anchor", k=k)) == grpc.StatusCode.INVALID_ARGUMENT
-    for params in [{"top_k": 0}, {"window_s": -1}, {"window_s": "nan"}, {"window_s": "inf"}, {"window_s": 1e30},
-                   {"window_s": 1, "hop_s": "nan"}, {"labels": [""]}, {"labels": ["x" * 513]},
-                   {"labels": [f"label {i}" for i in range(1001)]}]:
+    for params in [
+        {"top_k": 0},
+        {"window_s": -1},
+        {"window_s": "nan"},
+        {"window_s": "inf"},
+        {"window_s": 1e30},
+        {"window_s": 1, "hop_s": "nan"},
+        {"labels": [""]},
+        {"labels": ["x" * 513]},
+        {"labels": [f"label {i}" for i in range(1001)]},
+    ]:
         r = http.post("/v1/tag", params=params, content=good_wav)
         assert r.status_code == 400, (params, r.status_code, r.text[:200])
     for window in (float("nan"), float("inf"), -2.0):
-        assert grpc_code(stub.Tag, pb.TagRequest(audio=pb.Audio(data=good_wav), window_s=window)) == \
-            grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            grpc_code(stub.Tag, pb.TagRequest(audio=pb.Audio(data=good_wav), window_s=window))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
     for params in [{"n_best": 0}, {"n_best": 5, "beam_size": 3}, {"beam_size": 11}, {"beam_size": -1}]:
         assert http.post("/v1/caption", params=params, content=good_wav).status_code == 400, params
-    assert grpc_code(stub.Caption, pb.CaptionRequest(audio=pb.Audio(data=good_wav), n_best=-1)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        grpc_code(stub.Caption, pb.CaptionRequest(audio=pb.Audio(data=good_wav), n_best=-1))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     for flt in [{"min_duration_s": "nan"}, {"min_duration_s": 5, "max_duration_s": 1}]:
         assert http.post("/v1/search/text", json={"query": "a", "filter": flt}).status_code == 400, flt
-    assert grpc_code(stub.SearchText, pb.SearchTextRequest(query="a", filter=pb.Filter(min_duration_s=float("nan")))) \
+    assert (
+        grpc_code(stub.SearchText, pb.SearchTextRequest(query="a", filter=pb.Filter(min_duration_s=float("nan"))))
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
+
     def stream(requests, timeout):
         return list(stub.StreamTag(requests, timeout=timeout))
 
     bad_stream = [pb.StreamTagRequest(pcm=b"\0" * 64)]  # audio before the config
     assert grpc_code(stream, iter(bad_stream)) == grpc.StatusCode.INVALID_ARGUMENT
-    for config in [pb.StreamConfig(sample_rate=32000, encoding="mp3"),
-                   pb.StreamConfig(sample_rate=100, encoding="f32le"),
-                   pb.StreamConfig(sample_rate=32000, encoding="f32le", window_s=1.0, hop_s=2.0)]:
+    for config in [
+        pb.StreamConfig(sample_rate=32000, encoding="mp3"),
+        pb.StreamConfig(sample_rate=100, encoding="f32le"),
+        pb.StreamConfig(sample_rate=32000, encoding="f32le", window_s=1.0, hop_s=2.0),
+    ]:
         reqs = [pb.StreamTagRequest(config=config), pb.StreamTagRequest(pcm=b"\0" * 64)]
-        assert grpc_code(stream, iter(reqs)) == \
-            grpc.StatusCode.INVALID_ARGUMENT, config
-    nan_pcm = [pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=32000, encoding="f32le")),
-               pb.StreamTagRequest(pcm=np.full(100, np.nan, "<f4").tobytes())]
-    assert grpc_code(stream, iter(nan_pcm)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+        assert grpc_code(stream, iter(reqs)) == grpc.StatusCode.INVALID_ARGUMENT, config
+    nan_pcm = [
+        pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=32000, encoding="f32le")),
+        pb.StreamTagRequest(pcm=np.full(100, np.nan, "<f4").tobytes()),
+    ]
+    assert grpc_code(stream, iter(nan_pcm)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stream_tag_pcm_is_checked_as_uploads_are(http, stub):
+    """StreamTag's PCM passes the uploads' sample checks (blat_gateway.audio.check_samples): samples far over full
+    scale, or NaN, are refused with the error an upload of the same samples gets (bad_audio: 422, INVALID_ARGUMENT)."""
+    config = pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=32000, encoding="f32le"))
+    for samples in (np.full(3200, 5000.0, "<f4"), np.full(3200, np.nan, "<f4")):
+        r = http.post("/v1/tag", content=encode_wav(samples, 32000, "FLOAT"))
+        assert r.status_code == 422 and error_json(r)["code"] == "bad_audio", r.text[:200]
+        with pytest.raises(grpc.RpcError) as upload:
+            stub.Tag(pb.TagRequest(audio=pb.Audio(data=encode_wav(samples, 32000, "FLOAT"))), timeout=30)
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(stub.StreamTag(iter([config, pb.StreamTagRequest(pcm=samples.tobytes())]), timeout=30))
+        assert streamed.value.code() == upload.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert streamed.value.details() == upload.value.details() == error_json(r)["message"]
 
 
 def test_unknown_caption_tags(http, stub, good_wav):
@@ -269,8 +324,13 @@ def test_server_side_paths(gw, http, stub, good_wav, tmp_path):
     link_dir.mkdir(exist_ok=True)
     (link_dir / "escape.wav").symlink_to(outside)
     (gw.roots / "a-folder").mkdir(exist_ok=True)
-    forbidden = [str(outside), "/etc/hostname", f"{gw.roots}/../../../../etc/hostname", str(link_dir / "escape.wav"),
-                 "relative/path.wav"]
+    forbidden = [
+        str(outside),
+        "/etc/hostname",
+        f"{gw.roots}/../../../../etc/hostname",
+        str(link_dir / "escape.wav"),
+        "relative/path.wav",
+    ]
     for path in forbidden:
         r = http.post("/v1/items/from-path", json={"id": "p", "path": path})
         assert r.status_code == 403 and "ingest roots" in error_json(r)["message"], (path, r.text)
@@ -281,9 +341,14 @@ def test_server_side_paths(gw, http, stub, good_wav, tmp_path):
     assert http.post("/v1/items/from-path", json={"id": "p", "path": str(gw.roots / "a-folder")}).status_code == 400
     assert http.post("/v1/items/from-path", json={"id": "p", "path": ""}).status_code == 400
     # rebuilds: the folder or manifest must be under the roots, and so must every file a folder's symlinks lead to
-    for body, status in [({"folder": str(tmp_path)}, 403), ({"folder": "/"}, 403), ({"manifest": "/etc/hostname"}, 403),
-                         ({"folder": str(gw.roots / "nope")}, 404), ({"folder": str(link_dir)}, 403),
-                         ({"folder": str(link_dir / "escape.wav")}, 403)]:
+    for body, status in [
+        ({"folder": str(tmp_path)}, 403),
+        ({"folder": "/"}, 403),
+        ({"manifest": "/etc/hostname"}, 403),
+        ({"folder": str(gw.roots / "nope")}, 404),
+        ({"folder": str(link_dir)}, 403),
+        ({"folder": str(link_dir / "escape.wav")}, 403),
+    ]:
         r = http.post("/v1/index/rebuild", json=body)
         assert r.status_code == status, (body, r.status_code, r.text)
     assert grpc_code(stub.StartRebuild, pb.RebuildRequest(folder="/")) == grpc.StatusCode.PERMISSION_DENIED
@@ -323,8 +388,13 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
         url = gw.http_url
         for key, status in [(None, 401), ("wrong-key", 401)]:
             with Client(url, api_key=key) as c:
-                for call in (c.stats, lambda: c.search_text("a"), lambda: c.embed_audio(good_wav),
-                             lambda: c.add_item("x", audio=good_wav), lambda: c.get_item("x")):
+                for call in (
+                    c.stats,
+                    lambda: c.search_text("a"),
+                    lambda: c.embed_audio(good_wav),
+                    lambda: c.add_item("x", audio=good_wav),
+                    lambda: c.get_item("x"),
+                ):
                     with pytest.raises(ClientError) as e:
                         call()
                     assert e.value.status == status and e.value.code == "unauthorized"
@@ -332,15 +402,24 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
             assert httpx.get(url + path, timeout=10).status_code == 200
         with Client(url, api_key="reader-key") as reader:
             assert reader.stats().items == 0 and reader.search_text("a").hits == []
-            for call in (lambda: reader.add_item("x", audio=good_wav), lambda: reader.delete_item("x"),
-                         lambda: reader.add_item("x", path=str(gw.roots / "a.wav")),
-                         lambda: reader.start_rebuild(folder=str(gw.roots)), reader.rollback,
-                         lambda: reader.cancel_rebuild("v0002")):
+            for call in (
+                lambda: reader.add_item("x", audio=good_wav),
+                lambda: reader.delete_item("x"),
+                lambda: reader.add_item("x", path=str(gw.roots / "a.wav")),
+                lambda: reader.start_rebuild(folder=str(gw.roots)),
+                reader.rollback,
+                lambda: reader.cancel_rebuild("v0002"),
+            ):
                 with pytest.raises(ClientError) as e:
                     call()
                 assert e.value.status == 403 and "write" in e.value.message
-        r = httpx.post(f"{url}/v1/items", params={"id": "by-header"}, content=good_wav,
-                       headers={"x-api-key": "writer-key"}, timeout=30)
+        r = httpx.post(
+            f"{url}/v1/items",
+            params={"id": "by-header"},
+            content=good_wav,
+            headers={"x-api-key": "writer-key"},
+            timeout=30,
+        )
         assert r.status_code == 201
         with Client(url, api_key="writer-key") as writer:
             stored = writer.get_item("by-header")
@@ -349,16 +428,24 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
 
         for key, code in [(None, "UNAUTHENTICATED"), ("wrong-key", "UNAUTHENTICATED")]:
             with Client(f"grpc://{gw.grpc_address}", api_key=key) as c:
-                for call in (c.stats, lambda: c.search_text("a"), lambda: c.add_item("x", audio=good_wav),
-                             lambda: list(c.stream_tag(iter([b"\0" * 64]), 32000, "f32le", timeout=60))):
+                for call in (
+                    c.stats,
+                    lambda: c.search_text("a"),
+                    lambda: c.add_item("x", audio=good_wav),
+                    lambda: list(c.stream_tag(iter([b"\0" * 64]), 32000, "f32le", timeout=60)),
+                ):
                     with pytest.raises(ClientError) as e:
                         call()
                     assert e.value.code == code and e.value.status == 401
         with Client(f"grpc://{gw.grpc_address}", api_key="reader-key") as reader:
             assert reader.stats().items == 0
-            for call in (lambda: reader.add_item("x", audio=good_wav), lambda: reader.delete_item("x"),
-                         lambda: reader.start_rebuild(folder=str(gw.roots)), reader.rollback,
-                         lambda: reader.cancel_rebuild("v0002")):
+            for call in (
+                lambda: reader.add_item("x", audio=good_wav),
+                lambda: reader.delete_item("x"),
+                lambda: reader.start_rebuild(folder=str(gw.roots)),
+                reader.rollback,
+                lambda: reader.cancel_rebuild("v0002"),
+            ):
                 with pytest.raises(ClientError) as e:
                     call()
                 assert e.value.code == "PERMISSION_DENIED" and e.value.status == 403
@@ -366,14 +453,19 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
             assert writer.add_item("grpc-writer", audio=good_wav).id == "grpc-writer"
         with grpc.insecure_channel(gw.grpc_address) as channel:  # x-api-key metadata works too
             health = health_pb2_grpc.HealthStub(channel)  # health checks need no key
-            assert health.Check(health_pb2.HealthCheckRequest(service="blat.v1.Blat"), timeout=10).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service="blat.v1.Blat"), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
             stub = pb_grpc.BlatStub(channel)
-            assert stub.GetItem(pb.ItemRequest(id="grpc-writer"), metadata=(("x-api-key", "reader-key"),),
-                                timeout=10).id == "grpc-writer"
+            assert (
+                stub.GetItem(pb.ItemRequest(id="grpc-writer"), metadata=(("x-api-key", "reader-key"),), timeout=10).id
+                == "grpc-writer"
+            )
 
 
 # --------------------------------------------------------------------------------------------------- overload
+
 
 @pytest.mark.slow
 def test_overload_answers_429_with_retry_after(tiny_bundle, tmp_path):
@@ -421,17 +513,24 @@ def test_overload_answers_429_with_retry_after(tiny_bundle, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ backend down
 
+
 @pytest.mark.slow
 def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
     from tests.server.conftest import launch_triton
 
     triton = launch_triton(triton_repo)
-    env = {"BLAT_SERVER_TRITON__TIMEOUT_S": "5", "BLAT_SERVER_TRITON__RETRIES": "2",
-           "BLAT_SERVER_TRITON__BREAKER_FAILURES": "3", "BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": "10"}
+    env = {
+        "BLAT_SERVER_TRITON__TIMEOUT_S": "5",
+        "BLAT_SERVER_TRITON__RETRIES": "2",
+        "BLAT_SERVER_TRITON__BREAKER_FAILURES": "3",
+        "BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": "10",
+    }
     try:
-        with running_server(tiny_bundle, tmp_path, backend="triton", triton_url=triton.grpc_url, env=env) as gw, \
-                Client(gw.http_url, retry=NO_RETRY) as rest, \
-                Client(f"grpc://{gw.grpc_address}", retry=NO_RETRY) as rpc:  # the 503s must be seen, not retried
+        with (
+            running_server(tiny_bundle, tmp_path, backend="triton", triton_url=triton.grpc_url, env=env) as gw,
+            Client(gw.http_url, retry=NO_RETRY) as rest,
+            Client(f"grpc://{gw.grpc_address}", retry=NO_RETRY) as rpc,
+        ):  # the 503s must be seen, not retried
             for i in range(3):
                 rest.add_item(f"kept-{i}", audio=wav(synth_clip(70 + i)))
             assert len(rest.search_text("a dog", k=3).hits) == 3
@@ -464,8 +563,10 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
             with grpc.insecure_channel(gw.grpc_address) as channel:  # gRPC health follows readiness too
                 health = health_pb2_grpc.HealthStub(channel)
                 deadline = time.monotonic() + 10
-                while health.Check(health_pb2.HealthCheckRequest(service="blat.v1.Blat"), timeout=5).status != \
-                        health_pb2.HealthCheckResponse.NOT_SERVING:
+                while (
+                    health.Check(health_pb2.HealthCheckRequest(service="blat.v1.Blat"), timeout=5).status
+                    != health_pb2.HealthCheckResponse.NOT_SERVING
+                ):
                     assert time.monotonic() < deadline, "gRPC health still SERVING with the backend down"
                     time.sleep(0.2)
             assert httpx.get(f"{gw.http_url}/healthz", timeout=10).json() == {"status": "ok"} and gw.alive()

@@ -1,4 +1,5 @@
 """MicroBatcher: one bad item fails alone, deadlines are kept, a full queue sheds at once."""
+
 from __future__ import annotations
 
 import threading
@@ -14,12 +15,14 @@ from blat_gateway.errors import BackendDown, BadRequest, DeadlineExceeded, Overl
 def doubling(calls: list[list[int]], seconds: float = 0.0):
     """A model that doubles numbers and chokes on negative ones, as a tokenizer chokes on a lone surrogate; each call
     takes `seconds` (requests queue behind a busy model, and then they batch)."""
+
     def run(items):
         calls.append(list(items))
         time.sleep(seconds)
         if any(x < 0 for x in items):
             raise TypeError("cannot encode a negative number")
         return [2 * x for x in items]
+
     return run
 
 
@@ -41,18 +44,18 @@ def test_a_poison_item_fails_alone_and_its_batch_mates_succeed():
 def _outcome(b: MicroBatcher, x: int):
     try:
         return b.submit(x, timeout_s=10), None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return None, e
 
 
 def test_a_lone_request_runs_at_once_without_waiting_for_company():
     calls: list[list[int]] = []
-    b = MicroBatcher("t", doubling(calls), max_batch=16, max_wait_s=2.0)
-    t0 = time.monotonic()
-    assert b.submit(21, timeout_s=5) == 42
-    assert time.monotonic() - t0 < 0.5, "an idle model must not wait max_wait_s for company"
+    batches: list[int] = []
+    # max_wait_s an hour: a batcher that waited for company would miss the 5 s deadline (DeadlineExceeded)
+    b = MicroBatcher("t", doubling(calls), max_batch=16, max_wait_s=3600.0, on_batch=lambda _, n: batches.append(n))
+    assert b.submit(21, timeout_s=5) == 42, "an idle model must not wait max_wait_s for company"
     b.close()
-    assert calls == [[21]]
+    assert calls == [[21]] and batches == [1]
 
 
 def test_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
@@ -119,15 +122,24 @@ def test_a_job_past_its_deadline_is_dropped_not_run():
 
 
 def test_a_full_queue_answers_overloaded_at_once():
-    gate = threading.Event()
-    b = MicroBatcher("t", lambda items: (gate.wait(5), list(items))[1], max_batch=1, max_wait_s=0.0, max_queue=2)
+    gate, busy = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def blocked(items):
+        calls.append(list(items))
+        busy.set()
+        gate.wait(5)
+        return list(items)
+
+    b = MicroBatcher("t", blocked, max_batch=1, max_wait_s=0.0, max_queue=2)
     futures = [b.submit_future(0, 10)]
-    time.sleep(0.05)
+    assert busy.wait(5)  # the model holds item 0 until the gate opens
     futures += [b.submit_future(i, 10) for i in (1, 2)]
-    t0 = time.monotonic()
     with pytest.raises(Overloaded):
         b.submit_future(3, 10)
-    assert time.monotonic() - t0 < 0.1
+    # refused while the model still held item 0 and the queue was still full: it did not wait for room (room comes
+    # only after the gate opens, below; a submit that waited would have got it and returned a future)
+    assert calls == [[0]] and b.depth == 2 and not gate.is_set()
     gate.set()
     assert [f.result(5) for f in futures] == [0, 1, 2]
     b.close()

@@ -1,5 +1,6 @@
 """The web page end to end in headless Chromium (Debian's `chromium`, driven by Playwright) against a real gateway
 with API keys on: the page must work once the key is typed in. Screenshots go to test-artifacts/browser/."""
+
 from __future__ import annotations
 
 import base64
@@ -49,8 +50,11 @@ def gw(tiny_bundle, tmp_path_factory, clips):
     with running_server(tiny_bundle, tmp_path_factory.mktemp("browser"), env=env) as gw:
         with api(gw) as c:
             for i, samples in enumerate(clips[:N_ITEMS]):
-                r = c.post("/v1/items", params={"id": f"sound/{i}", "tags": [f"t{i}", "demo"],
-                                                "caption": f"clip number {i}"}, content=wav(samples))
+                r = c.post(
+                    "/v1/items",
+                    params={"id": f"sound/{i}", "tags": [f"t{i}", "demo"], "caption": f"clip number {i}"},
+                    content=wav(samples),
+                )
                 assert r.status_code == 201, r.text
         yield gw
 
@@ -67,7 +71,10 @@ def wait_for_playable_audio(page, count: int) -> None:
     """Every result's <audio> has loaded its metadata (readyState >= 1): the audio really came, with the key."""
     page.wait_for_function(
         "n => { const a = [...document.querySelectorAll('[data-testid=result-audio]')];"
-        " return a.length === n && a.every(x => x.readyState >= 1 && x.duration > 0); }", arg=count, timeout=30000)
+        " return a.length === n && a.every(x => x.readyState >= 1 && x.duration > 0); }",
+        arg=count,
+        timeout=30000,
+    )
 
 
 @pytest.fixture
@@ -106,7 +113,8 @@ def test_search_listen_similar(page, gw):
     target = shown_ids(page)[2]
     page.locator(f"[data-testid=result][data-id='{target}'] [data-testid=similar-link]").click()
     page.wait_for_function(
-        f"() => document.getElementById('results-title').textContent.startsWith('Similar to {target}')")
+        f"() => document.getElementById('results-title').textContent.startsWith('Similar to {target}')"
+    )
     with api(gw) as c:
         neighbours = c.post("/v1/search/item", json={"id": target, "k": 10}).json()
     assert shown_ids(page) == [h["id"] for h in neighbours["hits"]]
@@ -128,7 +136,8 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
         tags = c.post("/v1/tag", params={"top_k": 10, "window_s": 5}, content=data).json()
         similar = c.post("/v1/search/audio", params={"k": 10}, content=data).json()
     shown = page.locator("[data-testid=tags-output] tr").evaluate_all(
-        "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])")
+        "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+    )
     assert shown == [[t["label"], f"{t['score']:.3f}"] for t in tags["tags"]]
     assert page.locator("[data-testid=window]").count() == len(tags["windows"]) >= 2
     assert shown_ids(page) == [h["id"] for h in similar["hits"]]
@@ -138,15 +147,19 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
 
     # The same through drag and drop: a short clip dropped on the zone (no windows for it).
     short = wav(clips[N_ITEMS + 1])
-    page.evaluate("""([b64, name]) => {
+    page.evaluate(
+        """([b64, name]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], name, {type: 'audio/wav'}));
         document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
-    }""", [base64.b64encode(short).decode(), "dropped.wav"])
+    }""",
+        [base64.b64encode(short).decode(), "dropped.wav"],
+    )
     page.wait_for_function("() => document.getElementById('clip-name').textContent.startsWith('dropped.wav')")
     page.wait_for_function(
-        "() => document.getElementById('results-title').textContent.startsWith('Sounds like dropped')")
+        "() => document.getElementById('results-title').textContent.startsWith('Sounds like dropped')"
+    )
     with api(gw) as c:
         tags = c.post("/v1/tag", params={"top_k": 10}, content=short).json()
     labels = page.locator("[data-testid=tags-output] tr td:first-child").all_inner_texts()
@@ -182,4 +195,3 @@ def test_docs_render_with_the_network_off(browser, gw):
     context.close()
     # ReDoc's bundle asks its CDN for a "powered by" logo; refused, the page renders all the same.
     assert all(u.startswith("https://cdn.redoc.ly/") and u.endswith("logo-mini.svg") for u in refused), refused
-

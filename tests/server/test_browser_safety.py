@@ -1,10 +1,10 @@
 """Browser safety, on by default, against the real gateway without API keys (the embedded default): a page on another
 origin cannot write (Origin checked on every state-changing route), a DNS-rebound name cannot reach the data (Host
 checked), CORS is closed unless configured, and every answer carries CSP, nosniff and no-framing headers."""
+
 from __future__ import annotations
 
 import json
-import logging
 import socket
 from urllib.parse import urlsplit
 
@@ -21,8 +21,11 @@ APP = "http://app.example:3000"
 
 @pytest.fixture(scope="module")
 def gw(tiny_bundle, tmp_path_factory):
-    server = start_server(tiny_bundle, tmp_path_factory.mktemp("browser-safety"),
-                          env={"BLAT_SERVER_BROWSER__CORS_ORIGINS": json.dumps([APP])})
+    server = start_server(
+        tiny_bundle,
+        tmp_path_factory.mktemp("browser-safety"),
+        env={"BLAT_SERVER_BROWSER__CORS_ORIGINS": json.dumps([APP])},
+    )
     yield server
     server.stop()
 
@@ -57,8 +60,10 @@ def test_a_foreign_origin_cannot_write(gw, http):
 
 def test_a_foreign_host_is_refused_on_the_api_but_health_checks_answer(gw, http):
     """DNS rebinding: a page at evil.example whose name now resolves to this gateway sends Host: evil.example."""
-    for call in (lambda h: http.get("/v1/index/stats", headers=h),
-                 lambda h: http.post("/v1/items", params={"id": "x/2"}, content=CLIP, headers=h)):
+    for call in (
+        lambda h: http.get("/v1/index/stats", headers=h),
+        lambda h: http.post("/v1/items", params={"id": "x/2"}, content=CLIP, headers=h),
+    ):
         _refused(call({"host": "evil.example:8080"}), 421, "misdirected_request")
     assert http.get("/v1/index/stats", headers={"host": "localhost"}).status_code == 200
     assert http.get("/readyz", headers={"host": "10.1.2.3:8080"}).status_code == 200  # probes use the pod address
@@ -78,15 +83,19 @@ def test_cors_answers_only_the_configured_origins(http):
 
 def test_cors_is_off_unless_configured(tiny_bundle, tmp_path):
     with running_server(tiny_bundle, tmp_path) as server:
-        r = httpx.options(f"{server.http_url}/v1/search/text",
-                          headers={"origin": APP, "access-control-request-method": "POST"})
+        r = httpx.options(
+            f"{server.http_url}/v1/search/text", headers={"origin": APP, "access-control-request-method": "POST"}
+        )
         assert "access-control-allow-origin" not in r.headers
-        assert httpx.post(f"{server.http_url}/v1/search/text", json={"query": "a"},
-                          headers={"origin": APP}).status_code == 403
+        assert (
+            httpx.post(f"{server.http_url}/v1/search/text", json={"query": "a"}, headers={"origin": APP}).status_code
+            == 403
+        )
 
 
-@pytest.mark.parametrize("path", ["/", "/web/app.js", "/docs", "/v1/index/stats", "/healthz", "/no/such/route",
-                                  "/v1/items/no/such"])
+@pytest.mark.parametrize(
+    "path", ["/", "/web/app.js", "/docs", "/v1/index/stats", "/healthz", "/no/such/route", "/v1/items/no/such"]
+)
 def test_every_answer_carries_the_security_headers(http, path):
     r = http.get(path)
     assert r.headers["x-content-type-options"] == "nosniff"

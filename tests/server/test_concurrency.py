@@ -4,6 +4,7 @@ Poison texts mixed into concurrent good traffic; JSON bodies that are too big, w
 streams that must not shut out unary calls and health checks; overload that sheds with a quick 429 while the
 admitted requests finish; NUL bytes and lone surrogates in every text field; ids with dot segments.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.server.test_api import bundle_json  # noqa: F401 - a fixture
-from tests.server.conftest import running_server, start_server, synth_clip, wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
+from tests.server.conftest import running_server, start_server, synth_clip, wav
+from tests.server.test_api import bundle_json  # noqa: F401 - a fixture
 
 KEY = "concurrency-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -88,8 +89,13 @@ def test_a_100_mib_json_body_without_a_key_is_refused_unread(gw):
         host, port = urlsplit(gw.http_url).hostname, urlsplit(gw.http_url).port
         with socket.create_connection((host, port), timeout=5) as s:
             t0 = time.monotonic()
-            s.sendall(b"POST /v1/search/text HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n" + headers +
-                      f"content-length: {100 << 20}\r\n\r\n".encode() + b'{"query": "' + b"a" * 65536)
+            s.sendall(
+                b"POST /v1/search/text HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                + headers
+                + f"content-length: {100 << 20}\r\n\r\n".encode()
+                + b'{"query": "'
+                + b"a" * 65536
+            )
             answer = b""
             while chunk := s.recv(65536):  # the server answers and closes the connection
                 answer += chunk
@@ -185,12 +191,15 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
 
     answers = {
         "from-path path": post_json("/v1/items/from-path", {"id": "x1", "path": str(gw.roots / "ok.wav") + text}),
-        "from-path caption": post_json("/v1/items/from-path", {"id": "x2", "path": str(gw.roots / "ok.wav"),
-                                                               "caption": text}),
-        "from-path tag": post_json("/v1/items/from-path", {"id": "x3", "path": str(gw.roots / "ok.wav"),
-                                                           "tags": [text]}),
-        "from-path source_uri": post_json("/v1/items/from-path", {"id": "x4", "path": str(gw.roots / "ok.wav"),
-                                                                  "source_uri": text}),
+        "from-path caption": post_json(
+            "/v1/items/from-path", {"id": "x2", "path": str(gw.roots / "ok.wav"), "caption": text}
+        ),
+        "from-path tag": post_json(
+            "/v1/items/from-path", {"id": "x3", "path": str(gw.roots / "ok.wav"), "tags": [text]}
+        ),
+        "from-path source_uri": post_json(
+            "/v1/items/from-path", {"id": "x4", "path": str(gw.roots / "ok.wav"), "source_uri": text}
+        ),
         "rebuild folder": post_json("/v1/index/rebuild", {"folder": str(gw.roots) + text}),
         "rebuild manifest": post_json("/v1/index/rebuild", {"manifest": str(gw.roots / "m.jsonl") + text}),
         "search query": post_json("/v1/search/text", {"query": text}),
@@ -204,9 +213,11 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
         assert r.json()["error"]["code"] == "bad_request", what
     stub = pb_grpc.BlatStub(grpc.insecure_channel(gw.grpc_address))
     if bad == "nul":  # protobuf cannot even carry a lone surrogate; NUL it carries
-        for call, req in ((stub.SearchText, pb.SearchTextRequest(query=text)),
-                          (stub.AddItem, pb.AddItemRequest(id="x6", path=str(gw.roots / "ok.wav"), caption=text)),
-                          (stub.StartRebuild, pb.RebuildRequest(folder=str(gw.roots) + text))):
+        for call, req in (
+            (stub.SearchText, pb.SearchTextRequest(query=text)),
+            (stub.AddItem, pb.AddItemRequest(id="x6", path=str(gw.roots / "ok.wav"), caption=text)),
+            (stub.StartRebuild, pb.RebuildRequest(folder=str(gw.roots) + text)),
+        ):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, metadata=META, timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -222,9 +233,11 @@ def test_ids_with_dot_or_empty_segments_are_refused(gw, http, item_id):
 def test_grpc_reflection_v1_and_v1alpha_list_the_service(channel):
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
-        call = channel.stream_stream(f"/{package}.ServerReflection/ServerReflectionInfo",
-                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        call = channel.stream_stream(
+            f"/{package}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
         names = {s.name for r in call(iter([request]), timeout=10) for s in r.list_services_response.service}
         assert "blat.v1.Blat" in names and f"{package}.ServerReflection" in names, (package, names)
 
@@ -234,11 +247,12 @@ def test_windows_score_the_same_over_rest_and_the_stream(gw, http, channel):
     rest = http.post("/v1/tag", params={"window_s": 2.0, "hop_s": 1.0, "top_k": 527}, content=wav(samples)).json()
 
     def messages():
-        yield pb.StreamTagRequest(config=pb.StreamConfig(encoding="f32le", sample_rate=32000, window_s=2.0, hop_s=1.0,
-                                                         top_k=527))
+        yield pb.StreamTagRequest(
+            config=pb.StreamConfig(encoding="f32le", sample_rate=32000, window_s=2.0, hop_s=1.0, top_k=527)
+        )
         raw = samples.astype("<f4").tobytes()
         for i in range(0, len(raw), 12_000):  # chunks that do not line up with windows or samples
-            yield pb.StreamTagRequest(pcm=raw[i:i + 12_000])
+            yield pb.StreamTagRequest(pcm=raw[i : i + 12_000])
 
     streamed = list(pb_grpc.BlatStub(channel).StreamTag(messages(), metadata=META, timeout=60))
     assert [(w["start_s"], w["end_s"]) for w in rest["windows"]] == [(w.start_s, w.end_s) for w in streamed]
@@ -259,7 +273,7 @@ def test_the_schema_tells_metrics_is_prometheus_text(http):
     assert "application/json" not in content
 
 
-def test_windows_shorter_than_a_frame_step_are_refused_not_clamped(http, bundle_json):
+def test_windows_shorter_than_a_frame_step_are_refused_not_clamped(http, bundle_json):  # noqa: F811 - the fixture
     step = bundle_json["audio"]["frame_seconds"]
     r = http.post("/v1/tag", params={"window_s": step / 2}, content=wav(synth_clip(5, 1.0)))
     assert r.status_code == 400 and "frame step" in r.json()["error"]["message"]
@@ -319,8 +333,10 @@ def test_slowloris_headers_get_408_and_the_connection_closed(slow_gw):
 
 
 def test_a_stalled_body_gets_408(slow_gw):
-    head = (b"POST /v1/search/text HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n"
-            b"\r\n{\"query\": ")
+    head = (
+        b"POST /v1/search/text HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n"
+        b'\r\n{"query": '
+    )
     t0 = time.monotonic()
     answer, _ = _exchange(slow_gw, [head])
     assert answer.startswith("HTTP/1.1 408"), answer[:200]

@@ -3,6 +3,7 @@ plain 500 or UNKNOWN: label embedding and windowed tagging once let a concurrent
 
 A gateway with a 0.25 s deadline gets heavy requests (1,000 new custom labels, hundreds of windows) at once.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -11,16 +12,16 @@ import grpc
 import httpx
 import pytest
 
-from tests.server.conftest import start_server, synth_clip, wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
+from tests.server.conftest import inproc_gateway, synth_clip, wav
 
 ENV = {"BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": "0.25"}
 
 
 @pytest.fixture(scope="module")
 def gw(tiny_bundle, tmp_path_factory):
-    server = start_server(tiny_bundle, tmp_path_factory.mktemp("deadlines"), env=ENV)
+    server = inproc_gateway(tiny_bundle, tmp_path_factory.mktemp("deadlines"), env=ENV)  # API only: in-process
     yield server
     server.stop()
 
@@ -56,8 +57,13 @@ def test_rest_answers_504_with_the_envelope(gw):
 def test_grpc_answers_deadline_exceeded(gw):
     def call(i: int) -> grpc.StatusCode:
         kind, params = HEAVY[i % 2]
-        req = pb.TagRequest(audio=pb.Audio(data=CLIP), top_k=3, labels=_labels(100 + i) if kind == "labels" else [],
-                            window_s=params.get("window_s", 0.0), hop_s=params.get("hop_s", 0.0))
+        req = pb.TagRequest(
+            audio=pb.Audio(data=CLIP),
+            top_k=3,
+            labels=_labels(100 + i) if kind == "labels" else [],
+            window_s=params.get("window_s", 0.0),
+            hop_s=params.get("hop_s", 0.0),
+        )
         try:
             stub.Tag(req, timeout=30)
             return grpc.StatusCode.OK

@@ -4,9 +4,9 @@ reads its 429 instead of a connection reset.
 
 Limits are shrunk through settings (a 3 s deadline, 8 admission places) so each test takes seconds.
 """
+
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -17,13 +17,17 @@ import grpc
 import httpx
 import pytest
 
-from tests.server.conftest import running_server, start_server, synth_clip, wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
+from tests.server.conftest import running_server, start_server, synth_clip, wav
 
 DEADLINE_S = 3.0
-ENV = {"BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": str(DEADLINE_S), "BLAT_SERVER_LIMITS__BODY_IDLE_S": "2",
-       "BLAT_SERVER_LIMITS__STREAM_IDLE_S": "2", "BLAT_SERVER_BATCHING__MAX_QUEUE": "8"}
+ENV = {
+    "BLAT_SERVER_LIMITS__REQUEST_TIMEOUT_S": str(DEADLINE_S),
+    "BLAT_SERVER_LIMITS__BODY_IDLE_S": "2",
+    "BLAT_SERVER_LIMITS__STREAM_IDLE_S": "2",
+    "BLAT_SERVER_BATCHING__MAX_QUEUE": "8",
+}
 DRIPS = 64
 
 
@@ -41,8 +45,10 @@ class Drip:
     def __init__(self, url: str, path: str, content_type: str, length: int = 100_000, every_s: float = 0.5):
         u = urlsplit(url)
         self.sock = socket.create_connection((u.hostname, u.port), timeout=30)
-        self.sock.sendall(f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
-                          f"content-length: {length}\r\n\r\n".encode())
+        self.sock.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n"
+            f"content-length: {length}\r\n\r\n".encode()
+        )
         self.every_s, self.answer, self.ended_after = every_s, b"", None
         self.t0 = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -58,7 +64,7 @@ class Drip:
                         break
                     self.answer += chunk
                     continue
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 self.sock.sendall(b"{")
         except OSError:
@@ -78,8 +84,11 @@ def _timed(fn) -> tuple[int, float]:
     return status, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("path, content_type", [("/v1/tag", "audio/wav"), ("/v1/search/text", "application/json")],
-                         ids=["audio-gate", "text-gate"])
+@pytest.mark.parametrize(
+    "path, content_type",
+    [("/v1/tag", "audio/wav"), ("/v1/search/text", "application/json")],
+    ids=["audio-gate", "text-gate"],
+)
 def test_dripping_bodies_do_not_hold_the_gates(gw, path, content_type):
     """64 connections dripping a body (8 admission places) while good requests of the same gate keep getting 200
     at once; every drip ends with 408 by the request's deadline."""
@@ -87,8 +96,11 @@ def test_dripping_bodies_do_not_hold_the_gates(gw, path, content_type):
     time.sleep(0.5)  # every drip is in
     clip = wav(synth_clip(1, 1.0))
     with httpx.Client(base_url=gw.http_url, timeout=30) as c:
-        good = (lambda: c.post("/v1/tag", content=clip, params={"top_k": 3}).status_code) if path == "/v1/tag" \
+        good = (
+            (lambda: c.post("/v1/tag", content=clip, params={"top_k": 3}).status_code)
+            if path == "/v1/tag"
             else (lambda: c.post("/v1/search/text", json={"query": "rain", "k": 3}).status_code)
+        )
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: _timed(good), range(24)))
     assert [s for s, _ in answers] == [200] * 24, answers
@@ -115,8 +127,9 @@ def _stalled_calls(channel: grpc.Channel, n: int, method: str = "Tag") -> tuple[
         return
         yield  # a generator that yields nothing until released
 
-    call = channel.stream_unary(f"/blat.v1.Blat/{method}", request_serializer=lambda b: b,
-                                response_deserializer=lambda b: b)
+    call = channel.stream_unary(
+        f"/blat.v1.Blat/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     return [call.future(never(), timeout=20) for _ in range(n)], release
 
 
@@ -147,6 +160,7 @@ def test_stalled_grpc_calls_end_at_the_deadline_and_good_calls_pass(gw):
 def test_a_stream_that_trickles_audio_is_closed(gw):
     """A StreamTag that sends a few samples every 0.5 s (never idle for stream_idle_s) but far slower than real
     time holds a stream place: it is closed once it falls behind the least rate."""
+
     def trickle():
         yield pb.StreamTagRequest(config=pb.StreamConfig(encoding="s16le", sample_rate=32000, window_s=1.0))
         for _ in range(40):  # 20 s of calls carrying 40 ms of audio in all
@@ -182,7 +196,7 @@ def _upload_slowly(url: str, body: bytes, piece: int = 65536, pause_s: float = 0
         try:
             s.sendall(f"POST /v1/tag HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}\r\n\r\n".encode())
             for i in range(0, len(body), piece):
-                s.sendall(body[i:i + piece])
+                s.sendall(body[i : i + piece])
                 time.sleep(pause_s)
         except OSError as e:  # the gateway closed on a body it had not read: the kernel resets the connection
             failed = repr(e)
@@ -220,8 +234,10 @@ def test_uploads_past_the_body_budget_read_their_429(tiny_bundle, tmp_path):
     """limits.max_body_bytes_in_flight bounds the request bodies held at once: uploads past it are refused (429),
     and the rest of their body is read and dropped so that each client reads its answer."""
     clip = wav(synth_clip(6, 28.0))  # 3.6 MB: two fit in 8 MiB
-    env = {"BLAT_SERVER_LIMITS__MAX_BODY_BYTES_IN_FLIGHT": str(8 << 20),
-           "BLAT_SERVER_LIMITS__MAX_UPLOAD_BYTES": str(4 << 20)}
+    env = {
+        "BLAT_SERVER_LIMITS__MAX_BODY_BYTES_IN_FLIGHT": str(8 << 20),
+        "BLAT_SERVER_LIMITS__MAX_UPLOAD_BYTES": str(4 << 20),
+    }
     with running_server(tiny_bundle, tmp_path, env=env) as server:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda _: _upload_slowly(server.http_url, clip), range(8)))

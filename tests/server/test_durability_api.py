@@ -3,6 +3,7 @@ restarted on the same index directory. Every acknowledged add (201 / OK) must su
 either fully there (readable, searchable by id and by its own audio) or not there at all; search keeps working.
 Clients never retry here (`retry=NO_RETRY`): each add is one attempt, acknowledged, refused or cut off by the kill.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -116,9 +117,20 @@ def test_sigkill_during_ingestion_loses_no_acknowledged_item(tiny_bundle, tmp_pa
     try:
         for cycle in range(CYCLES):
             stop = threading.Event()
-            threads = [threading.Thread(target=writer, args=(server.http_url if face == "rest" else server.grpc_address,
-                                                             face, number, cycle, ledger, stop))
-                       for face, number in WRITERS]
+            threads = [
+                threading.Thread(
+                    target=writer,
+                    args=(
+                        server.http_url if face == "rest" else server.grpc_address,
+                        face,
+                        number,
+                        cycle,
+                        ledger,
+                        stop,
+                    ),
+                )
+                for face, number in WRITERS
+            ]
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.2, 0.9))  # a random moment of the ingestion
@@ -134,8 +146,11 @@ def test_sigkill_during_ingestion_loses_no_acknowledged_item(tiny_bundle, tmp_pa
             server = start_server(tiny_bundle, tmp_path, index_dir=index_dir)
             this_cycle = sorted(i for i, (c, _) in ledger.group.items() if c == cycle)
             older = sorted(set(ledger.data) - set(this_cycle))
-            deep = (set(this_cycle) - ledger.acked) | set(rng.sample(this_cycle, min(8, len(this_cycle)))) | \
-                set(rng.sample(older, min(5, len(older))))
+            deep = (
+                (set(this_cycle) - ledger.acked)
+                | set(rng.sample(this_cycle, min(8, len(this_cycle))))
+                | set(rng.sample(older, min(5, len(older))))
+            )
             counts = verify(server, ledger, cycle, deep)
             assert counts["present"] >= len(ledger.acked)
         assert kills >= 10

@@ -1,10 +1,11 @@
 """Rebuild batching: clips embedded together have similar lengths (a batch is padded to its longest clip), every
 clip is embedded exactly once, and a window bounds how much decoded audio is held at a time."""
+
 from __future__ import annotations
 
 import random
 
-from blat_gateway.service import length_batches
+from blat_gateway.inference import length_batches
 
 
 def padded(batches) -> int:
@@ -17,7 +18,7 @@ def test_every_item_once_in_batches_of_similar_length():
     batches = list(length_batches(lengths, lambda n: n, batch=16, window_items=100, window_length=10**12))
     assert sorted(x for b in batches for x in b) == sorted(lengths)
     assert all(1 <= len(b) <= 16 for b in batches)
-    in_order = [lengths[i: i + 16] for i in range(0, len(lengths), 16)]
+    in_order = [lengths[i : i + 16] for i in range(0, len(lengths), 16)]
     assert padded(batches) < 0.6 * padded(in_order)
 
 

@@ -2,6 +2,7 @@
 goes back to the OS, and a real gateway's RSS stays bounded under concurrent maximal windowed tagging and returns
 to its baseline afterwards. The full-size figures (the default bundle, every kind of request) are the soak's
 memory phase (bench/soak_memory.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -88,8 +89,9 @@ def rss_mb(pid: int) -> float:
 
 async def tag_windows_at_once(url: str, body: bytes, params: dict, n: int) -> list[int | str]:
     async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-        answers = await asyncio.gather(*(c.post("/v1/tag", params=params, content=body) for _ in range(n)),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(
+            *(c.post("/v1/tag", params=params, content=body) for _ in range(n)), return_exceptions=True
+        )
     return [a.status_code if isinstance(a, httpx.Response) else type(a).__name__ for a in answers]
 
 

@@ -4,6 +4,7 @@ The Milvus server is milvus-lite's gRPC server, run in a process of its own and 
 gateway reaches a Milvus deployment (its in-process mode allows one process per file). Both gateways are the real
 `python -m blat_gateway` processes, called with the typed client over REST and gRPC.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,8 @@ import sys
 import time
 
 import pytest
-from blat_client import Client, ClientError
 
+from blat_client import Client, ClientError
 from tests.server.conftest import running_server, synth_clip, wav
 
 # Serves one milvus-lite file on a free loopback port; prints the URI, then runs until its stdin closes.
@@ -27,8 +28,13 @@ sys.stdin.read()
 @pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory):
     path = tmp_path_factory.mktemp("milvus") / "shared.db"
-    proc = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOST, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     uri = proc.stdout.readline().strip()
     assert uri.startswith("http://127.0.0.1:"), uri
     yield uri
@@ -46,11 +52,16 @@ def wait_job(client: Client, job_id: str, timeout_s: float = 120.0):
 
 @pytest.mark.slow
 def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, tmp_path):
-    env = {"BLAT_SERVER_INDEX_ENGINE": "milvus", "BLAT_SERVER_MILVUS__URI": milvus_uri,
-           "BLAT_SERVER_MILVUS__COLLECTION": "gateway_test"}
+    env = {
+        "BLAT_SERVER_INDEX_ENGINE": "milvus",
+        "BLAT_SERVER_MILVUS__URI": milvus_uri,
+        "BLAT_SERVER_MILVUS__COLLECTION": "gateway_test",
+    }
     clips = {f"clip-{i}": wav(synth_clip(700 + i, 1.0)) for i in range(8)}
-    with running_server(tiny_bundle, tmp_path / "writer", env=env) as w, \
-            running_server(tiny_bundle, tmp_path / "reader", env={**env, "BLAT_SERVER_READ_ONLY": "true"}) as r:
+    with (
+        running_server(tiny_bundle, tmp_path / "writer", env=env) as w,
+        running_server(tiny_bundle, tmp_path / "reader", env={**env, "BLAT_SERVER_READ_ONLY": "true"}) as r,
+    ):
         writer, reader, reader_rpc = Client(w.http_url), Client(r.http_url), Client(f"grpc://{r.grpc_address}")
         for n, (item_id, data) in enumerate(clips.items()):
             writer.add_item(item_id, data, tags=["even" if n % 2 == 0 else "odd", "synth"])
@@ -62,13 +73,18 @@ def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, 
             assert got.index_version == want.index_version
         flt = {"tags_any": ["even"]}
         assert {h.id for h in reader_rpc.search_item("clip-1", k=8, filter=flt).hits} == {
-            f"clip-{i}" for i in range(0, 8, 2)}
+            f"clip-{i}" for i in range(0, 8, 2)
+        }
         stats = reader_rpc.stats()
         assert (stats.items, stats.index_engine) == (8, "milvus") and stats == writer.stats()
 
         # Writes, rebuilds and rollbacks go to the writer only.
-        for call in (lambda c: c.add_item("new", clips["clip-0"]), lambda c: c.delete_item("clip-0"),
-                     lambda c: c.start_rebuild(folder=str(r.roots)), lambda c: c.rollback()):
+        for call in (
+            lambda c: c.add_item("new", clips["clip-0"]),
+            lambda c: c.delete_item("clip-0"),
+            lambda c: c.start_rebuild(folder=str(r.roots)),
+            lambda c: c.rollback(),
+        ):
             for client in (reader, reader_rpc):
                 with pytest.raises(ClientError) as e:
                     call(client)

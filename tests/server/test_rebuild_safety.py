@@ -1,6 +1,7 @@
 """Rebuild reads: each path is checked again when the job opens it (a symlink swapped in after the request was checked
 is refused), decode errors never echo a file's bytes, and unreadable files are skipped with their reasons: the job
 fails only when more than `rebuild_max_unreadable_share` of its entries were."""
+
 from __future__ import annotations
 
 import threading
@@ -12,7 +13,7 @@ import pytest
 from blat_gateway.errors import NotFound
 from blat_gateway.service import Gateway
 from blat_gateway.settings import load_settings
-from tests.server.conftest import running_server, synth_clip, wav
+from tests.server.conftest import running_inproc, synth_clip, wav
 
 SECRET = b"\x01\x02\x03\x04TOP-SECRET-KEY=hunter2\n" * 8  # a file that is not audio, and must not be quoted
 
@@ -36,8 +37,14 @@ def gateway(tiny_bundle, tmp_path):
     """An in-process gateway whose ingest root is tmp_path/roots; tmp_path/outside is not under it."""
     (tmp_path / "roots").mkdir()
     (tmp_path / "outside").mkdir()
-    gw = Gateway(load_settings(environ={}, bundle=str(tiny_bundle), index_dir=str(tmp_path / "index"),
-                               ingest_roots=[str(tmp_path / "roots")]))
+    gw = Gateway(
+        load_settings(
+            environ={},
+            bundle=str(tiny_bundle),
+            index_dir=str(tmp_path / "index"),
+            ingest_roots=[str(tmp_path / "roots")],
+        )
+    )
     yield gw
     gw.close()
 
@@ -54,15 +61,15 @@ def test_a_symlink_swapped_in_after_the_request_is_refused_when_opened(gateway, 
     (clips / "c.wav").symlink_to(roots / "inside-too.wav")  # a symlink that stays inside the roots is fine
 
     # Hold the job inside its first decode (a.wav read, b.wav not yet), swap b.wav's target, let it go on.
-    decoding, go_on, decode = threading.Event(), threading.Event(), gateway.decode
+    decoding, go_on, decode = threading.Event(), threading.Event(), gateway.ingest.decode
 
     def held_decode(data: bytes):
         decoding.set()
         assert go_on.wait(30)
         return decode(data)
 
-    gateway.decode = held_decode
-    progress = gateway.start_rebuild(folder=str(clips))
+    gateway.ingest.decode = held_decode
+    progress = gateway.ingest.start_rebuild(folder=str(clips))
     assert progress.total == 3 and decoding.wait(30)
     (clips / "b.wav").unlink()
     (clips / "b.wav").symlink_to(outside / "private.wav")
@@ -72,14 +79,14 @@ def test_a_symlink_swapped_in_after_the_request_is_refused_when_opened(gateway, 
     assert (done.added, done.skipped) == (2, 1), done  # before: 3 added, private.wav among them
     assert done.unreadable == 1
     assert "b.wav" in done.skipped_reasons[0] and "ingest roots" in done.skipped_reasons[0], done.skipped_reasons
-    assert gateway.get_item("c.wav").id == "c.wav"
+    assert gateway.items.get("c.wav").id == "c.wav"
     with pytest.raises(NotFound):
-        gateway.get_item("b.wav")
+        gateway.items.get("b.wav")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    with running_server(tiny_bundle, tmp_path_factory.mktemp("rebuild-safety")) as gw:
+    with running_inproc(tiny_bundle, tmp_path_factory.mktemp("rebuild-safety")) as gw:  # API only: in-process
         yield gw
 
 

@@ -1,5 +1,6 @@
 """Limits on every stored string (caption, tags, source_uri, extra), on both faces and in rebuild manifests; and the
 largest gRPC search reply they allow, under the 4 MiB a default gRPC client accepts."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,17 @@ import pytest
 
 from blat_gateway.item_limits import GRPC_DEFAULT_MAX_RECEIVE, worst_search_reply_bytes
 from blat_gateway.settings import LimitSettings
-from tests.server.conftest import running_server, synth_clip, wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
+from tests.server.conftest import running_inproc, synth_clip, wav
 
 LIM = LimitSettings()
-WIDE = "\U0001F50A"  # 🔊: four bytes in UTF-8, the widest a character gets
+WIDE = "\U0001f50a"  # 🔊: four bytes in UTF-8, the widest a character gets
 
 
 @pytest.fixture(scope="module")
 def gw(tiny_bundle, tmp_path_factory):
-    with running_server(tiny_bundle, tmp_path_factory.mktemp("stored-limits")) as server:
+    with running_inproc(tiny_bundle, tmp_path_factory.mktemp("stored-limits")) as server:  # API only: in-process
         yield server
 
 
@@ -31,8 +32,9 @@ def stub(gw):
 
 
 def grpc_add(stub, item_id: str, seed: int, **fields) -> pb.Item:
-    return stub.AddItem(pb.AddItemRequest(id=item_id, audio=pb.Audio(data=wav(synth_clip(seed, 0.5))), **fields),
-                        timeout=60)
+    return stub.AddItem(
+        pb.AddItemRequest(id=item_id, audio=pb.Audio(data=wav(synth_clip(seed, 0.5))), **fields), timeout=60
+    )
 
 
 def test_a_5_mib_caption_is_refused_before_it_is_stored(gw, stub):
@@ -44,12 +46,15 @@ def test_a_5_mib_caption_is_refused_before_it_is_stored(gw, stub):
     assert httpx.get(f"{gw.http_url}/v1/items/big/caption").status_code == 404
 
 
-@pytest.mark.parametrize("field, value", [
-    ("caption", "c" * (LIM.max_caption_chars + 1)),
-    ("source_uri", "s" * (LIM.max_source_uri_chars + 1)),
-    ("tags", ["t" * (LIM.max_tag_chars + 1)]),
-    ("tags", [f"t{i}" for i in range(LIM.max_tags + 1)]),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("caption", "c" * (LIM.max_caption_chars + 1)),
+        ("source_uri", "s" * (LIM.max_source_uri_chars + 1)),
+        ("tags", ["t" * (LIM.max_tag_chars + 1)]),
+        ("tags", [f"t{i}" for i in range(LIM.max_tags + 1)]),
+    ],
+)
 def test_each_stored_string_has_a_limit_on_both_faces(gw, stub, field, value):
     with pytest.raises(grpc.RpcError) as got:
         grpc_add(stub, "over/limit", 2, **{field: value})
@@ -71,8 +76,10 @@ def test_the_schema_declares_the_limits(gw):
 
 def test_a_rebuild_manifest_row_over_a_limit_is_refused_naming_the_row(gw):
     (gw.roots / "ok.wav").write_bytes(wav(synth_clip(3, 0.5)))
-    rows = [{"id": "ok", "audio": "ok.wav"},
-            {"id": "long", "audio": "ok.wav", "caption": "c" * (LIM.max_caption_chars + 1)}]
+    rows = [
+        {"id": "ok", "audio": "ok.wav"},
+        {"id": "long", "audio": "ok.wav", "caption": "c" * (LIM.max_caption_chars + 1)},
+    ]
     (gw.roots / "limits.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     r = httpx.post(f"{gw.http_url}/v1/index/rebuild", json={"manifest": str(gw.roots / "limits.jsonl")})
     assert r.status_code == 400 and "limits.jsonl:2" in r.text and "caption" in r.text, r.text
@@ -88,12 +95,20 @@ def test_max_k_hits_at_maximum_lengths_reach_a_default_grpc_client(gw, stub):
     """Every stored string at its limit, in four-byte characters, k = max_k: the worst case the settings allow."""
     tags = [f"{i:02d}" + WIDE * (LIM.max_tag_chars - 2) for i in range(LIM.max_tags)]
     for i in range(LIM.max_k):
-        grpc_add(stub, f"max/{i:03d}", 100 + i, tags=tags, caption=f"{i:04d}" + WIDE * (LIM.max_caption_chars - 4),
-                 source_uri=f"{i:04d}" + WIDE * (LIM.max_source_uri_chars - 4))
+        grpc_add(
+            stub,
+            f"max/{i:03d}",
+            100 + i,
+            tags=tags,
+            caption=f"{i:04d}" + WIDE * (LIM.max_caption_chars - 4),
+            source_uri=f"{i:04d}" + WIDE * (LIM.max_source_uri_chars - 4),
+        )
     with grpc.insecure_channel(gw.grpc_address) as channel:  # a default client: 4 MiB receive limit
         reply = pb_grpc.BlatStub(channel).SearchItem(pb.SearchItemRequest(id="max/000", k=LIM.max_k), timeout=60)
     assert len(reply.hits) == LIM.max_k - 1  # all the others (the item itself is not its own neighbour)
     full = reply.ByteSize() * LIM.max_k / len(reply.hits)
     assert full <= worst_search_reply_bytes(LIM) < GRPC_DEFAULT_MAX_RECEIVE
-    print(f"\nmax_k={LIM.max_k} hits at maximum lengths: {full / 2**20:.2f} MiB; bound "
-          f"{worst_search_reply_bytes(LIM) / 2**20:.2f} MiB")
+    print(
+        f"\nmax_k={LIM.max_k} hits at maximum lengths: {full / 2**20:.2f} MiB; bound "
+        f"{worst_search_reply_bytes(LIM) / 2**20:.2f} MiB"
+    )

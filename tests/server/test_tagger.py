@@ -1,6 +1,7 @@
 """A bundle with a supervised tagger (YAMNet's AudioSet head), served by a real gateway over REST and gRPC: the
 default labels are scored by the tagger and say so, other labels stay zero-shot, audio added without tags gets
 predicted tags (marked, with scores), and a caption without tags is guided by the clip's predicted tags."""
+
 from __future__ import annotations
 
 import httpx
@@ -8,12 +9,12 @@ import pytest
 
 from blat_client import Client
 from blat_contract.bundle import read_bundle
-from tests.server.conftest import running_server, wav
+from tests.server.conftest import running_inproc, wav
 
 
 @pytest.fixture(scope="module")
 def gateway(yamnet_bundle, tmp_path_factory):
-    with running_server(yamnet_bundle, tmp_path_factory.mktemp("tagger")) as server:
+    with running_inproc(yamnet_bundle, tmp_path_factory.mktemp("tagger")) as server:  # API only: in-process
         yield server
 
 
@@ -61,11 +62,16 @@ def test_items_without_tags_get_predicted_tags(gateway, phone, real_clips):
     assert all(0.2 <= s <= 1 for s in predicted.values())
     assert list(predicted.values()) == sorted(predicted.values(), reverse=True)
     # a filter on a predicted tag finds it; given tags are kept as given and never marked predicted
-    hits = httpx.post(f"{gateway.http_url}/v1/search/text", timeout=30,
-                      json={"query": "a sound", "k": 5, "filter": {"tags_any": [item["tags"][0]]}}).json()["hits"]
+    hits = httpx.post(
+        f"{gateway.http_url}/v1/search/text",
+        timeout=30,
+        json={"query": "a sound", "k": 5, "filter": {"tags_any": [item["tags"][0]]}},
+    ).json()["hits"]
     assert "raw/phone" in [h["id"] for h in hits]
     bell = wav(real_clips["bell"])
-    r = httpx.post(f"{gateway.http_url}/v1/items", params={"id": "given/bell", "tags": "Rain"}, content=bell, timeout=60)
+    r = httpx.post(
+        f"{gateway.http_url}/v1/items", params={"id": "given/bell", "tags": "Rain"}, content=bell, timeout=60
+    )
     assert r.status_code == 201, r.text
     assert r.json()["tags"] == ["Rain"] and "predicted_tags" not in r.json()["extra"]
 
@@ -92,7 +98,7 @@ def mixing_gateway(yamnet_bundle, tmp_path_factory):
     manifest = json.loads((folder / "bundle.json").read_text())
     manifest["tagger"]["zero_shot_weight"] = 0.5
     (folder / "bundle.json").write_text(json.dumps(manifest))
-    with running_server(folder, tmp_path_factory.mktemp("mixing-index")) as server:
+    with running_inproc(folder, tmp_path_factory.mktemp("mixing-index")) as server:
         yield server
 
 
@@ -105,9 +111,11 @@ def test_a_mixing_bundle_says_so_and_scores_the_mean(gateway, mixing_gateway, ph
         return {t["label"]: t for t in r.json()["tags"]}
 
     head, mixed = scores(gateway), scores(mixing_gateway)
-    assert {k: v["scorer"] for k, v in mixed.items()} == {"Busy signal": "tagger+zero_shot",
-                                                          "Telephone": "tagger+zero_shot",
-                                                          "a squeaky hinge": "zero_shot"}
+    assert {k: v["scorer"] for k, v in mixed.items()} == {
+        "Busy signal": "tagger+zero_shot",
+        "Telephone": "tagger+zero_shot",
+        "a squeaky hinge": "zero_shot",
+    }
     # zero-shot alone: the same free-text label on both gateways
     assert mixed["a squeaky hinge"]["score"] == pytest.approx(head["a squeaky hinge"]["score"], rel=1e-4)
     for label in ("Busy signal", "Telephone"):  # mixed = (head + zero-shot) / 2, so the zero-shot part is a probability

@@ -1,4 +1,5 @@
 """server/blat_gateway/tagging.py: how labels are scored, mixed and named, on small hand-made label sets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,9 @@ def label_set(weight: float) -> LabelSet:
     # three labels: the tagger knows "Dog" (its output 1) and "Cat" (output 0); "a squeaky hinge" is free text
     names = ("Dog", "Cat", "a squeaky hinge")
     emb = np.eye(3, 4, dtype=np.float32)
-    return LabelSet(names, emb, np.full(3, 10, np.float32), np.zeros(3, np.float32),
-                    head_index(names, ("cat", "dog")), weight)
+    return LabelSet(
+        names, emb, np.full(3, 10, np.float32), np.zeros(3, np.float32), head_index(names, ("cat", "dog")), weight
+    )
 
 
 def test_head_index_is_case_insensitive_and_marks_unknown_labels():
@@ -35,8 +37,9 @@ def test_known_labels_mix_head_and_zero_shot_by_the_bundle_weight(weight):
 def test_without_a_tagger_every_label_is_zero_shot():
     labels = label_set(0.5)
     audio = np.array([[0.6, 0.8, 0.0, 0.0]], np.float32)
-    np.testing.assert_allclose(labels.scores(audio, None)[0], 1 / (1 + np.exp(-10 * np.array([0.6, 0.8, 0.0]))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        labels.scores(audio, None)[0], 1 / (1 + np.exp(-10 * np.array([0.6, 0.8, 0.0]))), rtol=1e-5
+    )
 
 
 def test_top_names_the_scorer_of_each_label():

@@ -1,6 +1,8 @@
-"""server/blat_gateway/backends/triton.py against a real tritonserver (the nvidia-pytriton wheel's, CPU-flavour repository):
+"""server/blat_gateway/backends/triton.py against a real tritonserver (the nvidia-pytriton wheel's, CPU-flavour
+repository):
 the same outputs as in-process ONNX Runtime for every graph, deadlines, retries, and the circuit breaker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,11 +50,17 @@ def feeds(tiny_bundle, ort_backend) -> dict[str, dict[str, np.ndarray]]:
     return {
         "audio_encoder": {"waveform": wave, "lengths": lengths},
         "audio_pool": {"frames": enc["frames"], "frame_lengths": np.maximum(enc["frame_lengths"] - 3, 1)},
-        "text_encoder": {"input_ids": np.array([t.ids for t in texts], np.int64),
-                         "attention_mask": np.array([t.attention_mask for t in texts], np.int64)},
+        "text_encoder": {
+            "input_ids": np.array([t.ids for t in texts], np.int64),
+            "attention_mask": np.array([t.attention_mask for t in texts], np.int64),
+        },
         "captioner_encoder": {"waveform": wave, "lengths": lengths, "tags": tags},
-        "captioner_decoder": {"tokens": tokens, "memory": cap["memory"][origin],
-                              "memory_lengths": cap["memory_lengths"][origin], "tag_vector": cap["tag_vector"][origin]},
+        "captioner_decoder": {
+            "tokens": tokens,
+            "memory": cap["memory"][origin],
+            "memory_lengths": cap["memory_lengths"][origin],
+            "tag_vector": cap["tag_vector"][origin],
+        },
     }
 
 
@@ -70,8 +78,9 @@ def test_every_graph_equals_onnxruntime(tiny_bundle, backend, ort_backend):
     rt_triton, rt_ort = ModelRuntime(tiny_bundle, backend), ModelRuntime(tiny_bundle, ort_backend)
     waves = [synth_clip(9, 0.7), synth_clip(10, 1.1)]
     np.testing.assert_allclose(rt_triton.encode_audio(waves), rt_ort.encode_audio(waves), atol=ATOL)
-    assert [[h.tokens for h in hs] for hs in rt_triton.caption(waves)] == \
-        [[h.tokens for h in hs] for hs in rt_ort.caption(waves)]
+    assert [[h.tokens for h in hs] for hs in rt_triton.caption(waves)] == [
+        [h.tokens for h in hs] for hs in rt_ort.caption(waves)
+    ]
 
 
 def test_captions_come_from_the_bls_captioner_in_one_call(tiny_bundle, backend, ort_backend, monkeypatch):
@@ -96,8 +105,10 @@ def test_bad_calls_are_backend_errors(backend):
     with pytest.raises(BackendError, match="missing input"):
         backend.run("audio_encoder", {"waveform": np.zeros((1, 32000), np.float32)})
     with pytest.raises(BackendError, match="audio_encoder"):  # Triton's own refusal: a wrong rank
-        backend.run("audio_encoder", {"waveform": np.zeros((1, 2, 3, 32000), np.float32),
-                                      "lengths": np.array([32000], np.int64)})
+        backend.run(
+            "audio_encoder",
+            {"waveform": np.zeros((1, 2, 3, 32000), np.float32), "lengths": np.array([32000], np.int64)},
+        )
     assert not backend.breaker.is_open
 
 
@@ -140,10 +151,13 @@ def test_server_down_retries_then_breaker_opens_and_recovers(tiny_bundle, triton
     triton = launch_triton(triton_repo)
     port = triton.grpc_port
     feed = {"input_ids": np.array([[101, 2000, 102]], np.int64), "attention_mask": np.ones((1, 3), np.int64)}
-    retrying = TritonBackend(tiny_bundle, TritonSettings(url=triton.grpc_url, retries=2, timeout_s=5,
-                                                         breaker_failures=1000))
-    breaking = TritonBackend(tiny_bundle, TritonSettings(url=triton.grpc_url, retries=0, timeout_s=5,
-                                                         breaker_failures=3, breaker_reset_s=1.0))
+    retrying = TritonBackend(
+        tiny_bundle, TritonSettings(url=triton.grpc_url, retries=2, timeout_s=5, breaker_failures=1000)
+    )
+    breaking = TritonBackend(
+        tiny_bundle,
+        TritonSettings(url=triton.grpc_url, retries=0, timeout_s=5, breaker_failures=3, breaker_reset_s=1.0),
+    )
     try:
         for b in (retrying, breaking):
             assert b.run("text_encoder", feed)["text_embedding"].shape == (1, 32)

@@ -3,6 +3,7 @@ replica the address names; with the default "pick_first" they stay on one connec
 
 The replicas are real gRPC servers speaking Triton's `GRPCInferenceService` protocol (tritonclient's own stubs),
 answering the health calls the gateway's readiness check makes and counting them."""
+
 from __future__ import annotations
 
 from concurrent import futures

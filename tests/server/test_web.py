@@ -1,4 +1,5 @@
 """The page, /docs and item audio over real HTTP (the browser drives them in test_browser.py)."""
+
 from __future__ import annotations
 
 import re
@@ -7,14 +8,16 @@ import time
 import httpx
 import pytest
 
-from tests.server.conftest import running_server, synth_clip, wav
+from tests.server.conftest import running_inproc, synth_clip, wav
 
 KEYS = '{"reader": ["read"], "writer": ["read", "write"]}'
 
 
 @pytest.fixture(scope="module")
 def gw(tiny_bundle, tmp_path_factory):
-    with running_server(tiny_bundle, tmp_path_factory.mktemp("web"), env={"BLAT_SERVER_AUTH__KEYS": KEYS}) as gw:
+    with running_inproc(
+        tiny_bundle, tmp_path_factory.mktemp("web"), env={"BLAT_SERVER_AUTH__KEYS": KEYS}
+    ) as gw:  # API: in-process
         yield gw
 
 
@@ -105,7 +108,7 @@ def test_uploads_survive_a_restart_and_the_rollback_of_a_rebuild(tiny_bundle, tm
     """Kept audio is tied to the item's content: after a rebuild stores other audio under the same id, that id plays
     the rebuilt file; rolled back, it plays the upload again."""
     uploaded, rebuilt = wav(synth_clip(4400, seconds=1.0)), wav(synth_clip(4401, seconds=1.0))
-    with running_server(tiny_bundle, tmp_path) as gw:
+    with running_inproc(tiny_bundle, tmp_path) as gw:  # restart(): a new in-process gateway on the same index
         folder = gw.roots / "batch"
         folder.mkdir()
         (folder / "same.wav").write_bytes(rebuilt)

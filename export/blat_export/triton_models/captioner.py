@@ -10,6 +10,7 @@ Requests are batched: every clip of every request in one execute() call with the
 decoded in one lock-step beam search, one decoder call per step (split at the decoder's max_batch_size).
 Per-request options travel as request parameters: beam_size, n_best, max_tokens, length_penalty.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -53,15 +54,21 @@ class TritonPythonModel:
         except (TypeError, ValueError) as e:
             raise RequestError(str(e)) from None
         if options.max_tokens > self.defaults.get("max_tokens", options.max_tokens):
-            raise RequestError(f"max_tokens must be <= {self.defaults['max_tokens']}, the bundle's caption length "
-                               "(the decoder's shape profile ends there)")
+            raise RequestError(
+                f"max_tokens must be <= {self.defaults['max_tokens']}, the bundle's caption length "
+                "(the decoder's shape profile ends there)"
+            )
         return options
 
     def _call(self, model, inputs, outputs):
         """One BLS request to version `self.version` of `model`; numpy in, numpy out."""
         request = pb_utils.InferenceRequest(
-            model_name=model, model_version=self.version, requested_output_names=list(outputs),
-            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(x)) for name, x in inputs.items()], **self.bls_kwargs)
+            model_name=model,
+            model_version=self.version,
+            requested_output_names=list(outputs),
+            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(x)) for name, x in inputs.items()],
+            **self.bls_kwargs,
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model} v{self.version}: {response.error().message()}")
@@ -74,11 +81,14 @@ class TritonPythonModel:
         tags = pb_utils.get_input_tensor_by_name(request, "tags")
         tags = np.zeros((len(wave), self.n_tags), np.float32) if tags is None else tags.as_numpy()
         if not (len(wave) == len(lengths) == len(tags)):
-            raise RequestError(f"waveform, lengths and tags disagree on the batch size: "
-                               f"{len(wave)}, {len(lengths)}, {len(tags)}")
+            raise RequestError(
+                f"waveform, lengths and tags disagree on the batch size: {len(wave)}, {len(lengths)}, {len(tags)}"
+            )
         memory, memory_lengths, tag_vector = self._call(
-            self.encoder, {"waveform": wave, "lengths": lengths[:, None], "tags": tags},
-            ("memory", "memory_lengths", "tag_vector"))
+            self.encoder,
+            {"waveform": wave, "lengths": lengths[:, None], "tags": tags},
+            ("memory", "memory_lengths", "tag_vector"),
+        )
         return memory, memory_lengths.reshape(-1), tag_vector
 
     def _decode(self, encoded, options):
@@ -92,10 +102,17 @@ class TritonPythonModel:
         def step(tokens, origin):  # (N, t), (N,) -> (N, V)
             chunks = []
             for s in range(0, len(tokens), self.decoder_batch):
-                o = origin[s:s + self.decoder_batch]
-                chunks += self._call(self.decoder, {"tokens": tokens[s:s + self.decoder_batch], "memory": memory[o],
-                                                    "memory_lengths": memory_lengths[o][:, None],
-                                                    "tag_vector": tag_vector[o]}, ("log_probs",))
+                o = origin[s : s + self.decoder_batch]
+                chunks += self._call(
+                    self.decoder,
+                    {
+                        "tokens": tokens[s : s + self.decoder_batch],
+                        "memory": memory[o],
+                        "memory_lengths": memory_lengths[o][:, None],
+                        "tag_vector": tag_vector[o],
+                    },
+                    ("log_probs",),
+                )
             return np.concatenate(chunks)
 
         return beam_search(step, len(memory), options)
@@ -107,24 +124,25 @@ class TritonPythonModel:
             try:
                 options = self._options(request)
                 groups.setdefault(options, []).append((i, self._encode(request)))
-            except Exception as e:  # noqa: BLE001 - the other requests still get their captions
+            except Exception as e:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
         for options, members in groups.items():
             try:
                 hypotheses = self._decode([enc for _, enc in members], options)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
                 continue
             start = 0
             for i, (memory, _, _) in members:
-                clips = hypotheses[start:start + len(memory)]
+                clips = hypotheses[start : start + len(memory)]
                 start += len(memory)
                 captions = np.full((len(clips), options.n_best), b"", dtype=np.object_)
                 scores = np.full((len(clips), options.n_best), -np.inf, dtype=np.float32)  # if fewer finished
                 for row, hyps in enumerate(clips):
                     for k, h in enumerate(hyps):
                         captions[row, k], scores[row, k] = self.vocab.decode(h.tokens).encode(), h.log_prob
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("captions", captions),
-                                                                          pb_utils.Tensor("scores", scores)])
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor("captions", captions), pb_utils.Tensor("scores", scores)]
+                )
         return responses

@@ -1,9 +1,11 @@
 """Triton Python-backend model of the CPU flavour: runs its version directory's model.onnx with ONNX Runtime.
 
-export/blat_export/triton.py copies this file to <repo>/<model>/<version>/model.py. The config (tensor names, dims, dtypes,
+export/blat_export/triton.py copies this file to <repo>/<model>/<version>/model.py. The config (tensor names, dims,
+dtypes,
 reshape, dynamic batching) is the GPU flavour's, so a client cannot tell this model from the onnxruntime backend's.
 Triton applies `reshape` before and after execute(): inputs arrive, and outputs leave, in the ONNX graph's shapes.
 """
+
 import json
 from pathlib import Path
 
@@ -43,14 +45,16 @@ class TritonPythonModel:
             batch = {name: np.concatenate([feed[name] for _, feed in members]) for name in self.input_names}
             try:
                 outputs = self.session.run(self.output_names, batch)
-            except Exception as e:  # noqa: BLE001 - every request of the group gets the error, the model stays up
+            except Exception as e:
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {e}"))
                 continue
             start = 0
             for (i, _), size in zip(members, sizes):
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + size]))
-                           for name, out in zip(self.output_names, outputs)]
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size]))
+                    for name, out in zip(self.output_names, outputs)
+                ]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += size
         return responses

@@ -1,4 +1,5 @@
 """Inference backends: each runs a bundle's graphs by name. `ort` is in-process; `triton` is remote."""
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -20,8 +21,6 @@ class Backend(Protocol):
     # the whole beam search in one call (Triton's BLS captioner). Without it the runtime runs the search itself,
     # one decoder call per step.
 
-    def ready(self) -> bool:
-        ...
+    def ready(self) -> bool: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

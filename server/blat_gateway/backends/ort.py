@@ -1,4 +1,5 @@
 """In-process ONNX Runtime backend: one InferenceSession per graph of the bundle."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,15 @@ def default_providers() -> list[str]:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, bundle_dir: str | Path, threads: int = 0, providers: list[str] | None = None,
-                 verify: bool = True, spinning: bool = False, memory_arena: bool = False):
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        verify: bool = True,
+        spinning: bool = False,
+        memory_arena: bool = False,
+    ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest: BundleManifest = read_bundle(self.bundle_dir, verify=verify)
         opts = ort.SessionOptions()
@@ -34,8 +42,10 @@ class OnnxRuntimeBackend:
         opts.enable_cpu_mem_arena = memory_arena
         opts.enable_mem_pattern = memory_arena
         providers = providers or default_providers()
-        self.sessions = {name: ort.InferenceSession(str(self.bundle_dir / g.file), opts, providers=providers)
-                         for name, g in self.manifest.graphs.items()}
+        self.sessions = {
+            name: ort.InferenceSession(str(self.bundle_dir / g.file), opts, providers=providers)
+            for name, g in self.manifest.graphs.items()
+        }
 
     def run(self, graph: str, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> dict[str, np.ndarray]:
         if graph not in self.sessions:
@@ -43,7 +53,9 @@ class OnnxRuntimeBackend:
         spec = self.manifest.graphs[graph]
         # timeout_s is not enforced in-process: a run cannot be interrupted; callers check deadlines between runs.
         try:
-            out = self.sessions[graph].run([o.name for o in spec.outputs], {t.name: inputs[t.name] for t in spec.inputs})
+            out = self.sessions[graph].run(
+                [o.name for o in spec.outputs], {t.name: inputs[t.name] for t in spec.inputs}
+            )
         except KeyError as e:
             raise BackendError(f"{graph}: missing input {e}") from None
         except Exception as e:  # onnxruntime raises its own exception types

@@ -4,6 +4,7 @@ Every call has a deadline; UNAVAILABLE answers are retried a bounded number of t
 circuit breaker fails fast (BackendDown) after repeated failures instead of queueing on a dead server.
 A [B] tensor travels as [B, 1] (Triton's batch axis is implicit: the model config reshapes it back).
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,12 +62,15 @@ class CircuitBreaker:
 def channel_args(settings: TritonSettings) -> list[tuple]:
     """tritonclient's own defaults (unbounded messages, its keepalive), plus the load-balancing policy."""
     keepalive = grpcclient.KeepAliveOptions()
-    return [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
-            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-            ("grpc.lb_policy_name", settings.load_balancing)]
+    return [
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_receive_message_length", 2**31 - 1),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", settings.load_balancing),
+    ]
 
 
 class TritonBackend:
@@ -94,32 +98,53 @@ class TritonBackend:
         if graph not in self.manifest.graphs:
             raise BackendError(f"bundle {self.manifest.id} has no graph {graph!r}")
         if not self.breaker.allow():
-            raise BackendDown(f"Triton at {self.settings.url} is failing; not retrying for up to "
-                              f"{self.settings.breaker_reset_s:g} s (circuit open)")
+            raise BackendDown(
+                f"Triton at {self.settings.url} is failing; not retrying for up to "
+                f"{self.settings.breaker_reset_s:g} s (circuit open)"
+            )
         spec = self.manifest.graphs[graph]
         result = self._infer(graph, self._inputs(graph, inputs), [o.name for o in spec.outputs], timeout_s)
-        return {o.name: result.as_numpy(o.name).reshape(-1) if len(o.shape) == 1 else result.as_numpy(o.name)
-                for o in spec.outputs}
+        return {
+            o.name: result.as_numpy(o.name).reshape(-1) if len(o.shape) == 1 else result.as_numpy(o.name)
+            for o in spec.outputs
+        }
 
-    def captions(self, waveform: np.ndarray, lengths: np.ndarray, tags: np.ndarray, options: DecodingOptions,
-                 timeout_s: float | None = None) -> list[list[tuple[str, float]]]:
-        """The repository's BLS `captioner` model (export/blat_export/triton_models/captioner.py): the whole beam search inside
+    def captions(
+        self,
+        waveform: np.ndarray,
+        lengths: np.ndarray,
+        tags: np.ndarray,
+        options: DecodingOptions,
+        timeout_s: float | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """The repository's BLS `captioner` model (export/blat_export/triton_models/captioner.py): the whole beam
+        search inside
         Triton, one round trip for the batch instead of one per decoding step."""
         if not self.breaker.allow():
-            raise BackendDown(f"Triton at {self.settings.url} is failing; not retrying for up to "
-                              f"{self.settings.breaker_reset_s:g} s (circuit open)")
+            raise BackendDown(
+                f"Triton at {self.settings.url} is failing; not retrying for up to "
+                f"{self.settings.breaker_reset_s:g} s (circuit open)"
+            )
         tensors = []
-        for name, arr, dtype in (("waveform", waveform.astype(np.float32), "FP32"),
-                                 ("lengths", lengths.astype(np.int64).reshape(-1, 1), "INT64"),
-                                 ("tags", tags.astype(np.float32), "FP32")):
+        for name, arr, dtype in (
+            ("waveform", waveform.astype(np.float32), "FP32"),
+            ("lengths", lengths.astype(np.int64).reshape(-1, 1), "INT64"),
+            ("tags", tags.astype(np.float32), "FP32"),
+        ):
             tensor = grpcclient.InferInput(name, list(arr.shape), dtype)
             tensor.set_data_from_numpy(np.ascontiguousarray(arr))
             tensors.append(tensor)
-        params = {"beam_size": options.beam_size, "n_best": options.n_best, "max_tokens": options.max_tokens,
-                  "length_penalty": options.length_penalty}
+        params = {
+            "beam_size": options.beam_size,
+            "n_best": options.n_best,
+            "max_tokens": options.max_tokens,
+            "length_penalty": options.length_penalty,
+        }
         result = self._infer(CAPTIONER_MODEL, tensors, ["captions", "scores"], timeout_s, parameters=params)
-        return [[(c.decode(), float(s)) for c, s in zip(row, scores) if np.isfinite(s)]  # -inf: fewer finished
-                for row, scores in zip(result.as_numpy("captions"), result.as_numpy("scores"))]
+        return [
+            [(c.decode(), float(s)) for c, s in zip(row, scores) if np.isfinite(s)]  # -inf: fewer finished
+            for row, scores in zip(result.as_numpy("captions"), result.as_numpy("scores"))
+        ]
 
     def _infer(self, model: str, tensors: list, outputs: list[str], timeout_s: float | None, **kwargs):
         """One Triton inference with the deadline, bounded retries on UNAVAILABLE and the circuit breaker."""
@@ -131,8 +156,14 @@ class TritonBackend:
             if left <= 0:
                 break
             try:
-                result = self.client.infer(model, tensors, outputs=requested, client_timeout=left,
-                                           model_version=self.settings.model_version, **kwargs)
+                result = self.client.infer(
+                    model,
+                    tensors,
+                    outputs=requested,
+                    client_timeout=left,
+                    model_version=self.settings.model_version,
+                    **kwargs,
+                )
             except InferenceServerException as e:
                 status = str(e.status() or "")
                 if "DEADLINE_EXCEEDED" in status:
@@ -140,21 +171,23 @@ class TritonBackend:
                     raise DeadlineExceeded(f"Triton {model}: no answer within {timeout:g} s") from None
                 if "UNAVAILABLE" in status or "not ready" in str(e.message()).lower():
                     log.warning("triton unavailable", extra={"graph": model, "attempt": attempt, "error": e.message()})
-                    time.sleep(min(0.05 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
+                    time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic())))
                     continue
                 self.breaker.failure()
                 raise BackendError(f"Triton {model}: {e.message()}") from None
             self.breaker.success()
             return result
         self.breaker.failure()
-        raise BackendDown(f"Triton at {self.settings.url} is unavailable (model {model}, "
-                          f"{self.settings.retries + 1} attempts)")
+        raise BackendDown(
+            f"Triton at {self.settings.url} is unavailable (model {model}, {self.settings.retries + 1} attempts)"
+        )
 
     def ready(self) -> bool:
         try:
             models = [*self.manifest.graphs, *([CAPTIONER_MODEL] if self.manifest.captioner else [])]
             return self.client.is_server_ready(client_timeout=2.0) and all(
-                self.client.is_model_ready(m, self.settings.model_version, client_timeout=2.0) for m in models)
+                self.client.is_model_ready(m, self.settings.model_version, client_timeout=2.0) for m in models
+            )
         except InferenceServerException:
             return False
 

@@ -5,6 +5,7 @@ inner product on unit vectors, i.e. cosine: exact `Flat`, `IVF<nlist>,Flat`, or 
 its reverse map (for `reconstruct`) is not needed, since embeddings live in SQLite, and it makes every
 `remove_ids` rebuild a hash map of all N ids.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,9 @@ def empty(dim: int, cfg: AnnConfig) -> faiss.Index:
     return faiss.index_factory(dim, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
 
 
-def build(dim: int, cfg: AnnConfig, n: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-          train: np.ndarray | None = None) -> faiss.Index:
+def build(
+    dim: int, cfg: AnnConfig, n: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], train: np.ndarray | None = None
+) -> faiss.Index:
     """A fresh index over `chunks` of (fids (b,), unit vectors (b, D)); `n` = how many vectors will come.
 
     An ivf index is trained on `train` (a sample of the same vectors) when n >= ivf_min_items, else it is flat.
@@ -142,11 +144,19 @@ def load(path: Path, dim: int) -> faiss.Index | None:
         return None
     sums = recorded_checksums(path)
     if sums is None:
-        log.info("FAISS snapshot %s has no checksum (written before checksums were recorded): loaded unverified; "
-                 "the next snapshot records one", path)
+        log.info(
+            "FAISS snapshot %s has no checksum (written before checksums were recorded): loaded unverified; "
+            "the next snapshot records one",
+            path,
+        )
     elif (got := sha256_file(path)) not in sums:
-        log.error("FAISS snapshot %s is damaged (sha256 %s, recorded %s): ignored; the index is rebuilt from the "
-                  "rows of items.sqlite and snapshotted again", path, got[:16], " or ".join(s[:16] for s in sums))
+        log.error(
+            "FAISS snapshot %s is damaged (sha256 %s, recorded %s): ignored; the index is rebuilt from the "
+            "rows of items.sqlite and snapshotted again",
+            path,
+            got[:16],
+            " or ".join(s[:16] for s in sums),
+        )
         return None
     try:
         index = faiss.read_index(str(path))

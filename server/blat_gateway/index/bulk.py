@@ -9,6 +9,7 @@ The contract between that job and the gateway (blat_jobs/embed.py writes it, thi
 
 `complete.json` exists only once a merge found every shard whole, so a folder without it is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ COMPLETE = "complete.json"
 RECORD_FIELDS = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash", "extra")
 
 
-def read_folder(folder: str | Path, check: Callable[[ItemRecord], ItemRecord] = lambda r: r,
-                ) -> tuple[dict, Callable[[], Iterator[Entry]]]:
+def read_folder(
+    folder: str | Path,
+    check: Callable[[ItemRecord], ItemRecord] = lambda r: r,
+) -> tuple[dict, Callable[[], Iterator[Entry]]]:
     """(the job's summary, a callable yielding (ItemRecord, (D,) embedding) for every item, or `Skipped` for a
     record that is not a valid item or fails `check`, e.g. the stored-string limits); BadRequest when the folder is
     not a finished embedding job."""
@@ -36,8 +39,10 @@ def read_folder(folder: str | Path, check: Callable[[ItemRecord], ItemRecord] = 
         shards = [folder / name for name in summary["shards"]]
         int(summary["items"]), str(summary["bundle_id"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise BadRequest(f"{folder} is not a finished embedding job: no readable {COMPLETE} "
-                         "(run python -m blat_jobs.embed run, then merge)") from None
+        raise BadRequest(
+            f"{folder} is not a finished embedding job: no readable {COMPLETE} "
+            "(run python -m blat_jobs.embed run, then merge)"
+        ) from None
     missing = [p.name for p in shards if not p.is_file() or p.parent != folder]
     if missing:
         raise BadRequest(f"{folder}: shards named by {COMPLETE} are missing: {missing[:5]}")

@@ -7,6 +7,7 @@ either whole or absent: row, tags and embedding commit together. The FAISS index
 Rows are written one commit at a time, so the file carries no checksum of ours: at open, SQLite checks its own
 structure (`PRAGMA quick_check`, one pass over the file) and a damaged file is refused (`IndexDamaged`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,16 @@ CHUNK = 500  # ids per IN (...) query, well below SQLite's bound on bound parame
 
 def _record(row) -> tuple[int, ItemRecord]:
     fid, item_id, uri, dur, tags, caption, h, added, extra = row
-    return fid, ItemRecord(id=item_id, source_uri=uri, duration_s=dur, tags=tuple(json.loads(tags)), caption=caption,
-                           content_hash=h, added_at=added, extra=json.loads(extra))
+    return fid, ItemRecord(
+        id=item_id,
+        source_uri=uri,
+        duration_s=dur,
+        tags=tuple(json.loads(tags)),
+        caption=caption,
+        content_hash=h,
+        added_at=added,
+        extra=json.loads(extra),
+    )
 
 
 def filter_sql(flt: SearchFilter) -> tuple[str, list]:
@@ -107,13 +116,14 @@ class VersionDB:
         try:
             problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)") if r[0] != "ok"]
             if not problems:
-                self.meta
+                _ = self.meta  # reads and parses every meta key
         except (sqlite3.DatabaseError, TypeError, ValueError) as e:  # TypeError / ValueError: meta keys or JSON
             problems = [str(e)]
         if problems:
             self.conn.close()
-            raise IndexDamaged(f"{self.path} is damaged: SQLite's check says {'; '.join(problems)[:300]}",
-                               file=str(self.path))
+            raise IndexDamaged(
+                f"{self.path} is damaged: SQLite's check says {'; '.join(problems)[:300]}", file=str(self.path)
+            )
 
     def reader(self) -> VersionDB:
         """A second connection (for another thread); in WAL mode its read transactions see one consistent state."""
@@ -148,22 +158,24 @@ class VersionDB:
         return _record(row) if row else None
 
     def embedding(self, item_id: str) -> np.ndarray | None:
-        row = self.conn.execute("SELECT v.embedding FROM items i JOIN vectors v ON v.fid = i.fid WHERE i.id = ?",
-                                (item_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT v.embedding FROM items i JOIN vectors v ON v.fid = i.fid WHERE i.id = ?", (item_id,)
+        ).fetchone()
         return np.frombuffer(row[0], dtype="<f4").copy() if row else None
 
     def id_with_hash(self, content_hash: str, other_than: str) -> str | None:
         if not content_hash:
             return None
-        row = self.conn.execute("SELECT id FROM items WHERE content_hash = ? AND id != ? LIMIT 1",
-                                (content_hash, other_than)).fetchone()
+        row = self.conn.execute(
+            "SELECT id FROM items WHERE content_hash = ? AND id != ? LIMIT 1", (content_hash, other_than)
+        ).fetchone()
         return row[0] if row else None
 
     def records(self, fids) -> dict[int, ItemRecord]:
         out = {}
         fids = [int(f) for f in fids]
         for i in range(0, len(fids), CHUNK):
-            part = fids[i:i + CHUNK]
+            part = fids[i : i + CHUNK]
             q = f"SELECT {COLUMNS} FROM items WHERE fid IN ({','.join('?' * len(part))})"
             out.update(_record(row) for row in self.conn.execute(q, part))
         return out
@@ -173,17 +185,19 @@ class VersionDB:
 
     def matching_fids(self, flt: SearchFilter) -> np.ndarray:
         where, params = filter_sql(flt)
-        return np.fromiter((r[0] for r in self.conn.execute(f"SELECT fid FROM items WHERE {where}", params)),
-                           dtype=np.int64)
+        return np.fromiter(
+            (r[0] for r in self.conn.execute(f"SELECT fid FROM items WHERE {where}", params)), dtype=np.int64
+        )
 
     def embeddings(self, fids) -> tuple[np.ndarray, np.ndarray]:
         """(fids that exist (n,), embeddings (n, D)) in the order found."""
         found, vecs = [], []
         fids = [int(f) for f in fids]
         for i in range(0, len(fids), CHUNK):
-            part = fids[i:i + CHUNK]
+            part = fids[i : i + CHUNK]
             for fid, blob in self.conn.execute(
-                    f"SELECT fid, embedding FROM vectors WHERE fid IN ({','.join('?' * len(part))})", part):
+                f"SELECT fid, embedding FROM vectors WHERE fid IN ({','.join('?' * len(part))})", part
+            ):
                 found.append(fid)
                 vecs.append(np.frombuffer(blob, dtype="<f4"))
         return np.array(found, dtype=np.int64), (np.stack(vecs) if vecs else np.zeros((0, self.meta.dim), np.float32))
@@ -197,14 +211,16 @@ class VersionDB:
         try:
             cur = self.conn.execute("SELECT fid, embedding FROM vectors ORDER BY fid")
             while rows := cur.fetchmany(batch):
-                yield (np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                       np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1))
+                yield (
+                    np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                    np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1),
+                )
         finally:
             self.conn.execute("COMMIT")
 
     def iter_fids(self, fids: np.ndarray, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(fids), batch):
-            yield self.embeddings(fids[i:i + batch])
+            yield self.embeddings(fids[i : i + batch])
 
     def sample_embeddings(self, n: int, rng: np.random.Generator) -> np.ndarray:
         fids = self.live_fids()
@@ -220,15 +236,20 @@ class VersionDB:
 
     # -- writes (call inside `tx()`) ------------------------------------------------------------------------------
 
-    def put(self, item: ItemRecord, embedding: np.ndarray, upsert: bool,
-            check_hash: bool = True) -> tuple[int, int | None, ItemRecord]:
+    def put(
+        self, item: ItemRecord, embedding: np.ndarray, upsert: bool, check_hash: bool = True
+    ) -> tuple[int, int | None, ItemRecord]:
         """Insert or replace one item -> (new fid, replaced fid or None, the stored record)."""
         old = self.conn.execute("SELECT fid FROM items WHERE id = ?", (item.id,)).fetchone()
         if old and not upsert:
             raise Conflict(f"item {item.id!r} already exists (use upsert to replace it)", id=item.id)
         if check_hash and (dup := self.id_with_hash(item.content_hash, item.id)):
-            raise Conflict(f"the same audio (content hash {item.content_hash[:16]}...) is already stored as {dup!r}",
-                           id=item.id, existing_id=dup, content_hash=item.content_hash)
+            raise Conflict(
+                f"the same audio (content hash {item.content_hash[:16]}...) is already stored as {dup!r}",
+                id=item.id,
+                existing_id=dup,
+                content_hash=item.content_hash,
+            )
         if old:
             self._delete_fid(old[0])
         if item.added_at is None:
@@ -236,8 +257,17 @@ class VersionDB:
         cur = self.conn.execute(
             "INSERT INTO items (id, source_uri, duration_s, tags, caption, content_hash, added_at, extra)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.id, item.source_uri, item.duration_s, json.dumps(list(item.tags)), item.caption, item.content_hash,
-             item.added_at, json.dumps(item.extra)))
+            (
+                item.id,
+                item.source_uri,
+                item.duration_s,
+                json.dumps(list(item.tags)),
+                item.caption,
+                item.content_hash,
+                item.added_at,
+                json.dumps(item.extra),
+            ),
+        )
         fid = cur.lastrowid
         blob = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
         self.conn.execute("INSERT INTO vectors VALUES (?, ?)", (fid, blob))

@@ -3,6 +3,7 @@
 Validation of a rebuilt version and tuning of nprobe / efSearch compare an engine's answers on sample queries with
 `exact_topk` over the same vectors; `recall` scores the comparison.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -19,8 +20,9 @@ QUERY_NOISES = (0.05, 0.3, 1.0)
 TUNE_MARGIN = 0.03  # tune a little above the target so validation on other queries does not fail by noise
 
 
-def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force (scores (Q, k), fids (Q, k)) by streaming the vectors, best first; fid -1 pads short results."""
     q = queries.shape[0]
     best_s = np.full((q, 0), -np.inf, np.float32)
@@ -67,9 +69,13 @@ def perturbed(base: np.ndarray, noise: float, rng: np.random.Generator) -> np.nd
 QuerySet = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]  # (queries (Q, D), exact (scores, fids) of each)
 
 
-def query_sets(sample: Callable[[int, np.random.Generator], np.ndarray],
-               vectors: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], noises: Sequence[float], n: int,
-               seed: int = 0) -> list[QuerySet]:
+def query_sets(
+    sample: Callable[[int, np.random.Generator], np.ndarray],
+    vectors: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    noises: Sequence[float],
+    n: int,
+    seed: int = 0,
+) -> list[QuerySet]:
     """One set of `n` perturbed queries per noise level, with its exact top-k; `sample(n, rng)` draws stored unit
     vectors, `vectors()` streams (fids, vectors) for the exact search (one pass for all the sets)."""
     sets = []

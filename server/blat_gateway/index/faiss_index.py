@@ -4,6 +4,7 @@ Layout and durability: layout.py (the directory, the CURRENT pointer), db.py (SQ
 (FAISS kept in step with SQLite). Not thread-safe: `IndexStore` calls it under its lock, except `rollback` and
 `compact`, which take the lock themselves around the switch so the slow part runs beside searches.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,20 +17,24 @@ import numpy as np
 
 from blat_gateway.errors import BackendDown, Conflict, IndexDamaged, NotFound
 from blat_gateway.index import ann, layout
+from blat_gateway.index.db import VersionDB
 from blat_gateway.index.protocol import AnnConfig, Pair, Scored, VersionMeta
 from blat_gateway.index.records import ItemRecord, SearchFilter
-from blat_gateway.index.db import VersionDB
 from blat_gateway.index.version import DB_FILE, INDEX_FILE, Version, build_from_db, query_sets
 
 
 def way_back(root: Path, previous: str | None) -> str:
     """What an operator can do about a live version that fails its check (the gateway will not serve it)."""
-    rebuild = (f"move {root} aside, start the gateway on an empty index and rebuild it from your audio "
-               "(POST /v1/index/rebuild, or settings.seed_manifest)")
+    rebuild = (
+        f"move {root} aside, start the gateway on an empty index and rebuild it from your audio "
+        "(POST /v1/index/rebuild, or settings.seed_manifest)"
+    )
     if previous is None:
         return rebuild
-    return (f"`python -m blat_gateway --index-dir {root} --rollback` (or `blat serve ... --rollback`) makes the previous "
-            f"version {previous} live again, without the writes made since it was replaced; or {rebuild}")
+    return (
+        f"`python -m blat_gateway --index-dir {root} --rollback` (or `blat serve ... --rollback`) makes the previous "
+        f"version {previous} live again, without the writes made since it was replaced; or {rebuild}"
+    )
 
 
 def rollback_offline(root: str | Path) -> tuple[str, str]:
@@ -73,8 +78,11 @@ class FaissIndex:
                 try:
                     self._live = Version.open(self._dir(current), cfg)
                 except IndexDamaged as e:
-                    raise IndexDamaged(f"index version {current} cannot be served: {e.message}. "
-                                       f"The way back: {way_back(self.root, self._previous)}", **e.details) from None
+                    raise IndexDamaged(
+                        f"index version {current} cannot be served: {e.message}. "
+                        f"The way back: {way_back(self.root, self._previous)}",
+                        **e.details,
+                    ) from None
         except BaseException:
             self._root_lock.release()
             raise
@@ -173,8 +181,12 @@ class FaissIndex:
             if self.live is not live:  # cannot happen while the store runs one swap at a time; cheap to make sure
                 raise Conflict("the live version changed during compaction")
             live.install(index)
-            return {"tombstones_removed": before, "index_type": ann.index_type(index), "recall": got,
-                    "params": ann.params(index)}
+            return {
+                "tombstones_removed": before,
+                "index_type": ann.index_type(index),
+                "recall": got,
+                "params": ann.params(index),
+            }
 
     def snapshot(self) -> None:
         self.live.snapshot()
@@ -217,8 +229,9 @@ class FaissStaging:
         version.install(index)
         n_db = version.db.count()
         if n_db != self.loaded or version.index.ntotal - len(version.dead) != n_db:
-            raise ValueError(f"validation: {self.loaded} items added, SQLite holds {n_db}, "
-                             f"FAISS {version.index.ntotal}")
+            raise ValueError(
+                f"validation: {self.loaded} items added, SQLite holds {n_db}, FAISS {version.index.ntotal}"
+            )
         # Not tuning's queries (no grading on its own set); the worst distance counts.
         got = ann.worst_recall(version.index, query_sets(version.db, seed=2)) if n_db else 1.0
         version.snapshot()

@@ -1,13 +1,14 @@
 """The store's directory layout, its atomic `CURRENT` pointer and its single-process lock.
 
-    root/
-      LOCK                  flock'ed while a process has the store open (the kernel drops it on kill -9)
-      CURRENT               {"current": "v0003", "previous": "v0002"}: replaced atomically, never edited in place
-      versions/v0003/       one complete version: items.sqlite (metadata + embeddings), index.faiss (a cache) and
-                            index.faiss.sha256 (the snapshot's checksum, verified at open; SQLite checks its own file)
-      versions/v0002/       the version `rollback()` returns to
-      versions/v0004/       a rebuild in progress (deleted on open if no pointer names it)
+root/
+  LOCK                  flock'ed while a process has the store open (the kernel drops it on kill -9)
+  CURRENT               {"current": "v0003", "previous": "v0002"}: replaced atomically, never edited in place
+  versions/v0003/       one complete version: items.sqlite (metadata + embeddings), index.faiss (a cache) and
+                        index.faiss.sha256 (the snapshot's checksum, verified at open; SQLite checks its own file)
+  versions/v0002/       the version `rollback()` returns to
+  versions/v0004/       a rebuild in progress (deleted on open if no pointer names it)
 """
+
 from __future__ import annotations
 
 import fcntl

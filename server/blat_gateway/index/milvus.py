@@ -10,6 +10,7 @@ checks read before they write, and a rebuild replays only the writes made throug
 Durability: Milvus acknowledges an insert, upsert or delete once it is in its write-ahead log (a message queue on a
 cluster, a local WAL file in milvus-lite). One request is one log entry, so `put_many` is all or nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,8 @@ import numpy as np
 from blat_gateway.errors import BackendDown, BadRequest, NotFound
 from blat_gateway.index import exact
 from blat_gateway.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
-from blat_gateway.index.protocol import AnnConfig, Pair, Scored, VersionMeta
 from blat_gateway.index.milvus_rows import MAX_VARCHAR, Collection, row_of
+from blat_gateway.index.protocol import AnnConfig, Pair, Scored, VersionMeta
 from blat_gateway.index.records import MAX_TAG_CHARS, MAX_TAGS, ItemRecord, SearchFilter
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class MilvusConfig:
 
 # -- versions --------------------------------------------------------------------------------------------------------
 
+
 class MilvusIndex:
     """Open (or create, with `meta`) the versions of `config.collection`. Safe to open from many processes."""
 
@@ -70,8 +72,9 @@ class MilvusIndex:
         self.config, self.cfg = config, cfg
         self.alias, self.previous_alias = config.collection, config.collection + "__previous"
         try:
-            self.client = MilvusClient(uri=config.uri, token=config.token, db_name=config.db_name,
-                                       timeout=config.timeout_s)
+            self.client = MilvusClient(
+                uri=config.uri, token=config.token, db_name=config.db_name, timeout=config.timeout_s
+            )
         except Exception as e:  # pymilvus raises several types for an unreachable or misconfigured server
             raise BackendDown(f"cannot connect to Milvus at {config.uri}: {e}") from None
         self._meta: dict[str, tuple[VersionMeta, dict]] = {}  # per collection: both are fixed once it is built
@@ -130,17 +133,25 @@ class MilvusIndex:
         schema.add_field("vec", DataType.FLOAT_VECTOR, dim=meta.dim)
         schema.add_field("source_uri", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("duration_s", DataType.DOUBLE, nullable=True)
-        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS,
-                         max_length=4 * MAX_TAG_CHARS)  # bytes: 4 per character at most in UTF-8
+        schema.add_field(
+            "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=4 * MAX_TAG_CHARS
+        )  # bytes: 4 per character at most in UTF-8
         schema.add_field("caption", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("added_at", DataType.DOUBLE)
         schema.add_field("extra", DataType.VARCHAR, max_length=MAX_VARCHAR)  # JSON text, kept verbatim
-        self.live.call("create_collection", name, schema=schema, consistency_level="Strong",
-                       properties={META: json.dumps(dataclasses.asdict(meta)),
-                                   SEARCH: json.dumps(DEFAULT_SEARCH[meta.kind])})
-        kinds = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": cfg.nlist or 1024}),
-                 "hnsw": ("HNSW", {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction})}
+        self.live.call(
+            "create_collection",
+            name,
+            schema=schema,
+            consistency_level="Strong",
+            properties={META: json.dumps(dataclasses.asdict(meta)), SEARCH: json.dumps(DEFAULT_SEARCH[meta.kind])},
+        )
+        kinds = {
+            "flat": ("FLAT", {}),
+            "ivf": ("IVF_FLAT", {"nlist": cfg.nlist or 1024}),
+            "hnsw": ("HNSW", {"M": cfg.hnsw_m, "efConstruction": cfg.ef_construction}),
+        }
         index_type, params = kinds[meta.kind]
         self._index(name, "vec", index_type=index_type, metric_type="IP", params=params)
         # Scalar indexes on the filtered fields, so a filter does not scan every row. An engine without one for a
@@ -189,8 +200,16 @@ class MilvusIndex:
         name = self.name
         meta, params = self._info(name)
         n = self.live.count()
-        return {"count": n, "index_type": meta.kind, "index_total": n, "tombstones": 0, "writes_since_snapshot": 0,
-                "needs_compaction": False, "params": params, "gpu": False}
+        return {
+            "count": n,
+            "index_type": meta.kind,
+            "index_total": n,
+            "tombstones": 0,
+            "writes_since_snapshot": 0,
+            "needs_compaction": False,
+            "params": params,
+            "gpu": False,
+        }
 
     # -- versions --------------------------------------------------------------------------------------------------
 
@@ -233,8 +252,13 @@ class MilvusIndex:
         name = self.name
         job = self.live.call("compact", name)
         meta, params = self._info(name)
-        return {"tombstones_removed": None, "index_type": meta.kind, "recall": None, "params": params,
-                "milvus_compaction_id": job}
+        return {
+            "tombstones_removed": None,
+            "index_type": meta.kind,
+            "recall": None,
+            "params": params,
+            "milvus_compaction_id": job,
+        }
 
     def snapshot(self) -> None:
         """Nothing to do: Milvus seals and persists segments on its own schedule (explicit flushes only make small
@@ -277,8 +301,12 @@ class MilvusStaging:
         if self.cfg.kind in TUNED:  # the smallest nprobe / ef that reaches the target on tuning's queries
             key, start = TUNED[self.cfg.kind]
             top = (self.cfg.nlist or 1024) if key == "nprobe" else 1024
-            params[key], _ = exact.tune_param(lambda v: self._recall(sets[0], {**params, key: v}), start, top,
-                                              min(1.0, self.cfg.target_recall + TUNE_MARGIN))
+            params[key], _ = exact.tune_param(
+                lambda v: self._recall(sets[0], {**params, key: v}),
+                start,
+                top,
+                min(1.0, self.cfg.target_recall + TUNE_MARGIN),
+            )
             self.rows.call("alter_collection_properties", self.name, properties={SEARCH: json.dumps(params)})
             self.owner._meta.pop(self.name, None)
         return self._recall(sets[1], params)  # graded on other queries than it was tuned on
@@ -310,8 +338,10 @@ class MilvusStaging:
         self._position = {item_id: n for n, item_id in enumerate(ids)}  # id -> row of x, the ground truth's fid
         positions = lambda: [(np.arange(len(x), dtype=np.int64), x)]  # noqa: E731
         sample = lambda n, rng: x[rng.choice(len(x), size=min(n, len(x)), replace=False)]  # noqa: E731
-        return (exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=0),
-                exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=2))
+        return (
+            exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=0),
+            exact.query_sets(sample, positions, QUERY_NOISES, SAMPLE_QUERIES, seed=2),
+        )
 
     def _recall(self, sets: list, params: dict) -> float:
         """Worst recall@10 over the query sets, searching the collection with `params`."""

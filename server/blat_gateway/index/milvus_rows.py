@@ -1,6 +1,7 @@
 """Rows, filters and item operations on one Milvus collection (or alias): what `MilvusIndex`'s live version and a
 `MilvusStaging` version share. Milvus's own calls fail as `BackendDown` (503) with Milvus's message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ FIELDS = ["id", "source_uri", "duration_s", "tags", "caption", "content_hash", "
 
 
 # -- expressions ----------------------------------------------------------------------------------------------------
+
 
 def _str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -49,10 +51,17 @@ def milvus_filter(flt: SearchFilter | None) -> str:
 
 
 def row_of(item: ItemRecord, vec: np.ndarray) -> dict:
-    row = {"id": item.id, "vec": np.asarray(vec, dtype=np.float32).tolist(), "source_uri": item.source_uri,
-           "duration_s": item.duration_s, "tags": list(item.tags), "caption": item.caption,
-           "content_hash": item.content_hash, "added_at": time.time() if item.added_at is None else item.added_at,
-           "extra": json.dumps(item.extra)}
+    row = {
+        "id": item.id,
+        "vec": np.asarray(vec, dtype=np.float32).tolist(),
+        "source_uri": item.source_uri,
+        "duration_s": item.duration_s,
+        "tags": list(item.tags),
+        "caption": item.caption,
+        "content_hash": item.content_hash,
+        "added_at": time.time() if item.added_at is None else item.added_at,
+        "extra": json.dumps(item.extra),
+    }
     for name in ("source_uri", "caption", "content_hash", "extra"):
         if len(row[name].encode()) > MAX_VARCHAR:
             raise BadRequest(f"{item.id}: {name} is longer than Milvus stores ({MAX_VARCHAR} bytes)", id=item.id)
@@ -60,12 +69,20 @@ def row_of(item: ItemRecord, vec: np.ndarray) -> dict:
 
 
 def _record(e: dict) -> ItemRecord:
-    return ItemRecord(id=e["id"], source_uri=e["source_uri"], duration_s=e.get("duration_s"), tags=tuple(e["tags"]),
-                      caption=e["caption"], content_hash=e["content_hash"], added_at=e["added_at"],
-                      extra=json.loads(e["extra"]))
+    return ItemRecord(
+        id=e["id"],
+        source_uri=e["source_uri"],
+        duration_s=e.get("duration_s"),
+        tags=tuple(e["tags"]),
+        caption=e["caption"],
+        content_hash=e["content_hash"],
+        added_at=e["added_at"],
+        extra=json.loads(e["extra"]),
+    )
 
 
 # -- one collection -------------------------------------------------------------------------------------------------
+
 
 class Collection:
     """Item operations on one collection or alias: what the live version and a staging version share."""
@@ -105,14 +122,19 @@ class Collection:
             hashes = sorted({item.content_hash for item, _ in pairs if item.content_hash})
             owners: dict[str, set[str]] = {}
             if hashes:
-                for r in self.call("query", self.name, filter=f"content_hash in {_strs(hashes)}",
-                                   output_fields=["id", "content_hash"]):
+                for r in self.call(
+                    "query", self.name, filter=f"content_hash in {_strs(hashes)}", output_fields=["id", "content_hash"]
+                ):
                     owners.setdefault(r["content_hash"], set()).add(r["id"])
             for item, _ in pairs:  # earlier items of the batch count as stored, as in one SQLite transaction
                 others = sorted(owners.get(item.content_hash, set()) - {item.id}) if item.content_hash else []
                 if others:
-                    raise Conflict(f"the same audio (content hash {item.content_hash[:16]}...) is already stored as "
-                                   f"{others[0]!r}", id=item.id, existing_id=others[0], content_hash=item.content_hash)
+                    raise Conflict(
+                        f"the same audio (content hash {item.content_hash[:16]}...) is already stored as {others[0]!r}",
+                        id=item.id,
+                        existing_id=others[0],
+                        content_hash=item.content_hash,
+                    )
                 if item.content_hash:
                     owners.setdefault(item.content_hash, set()).add(item.id)
         now = time.time()
@@ -133,8 +155,15 @@ class Collection:
     def search(self, x: np.ndarray, k: int, flt: SearchFilter | None, params: dict) -> list[list[Scored]]:
         if "ef" in params:
             params = {**params, "ef": max(params["ef"], k)}  # HNSW cannot return more than its beam
-        res = self.call("search", self.name, data=x.tolist(), limit=k, filter=milvus_filter(flt),
-                        output_fields=FIELDS, search_params={"metric_type": "IP", "params": params})
+        res = self.call(
+            "search",
+            self.name,
+            data=x.tolist(),
+            limit=k,
+            filter=milvus_filter(flt),
+            output_fields=FIELDS,
+            search_params={"metric_type": "IP", "params": params},
+        )
         return [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
 
     def scan(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:

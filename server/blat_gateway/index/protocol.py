@@ -14,6 +14,7 @@ Contract every engine keeps (tests/server/index runs the same suite against each
 - `swap` switches searches from the live version to a finished staging version at once, keeping the old one as
   `previous`; `rollback` switches back. Neither is visible half done.
 """
+
 from __future__ import annotations
 
 import threading

@@ -6,8 +6,10 @@ reason, and fails only when more than `max_unreadable_share` of its entries were
 are logged by the store and replayed into the new version under the store lock just before the swap, so none is
 lost. Validation before the swap: every expected item arrived, the engine's rows and search structure agree, the
 embeddings come from the bundle the store serves, and recall@10 of the new version against an exact search on sample
-queries reaches the threshold. The job sees the engine only through the `Staging` protocol.
+queries reaches the threshold. The job sees the engine only through the `Staging` protocol, and the store only
+through the two callbacks it is given (`swap_in`, `on_finished`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +27,6 @@ from blat_gateway.index.records import ItemRecord, as_unit_rows
 
 if TYPE_CHECKING:
     from blat_gateway.index.protocol import Staging
-    from blat_gateway.index.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,29 @@ class RebuildProgress:
 
 
 class RebuildJob:
-    """Create with `IndexStore.start_rebuild`; poll `progress()`, `cancel()`, or `wait()`."""
+    """Create with `IndexStore.start_rebuild`; poll `progress()`, `cancel()`, or `wait()`.
 
-    def __init__(self, store: IndexStore, staging: Staging, source: Source, total: int, bundle_id: str,
-                 min_recall: float | None, max_unreadable_share: float = 0.5):
-        self._store, self._staging, self._source = store, staging, source
+    The store passes what the job needs of it: its embedding `dim`, the bundle it serves (`serving_bundle`),
+    `swap_in(job, staging)` (replay the writes made meanwhile and switch to the new version, under the store's locks;
+    raises `Cancelled` when the job was cancelled) and `on_finished(job)` (called once the job ends, however)."""
+
+    def __init__(
+        self,
+        staging: Staging,
+        source: Source,
+        total: int,
+        bundle_id: str,
+        min_recall: float | None,
+        max_unreadable_share: float = 0.5,
+        *,
+        dim: int,
+        serving_bundle: str,
+        swap_in: Callable[[RebuildJob, Staging], None],
+        on_finished: Callable[[RebuildJob], None],
+    ):
+        self._staging, self._source = staging, source
+        self._dim, self._serving_bundle = dim, serving_bundle
+        self._swap_in, self._on_finished = swap_in, on_finished
         self._bundle_id, self._min_recall = bundle_id, min_recall
         self._max_unreadable_share = max_unreadable_share
         self._cancel = threading.Event()
@@ -123,7 +142,7 @@ class RebuildJob:
             self._update(state="validating")
             self._validate()
             self._check_cancel()
-            self._store.swap_in(self, self._staging)  # replays concurrent writes, switches, or raises
+            self._swap_in(self, self._staging)  # replays concurrent writes, switches, or raises
             self._update(state="succeeded", finished_at=time.time())
         except Cancelled:
             self._staging.discard()
@@ -134,7 +153,7 @@ class RebuildJob:
             msg = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
             self._update(state="failed", error=msg, finished_at=time.time())
         finally:
-            self._store.rebuild_finished(self)
+            self._on_finished(self)
             self._done.set()
 
     def _ingest(self) -> None:
@@ -158,7 +177,7 @@ class RebuildJob:
                     raise ValueError(f"{item.id}: id repeated in the source")
                 if item.content_hash and item.content_hash in seen_hashes:
                     raise ValueError(f"{item.id}: same content hash as an earlier item")
-                batch.append((item, as_unit_rows(vec, self._store.dim)[0]))
+                batch.append((item, as_unit_rows(vec, self._dim)[0]))
                 seen_ids.add(item.id)
                 if item.content_hash:
                     seen_hashes.add(item.content_hash)
@@ -170,25 +189,34 @@ class RebuildJob:
                 added += self._staging.load(batch)  # rows only: the search structure is built once, in _validate
                 batch = []
             if done % 64 == 0:
-                self._update(done=done, added=added + len(batch), skipped=skipped, skipped_reasons=tuple(reasons),
-                             unreadable=unreadable)
+                self._update(
+                    done=done,
+                    added=added + len(batch),
+                    skipped=skipped,
+                    skipped_reasons=tuple(reasons),
+                    unreadable=unreadable,
+                )
         if batch:
             added += self._staging.load(batch)
         self._update(done=done, added=added, skipped=skipped, skipped_reasons=tuple(reasons), unreadable=unreadable)
 
     def _check_bundle(self) -> None:
-        if self._bundle_id != self._store.bundle_id:
-            raise ValueError(f"validation: embeddings come from bundle {self._bundle_id!r}, "
-                             f"but the store serves {self._store.bundle_id!r}")
+        if self._bundle_id != self._serving_bundle:
+            raise ValueError(
+                f"validation: embeddings come from bundle {self._bundle_id!r}, "
+                f"but the store serves {self._serving_bundle!r}"
+            )
 
     def _validate(self) -> None:
         p = self.progress()
         if p.done != p.total:
             raise ValueError(f"validation: expected {p.total} items from the source, got {p.done}")
         if p.unreadable > self._max_unreadable_share * p.done:
-            raise ValueError(f"{p.unreadable} of {p.done} entries could not be read, more than the "
-                             f"{self._max_unreadable_share:.0%} allowed (settings.rebuild_max_unreadable_share): "
-                             + "; ".join(p.skipped_reasons[:3]))
+            raise ValueError(
+                f"{p.unreadable} of {p.done} entries could not be read, more than the "
+                f"{self._max_unreadable_share:.0%} allowed (settings.rebuild_max_unreadable_share): "
+                + "; ".join(p.skipped_reasons[:3])
+            )
         self._check_bundle()
         self._check_cancel()
         got = self._staging.finish()  # builds the search structure, checks it against the rows, measures recall

@@ -3,6 +3,7 @@
 Everything here is plain data with its checks; nothing touches disk or FAISS. Invalid input raises
 `BadRequest`, so the REST and gRPC faces answer 400 / INVALID_ARGUMENT without extra mapping.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def check_id(item_id: Any) -> str:
     """Ids are path-like ("pack/sound") but never hold a "." or ".." segment or an empty one ("a//b", "/a"): a URL
     client normalises those away, and /v1/items/a/../b would then name another item."""
     if not isinstance(item_id, str) or not ID_PATTERN.fullmatch(item_id):
-        raise BadRequest(f"invalid item id {item_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : / -",
-                         id=str(item_id)[:200].encode("utf-8", "backslashreplace").decode())
+        raise BadRequest(
+            f"invalid item id {item_id!r}: use 1-200 characters of A-Z a-z 0-9 . _ : / -",
+            id=str(item_id)[:200].encode("utf-8", "backslashreplace").decode(),
+        )
     if any(seg in ("", ".", "..") for seg in item_id.split("/")):
         raise BadRequest(f"invalid item id {item_id!r}: no empty, '.' or '..' segments between slashes", id=item_id)
     return item_id
@@ -87,9 +90,16 @@ class ItemRecord:
             raise BadRequest(f"extra is not JSON-serialisable: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "source_uri": self.source_uri, "duration_s": self.duration_s, "tags": list(self.tags),
-                "caption": self.caption, "content_hash": self.content_hash, "added_at": iso_time(self.added_at),
-                "extra": self.extra}
+        return {
+            "id": self.id,
+            "source_uri": self.source_uri,
+            "duration_s": self.duration_s,
+            "tags": list(self.tags),
+            "caption": self.caption,
+            "content_hash": self.content_hash,
+            "added_at": iso_time(self.added_at),
+            "extra": self.extra,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,13 @@ class SearchFilter:
 
     @property
     def empty(self) -> bool:
-        return not (self.tags_any or self.tags_all or self.source_prefix
-                    or self.min_duration_s is not None or self.max_duration_s is not None)
+        return not (
+            self.tags_any
+            or self.tags_all
+            or self.source_prefix
+            or self.min_duration_s is not None
+            or self.max_duration_s is not None
+        )
 
     def matches(self, item: ItemRecord) -> bool:
         tags = set(item.tags)
@@ -141,8 +156,11 @@ class SearchFilter:
             return False
         if self.min_duration_s is not None or self.max_duration_s is not None:
             d = item.duration_s
-            if d is None or (self.min_duration_s is not None and d < self.min_duration_s) \
-                    or (self.max_duration_s is not None and d > self.max_duration_s):
+            if (
+                d is None
+                or (self.min_duration_s is not None and d < self.min_duration_s)
+                or (self.max_duration_s is not None and d > self.max_duration_s)
+            ):
                 return False
         return True
 

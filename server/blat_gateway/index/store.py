@@ -5,6 +5,7 @@ What every engine shares lives here: argument checks, one lock that serialises c
 short), the background rebuild (rebuild.py) and the log of writes made while it runs, replayed into the new version
 just before the swap so no acknowledged write is lost.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,16 @@ class IndexStore:
     are refused until a rebuild replaces it.
     """
 
-    def __init__(self, root: str | Path | None, dim: int, bundle_id: str, kind: str = "flat", *,
-                 config: AnnConfig | None = None, milvus=None):
+    def __init__(
+        self,
+        root: str | Path | None,
+        dim: int,
+        bundle_id: str,
+        kind: str = "flat",
+        *,
+        config: AnnConfig | None = None,
+        milvus=None,
+    ):
         if dim < 1 or not bundle_id:
             raise BadRequest("dim >= 1 and a bundle_id are required")
         self.dim, self.bundle_id = int(dim), bundle_id
@@ -81,9 +90,12 @@ class IndexStore:
             index = self._open()
             meta = index.meta
             if meta.bundle_id != self.bundle_id or meta.dim != self.dim:
-                raise Conflict(f"the live index holds embeddings of bundle {meta.bundle_id!r} (dim {meta.dim}), not "
-                               f"{self.bundle_id!r} (dim {self.dim}): rebuild the index before adding",
-                               index_bundle=meta.bundle_id, serving_bundle=self.bundle_id)
+                raise Conflict(
+                    f"the live index holds embeddings of bundle {meta.bundle_id!r} (dim {meta.dim}), not "
+                    f"{self.bundle_id!r} (dim {self.dim}): rebuild the index before adding",
+                    index_bundle=meta.bundle_id,
+                    serving_bundle=self.bundle_id,
+                )
             rows = [(item, as_unit_rows(vec, self.dim)[0]) for item, vec in pairs]
             stored = index.put_many(rows, upsert=upsert)
             if self._rebuild_log is not None:
@@ -153,9 +165,17 @@ class IndexStore:
             index = self._open()
             meta, s = index.meta, index.stats()
             job = self._job.progress().to_dict() if self._job is not None else None
-            return IndexStats(version=index.name, previous_version=index.previous, dim=meta.dim,
-                              bundle_id=meta.bundle_id, serving_bundle_id=self.bundle_id, kind=meta.kind,
-                              engine=self.engine, rebuild=job, **s)
+            return IndexStats(
+                version=index.name,
+                previous_version=index.previous,
+                dim=meta.dim,
+                bundle_id=meta.bundle_id,
+                serving_bundle_id=self.bundle_id,
+                kind=meta.kind,
+                engine=self.engine,
+                rebuild=job,
+                **s,
+            )
 
     # -- maintenance -----------------------------------------------------------------------------------------------
 
@@ -170,8 +190,16 @@ class IndexStore:
         with self._maint:
             return self._open().compact(self._lock)
 
-    def start_rebuild(self, source: Source, total: int, *, bundle_id: str | None = None, kind: str | None = None,
-                      min_recall: float | None = None, max_unreadable_share: float = 0.5) -> RebuildJob:
+    def start_rebuild(
+        self,
+        source: Source,
+        total: int,
+        *,
+        bundle_id: str | None = None,
+        kind: str | None = None,
+        min_recall: float | None = None,
+        max_unreadable_share: float = 0.5,
+    ) -> RebuildJob:
         """Build a new version from `source` (pairs of (ItemRecord, embedding), or a callable returning them) in a
         background thread; `total` is how many pairs it will yield (validated), `Skipped` entries included: the
         job fails when more than `max_unreadable_share` of them are. Searches and writes keep using the
@@ -185,10 +213,21 @@ class IndexStore:
             if self._job is not None and self._job.running:
                 raise Conflict(f"rebuild {self._job.progress().version} is already running")
             kind = kind or index.meta.kind
-            staging = index.new_version(new_meta(self.dim, bundle_id or self.bundle_id, kind),
-                                        dataclasses.replace(self.config, kind=kind))
-            self._job = RebuildJob(self, staging, source, total, bundle_id or self.bundle_id, min_recall,
-                                   max_unreadable_share)
+            staging = index.new_version(
+                new_meta(self.dim, bundle_id or self.bundle_id, kind), dataclasses.replace(self.config, kind=kind)
+            )
+            self._job = RebuildJob(
+                staging,
+                source,
+                total,
+                bundle_id or self.bundle_id,
+                min_recall,
+                max_unreadable_share,
+                dim=self.dim,
+                serving_bundle=self.bundle_id,
+                swap_in=self.swap_in,
+                on_finished=self.rebuild_finished,
+            )
             self._rebuild_log = []
             self._job.start()
             return self._job

@@ -5,6 +5,7 @@ Opening a version loads `index.faiss` and *reconciles* it with SQLite: fids in S
 fids are never reused and rows never change, this diff is always correct, whatever the snapshot's age. Not
 thread-safe: `IndexStore` serialises access.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,8 @@ import numpy as np
 
 from blat_gateway.errors import IndexDamaged
 from blat_gateway.index import ann, exact
-from blat_gateway.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
 from blat_gateway.index.db import VersionDB
+from blat_gateway.index.exact import QUERY_NOISES, SAMPLE_QUERIES, TUNE_MARGIN
 from blat_gateway.index.layout import fsync_dir
 from blat_gateway.index.protocol import AnnConfig, VersionMeta
 from blat_gateway.index.records import ItemRecord, SearchFilter
@@ -164,8 +165,9 @@ class Version:
 
     # -- writes ----------------------------------------------------------------------------------------------------
 
-    def put_many(self, pairs: list[tuple[ItemRecord, np.ndarray]], upsert: bool,
-                 check_hash: bool = True) -> list[ItemRecord]:
+    def put_many(
+        self, pairs: list[tuple[ItemRecord, np.ndarray]], upsert: bool, check_hash: bool = True
+    ) -> list[ItemRecord]:
         """Commit all pairs in one transaction (all or nothing), then update FAISS. Embeddings are unit rows."""
         done = []
         with self.db.tx():
@@ -237,15 +239,21 @@ class Version:
         chunks = self.db.iter_fids(self.db.matching_fids(flt)) if flt else self.db.iter_embeddings()
         scores, fids = exact.exact_topk(chunks, x, k)
         records = self.db.records(np.unique(fids[fids >= 0]))
-        return [[(float(s), records[int(f)]) for s, f in zip(scores[q], fids[q]) if f >= 0 and int(f) in records]
-                for q in range(len(x))]
+        return [
+            [(float(s), records[int(f)]) for s, f in zip(scores[q], fids[q]) if f >= 0 and int(f) in records]
+            for q in range(len(x))
+        ]
 
     def stats(self) -> dict:
         kind = ann.index_type(self.index)
         return {
-            "count": self.count, "index_type": kind, "index_total": int(self.index.ntotal),
-            "tombstones": len(self.dead), "writes_since_snapshot": self.writes_since_snapshot,
-            "params": ann.params(self.index), "gpu": self.gpu is not None,
+            "count": self.count,
+            "index_type": kind,
+            "index_total": int(self.index.ntotal),
+            "tombstones": len(self.dead),
+            "writes_since_snapshot": self.writes_since_snapshot,
+            "params": ann.params(self.index),
+            "gpu": self.gpu is not None,
             "needs_compaction": len(self.dead) > max(100, self.count // 5)
             or (self.cfg.kind == "ivf" and kind == "flat" and self.count >= self.cfg.ivf_min_items),
         }

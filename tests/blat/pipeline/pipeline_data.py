@@ -4,6 +4,7 @@ several test modules can import it): the real `ci` corpus, tiny scene sets and t
 The `ci` corpus needs its five .debs in <repo>/.cache/corpus (downloaded by apt-get on first use); without them and
 without apt-get the tests that use it are skipped. `synthetic_corpus` needs nothing.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -49,8 +50,8 @@ TINY = dict(n_captioned=48, n_tags_only=24, n_test_scenes=8, canvas_s=2.0)
 @cache
 def tiny_scenes() -> Path:
     """Scenes from the real ci corpus: 48 captioned, 24 tags-only, 8 test scenes of 2 s (+ every test-source clip)."""
-    from blat.pipeline.recipe import ScenesConfig
     from blat.pipeline.scenes import make_scenes
+    from blat.pipeline.stages import ScenesConfig
 
     return make_scenes(ci_corpus(), _tmpdir("scenes"), ScenesConfig(**TINY))
 
@@ -58,19 +59,27 @@ def tiny_scenes() -> Path:
 @cache
 def tiny_captioner(use_tags: bool = True, epochs: int = 12) -> Path:
     """A tiny-captioner trained on tiny_scenes()' captioned split -> checkpoint path."""
-    from blat.pipeline.recipe import CaptionerConfig
+    from blat.pipeline.stages import CaptionerConfig
     from blat.pipeline.train_captioner import train_captioner
 
-    cfg = CaptionerConfig(arch="tiny-captioner", use_tags=use_tags, epochs=epochs, batch_size=30, lr=2e-3, seed=0,
-                          num_threads=1)  # 1 thread: robust when other tests share the 2 cores
+    cfg = CaptionerConfig(
+        arch="tiny-captioner", use_tags=use_tags, epochs=epochs, batch_size=30, lr=2e-3, seed=0, num_threads=1
+    )  # 1 thread: robust when other tests share the 2 cores
     return train_captioner(tiny_scenes(), _tmpdir("captioner") / "captioner.safetensors", cfg, progress=False)
 
 
 # A synthetic corpus: (tags, kind, seconds, takes); kinds are tones at distinct pitches, clicks and noise beds.
 SYNTHETIC = [
-    (["Dog", "Bark"], 440.0, 0.6, 3), (["Door"], "click", 0.4, 3), (["Bell"], 1200.0, 0.8, 3),
-    (["Computer keyboard", "Typing"], "click", 0.3, 4), (["Siren"], 700.0, 1.2, 3), (["Cat", "Meow"], 900.0, 0.7, 3),
-    (["Rain"], "noise", 3.0, 3), (["Wind"], "noise", 2.5, 3), (["Car"], 150.0, 1.5, 3), (["Bird"], 3000.0, 0.5, 3),
+    (["Dog", "Bark"], 440.0, 0.6, 3),
+    (["Door"], "click", 0.4, 3),
+    (["Bell"], 1200.0, 0.8, 3),
+    (["Computer keyboard", "Typing"], "click", 0.3, 4),
+    (["Siren"], 700.0, 1.2, 3),
+    (["Cat", "Meow"], 900.0, 0.7, 3),
+    (["Rain"], "noise", 3.0, 3),
+    (["Wind"], "noise", 2.5, 3),
+    (["Car"], 150.0, 1.5, 3),
+    (["Bird"], 3000.0, 0.5, 3),
 ]
 
 
@@ -98,17 +107,28 @@ def synthetic_corpus(out: Path, seed: int = 0) -> Path:
                 wave = _synth(kind, seconds * (1 + 0.1 * take), rng)
                 (out / "audio" / "synth").mkdir(parents=True, exist_ok=True)
                 sf.write(str(out / "audio" / f"{cid}.flac"), wave, SR, format="FLAC", subtype="PCM_16")
-                rows.append({"id": cid, "audio": f"audio/{cid}.flac", "duration": round(len(wave) / SR, 3),
-                             "tags": tags, "captions": [], "caption_hint": "", "split": "unassigned",
-                             "package": "synth", "path": f"{name}/{src}/{take}.flac", "source": f"synth:{name}-{src}",
-                             "licence": "CC0"})
+                rows.append(
+                    {
+                        "id": cid,
+                        "audio": f"audio/{cid}.flac",
+                        "duration": round(len(wave) / SR, 3),
+                        "tags": tags,
+                        "captions": [],
+                        "caption_hint": "",
+                        "split": "unassigned",
+                        "package": "synth",
+                        "path": f"{name}/{src}/{take}.flac",
+                        "source": f"synth:{name}-{src}",
+                        "licence": "CC0",
+                    }
+                )
     with open(out / "manifest.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     return out / "manifest.jsonl"
 
 
 def scenes_config(**overrides):
-    from blat.pipeline.recipe import ScenesConfig
+    from blat.pipeline.stages import ScenesConfig
 
     return dataclasses.replace(ScenesConfig(**TINY), **overrides)
 
@@ -116,16 +136,33 @@ def scenes_config(**overrides):
 def tiny_frozen_recipe(tmp_path: Path, **overrides):
     """A whole-pipeline recipe small enough for a test: tiny towers kept frozen, one epoch per stage, on scenes
     made from `synthetic_corpus` (24 captioned, 16 tags-only, 6 test scenes + single events)."""
-    from blat.pipeline.recipe import CaptionerConfig, CaptioningConfig, PretrainConfig, Recipe
+    from blat.pipeline.recipe import Recipe
     from blat.pipeline.scenes import make_scenes
+    from blat.pipeline.stages import CaptionerConfig, CaptioningConfig, PretrainConfig
 
     corpus = synthetic_corpus(tmp_path / "corpus")
-    manifest = make_scenes(corpus, tmp_path / "scenes", scenes_config(n_captioned=24, n_tags_only=16, n_test_scenes=6,
-                                                                      canvas_s=2.0, source_events=True))
-    return Recipe(name="tiny", manifest=str(manifest),
-                  captioner=CaptionerConfig(arch="tiny-captioner", epochs=1, batch_size=16, clip_s=2.0,
-                                            tower_lr_scale=0.0, num_threads=1),
-                  captioning=CaptioningConfig(beam_size=1, batch_size=16, num_threads=1),
-                  pretrain=PretrainConfig(model="tiny-dual", freeze_text=True, tower_lr_scale=0.0, epochs=1,
-                                          batch_size=8, clip_seconds=2.0, val_size=4, num_threads=1, log_every=1000),
-                  **overrides)
+    manifest = make_scenes(
+        corpus,
+        tmp_path / "scenes",
+        scenes_config(n_captioned=24, n_tags_only=16, n_test_scenes=6, canvas_s=2.0, source_events=True),
+    )
+    return Recipe(
+        name="tiny",
+        manifest=str(manifest),
+        captioner=CaptionerConfig(
+            arch="tiny-captioner", epochs=1, batch_size=16, clip_s=2.0, tower_lr_scale=0.0, num_threads=1
+        ),
+        captioning=CaptioningConfig(beam_size=1, batch_size=16, num_threads=1),
+        pretrain=PretrainConfig(
+            model="tiny-dual",
+            freeze_text=True,
+            tower_lr_scale=0.0,
+            epochs=1,
+            batch_size=8,
+            clip_seconds=2.0,
+            val_size=4,
+            num_threads=1,
+            log_every=1000,
+        ),
+        **overrides,
+    )

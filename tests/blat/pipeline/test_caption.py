@@ -1,5 +1,6 @@
 """Step 4 (stage 2): sharded, resumable captioning of the tags-only split. Killing the job after its first shard
 and rerunning gives exactly the captions of an uninterrupted run; a finished job reruns as a no-op."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import pytest
 
 from blat.pipeline.caption import JOB, MERGED, JobMismatch, caption_split, read_captions, shard_name
 from blat.pipeline.data import file_sha256, load_jsonl, load_scene_manifest
-from blat.pipeline.recipe import CaptioningConfig
+from blat.pipeline.stages import CaptioningConfig
 from blat.pipeline.templates import tags_caption
 
 from .pipeline_data import REPO, tiny_captioner, tiny_scenes
@@ -37,7 +38,9 @@ def test_every_tags_only_clip_gets_a_caption_with_provenance(uninterrupted):
         assert r["tags"] == scenes[r["id"]]["tags"] and r["audio"] == scenes[r["id"]]["audio"]
         p = r["provenance"]
         assert p["mode"] == "captioner" and p["checkpoint_sha256"] == sha and p["use_tags"] is True
-        assert p["decoding"] == {"beam_size": 3, "max_tokens": 20, "length_penalty": 0.0, "n_best": 1} and p["seed"] == 0
+        assert (
+            p["decoding"] == {"beam_size": 3, "max_tokens": 20, "length_penalty": 0.0, "n_best": 1} and p["seed"] == 0
+        )
         assert len(r["caption"].split()) <= 20
     assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [shard_name(k) for k in range(8)]
     assert read_captions(out) == rows
@@ -46,9 +49,26 @@ def test_every_tags_only_clip_gets_a_caption_with_provenance(uninterrupted):
 def test_killed_run_resumes_to_the_same_captions(uninterrupted, tmp_path):
     _, expected = uninterrupted
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "blat.pipeline.caption", "--scenes", str(tiny_scenes()), "--checkpoint",
-           str(tiny_captioner()), "--out", str(out), "--shard-size", "3", "--batch-size", "1", "--num-threads", "1",
-           "--no-progress", "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "blat.pipeline.caption",
+        "--scenes",
+        str(tiny_scenes()),
+        "--checkpoint",
+        str(tiny_captioner()),
+        "--out",
+        str(out),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "1",
+        "--num-threads",
+        "1",
+        "--no-progress",
+        "--log-level",
+        "WARNING",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / shard_name(0)).exists():
@@ -61,11 +81,13 @@ def test_killed_run_resumes_to_the_same_captions(uninterrupted, tmp_path):
     assert not (out / MERGED).exists() and 1 <= len(done) < 8  # killed mid-job
     for path in done:  # whatever landed is whole: atomic shard writes
         k = int(path.stem.split("-")[1])
-        assert [r["id"] for r in load_jsonl(path)] == [r["id"] for r in expected[3 * k: 3 * k + 3]]
+        assert [r["id"] for r in load_jsonl(path)] == [r["id"] for r in expected[3 * k : 3 * k + 3]]
     mtimes = {p.name: p.stat().st_mtime_ns for p in done}
 
     resumed = load_jsonl(caption_split(tiny_scenes(), out, CFG, tiny_captioner(), progress=False))
-    assert [(r["id"], r["caption"], r["log_prob"]) for r in resumed] == [(r["id"], r["caption"], r["log_prob"]) for r in expected]
+    assert [(r["id"], r["caption"], r["log_prob"]) for r in resumed] == [
+        (r["id"], r["caption"], r["log_prob"]) for r in expected
+    ]
     assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes  # finished shards were not recomputed
     assert not list(out.glob("*.tmp*"))
 
@@ -82,8 +104,9 @@ def test_rerun_of_a_finished_job_is_a_no_op_and_other_settings_are_refused(unint
 
 
 def test_templates_mode_needs_no_captioner(tmp_path):
-    rows = load_jsonl(caption_split(tiny_scenes(), tmp_path / "t", CaptioningConfig(mode="templates", shard_size=10),
-                                    progress=False))
+    rows = load_jsonl(
+        caption_split(tiny_scenes(), tmp_path / "t", CaptioningConfig(mode="templates", shard_size=10), progress=False)
+    )
     assert len(rows) == 24
     for r in rows:
         assert r["caption"] == tags_caption(r["tags"]) and r["caption"].startswith("the sound of ")
@@ -92,8 +115,11 @@ def test_templates_mode_needs_no_captioner(tmp_path):
 
 def test_no_tags_mode_records_it_and_a_captioner_is_required(tmp_path):
     cfg = CaptioningConfig(mode="no_tags", shard_size=8, num_threads=1)
-    rows = load_jsonl(caption_split(tiny_scenes(), tmp_path / "n", cfg, tiny_captioner(use_tags=False, epochs=2),
-                                    limit=8, progress=False))
+    rows = load_jsonl(
+        caption_split(
+            tiny_scenes(), tmp_path / "n", cfg, tiny_captioner(use_tags=False, epochs=2), limit=8, progress=False
+        )
+    )
     assert len(rows) == 8 and all(r["provenance"]["use_tags"] is False for r in rows)
     assert all(r["provenance"]["mode"] == "no_tags" for r in rows)
     with pytest.raises(ValueError, match="needs a captioner checkpoint"):

@@ -1,6 +1,7 @@
 """Stage 2 with several workers (blat_jobs.shards): `--workers 2` and a real `torchrun --nproc_per_node 2` write the
 captions of a single-worker run byte for byte, each shard computed once; a killed worker's shard is redone by the
 next run; `--merge-only` refuses an incomplete job and names the missing shards."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from blat.pipeline.caption import MERGED, caption_split
-from blat.pipeline.recipe import CaptioningConfig
+from blat.pipeline.stages import CaptioningConfig
 from blat_jobs import shards as js
 from tests.jobs.claims import kill_holding
 
@@ -24,15 +25,17 @@ ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """captions.jsonl bytes of one in-process worker, captioner mode."""
-    return caption_split(tiny_scenes(), tmp_path_factory.mktemp("one") / "job", CFG, tiny_captioner(),
-                         progress=False).read_bytes()
+    return caption_split(
+        tiny_scenes(), tmp_path_factory.mktemp("one") / "job", CFG, tiny_captioner(), progress=False
+    ).read_bytes()
 
 
 def run(args: list[str], env: dict | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"] if torchrun else []
     cmd = [sys.executable, *launcher, "-m", "blat.pipeline.caption", *args]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=240)
+    return subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True, timeout=240
+    )
 
 
 def captioner_args(out) -> list[str]:
@@ -67,12 +70,18 @@ def test_torchrun_ranks_write_the_single_worker_captions(single, tmp_path):
 
 def test_a_killed_workers_shard_is_redone_and_merge_only_checks(tmp_path):
     args = ["--scenes", str(tiny_scenes()), "--mode", "templates", "--out", str(tmp_path / "t"), *FLAGS]
-    reference = caption_split(tiny_scenes(), tmp_path / "ref", CaptioningConfig(mode="templates", shard_size=3),
-                              progress=False).read_bytes()
+    reference = caption_split(
+        tiny_scenes(), tmp_path / "ref", CaptioningConfig(mode="templates", shard_size=3), progress=False
+    ).read_bytes()
     out = tmp_path / "t"
-    proc = subprocess.Popen([sys.executable, "-m", "blat.pipeline.caption", *args], cwd=REPO,
-                            env={**os.environ, **ENV, js.DELAY_ENV: "60"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blat.pipeline.caption", *args],
+        cwd=REPO,
+        env={**os.environ, **ENV, js.DELAY_ENV: "60"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     claim = out / js.CLAIMS / "shard-00000.claim"
     kill_holding(proc, claim)
     assert claim.exists() and not list(out.glob("shard-*.jsonl"))  # killed holding shard 0

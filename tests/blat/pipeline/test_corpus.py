@@ -1,11 +1,12 @@
 """blat.pipeline.corpus: audio conversion, ids, the bring-your-own-folder path and a whole build from a .deb."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,9 +36,9 @@ def test_to_mono_resamples_a_stereo_441_sine_to_32k_mono():
     assert y.ndim == 1 and y.dtype == np.float32
     assert len(y) == 2 * SAMPLE_RATE
     assert abs(peak_hz(y, SAMPLE_RATE) - 1000.0) <= SAMPLE_RATE / len(y)  # within one FFT bin (0.5 Hz)
-    middle = y[SAMPLE_RATE // 2: -SAMPLE_RATE // 2]  # away from the filter's edge transients
+    middle = y[SAMPLE_RATE // 2 : -SAMPLE_RATE // 2]  # away from the filter's edge transients
     np.testing.assert_allclose(np.abs(middle).max(), 0.5, atol=5e-3)
-    np.testing.assert_allclose(middle, sine(1000.0, 2.0, SAMPLE_RATE)[SAMPLE_RATE // 2: -SAMPLE_RATE // 2], atol=5e-3)
+    np.testing.assert_allclose(middle, sine(1000.0, 2.0, SAMPLE_RATE)[SAMPLE_RATE // 2 : -SAMPLE_RATE // 2], atol=5e-3)
 
 
 def test_to_mono_downmixes_by_averaging_and_caps_length():
@@ -51,8 +52,12 @@ def test_to_mono_downmixes_by_averaging_and_caps_length():
 
 def test_clip_ids_are_stable_unique_and_readable():
     ids = corpus.clip_ids("pkg", ["a/Mace.ogg", "a/mace.wav", "b/Big Crash!.wav", "c.pk3/sound/x.ogg"])
-    assert ids == {"a/Mace.ogg": "pkg/a/mace-ogg", "a/mace.wav": "pkg/a/mace-wav",
-                   "b/Big Crash!.wav": "pkg/b/big-crash", "c.pk3/sound/x.ogg": "pkg/c-pk3/sound/x"}
+    assert ids == {
+        "a/Mace.ogg": "pkg/a/mace-ogg",
+        "a/mace.wav": "pkg/a/mace-wav",
+        "b/Big Crash!.wav": "pkg/b/big-crash",
+        "c.pk3/sound/x.ogg": "pkg/c-pk3/sound/x",
+    }
     assert corpus.clip_ids("pkg", ["a.wav", "A.wav", "a.WAV"]).keys() == {"a.wav", "A.wav", "a.WAV"}
     assert len(set(corpus.clip_ids("pkg", ["a.wav", "A.wav", "a.WAV"]).values())) == 3
 
@@ -73,11 +78,13 @@ def write_folder(tmp_path):
     sf.write(folder / "click.wav", sine(2000, 0.1, 48_000), 48_000)  # too short
     sf.write(folder / "quiet.wav", sine(500, 1.0, 32_000, amp=1e-4), 32_000)  # below -60 dBFS
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("path,tags,caption\n"
-                        'dog.wav,"Dog;Bark",a dog barks twice|a dog is barking\n'
-                        "sub/rain.flac,Rain,\n"
-                        "click.wav,Clicking,a click\n"
-                        "quiet.wav,,almost nothing\n")
+    csv_path.write_text(
+        "path,tags,caption\n"
+        'dog.wav,"Dog;Bark",a dog barks twice|a dog is barking\n'
+        "sub/rain.flac,Rain,\n"
+        "click.wav,Clicking,a click\n"
+        "quiet.wav,,almost nothing\n"
+    )
     return folder, csv_path
 
 
@@ -103,11 +110,14 @@ def test_build_from_folder(tmp_path):
     assert (again["written"], again["reused"]) == (0, 2)
 
 
-@pytest.mark.parametrize("line,error", [
-    ("dog.wav,Doggo,\n", TagTableError),
-    ("dog.wav,,\n", TagTableError),
-    ("missing.wav,Dog,\n", FileNotFoundError),
-])
+@pytest.mark.parametrize(
+    "line,error",
+    [
+        ("dog.wav,Doggo,\n", TagTableError),
+        ("dog.wav,,\n", TagTableError),
+        ("missing.wav,Dog,\n", FileNotFoundError),
+    ],
+)
 def test_build_from_folder_rejects_bad_rows(tmp_path, line, error):
     folder, _ = write_folder(tmp_path)
     bad = tmp_path / "bad.csv"
@@ -118,8 +128,10 @@ def test_build_from_folder_rejects_bad_rows(tmp_path, line, error):
 
 def test_main_from_folder_and_help(tmp_path, capsys):
     folder, csv_path = write_folder(tmp_path)
-    assert corpus.main(["--from-folder", str(folder), "--csv", str(csv_path), "--out", str(tmp_path / "o"),
-                        "--jobs", "1"]) == 0
+    assert (
+        corpus.main(["--from-folder", str(folder), "--csv", str(csv_path), "--out", str(tmp_path / "o"), "--jobs", "1"])
+        == 0
+    )
     assert "2 clips in" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         corpus.main(["--help"])
@@ -130,8 +142,12 @@ def test_main_from_folder_and_help(tmp_path, capsys):
 
 def test_main_reports_missing_apt_as_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sources, "APT_GET", "apt-get-that-does-not-exist")
-    assert corpus.main(["--packages", "bucklespring-data", "--out", str(tmp_path / "o"),
-                        "--cache", str(tmp_path / "cache")]) == 2
+    assert (
+        corpus.main(
+            ["--packages", "bucklespring-data", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")]
+        )
+        == 2
+    )
     assert "apt-get" in capsys.readouterr().err
 
 
@@ -155,8 +171,10 @@ def fake_deb(tmp_path, monkeypatch):
     sounds = root / "usr" / "share" / "sounds" / "fake"
     sounds.mkdir(parents=True)
     (root / "DEBIAN").mkdir()
-    (root / "DEBIAN" / "control").write_text(f"Package: {FAKE}\nVersion: 1.0\nArchitecture: all\n"
-                                             "Maintainer: Test <t@example.org>\nDescription: test sounds\n")
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {FAKE}\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: Test <t@example.org>\nDescription: test sounds\n"
+    )
     doc = root / "usr" / "share" / "doc" / FAKE
     doc.mkdir(parents=True)
     (doc / "copyright").write_text(COPYRIGHT)
@@ -171,14 +189,19 @@ def fake_deb(tmp_path, monkeypatch):
         z.write(tmp_path / "glass.wav", "sounds/glass.wav")
     cache = tmp_path / "cache"
     (cache / "debs").mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(cache / "debs" / f"{FAKE}_1.0_all.deb")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(cache / "debs" / f"{FAKE}_1.0_all.deb")],
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.setitem(sources.PACKAGES, FAKE, PackageSpec(FAKE, "usr/share/sounds/fake"))
-    table = parse_tag_table("package,pattern,tags,caption_hint\n"
-                            f"{FAKE},voice,,speech\n"
-                            f'{FAKE},dog_bark,"Dog;Bark",a dog barks\n'
-                            f"{FAKE},glass,Glass,glass\n"
-                            f"{FAKE},blip,\"Beep, bleep\",\n")
+    table = parse_tag_table(
+        "package,pattern,tags,caption_hint\n"
+        f"{FAKE},voice,,speech\n"
+        f'{FAKE},dog_bark,"Dog;Bark",a dog barks\n'
+        f"{FAKE},glass,Glass,glass\n"
+        f'{FAKE},blip,"Beep, bleep",\n'
+    )
     return cache, table
 
 
@@ -204,7 +227,7 @@ def test_build_corpus_from_a_cached_deb(fake_deb, tmp_path, monkeypatch):
     # rerun: nothing decoded again; a rule change that drops a clip removes its file
     again = build_corpus([FAKE], out, cache, jobs=1, table=table)["packages"][FAKE]
     assert (again["written"], again["reused"]) == (0, 3)
-    fewer = parse_tag_table("package,pattern,tags,caption_hint\n" f'{FAKE},dog_bark\\.1,"Dog;Bark",\n')
+    fewer = parse_tag_table(f'package,pattern,tags,caption_hint\n{FAKE},dog_bark\\.1,"Dog;Bark",\n')
     build_corpus([FAKE], out, cache, jobs=1, table=fewer)
     assert [r["id"] for r in load_manifest(out / "manifest.jsonl")] == [f"{FAKE}/dog-bark-1"]
     assert sorted(p.name for p in (out / "audio").rglob("*.flac")) == ["dog-bark-1.flac"]
@@ -231,10 +254,27 @@ def test_min_seconds_keeps_short_sounds_and_index_seed_lists_every_clip(fake_deb
     report = build_corpus([FAKE], tmp_path / "out", cache, jobs=1, table=table, min_seconds=0.05)
     assert report["packages"][FAKE]["too_short"] == 0 and report["clips"] == 4  # the 0.1 s blip is kept
     rules = tmp_path / "rules.csv"
-    rules.write_text("package,pattern,tags,caption_hint\n" f'{FAKE},dog_bark,"Dog;Bark",a dog barks\n')
+    rules.write_text(f'package,pattern,tags,caption_hint\n{FAKE},dog_bark,"Dog;Bark",a dog barks\n')
     seed = tmp_path / "seed.jsonl"
-    assert main(["--packages", FAKE, "--out", str(tmp_path / "out2"), "--cache", str(cache), "--rules", str(rules),
-                 "--index-seed", str(seed), "--jobs", "1"]) == 0
+    assert (
+        main(
+            [
+                "--packages",
+                FAKE,
+                "--out",
+                str(tmp_path / "out2"),
+                "--cache",
+                str(cache),
+                "--rules",
+                str(rules),
+                "--index-seed",
+                str(seed),
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in seed.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == [f"{FAKE}/dog-bark-1", f"{FAKE}/dog-bark-2"]
     assert all(Path(r["audio"]).is_absolute() and Path(r["audio"]).is_file() for r in rows)

@@ -1,5 +1,6 @@
 """The real `ci` corpus: five small Debian packages downloaded with apt-get into <repo>/.cache/corpus (kept between
 runs, so only the first run downloads ~35 MB), decoded into a temporary folder."""
+
 from __future__ import annotations
 
 import collections
@@ -14,7 +15,7 @@ from blat.pipeline.corpus import MIN_SECONDS, build_corpus, load_manifest
 from blat_contract.audio import SAMPLE_RATE
 from blat_contract.labels import audioset_labels
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.bench  # a long pipeline run: `make test-bench`
 
 REPO = Path(__file__).resolve().parents[3]
 CACHE = REPO / ".cache" / "corpus"
@@ -59,6 +60,8 @@ def test_ci_corpus_keeps_every_licence_and_the_opensfx_captions(ci_corpus):
 def test_ci_corpus_labels_some_known_sounds(ci_corpus):
     _, _, rows = ci_corpus
     by_id = {r["id"]: r for r in rows}
-    assert "Walk, footsteps" in by_id["minetest-data/minetest-game/mods/default/sounds/default-grass-footstep-1"]["tags"]
+    assert (
+        "Walk, footsteps" in by_id["minetest-data/minetest-game/mods/default/sounds/default-grass-footstep-1"]["tags"]
+    )
     assert by_id["openttd-opensfx/opensfx-cat/36-sheep"]["tags"] == ["Sheep", "Bleat"]
     assert "Computer keyboard" in by_id["bucklespring-data/1e-0"]["tags"]

@@ -1,5 +1,6 @@
 """blat.pipeline.datasets: AudioCaps / AudioSet CSVs (their real layouts) over a folder of downloaded clips -> a
 scenes manifest; the paper recipe; run.py's prebuilt-manifest path. Tiny CSVs and WAVs, no training."""
+
 from __future__ import annotations
 
 import json
@@ -39,18 +40,27 @@ AC_TRAIN = """audiocap_id,youtube_id,start_time,caption
 91140,capTrain2,0,"Rain falls, then thunder rumbles"
 """
 AC_VAL = "audiocap_id,youtube_id,start_time,caption\n" + "".join(
-    f"{500 + i},valClip1,0,music plays number {i}\n" for i in range(5))
-AC_TEST = "audiocap_id,youtube_id,start_time,caption\n" + "".join(
-    f"{100 + i},capTest01,10,a dog barks {i}\n" for i in range(5)) + "".join(
-    f"{200 + i},capTest02,10,\"rain and thunder, take {i}\"\n" for i in range(5))
+    f"{500 + i},valClip1,0,music plays number {i}\n" for i in range(5)
+)
+AC_TEST = (
+    "audiocap_id,youtube_id,start_time,caption\n"
+    + "".join(f"{100 + i},capTest01,10,a dog barks {i}\n" for i in range(5))
+    + "".join(f'{200 + i},capTest02,10,"rain and thunder, take {i}"\n' for i in range(5))
+)
 
 # Files as common downloaders name them: PANNs ("Y" + id), aac-datasets ("{id}_{start}"), audiocaps-download
 # ("{audiocap_id}", one file per caption row: only the third row's was downloaded), plain id, millisecond start.
-FILES = {"audioset/Y--PJHxphWEs.wav": SAMPLE_RATE, "audioset/aaa111_0.flac": SAMPLE_RATE,
-         "audiocaps/train/capTrain1_30.wav": SAMPLE_RATE, "audiocaps/train/capTrain2_0.wav": SAMPLE_RATE,
-         "audiocaps/test/102.wav": SAMPLE_RATE, "audiocaps/test/capTest02_10.000.ogg": SAMPLE_RATE,
-         "eval/evalOne1.wav": SAMPLE_RATE, "eval/evalMul1.flac": SAMPLE_RATE,
-         "audioset/valClip1.wav": SAMPLE_RATE}
+FILES = {
+    "audioset/Y--PJHxphWEs.wav": SAMPLE_RATE,
+    "audioset/aaa111_0.flac": SAMPLE_RATE,
+    "audiocaps/train/capTrain1_30.wav": SAMPLE_RATE,
+    "audiocaps/train/capTrain2_0.wav": SAMPLE_RATE,
+    "audiocaps/test/102.wav": SAMPLE_RATE,
+    "audiocaps/test/capTest02_10.000.ogg": SAMPLE_RATE,
+    "eval/evalOne1.wav": SAMPLE_RATE,
+    "eval/evalMul1.flac": SAMPLE_RATE,
+    "audioset/valClip1.wav": SAMPLE_RATE,
+}
 
 
 def _write_audio(root, files=FILES):
@@ -66,13 +76,22 @@ def _write_audio(root, files=FILES):
 def data(tmp_path):
     csvs = tmp_path / "csv"
     csvs.mkdir()
-    for name, text in {"balanced.csv": BALANCED, "eval.csv": EVAL, "train.csv": AC_TRAIN, "val.csv": AC_VAL,
-                       "test.csv": AC_TEST}.items():
+    for name, text in {
+        "balanced.csv": BALANCED,
+        "eval.csv": EVAL,
+        "train.csv": AC_TRAIN,
+        "val.csv": AC_VAL,
+        "test.csv": AC_TEST,
+    }.items():
         (csvs / name).write_text(text)
     _write_audio(tmp_path / "audio")
-    src = ds.Sources(audiocaps_train=(str(csvs / "train.csv"),), audiocaps_val=(str(csvs / "val.csv"),),
-                     audiocaps_test=(str(csvs / "test.csv"),), audioset_train=(str(csvs / "balanced.csv"),),
-                     audioset_eval=(str(csvs / "eval.csv"),))
+    src = ds.Sources(
+        audiocaps_train=(str(csvs / "train.csv"),),
+        audiocaps_val=(str(csvs / "val.csv"),),
+        audiocaps_test=(str(csvs / "test.csv"),),
+        audioset_train=(str(csvs / "balanced.csv"),),
+        audioset_eval=(str(csvs / "eval.csv"),),
+    )
     return tmp_path, src
 
 
@@ -102,14 +121,19 @@ def test_manifest_splits_tags_captions_and_audio(data):
     by_split = {}
     for r in rows.values():
         by_split.setdefault(r["split"], set()).add(r["id"])
-    assert by_split == {"captioned": {"capTrain1_30", "capTrain2_0"}, "val": {"valClip1_0"},
-                        "test_scenes": {"capTest01_10", "capTest02_10"}, "tags_only": {"--PJHxphWEs_30", "aaa111_0"},
-                        "test_events": {"evalOne1_0", "evalMul1_20"}}
+    assert by_split == {
+        "captioned": {"capTrain1_30", "capTrain2_0"},
+        "val": {"valClip1_0"},
+        "test_scenes": {"capTest01_10", "capTest02_10"},
+        "tags_only": {"--PJHxphWEs_30", "aaa111_0"},
+        "test_events": {"evalOne1_0", "evalMul1_20"},
+    }
     # AudioCaps clips take their tags from the AudioSet segment of the same YouTube id (train or eval CSV).
     assert rows["capTrain1_30"]["tags"] == ["Speech"] and rows["capTrain2_0"]["tags"] == []
     assert rows["capTest01_10"]["tags"] == ["Dog"] and rows["capTest02_10"]["tags"] == ["Rain", "Thunder"]
     assert len(rows["capTest01_10"]["captions"]) == 5 and rows["capTrain2_0"]["captions"] == [
-        "Rain falls, then thunder rumbles"]
+        "Rain falls, then thunder rumbles"
+    ]
     assert rows["aaa111_0"]["captions"] == [] and rows["aaa111_0"]["tags"] == ["Dog", "Bark"]
     assert rows["evalMul1_20"]["tags"] == ["Speech", "Music"]  # every label by default (multi-label tagging)
     # the file each naming convention points at
@@ -143,8 +167,11 @@ def test_youtube_ids_are_in_one_split_only(data):
         assert not ids[a] & ids[b], (a, b)
     c = report["splits"]
     # AudioSet rows of AudioCaps clips are dropped from tags_only (test, val and train alike) ...
-    assert (c["tags_only"]["dropped_in_test_scenes"], c["tags_only"]["dropped_in_val"],
-            c["tags_only"]["dropped_in_captioned"]) == (1, 1, 1)
+    assert (
+        c["tags_only"]["dropped_in_test_scenes"],
+        c["tags_only"]["dropped_in_val"],
+        c["tags_only"]["dropped_in_captioned"],
+    ) == (1, 1, 1)
     # ... and an AudioCaps test clip that is also an AudioSet eval segment stays in test_scenes only.
     assert c["test_events"]["dropped_in_test_scenes"] == 1
 
@@ -187,9 +214,22 @@ def test_command_line(data, capsys):
     with pytest.raises(SystemExit) as e:
         ds.main(["--help"])
     assert e.value.code == 0 and "--audiocaps-train" in capsys.readouterr().out
-    rc = ds.main(["--out", str(root / "cli"), "--audio", str(root / "audio"),
-                  "--audiocaps-train", *src.audiocaps_train, "--audiocaps-test", *src.audiocaps_test,
-                  "--audioset", *src.audioset_train, "--log-level", "WARNING"])
+    rc = ds.main(
+        [
+            "--out",
+            str(root / "cli"),
+            "--audio",
+            str(root / "audio"),
+            "--audiocaps-train",
+            *src.audiocaps_train,
+            "--audiocaps-test",
+            *src.audiocaps_test,
+            "--audioset",
+            *src.audioset_train,
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert rc == 0 and "test_scenes" in capsys.readouterr().out
     assert {r["split"] for r in _rows(root / "cli" / "manifest.jsonl")} == {"captioned", "test_scenes", "tags_only"}
 

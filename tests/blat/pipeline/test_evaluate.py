@@ -1,5 +1,6 @@
 """blat.pipeline.evaluate: the named protocols on encoders with known answers (perfect -> 1, random -> chance),
 on a real tiny model end to end, caption scoring, and the command line."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from torch import nn
 
 import blat
 from blat.pipeline import evaluate
-from blat.pipeline.evaluate import PROTOCOLS, EvalConfig, evaluate_captions, evaluate_dual, primary_tag
+from blat.pipeline.evaluate import PROTOCOLS, evaluate_captions, evaluate_dual, primary_tag
+from blat.pipeline.stages import PROTOCOL_NAMES, EvalConfig
 from blat_contract.audio import SAMPLE_RATE
 from blat_contract.config import ConfigError, from_dict
 from tests.blat.pipeline.synthetic_scenes import TAGS, make_scene_manifest
@@ -35,9 +37,18 @@ def write_lookup_manifest(root, n_scenes=12, n_events=10, seed=0):
             tags = [TAGS[j] for j in sorted(rng.choice(len(TAGS), size=int(rng.integers(1, 3)), replace=False))]
         n = 1000 + 7 * i  # unique length
         sf.write(str(root / "audio" / f"{i}.flac"), np.zeros(n, np.float32), SAMPLE_RATE, format="FLAC")
-        rows.append({"id": f"clip{i}", "audio": f"audio/{i}.flac", "duration": n / SAMPLE_RATE, "tags": tags,
-                     "captions": [f"caption {c} of clip {i}" for c in range(CAPTIONS_PER_CLIP)], "split": split,
-                     "events": [], "background": None})
+        rows.append(
+            {
+                "id": f"clip{i}",
+                "audio": f"audio/{i}.flac",
+                "duration": n / SAMPLE_RATE,
+                "tags": tags,
+                "captions": [f"caption {c} of clip {i}" for c in range(CAPTIONS_PER_CLIP)],
+                "split": split,
+                "events": [],
+                "background": None,
+            }
+        )
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "manifest.jsonl", rows
 
@@ -87,6 +98,7 @@ def lookup(tmp_path_factory):
 
 def test_registry_names_and_splits():
     assert set(PROTOCOLS) == {"zero_shot_events", "tagging_scenes", "retrieval_scenes"}
+    assert set(PROTOCOLS) == set(PROTOCOL_NAMES)  # what EvalConfig checks its protocols against
     assert PROTOCOLS["zero_shot_events"].split == "test_events"
     assert {PROTOCOLS[p].split for p in ("tagging_scenes", "retrieval_scenes")} == {"test_scenes"}
 
@@ -120,8 +132,9 @@ def test_random_embeddings_score_near_chance(tmp_path):
 def test_absent_split_is_reported_as_skipped(lookup, tmp_path):
     manifest, rows = lookup
     scenes_only = tmp_path / "manifest.jsonl"
-    scenes_only.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()
-                                   if '"test_scenes"' in line))
+    scenes_only.write_text(
+        "".join(line + "\n" for line in manifest.read_text().splitlines() if '"test_scenes"' in line)
+    )
     shutil.copytree(manifest.parent / "audio", tmp_path / "audio")
     out = evaluate_dual(LookupEncoder(rows), scenes_only, protocols=["zero_shot_events", "retrieval_scenes"])
     assert "skipped" in out["protocols"]["zero_shot_events"]
@@ -170,8 +183,9 @@ def test_batched_encoding_equals_one_clip_at_a_time(tmp_path):
 
 
 def test_tiny_model_end_to_end_and_cli(tmp_path, capsys):
-    manifest, synthetic = make_scene_manifest(tmp_path / "scenes", counts={"test_scenes": 10, "test_events": 10},
-                                              seconds=0.5)
+    manifest, synthetic = make_scene_manifest(
+        tmp_path / "scenes", counts={"test_scenes": 10, "test_events": 10}, seconds=0.5
+    )
     torch.manual_seed(0)
     model = blat.create_model("tiny-dual").train()
     out = evaluate_dual(model, manifest, cfg=EvalConfig(batch_size=4))
@@ -179,32 +193,65 @@ def test_tiny_model_end_to_end_and_cli(tmp_path, capsys):
     for name, r in out["protocols"].items():
         assert set(r["metrics"]) <= set(r["chance"]) | {"t2a_median_rank"}, name
         assert all(np.isfinite(v) for v in r["metrics"].values())
-    assert evaluate.main(["dual", "--model", "tiny-dual", "--manifest", str(manifest), "--out",
-                          str(tmp_path / "dual.json"), "--protocols", "retrieval_scenes"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "dual",
+                "--model",
+                "tiny-dual",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "dual.json"),
+                "--protocols",
+                "retrieval_scenes",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "dual.json").read_text())
     assert list(saved["protocols"]) == ["retrieval_scenes"] and saved["model"] == "tiny-dual"
     assert "x chance" in capsys.readouterr().out
 
 
 def test_evaluate_captions_and_its_cli(tmp_path):
-    refs = {"a": ["a dog barks loudly", "a dog is barking"], "b": ["rain falls on a roof", "heavy rain"],
-            "c": ["a bell rings twice", "bells are ringing"]}
+    refs = {
+        "a": ["a dog barks loudly", "a dog is barking"],
+        "b": ["rain falls on a roof", "heavy rain"],
+        "c": ["a bell rings twice", "bells are ringing"],
+    }
     good = evaluate_captions({"a": "a dog barks", "b": "rain falls on a roof", "c": "a bell rings"}, refs)
     assert good["protocol"] == "captioning" and good["counts"] == {"clips": 3, "references": 6}
     for k in ("bleu_4", "rouge_l", "cider_d"):
         assert good["metrics"][k] > 3 * good["chance"][k], k
     assert good["settings"]["cider_d_sigma"] == 6.0
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps({"id": k, "audio": f"{k}.flac", "captions": v, "split": "test_scenes"})
-                                + "\n" for k, v in refs.items()))
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": k, "audio": f"{k}.flac", "captions": v, "split": "test_scenes"}) + "\n"
+            for k, v in refs.items()
+        )
+    )
     cands = tmp_path / "captions.jsonl"
     cands.write_text("".join(json.dumps({"id": k, "caption": v[0], "log_prob": -1.0}) + "\n" for k, v in refs.items()))
-    assert evaluate.main(["captions", "--candidates", str(cands), "--manifest", str(manifest),
-                          "--out", str(tmp_path / "captions.json")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "captions",
+                "--candidates",
+                str(cands),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "captions.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "captions.json").read_text())["metrics"]["bleu_4"] == pytest.approx(1.0)
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # a training/evaluation run: `make test-bench`
 def test_meteor_when_java_and_pycocoevalcap_are_there():
     pytest.importorskip("pycocoevalcap")
     if shutil.which("java") is None:

@@ -1,5 +1,6 @@
 """Frozen audio towers: outputs computed once per clip equal the tower run alone, a disk cache is reused across
 calls and follows the tower's weights, and frozen parameter groups stay untouched by training."""
+
 from __future__ import annotations
 
 import numpy as np

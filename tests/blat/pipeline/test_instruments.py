@@ -1,4 +1,5 @@
 """blat.pipeline.instruments: a pure-numpy SF2 player, checked on a tiny SoundFont written here."""
+
 from __future__ import annotations
 
 import struct
@@ -33,13 +34,30 @@ def write_sf2(path, root_key: int = 67, loop: bool = True) -> None:
     inst = struct.pack("<20sH", name("inst"), 0) + struct.pack("<20sH", name("EOI"), 1)
     pgen = gen(I.G_INSTRUMENT, 0) + gen(0, 0)
     pbag = struct.pack("<HH", 0, 0) + struct.pack("<HH", 1, 0)
-    phdr = struct.pack("<20sHHHIII", name("Sine"), 0, 0, 0, 0, 0, 0) + struct.pack("<20sHHHIII", name("EOP"), 0, 0, 1, 0, 0, 0)
+    phdr = struct.pack("<20sHHHIII", name("Sine"), 0, 0, 0, 0, 0, 0) + struct.pack(
+        "<20sHHHIII", name("EOP"), 0, 0, 1, 0, 0, 0
+    )
     mod = b"\0" * 10
-    pdta = b"pdta" + b"".join(chunk(c, d) for c, d in [(b"phdr", phdr), (b"pbag", pbag), (b"pmod", mod), (b"pgen", pgen),
-                                                        (b"inst", inst), (b"ibag", ibag), (b"imod", mod), (b"igen", igen),
-                                                        (b"shdr", shdr)])
-    body = b"sfbk" + chunk(b"LIST", b"INFO" + chunk(b"ifil", struct.pack("<HH", 2, 1))) + chunk(
-        b"LIST", b"sdta" + chunk(b"smpl", smpl)) + chunk(b"LIST", pdta)
+    pdta = b"pdta" + b"".join(
+        chunk(c, d)
+        for c, d in [
+            (b"phdr", phdr),
+            (b"pbag", pbag),
+            (b"pmod", mod),
+            (b"pgen", pgen),
+            (b"inst", inst),
+            (b"ibag", ibag),
+            (b"imod", mod),
+            (b"igen", igen),
+            (b"shdr", shdr),
+        ]
+    )
+    body = (
+        b"sfbk"
+        + chunk(b"LIST", b"INFO" + chunk(b"ifil", struct.pack("<HH", 2, 1)))
+        + chunk(b"LIST", b"sdta" + chunk(b"smpl", smpl))
+        + chunk(b"LIST", pdta)
+    )
     path.write_bytes(chunk(b"RIFF", body))
 
 
@@ -56,9 +74,9 @@ def test_renders_the_recorded_sample_at_the_note_pitch_with_loop_and_release(tmp
     for key, hz in [(67, 400.0), (79, 800.0), (62, 400.0 * 2 ** (-5 / 12))]:
         wave = I.render_note(str(path), 0, 0, key, 100, SAMPLE_RATE, hold=1.0, max_tail=1.5)
         assert wave.dtype == np.float32 and abs(np.abs(wave).max() - 0.9 * (100 / 127) ** 0.5) < 1e-3
-        assert abs(peak_hz(wave[: SAMPLE_RATE]) - hz) < hz * 0.01, key
+        assert abs(peak_hz(wave[:SAMPLE_RATE]) - hz) < hz * 0.01, key
         # the 0.5 s sample loops through the 1 s hold, then a 0.5 s release (-60 dB cut) follows note-off
-        assert np.abs(wave[int(0.9 * SAMPLE_RATE): SAMPLE_RATE]).max() > 0.5
+        assert np.abs(wave[int(0.9 * SAMPLE_RATE) : SAMPLE_RATE]).max() > 0.5
         assert 1.28 < len(wave) / SAMPLE_RATE < 1.33
 
 

@@ -1,5 +1,6 @@
 """blat.pipeline.metrics: caption metrics against coco-caption (pycocoevalcap) and hand-checked values; average
 precision against sklearn; retrieval metrics and every chance formula against hand examples and simulation."""
+
 from __future__ import annotations
 
 import itertools
@@ -19,12 +20,27 @@ REFS = {
     "e": ["an engine idles", "a motor runs at idle", "an idling engine rumbles"],
 }
 CANDIDATE_SETS = {
-    "mixed": {"a": "a dog barks", "b": "rain falls on a roof", "c": "a man is speaking",
-              "d": "birds chirp and a door slams shut", "e": "a car engine idles and rumbles quietly"},
-    "one_word_and_long": {"a": "dog", "b": "rain falls on a metal roof while heavy rain is falling steadily on it",
-                          "c": "a man speaks and a car passes by", "d": "birds", "e": "an engine"},
-    "nothing_right": {"a": "music plays", "b": "a baby cries", "c": "water drips", "d": "a phone rings",
-                      "e": "people clap"},
+    "mixed": {
+        "a": "a dog barks",
+        "b": "rain falls on a roof",
+        "c": "a man is speaking",
+        "d": "birds chirp and a door slams shut",
+        "e": "a car engine idles and rumbles quietly",
+    },
+    "one_word_and_long": {
+        "a": "dog",
+        "b": "rain falls on a metal roof while heavy rain is falling steadily on it",
+        "c": "a man speaks and a car passes by",
+        "d": "birds",
+        "e": "an engine",
+    },
+    "nothing_right": {
+        "a": "music plays",
+        "b": "a baby cries",
+        "c": "water drips",
+        "d": "a phone rings",
+        "e": "people clap",
+    },
 }
 
 
@@ -44,7 +60,9 @@ def test_caption_metrics_match_pycocoevalcap(name):
     from pycocoevalcap.rouge.rouge import Rouge
 
     cands = CANDIDATE_SETS[name]
-    np.testing.assert_allclose(metrics.bleu(cands, REFS), coco(Bleu(4), cands, REFS, verbose=0)[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        metrics.bleu(cands, REFS), coco(Bleu(4), cands, REFS, verbose=0)[0], rtol=1e-12, atol=1e-15
+    )
     ours_r, per_r = metrics.rouge_l(cands, REFS)
     theirs_r, their_per_r = coco(Rouge(), cands, REFS)
     assert ours_r == pytest.approx(theirs_r, abs=1e-12)
@@ -63,8 +81,9 @@ def test_bleu_by_hand():
     np.testing.assert_allclose(b[:3], [bp, bp, bp], rtol=1e-9)
     assert b[3] == pytest.approx(bp * (1e-15 / 1e-9) ** 0.25, rel=1e-6)
     # a perfect candidate scores 1 at every order
-    np.testing.assert_allclose(metrics.bleu({"x": "a dog barks at a cat"}, {"x": ["a dog barks at a cat"]}),
-                               [1, 1, 1, 1], rtol=1e-9)
+    np.testing.assert_allclose(
+        metrics.bleu({"x": "a dog barks at a cat"}, {"x": ["a dog barks at a cat"]}), [1, 1, 1, 1], rtol=1e-9
+    )
     # clipping: "the the the" against "the cat": 1 of 3 unigrams counts
     assert metrics.bleu({"x": "the the the"}, {"x": ["the cat"]})[0] == pytest.approx(1 / 3, rel=1e-9)
 
@@ -119,8 +138,9 @@ def test_average_precision_matches_sklearn_with_and_without_ties():
         y = rng.random(n) < rng.uniform(0.1, 0.6)
         y[0] = True
         scores = rng.random(n) if trial % 2 else rng.integers(0, 4, n).astype(float)  # odd trials: heavy ties
-        assert metrics.average_precision(scores, y) == pytest.approx(sklearn_metrics.average_precision_score(y, scores),
-                                                                     abs=1e-12)
+        assert metrics.average_precision(scores, y) == pytest.approx(
+            sklearn_metrics.average_precision_score(y, scores), abs=1e-12
+        )
 
 
 def test_mean_average_precision_skips_labels_without_positives():
@@ -147,11 +167,13 @@ def test_expected_random_ap_is_exact():
 def test_retrieval_metrics_by_hand():
     # 3 clips, captions 0,1 -> clip 0; 2 -> clip 1; 3,4 -> clip 2
     caption_audio = np.array([0, 0, 1, 2, 2])
-    sim = np.array([
-        [0.9, 0.1, 0.5, 0.0, 0.6],  # clip 0: its captions rank 1st and 4th
-        [0.8, 0.2, 0.4, 0.3, 0.1],  # clip 1: its caption ranks 2nd
-        [0.1, 0.3, 0.2, 0.4, 0.7],  # clip 2: its captions rank 1st and 2nd
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.5, 0.0, 0.6],  # clip 0: its captions rank 1st and 4th
+            [0.8, 0.2, 0.4, 0.3, 0.1],  # clip 1: its caption ranks 2nd
+            [0.1, 0.3, 0.2, 0.4, 0.7],  # clip 2: its captions rank 1st and 2nd
+        ]
+    )
     m = metrics.retrieval_metrics(sim, caption_audio)
     # t2a ranks of the true clip per caption: c0: clip0 .9 vs .8, .1 -> 1; c1: .1 vs .2, .3 -> 3; c2: .4 vs .5 -> 2;
     # c3: .4 vs .0, .3 -> 1; c4: .7 vs .6, .1 -> 1
@@ -181,8 +203,18 @@ def test_random_retrieval_matches_the_chance_formulas():
     caption_audio = np.concatenate([np.repeat(np.arange(30), 5), np.arange(30, 40)])  # 5 captions, then 1 caption
     runs = [metrics.retrieval_metrics(rng.random((40, len(caption_audio))), caption_audio) for _ in range(300)]
     chance = metrics.retrieval_chance(caption_audio, 40)
-    for key in ("t2a_r1", "t2a_r5", "t2a_r10", "t2a_map10", "a2t_r1", "a2t_r5", "a2t_r10", "a2t_map10",
-                "t2a_mean_rank", "a2t_mean_rank"):
+    for key in (
+        "t2a_r1",
+        "t2a_r5",
+        "t2a_r10",
+        "t2a_map10",
+        "a2t_r1",
+        "a2t_r5",
+        "a2t_r10",
+        "a2t_map10",
+        "t2a_mean_rank",
+        "a2t_mean_rank",
+    ):
         mean = np.mean([r[key] for r in runs])
         assert mean == pytest.approx(chance[key], rel=0.05, abs=0.004), key
 

@@ -1,5 +1,6 @@
 """blat.pipeline.pretrain and .contrastive: the InfoNCE loss by hand, data order and crops, the frozen-text
 cache, checkpoints and metadata, and that a few steps on a tiny synthetic set beat the untrained model."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import blat
 from blat.pipeline import pretrain as pt
 from blat.pipeline.contrastive import contrastive_loss
 from blat.pipeline.evaluate import evaluate_dual
+from blat.pipeline.stages import PretrainConfig
 from blat_contract.config import ConfigError
 from tests.blat.pipeline.synthetic_scenes import make_scene_manifest, write_tiny_config
 
@@ -22,8 +24,11 @@ FAST = {"model": "tiny-dual", "clip_seconds": 0.5, "num_threads": 1, "log_every"
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """(manifest, synthetic captions): 48 tags-only clips with synthetic captions, 8 captioned, 20 test scenes."""
-    return make_scene_manifest(tmp_path_factory.mktemp("scenes"), seconds=0.6,
-                               counts={"captioned": 8, "tags_only": 48, "test_scenes": 20, "test_events": 10})
+    return make_scene_manifest(
+        tmp_path_factory.mktemp("scenes"),
+        seconds=0.6,
+        counts={"captioned": 8, "tags_only": 48, "test_scenes": 20, "test_events": 10},
+    )
 
 
 def test_info_nce_by_hand():
@@ -56,8 +61,12 @@ def test_schedule_warms_up_then_follows_a_cosine():
 
 def test_shards_of_a_global_batch_are_the_one_process_batch():
     one = list(pt._ShardSampler(20, 8, seed=3, epoch=1, rank=0, world=1))
-    two = list(zip(pt._ShardSampler(20, 8, seed=3, epoch=1, rank=0, world=2),
-                   pt._ShardSampler(20, 8, seed=3, epoch=1, rank=1, world=2)))
+    two = list(
+        zip(
+            pt._ShardSampler(20, 8, seed=3, epoch=1, rank=0, world=2),
+            pt._ShardSampler(20, 8, seed=3, epoch=1, rank=1, world=2),
+        )
+    )
     assert len(one) == 2 == len(two)  # the incomplete last batch is dropped
     assert [a + b for a, b in two] == one
     assert one != list(pt._ShardSampler(20, 8, seed=3, epoch=2, rank=0, world=1))  # a new order each epoch
@@ -95,7 +104,7 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="unknown key"):
         pt.load_config(overrides=["batch_sise=4"])
     with pytest.raises(ConfigError, match="negatives"):
-        pt.PretrainConfig(batch_size=1)
+        PretrainConfig(batch_size=1)
     cfg = pt.load_config(overrides=["freeze_text=true", "lr=3e-4"], environ={"BLAT_PRETRAIN_EPOCHS": "3"})
     assert cfg.freeze_text is True and cfg.lr == 3e-4 and cfg.epochs == 3
 
@@ -109,7 +118,7 @@ def _first_batch(cfg, pairs):
 
 def test_frozen_text_cache_gives_the_unfrozen_first_step_loss(scenes, tmp_path):
     manifest, synthetic = scenes
-    cfg = pt.PretrainConfig(**FAST, freeze_text=True, batch_size=8, val_size=0, max_steps=1, epochs=1)
+    cfg = PretrainConfig(**FAST, freeze_text=True, batch_size=8, val_size=0, max_steps=1, epochs=1)
     report = pt.pretrain(cfg, manifest, tmp_path / "frozen", synthetic)
     logged = json.loads((tmp_path / "frozen" / "steps.jsonl").read_text().splitlines()[0])["loss"]
     assert report["first_loss"] == logged
@@ -134,7 +143,7 @@ def test_frozen_text_cache_gives_the_unfrozen_first_step_loss(scenes, tmp_path):
 
 def test_frozen_text_tower_does_not_move(scenes, tmp_path):
     manifest, synthetic = scenes
-    cfg = pt.PretrainConfig(**{**FAST, "lr": 1e-2}, freeze_text=True, batch_size=8, val_size=0, max_steps=2, epochs=1)
+    cfg = PretrainConfig(**{**FAST, "lr": 1e-2}, freeze_text=True, batch_size=8, val_size=0, max_steps=2, epochs=1)
     pt.pretrain(cfg, manifest, tmp_path / "run", synthetic)
     trained = blat.load_checkpoint(tmp_path / "run" / "dual.safetensors")[0].state_dict()
     start = pt.build_model("tiny-dual", cfg.seed).state_dict()
@@ -151,19 +160,26 @@ def test_panns_weights_initialise_the_audio_tower(scenes, tmp_path):
     donor = blat.create_model("tiny-dual").audio_encoder
     sd = {k: v for k, v in donor.state_dict().items() if not k.startswith("melspec_extractor.")}
     torch.save({"model": sd}, tmp_path / "panns.pth")
-    cfg = pt.PretrainConfig(**{**FAST, "lr": 1e-12}, panns_checkpoint=str(tmp_path / "panns.pth"),
-                            batch_size=8, val_size=0, max_steps=1, epochs=1)
+    cfg = PretrainConfig(
+        **{**FAST, "lr": 1e-12},
+        panns_checkpoint=str(tmp_path / "panns.pth"),
+        batch_size=8,
+        val_size=0,
+        max_steps=1,
+        epochs=1,
+    )
     pt.pretrain(cfg, manifest, tmp_path / "run", synthetic)
     got = blat.load_checkpoint(tmp_path / "run" / "dual.safetensors")[0].audio_encoder.state_dict()
     torch.testing.assert_close(got["conv_block1.conv1.weight"], sd["conv_block1.conv1.weight"], atol=1e-9, rtol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # a training/evaluation run: `make test-bench`
 def test_a_few_steps_beat_the_untrained_model(scenes, tmp_path):
     manifest, synthetic = scenes
     model = str(write_tiny_config(tmp_path / "tiny.json"))  # mean pooling: see synthetic_scenes.TINY_NO_DROPOUT
-    cfg = pt.PretrainConfig(**{**FAST, "lr": 3e-3, "model": model}, batch_size=16, epochs=8, val_size=0,
-                            warmup_fraction=0.1)
+    cfg = PretrainConfig(
+        **{**FAST, "lr": 3e-3, "model": model}, batch_size=16, epochs=8, val_size=0, warmup_fraction=0.1
+    )
     report = pt.pretrain(cfg, manifest, tmp_path / "run", synthetic)
     assert report["steps"] == 8 * 3
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
@@ -179,7 +195,7 @@ def test_a_few_steps_beat_the_untrained_model(scenes, tmp_path):
 
 def test_validation_picks_the_best_epoch_and_writes_a_report(scenes, tmp_path):
     manifest, synthetic = scenes
-    cfg = pt.PretrainConfig(**{**FAST, "lr": 3e-3}, batch_size=8, epochs=2, val_size=8, val_captions="references")
+    cfg = PretrainConfig(**{**FAST, "lr": 3e-3}, batch_size=8, epochs=2, val_size=8, val_captions="references")
     report = pt.pretrain(cfg, manifest, tmp_path / "run", synthetic)
     assert report["val_pairs"] == 8 and report["train_pairs"] == 40 and len(report["history"]) == 2
     best = max(report["history"], key=lambda h: h["val"]["t2a_geomean"])
@@ -194,4 +210,4 @@ def test_validation_picks_the_best_epoch_and_writes_a_report(scenes, tmp_path):
 def test_too_few_pairs_for_a_batch_is_a_clear_error(scenes, tmp_path):
     manifest, synthetic = scenes
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        pt.pretrain(pt.PretrainConfig(**FAST, batch_size=64, val_size=0), manifest, tmp_path / "run", synthetic)
+        pt.pretrain(PretrainConfig(**FAST, batch_size=64, val_size=0), manifest, tmp_path / "run", synthetic)

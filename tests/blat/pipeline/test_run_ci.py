@@ -2,6 +2,7 @@
 
 Takes a few minutes on 2 cores; the Debian packages are cached in .cache/corpus.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import pytest
 from blat.pipeline.recipe import load_recipe
 from blat.pipeline.run import run_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.bench  # a long pipeline run: `make test-bench`
 CACHE = Path(__file__).resolve().parents[3] / ".cache" / "corpus"
 
 
@@ -44,8 +45,15 @@ def test_tag_guided_captions_beat_untagged(ci_run):
 def test_outputs_for_export_and_serving(ci_run):
     out, report = ci_run
     model = out / "model"
-    for name in ("dual.safetensors", "captioner.safetensors", "vocab.json", "tokenizer.json", "recipe.json",
-                 "metrics.json", "MODEL_CARD.md"):
+    for name in (
+        "dual.safetensors",
+        "captioner.safetensors",
+        "vocab.json",
+        "tokenizer.json",
+        "recipe.json",
+        "metrics.json",
+        "MODEL_CARD.md",
+    ):
         assert (model / name).is_file(), name
     assert "| tag_guided |" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["recipe"] == "ci"

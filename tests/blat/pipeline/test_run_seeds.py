@@ -1,5 +1,6 @@
 """The pipeline over several seeds: one corpus and scene set, each seed's stages in its own folder, a report of
 mean [min, max] over seeds, the exported model from the first seed, and the frozen-tower cache shared by all."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,9 @@ def test_seeds_run_apart_and_are_summarised(tmp_path):
         assert seed_report["variants"]["tag_guided"]["evaluation"]["protocols"]
     cell = report["summary"]["tag_guided"]["zero-shot acc"]
     assert len(cell["values"]) == 2 and cell["min"] <= cell["mean"] <= cell["max"]
-    assert (out / "model" / "dual.safetensors").read_bytes() == \
-        (out / "seed-3" / "dual-tag_guided" / "dual.safetensors").read_bytes()
+    assert (out / "model" / "dual.safetensors").read_bytes() == (
+        out / "seed-3" / "dual-tag_guided" / "dual.safetensors"
+    ).read_bytes()
     assert "over seeds 3, 5" in (out / "report.md").read_text()
     # (random towers differ per seed, so each seed has its own files; a pretrained tower would share one)
     assert {p.name.split("-")[0] for p in (out / "tower_cache").iterdir()} == {"frames", "pooled"}

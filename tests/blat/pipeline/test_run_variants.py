@@ -1,5 +1,6 @@
 """Which pre-training text the exported model is trained on: the recipe's `release_variant`, including a variant
 joined from two others (the tag-guided captioner's captions and the clip's tag templates)."""
+
 from __future__ import annotations
 
 import json
@@ -34,26 +35,47 @@ def test_joined_variant_is_trained_and_exported(tmp_path):
     assert list(report["variants"]) == ["tag_guided+templates"]  # no ablation: only the released variant trains
     captions = out / "captions"
     joined = [json.loads(line) for line in (captions / "tag_guided+templates-tags_only" / "captions.jsonl").open()]
-    parts = {name: [json.loads(line) for line in (captions / f"{name}-tags_only" / "captions.jsonl").open()]
-             for name in ("tag_guided", "templates")}
+    parts = {
+        name: [json.loads(line) for line in (captions / f"{name}-tags_only" / "captions.jsonl").open()]
+        for name in ("tag_guided", "templates")
+    }
     assert joined == parts["tag_guided"] + parts["templates"]
     assert {r["provenance"]["mode"] for r in joined} == {"captioner", "templates"}
     assert report["variants"]["tag_guided+templates"]["synthetic_captions"].endswith(
-        "tag_guided+templates-tags_only/captions.jsonl")
+        "tag_guided+templates-tags_only/captions.jsonl"
+    )
     pretrain_report = json.loads((out / "dual-tag_guided+templates" / "report.json").read_text())
     assert pretrain_report["train_pairs"] > 0
-    assert (out / "model" / "dual.safetensors").read_bytes() == \
-        (out / "dual-tag_guided+templates" / "dual.safetensors").read_bytes()
+    assert (out / "model" / "dual.safetensors").read_bytes() == (
+        out / "dual-tag_guided+templates" / "dual.safetensors"
+    ).read_bytes()
     assert json.loads((out / "model" / "metrics.json").read_text())["variant"] == "tag_guided+templates"
     card = (out / "model" / "MODEL_CARD.md").read_text()
     assert "variant `tag_guided+templates`" in card and "template captions of each clip's tags" in card
 
-    # `python -m blat_export release` on that run: the released variant's metrics, the recipe and the command in the card
+    # `python -m blat_export release` on that run: the released variant's metrics, the recipe and the command in the
+    # card
     from blat_export.__main__ import main as export_main
     from blat_export.release import read_release
 
-    assert export_main(["release", "--run", str(out), "--out", str(tmp_path / "rel" / "1"), "--name", "tiny",
-                        "--version", "1", "--command", "make train RECIPE=tiny"]) == 0
+    assert (
+        export_main(
+            [
+                "release",
+                "--run",
+                str(out),
+                "--out",
+                str(tmp_path / "rel" / "1"),
+                "--name",
+                "tiny",
+                "--version",
+                "1",
+                "--command",
+                "make train RECIPE=tiny",
+            ]
+        )
+        == 0
+    )
     release = read_release(tmp_path / "rel" / "1")
     assert release.metrics["variant"] == "tag_guided+templates"
     assert release.metrics["tag_guided+templates"] == report["variants"]["tag_guided+templates"]["evaluation"]

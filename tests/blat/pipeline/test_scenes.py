@@ -1,5 +1,6 @@
 """Step 2: simulated scenes. Splits by source, captions that follow the true event order, and mixes that put each
 event where the manifest says; on the real ci corpus (tiny scene counts) and on a synthetic corpus."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,9 @@ import soundfile as sf
 
 from blat.pipeline import templates
 from blat.pipeline.data import load_audio, load_jsonl
-from blat.pipeline.recipe import ScenesConfig, load_recipe
+from blat.pipeline.recipe import load_recipe
 from blat.pipeline.scenes import SPLITS, assign_sources, make_scenes, render_scene
+from blat.pipeline.stages import ScenesConfig
 from blat.pipeline.tags import load_tag_table
 from blat_contract.labels import audioset_labels
 
@@ -38,7 +40,7 @@ def test_manifest_rows_are_complete_and_valid(scenes):
     assert counts["captioned"] == TINY["n_captioned"] and counts["tags_only"] == TINY["n_tags_only"]
     assert counts["test_scenes"] == TINY["n_test_scenes"] and counts["test_events"] >= 20
     names = set(audioset_labels())
-    for r in rows[:: 5]:
+    for r in rows[::5]:
         assert set(r) >= {"id", "audio", "duration", "tags", "captions", "split", "events", "background", "seed"}
         assert r["tags"] and set(r["tags"]) <= names
         assert len(r["captions"]) == 5 and len({c.lower() for c in r["captions"]}) >= 3
@@ -79,13 +81,18 @@ def test_source_assignment_is_stratified_and_deterministic():
 def _matches(caption: str, events: list[dict]) -> list[tuple[int, int, int]]:
     """Non-overlapping (start, end, event index) of the events' bank phrases in `caption`, longest first."""
     text, found, taken = caption.lower(), [], np.zeros(len(caption) + 1, bool)
-    candidates = sorted(((p.lower(), i) for i, e in enumerate(events)
-                         for p in {*templates.clip_phrases(e["tags"]).clauses, *templates.clip_phrases(e["tags"]).nouns}),
-                        key=lambda x: -len(x[0]))
+    candidates = sorted(
+        (
+            (p.lower(), i)
+            for i, e in enumerate(events)
+            for p in {*templates.clip_phrases(e["tags"]).clauses, *templates.clip_phrases(e["tags"]).nouns}
+        ),
+        key=lambda x: -len(x[0]),
+    )
     for phrase, i in candidates:
         for m in re.finditer(r"\b" + re.escape(phrase) + r"\b", text):
-            if not taken[m.start(): m.end()].any():
-                taken[m.start(): m.end()] = True
+            if not taken[m.start() : m.end()].any():
+                taken[m.start() : m.end()] = True
                 found.append((m.start(), m.end(), i))
     return sorted(found)
 
@@ -110,7 +117,7 @@ def test_captions_name_the_events_in_their_true_order_and_relation(scenes):
             starts = [first[i][0] for i in range(len(events))]
             assert starts == sorted(starts), (caption, [(e["tags"], e["onset"]) for e in events])
             for i in range(len(events) - 1):  # the connective between consecutive events states their relation
-                between = caption[first[i][1]: first[i + 1][0]]
+                between = caption[first[i][1] : first[i + 1][0]]
                 overlap = events[i + 1]["onset"] < events[i]["offset"] - 0.05
                 if between in then_words | while_words:
                     assert between in (while_words if overlap else then_words), (caption, between, events)
@@ -140,7 +147,7 @@ def test_written_audio_puts_each_event_where_the_manifest_says(scenes):
         inside = np.zeros(len(audio), bool)
         for e in r["events"]:
             a, b = round(e["onset"] * sr), round(e["offset"] * sr)
-            inside[max(0, a - 2): b + 2] = True  # +-2 samples: rounding of the onset to a sample
+            inside[max(0, a - 2) : b + 2] = True  # +-2 samples: rounding of the onset to a sample
             assert np.sqrt(np.mean(audio[a:b] ** 2)) > 10 ** (-50 / 20), (r["id"], e)  # energy in the window
         assert np.abs(audio[~inside]).max(initial=0) < 1e-3, r["id"]  # and none outside the event windows
         checked += 1
@@ -158,7 +165,9 @@ def test_synthetic_scenes_are_deterministic_and_cached(tmp_path):
     assert load_jsonl(again) == rows
     bg = [r for r in rows if r["background"]]
     assert bg and all(r["background"]["tags"][0] in ("Rain", "Wind") for r in bg)
-    assert all(not set(r["background"]["tags"]) & {t for e in r["events"] for t in e["tags"]} for r in bg)  # bed != event
+    assert all(
+        not set(r["background"]["tags"]) & {t for e in r["events"] for t in e["tags"]} for r in bg
+    )  # bed != event
     # onsets come from the tones: the synthetic dog is 440 Hz, so its window holds the 440 Hz energy
     sr = 32000
     for r in rows:
@@ -207,8 +216,10 @@ def test_source_events_add_each_training_recording_to_its_own_group(tmp_path):
     assert [r for r in rows if "/e" not in r["id"]] == plain  # the scenes and test events are unchanged
     events = [r for r in rows if "/e" in r["id"]]
     corpus_rows = {r["id"]: r for r in load_jsonl(corpus)}
-    group = {s: {e["source"] for r in rows if r["split"] == s and "/e" not in r["id"] for e in r["events"]}
-             for s in ("captioned", "tags_only", "test_scenes", "test_events")}
+    group = {
+        s: {e["source"] for r in rows if r["split"] == s and "/e" not in r["id"] for e in r["events"]}
+        for s in ("captioned", "tags_only", "test_scenes", "test_events")
+    }
     assert {r["split"] for r in events} == {"captioned", "tags_only"}
     # every recording of a training group appears once, alone, in its group's split, never in another group
     for split in ("captioned", "tags_only"):

@@ -1,4 +1,5 @@
 """blat.pipeline.sources: apt-get/dpkg-deb wrappers, the opensfx.cat and zip containers, DEP-5 licences."""
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from blat.pipeline import sources
-from blat.pipeline.sources import Member, PackageSpec, SourceError
+from blat.pipeline.sources import PackageSpec, SourceError
 
 
 def wav_bytes(seconds: float = 0.5, sr: int = 22_050, freq: float = 440.0) -> bytes:
@@ -36,22 +37,29 @@ def make_cat(entries: list[tuple[str, bytes]], new_format: bool = True) -> bytes
 
 def test_parse_opensfx_cat_round_trips_synthetic_entries():
     a, b = wav_bytes(0.5, freq=440), wav_bytes(1.0, freq=880)
-    data = make_cat([('"Cash till". By Someone. License: Creative Commons Zero 1.0.', a),
-                     ('"Ship horn". Original "horn.aif" by X. Edited by Y. License: CC BY 3.0.', b)])
+    data = make_cat(
+        [
+            ('"Cash till". By Someone. License: Creative Commons Zero 1.0.', a),
+            ('"Ship horn". Original "horn.aif" by X. Edited by Y. License: CC BY 3.0.', b),
+        ]
+    )
     entries = sources.parse_opensfx_cat(data)
     assert [e.index for e in entries] == [0, 1]
     assert entries[0].description.startswith('"Cash till"') and not entries[0].description.endswith("\0")
-    assert data[entries[1].offset: entries[1].offset + entries[1].size] == b
-    wave, sr = sf.read(io.BytesIO(data[entries[1].offset: entries[1].offset + entries[1].size]))
+    assert data[entries[1].offset : entries[1].offset + entries[1].size] == b
+    wave, sr = sf.read(io.BytesIO(data[entries[1].offset : entries[1].offset + entries[1].size]))
     assert sr == 22_050 and len(wave) == 22_050
     assert sources.parse_opensfx_cat(make_cat([("x", a)], new_format=False))[0].size == len(a)
 
 
-@pytest.mark.parametrize("data,needle", [
-    (b"\x01\x00", "shorter"),
-    (struct.pack("<II", 12, 4) + b"xxxx", "table length"),
-    (struct.pack("<II", 8, 40) + b"\x01aNOTRIFF", "no RIFF"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"\x01\x00", "shorter"),
+        (struct.pack("<II", 12, 4) + b"xxxx", "table length"),
+        (struct.pack("<II", 8, 40) + b"\x01aNOTRIFF", "no RIFF"),
+    ],
+)
 def test_parse_opensfx_cat_rejects_garbage(data, needle):
     with pytest.raises(ValueError, match=needle):
         sources.parse_opensfx_cat(data)
@@ -59,7 +67,8 @@ def test_parse_opensfx_cat_rejects_garbage(data, needle):
 
 def test_split_opensfx_description():
     title, credit = sources.split_opensfx_description(
-        '"Ship horn". Original "ship2.aif" by Leon Milo. License: Creative Commons Attribution 3.0 Unported.')
+        '"Ship horn". Original "ship2.aif" by Leon Milo. License: Creative Commons Attribution 3.0 Unported.'
+    )
     assert title == "Ship horn"
     assert credit.startswith('Original "ship2.aif" by Leon Milo') and "Attribution 3.0" in credit
 
@@ -97,6 +106,7 @@ def test_read_member_in_a_forked_child_does_not_share_the_zip_handle(fake_tree):
     m = next(m for m in sources.list_members(spec, tree) if m.inner)
     first = sources.read_member(m)  # the parent now holds an open ZipFile
     from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(2) as pool:
         assert all(b == first for b in pool.map(sources.read_member, [m] * 8))
 
@@ -168,12 +178,15 @@ License: CC0-1.0
 """
 
 
-@pytest.mark.parametrize("origin,expected", [
-    ("usr/share/games/x/base/readme.txt", "GPL-2+"),
-    ("usr/share/games/x/base/sound/fire.ogg", "CC-BY-SA-3.0"),
-    ("usr/share/games/ufoai/base/0snd.pk3!sound/ambience/hum.ogg", "CC0-1.0"),  # container name dropped
-    ("usr/share/games/x/data/doors/open.wav", "CC0-1.0"),
-])
+@pytest.mark.parametrize(
+    "origin,expected",
+    [
+        ("usr/share/games/x/base/readme.txt", "GPL-2+"),
+        ("usr/share/games/x/base/sound/fire.ogg", "CC-BY-SA-3.0"),
+        ("usr/share/games/ufoai/base/0snd.pk3!sound/ambience/hum.ogg", "CC0-1.0"),  # container name dropped
+        ("usr/share/games/x/data/doors/open.wav", "CC0-1.0"),
+    ],
+)
 def test_licence_for_uses_the_last_matching_dep5_stanza(origin, expected):
     assert sources.licence_for(DEP5, origin) == expected
 

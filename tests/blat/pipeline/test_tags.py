@@ -1,4 +1,5 @@
 """blat.pipeline.tags: the curated path -> AudioSet tag table and its validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,24 +35,29 @@ def test_committed_table_tags_real_voices_and_music_and_excludes_the_doubtful():
         rule = table.match(package, path)
         assert rule is not None and tag in rule.tags, (package, path)
     # fictional creature voices, interface stingers and most synthetic voices stay out
-    for package, path in [("ufoai-sound", "0snd.pk3/sound/aliens/ortnok/die1.ogg"),
-                          ("openarena-data", "missionpack/mp-pak0.pk3/sound/voices/festivoxmale/jerk.ogg"),
-                          ("hedgewars-data", "voices/Robot/Hello.ogg")]:
+    for package, path in [
+        ("ufoai-sound", "0snd.pk3/sound/aliens/ortnok/die1.ogg"),
+        ("openarena-data", "missionpack/mp-pak0.pk3/sound/voices/festivoxmale/jerk.ogg"),
+        ("hedgewars-data", "voices/Robot/Hello.ogg"),
+    ]:
         rule = table.match(package, path)
         assert rule is not None and rule.excludes, (package, path)
     synthetic = table.match("openarena-data", "missionpack/mp-pak0.pk3/sound/voices/festivoxmale/yes.ogg")
     assert "Speech synthesizer" in synthetic.tags  # synthetic speech can be counted apart
 
 
-@pytest.mark.parametrize("package,path,expected", [
-    ("minetest-data", "minetest_game/mods/default/sounds/default_gravel_footstep.2.ogg", "Walk, footsteps"),
-    ("minetest-data", "minetest_game/mods/default/sounds/default_break_glass.1.ogg", "Shatter"),
-    ("minetest-data", "minetest_game/mods/fire/sounds/fire_fire.1.ogg", "Crackle"),
-    ("bucklespring-data", "1e-0.wav", "Computer keyboard"),
-    ("ufoai-sound", "0snd.pk3/sound/weapons/bullet-rifle.ogg", "Gunshot, gunfire"),
-    ("ufoai-sound", "0snd.pk3/sound/weapons/explosion.ogg", "Explosion"),
-    ("openttd-opensfx", "opensfx.cat/36 Sheep", "Sheep"),
-])
+@pytest.mark.parametrize(
+    "package,path,expected",
+    [
+        ("minetest-data", "minetest_game/mods/default/sounds/default_gravel_footstep.2.ogg", "Walk, footsteps"),
+        ("minetest-data", "minetest_game/mods/default/sounds/default_break_glass.1.ogg", "Shatter"),
+        ("minetest-data", "minetest_game/mods/fire/sounds/fire_fire.1.ogg", "Crackle"),
+        ("bucklespring-data", "1e-0.wav", "Computer keyboard"),
+        ("ufoai-sound", "0snd.pk3/sound/weapons/bullet-rifle.ogg", "Gunshot, gunfire"),
+        ("ufoai-sound", "0snd.pk3/sound/weapons/explosion.ogg", "Explosion"),
+        ("openttd-opensfx", "opensfx.cat/36 Sheep", "Sheep"),
+    ],
+)
 def test_committed_table_tags_describe_the_sound(package, path, expected):
     rule = load_tag_table().match(package, path)
     assert rule is not None and expected in rule.tags
@@ -79,11 +85,14 @@ def test_bad_tag_names_the_line_and_suggests(tmp_path):
     assert f"{path}:4" in msg and "'Glas'" in msg and "527 AudioSet" in msg and "'Glass'" in msg
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("p,(unclosed,Bird,\n", "bad regex"),
-    ("p,x,Bird\n", "expected 4 columns"),
-    ("p,x,Bird;Bird,\n", "repeated tag"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("p,(unclosed,Bird,\n", "bad regex"),
+        ("p,x,Bird\n", "expected 4 columns"),
+        ("p,x,Bird;Bird,\n", "repeated tag"),
+    ],
+)
 def test_malformed_rows(body, needle):
     with pytest.raises(TagTableError, match=needle):
         parse_tag_table(HEADER + body)

@@ -9,6 +9,7 @@ random masks cannot equal one process's). With per-process BatchNorm the first l
 
 This file is also the script that torchrun runs for the gradient check (`--grad-check OUT.json`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,19 +32,42 @@ def torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProce
     return done
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # a training/evaluation run: `make test-bench`
 def test_two_processes_train_like_one_process(tmp_path):
     from blat.pipeline import pretrain as pt
+    from blat.pipeline.stages import PretrainConfig
     from tests.blat.pipeline.synthetic_scenes import make_scene_manifest, write_tiny_config
 
-    manifest, synthetic = make_scene_manifest(tmp_path / "scenes", seconds=0.6,
-                                              counts={"tags_only": 28, "test_scenes": 0, "test_events": 0})
+    manifest, synthetic = make_scene_manifest(
+        tmp_path / "scenes", seconds=0.6, counts={"tags_only": 28, "test_scenes": 0, "test_events": 0}
+    )
     model = write_tiny_config(tmp_path / "tiny.json")
-    settings = {"model": str(model), "batch_size": 8, "clip_seconds": 0.5, "val_size": 4, "max_steps": 3,
-                "epochs": 1, "lr": 1e-3, "warmup_fraction": 0.0, "num_threads": 1, "seed": 3}
-    torchrun(["-m", "blat.pipeline.pretrain", "--manifest", str(manifest), "--synthetic", str(synthetic),
-              "--out", str(tmp_path / "two"), *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]])
-    one = pt.pretrain(pt.PretrainConfig(**settings), manifest, tmp_path / "one", synthetic)
+    settings = {
+        "model": str(model),
+        "batch_size": 8,
+        "clip_seconds": 0.5,
+        "val_size": 4,
+        "max_steps": 3,
+        "epochs": 1,
+        "lr": 1e-3,
+        "warmup_fraction": 0.0,
+        "num_threads": 1,
+        "seed": 3,
+    }
+    torchrun(
+        [
+            "-m",
+            "blat.pipeline.pretrain",
+            "--manifest",
+            str(manifest),
+            "--synthetic",
+            str(synthetic),
+            "--out",
+            str(tmp_path / "two"),
+            *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")],
+        ]
+    )
+    one = pt.pretrain(PretrainConfig(**settings), manifest, tmp_path / "one", synthetic)
 
     def losses(run):
         return [json.loads(line)["loss"] for line in (tmp_path / run / "steps.jsonl").read_text().splitlines()]
@@ -58,7 +82,7 @@ def test_two_processes_train_like_one_process(tmp_path):
     assert two["best"]["metric"] == "t2a_geomean" and (tmp_path / "two" / "dual.safetensors").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # a training/evaluation run: `make test-bench`
 def test_gather_and_batchnorm_gradients_equal_one_process(tmp_path):
     out = tmp_path / "grads.json"
     torchrun([str(Path(__file__).resolve()), "--grad-check", str(out)])
@@ -98,8 +122,10 @@ def grad_check(out: Path) -> None:
     (y * weights * (rank + 1)).sum().backward()  # process r weights the gathered tensor by (r + 1)
     expected = torch.cat([torch.arange(6.0).reshape(3, 2) + 10 * r for r in range(world)])
     total_weight = sum(r + 1 for r in range(world))
-    checks = torch.tensor([torch.equal(y.detach(), expected),
-                           torch.equal(x.grad, total_weight * weights[3 * rank:3 * rank + 3])], dtype=torch.int64)
+    checks = torch.tensor(
+        [torch.equal(y.detach(), expected), torch.equal(x.grad, total_weight * weights[3 * rank : 3 * rank + 3])],
+        dtype=torch.int64,
+    )
     dist.all_reduce(checks, op=dist.ReduceOp.MIN)  # true only if true on every process
     result["gather_values_exact"], result["gather_grad_exact"] = bool(checks[0]), bool(checks[1])
 
@@ -110,8 +136,16 @@ def grad_check(out: Path) -> None:
     g = torch.Generator().manual_seed(1)
     wave = 0.1 * torch.randn(8, 16000, generator=g)
     lengths = torch.tensor([16000, 16000, 9000, 16000, 12000, 16000, 7000, 16000])
-    captions = ["a dog barks", "rain on a roof", "a bell rings twice", "wind blows", "an engine idles",
-                "birds chirp", "a door slams", "water drips slowly"]
+    captions = [
+        "a dog barks",
+        "rain on a roof",
+        "a bell rings twice",
+        "wind blows",
+        "an engine idles",
+        "birds chirp",
+        "a door slams",
+        "water drips slowly",
+    ]
     ids = torch.arange(8)
     mine = slice(4 * rank, 4 * rank + 4)
     audio, text = embed_batch(model, wave[mine], lengths[mine], ids[mine], captions)
@@ -129,12 +163,20 @@ def grad_check(out: Path) -> None:
         errors = {k: (ours[k].grad - theirs[k].grad).abs().max().item() for k in theirs if theirs[k].grad is not None}
         scales = {k: theirs[k].grad.abs().max().item() for k in errors}
         ref_buffers = dict(reference.named_buffers())
-        stats = {k: ((v - ref_buffers[k]).abs().max() / ref_buffers[k].abs().max().clamp(min=1)).item()
-                 for k, v in model.named_buffers() if "running_" in k}  # BN running mean / var, relative
-        result.update(loss=total.item() / world, reference_loss=ref_loss.item(), params_checked=len(errors),
-                      max_grad_error=max(errors.values()), max_grad=max(scales.values()),
-                      worst_param_relative_error=max(errors[k] / scales[k] for k in errors if scales[k] > 1e-8),
-                      max_running_stat_relative_error=max(stats.values()))
+        stats = {
+            k: ((v - ref_buffers[k]).abs().max() / ref_buffers[k].abs().max().clamp(min=1)).item()
+            for k, v in model.named_buffers()
+            if "running_" in k
+        }  # BN running mean / var, relative
+        result.update(
+            loss=total.item() / world,
+            reference_loss=ref_loss.item(),
+            params_checked=len(errors),
+            max_grad_error=max(errors.values()),
+            max_grad=max(scales.values()),
+            worst_param_relative_error=max(errors[k] / scales[k] for k in errors if scales[k] > 1e-8),
+            max_running_stat_relative_error=max(stats.values()),
+        )
         out.write_text(json.dumps(result, indent=1))
     dist.barrier()
     dist.destroy_process_group()
@@ -145,4 +187,6 @@ if __name__ == "__main__":
         sys.path.insert(0, str(REPO))
         grad_check(Path(sys.argv[2]))
     else:
-        sys.exit("usage: torchrun --nproc_per_node 2 --standalone tests/blat/pipeline/test_torchrun.py --grad-check OUT")
+        sys.exit(
+            "usage: torchrun --nproc_per_node 2 --standalone tests/blat/pipeline/test_torchrun.py --grad-check OUT"
+        )

@@ -1,5 +1,6 @@
 """Step 3 (stage 1): the tag-guided captioner trains on the captioned split, its loss falls, the checkpoint alone
 reloads and captions, and the tags it is given change what it says."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import torch
 from blat.checkpoint import load_checkpoint
 from blat.models.captioner import tags_tensor
 from blat.pipeline.data import batch_audio, file_sha256, load_clips, load_scene_manifest
-from blat.pipeline.recipe import CaptionerConfig
+from blat.pipeline.stages import CaptionerConfig
 from blat.pipeline.train_captioner import build_captioner, main, train_captioner
 from blat_contract.beam import DecodingOptions
 
@@ -85,8 +86,9 @@ def test_training_is_deterministic_given_the_seed(tmp_path):
     b, meta = load_checkpoint(train_captioner(tiny_scenes(), tmp_path / "b.safetensors", cfg, progress=False))
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
-    c, _ = load_checkpoint(train_captioner(tiny_scenes(), tmp_path / "c.safetensors",
-                                           dataclasses.replace(cfg, seed=8), progress=False))
+    c, _ = load_checkpoint(
+        train_captioner(tiny_scenes(), tmp_path / "c.safetensors", dataclasses.replace(cfg, seed=8), progress=False)
+    )
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
 
 
@@ -102,7 +104,26 @@ def test_architecture_and_flags_come_from_the_config():
 
 def test_cli_trains_with_overrides(tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
-    assert main(["--scenes", str(tiny_scenes()), "--out", str(out), "--arch", "tiny-captioner", "--epochs", "1",
-                 "--no-tags", "--no-progress", "--num-threads", "1", "--log-level", "WARNING"]) == 0
+    assert (
+        main(
+            [
+                "--scenes",
+                str(tiny_scenes()),
+                "--out",
+                str(out),
+                "--arch",
+                "tiny-captioner",
+                "--epochs",
+                "1",
+                "--no-tags",
+                "--no-progress",
+                "--num-threads",
+                "1",
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     _, meta = load_checkpoint(out)
     assert meta["use_tags"] is False and meta["epochs"] == 1 and "final train loss" in capsys.readouterr().out

@@ -4,6 +4,7 @@ Tests that use `faiss_store` instead check what only the FAISS engine has (not a
 own segments, indexes and locks): the snapshot file and its replay, tombstones and their purge, compaction of
 HNSW / IVF, the GPU copy, the directory lock, leftover version directories, the torn SQLite journal tail.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,14 @@ def milvus_open(root: Path, dim: int, bundle_id: str, kind: str = "flat", config
     from blat_gateway.index.milvus import MilvusConfig
 
     root.mkdir(parents=True, exist_ok=True)
-    return IndexStore(None, dim, bundle_id, kind, config=config,
-                      milvus=MilvusConfig(uri=str(root / "milvus.db"), collection=MILVUS_COLLECTION))
+    return IndexStore(
+        None,
+        dim,
+        bundle_id,
+        kind,
+        config=config,
+        milvus=MilvusConfig(uri=str(root / "milvus.db"), collection=MILVUS_COLLECTION),
+    )
 
 
 OPENERS = {"faiss": faiss_open, "milvus": milvus_open}

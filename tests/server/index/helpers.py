@@ -1,4 +1,5 @@
 """Shared test data for the index store: random unit vectors, items derived from an index, brute-force search."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,15 @@ def noisy(base: np.ndarray, scale: float = 0.5, seed: int = 1) -> np.ndarray:
 def item(i: int, prefix: str = "clip") -> ItemRecord:
     """Deterministic metadata for item i: tags, a source folder and a duration that filters can select on."""
     tags = tuple(TAGS[j] for j in range(len(TAGS)) if (i >> j) & 1) or ("silence",)
-    return ItemRecord(id=f"{prefix}-{i}", source_uri=f"s3://bucket/{'a' if i % 3 else 'b'}/{i}.wav",
-                      duration_s=float(i % 30), tags=tags, caption=f"sound {i}", content_hash=f"{prefix}-hash-{i}",
-                      extra={"i": i})
+    return ItemRecord(
+        id=f"{prefix}-{i}",
+        source_uri=f"s3://bucket/{'a' if i % 3 else 'b'}/{i}.wav",
+        duration_s=float(i % 30),
+        tags=tags,
+        caption=f"sound {i}",
+        content_hash=f"{prefix}-hash-{i}",
+        extra={"i": i},
+    )
 
 
 def brute(vecs: np.ndarray, ids: list[str], queries: np.ndarray, k: int, keep=None) -> list[list[tuple[str, float]]]:
@@ -54,9 +61,15 @@ def recall_at(got: list[list[str]], truth: list[list[str]]) -> float:
 def crash_item(item_id: str, version: int = 0) -> ItemRecord:
     """The record the crash tests write for `item_id` (version > 0: an upsert's replacement)."""
     n = sum(map(ord, item_id))
-    return ItemRecord(id=item_id, source_uri=f"file:///data/{item_id}.wav", duration_s=float(n % 17),
-                      tags=(f"t{n % 4}", "crash"), caption=f"{item_id} v{version}", content_hash=f"{item_id}#{version}",
-                      extra={"version": version})
+    return ItemRecord(
+        id=item_id,
+        source_uri=f"file:///data/{item_id}.wav",
+        duration_s=float(n % 17),
+        tags=(f"t{n % 4}", "crash"),
+        caption=f"{item_id} v{version}",
+        content_hash=f"{item_id}#{version}",
+        extra={"version": version},
+    )
 
 
 def crash_vector(item_id: str, version: int, dim: int) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Approximate indexes against exact search: recall@10 of IVF and HNSW on random unit vectors, and the helpers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_recall_vs_exact_above_threshold(tmp_path, data, kind):
 def test_exact_topk_streams_and_pads():
     vecs = unit(50, 8, seed=1)
     q = vecs[:3]
-    chunks = [(np.arange(i, min(i + 7, 50)), vecs[i:i + 7]) for i in range(0, 50, 7)]
+    chunks = [(np.arange(i, min(i + 7, 50)), vecs[i : i + 7]) for i in range(0, 50, 7)]
     s, ids = exact_topk(chunks, q, 5)
     want = np.argsort(-(q @ vecs.T), axis=1)[:, :5]
     assert (ids == want).all() and np.allclose(s, np.take_along_axis(q @ vecs.T, want, 1))

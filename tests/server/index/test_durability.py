@@ -1,5 +1,6 @@
 """Crash safety on each engine: every acknowledged write survives kill -9 at random points. FAISS only: a torn
 SQLite journal tail is dropped (Milvus keeps its own write-ahead log)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,9 +65,14 @@ def start_writer(tmp_path: Path, root: Path, prefix: str, n_ops: int, engine: st
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(script), str(root), prefix, str(n_ops), str(DIM), engine], cwd=ROOT,
-                            env=env,
-                            stdout=subprocess.PIPE, stderr=open(tmp_path / "writer.err", "ab"), text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(root), prefix, str(n_ops), str(DIM), engine],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "writer.err", "ab"),
+        text=True,
+    )
 
 
 def apply_log(lines: list[str], model: dict[str, int]) -> tuple[str, ...] | None:

@@ -1,5 +1,6 @@
 """Integrity at load (FAISS engine): a snapshot's recorded checksum, SQLite's own check of items.sqlite, the
 refusal to open a damaged version (naming the file and the way back) and the offline rollback that way back is."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Background rebuilds on each engine: progress, the old version serving meanwhile, validation, cancel, rollback,
 replayed writes. FAISS only: leftover version directories (Milvus: leftover collections, below)."""
+
 from __future__ import annotations
 
 import threading
@@ -104,16 +105,22 @@ def test_failed_validation_leaves_old_version_live(store, case, version_name):
     elif case == "other bundle":
         job = store.start_rebuild(pairs, total=40, bundle_id="bundle-2")
     elif case == "source raises":
+
         def broken():
             yield pairs[0]
             raise OSError("manifest unreadable")
+
         job = store.start_rebuild(broken, total=40)
     else:
         job = store.start_rebuild(pairs, total=40, min_recall=1.01)  # unreachable: validation must refuse
     p = job.wait(30)
     assert p.state == "failed" and p.error
-    assert {"short source": "expected 45", "other bundle": "bundle-2", "source raises": "manifest unreadable",
-            "recall": "recall"}[case] in p.error
+    assert {
+        "short source": "expected 45",
+        "other bundle": "bundle-2",
+        "source raises": "manifest unreadable",
+        "recall": "recall",
+    }[case] in p.error
     s = store.stats()
     assert (s.version, s.previous_version, s.count) == (version_name(1), None, 60)
     assert store.search(OLD[0], 1)[0][0].id == "old-0"
@@ -136,8 +143,11 @@ def test_cancel(store, version_name):
 
 def test_duplicates_in_source_are_skipped_and_counted(store):
     pairs = [(item(i, "new"), NEW[i]) for i in range(10)]
-    pairs += [(item(3, "new"), NEW[3]), (ItemRecord(id="same-audio", content_hash=pairs[4][0].content_hash), NEW[4]),
-              (ItemRecord(id="bad-vector"), np.zeros(DIM))]
+    pairs += [
+        (item(3, "new"), NEW[3]),
+        (ItemRecord(id="same-audio", content_hash=pairs[4][0].content_hash), NEW[4]),
+        (ItemRecord(id="bad-vector"), np.zeros(DIM)),
+    ]
     p = store.start_rebuild(pairs, total=len(pairs)).wait(30)
     assert p.state == "succeeded" and (p.done, p.added, p.skipped) == (13, 10, 3) and len(p.skipped_reasons) == 3
 
@@ -156,12 +166,15 @@ def test_approximate_rebuild_is_tuned_and_validated(tmp_path, open_store, kind):
         assert [h[0].id for h in store.search(q, 1)] == [item(i).id for i in range(50)]
         # The tuned parameters reach the target on the index that serves, on queries tuning never saw. (Tuned while
         # milvus-lite still searched unindexed segments by brute force, ef came out far too small.)
-        queries = exact.perturbed(vecs[np.random.default_rng(9).choice(3000, 200, replace=False)], 0.3,
-                                  np.random.default_rng(9))
+        queries = exact.perturbed(
+            vecs[np.random.default_rng(9).choice(3000, 200, replace=False)], 0.3, np.random.default_rng(9)
+        )
         truth = exact.exact_topk([(np.arange(3000), vecs)], queries, exact.RECALL_K)
         hits = store.search(queries, exact.RECALL_K)
-        served = (np.array([[h.score for h in row] for row in hits], np.float32),
-                  np.array([[int(h.id.split("-")[-1]) for h in row] for row in hits]))
+        served = (
+            np.array([[h.score for h in row] for row in hits], np.float32),
+            np.array([[int(h.id.split("-")[-1]) for h in row] for row in hits]),
+        )
         assert exact.recall(served, truth) >= 0.95
 
 

@@ -1,4 +1,5 @@
 """Value types of the index store: id rules, record checks, filters (Python and SQL agree), query rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,16 @@ def test_bad_ids(bad):
 def test_record_normalises_and_checks():
     r = ItemRecord(id="a", tags=["x", "y", "x"], duration_s=3)
     assert r.tags == ("x", "y") and r.duration_s == 3.0
-    for bad in ({"duration_s": -1}, {"duration_s": float("nan")}, {"tags": "dog"}, {"tags": [""]},
-                {"tags": [1]}, {"extra": {"x": object()}}, {"extra": [1]}, {"caption": None}):
+    for bad in (
+        {"duration_s": -1},
+        {"duration_s": float("nan")},
+        {"tags": "dog"},
+        {"tags": [""]},
+        {"tags": [1]},
+        {"extra": {"x": object()}},
+        {"extra": [1]},
+        {"caption": None},
+    ):
         with pytest.raises(BadRequest):
             ItemRecord(id="a", **bad)
     assert hash(r) == hash(ItemRecord(id="a", tags=("x", "y"), duration_s=3.0))  # extra is left out of the hash

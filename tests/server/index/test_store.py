@@ -1,5 +1,6 @@
 """IndexStore on each engine: exact search vs numpy, writes, duplicates, filters, persistence. FAISS only:
 snapshot + replay, tombstones, compaction, the directory lock (see conftest.py)."""
+
 from __future__ import annotations
 
 import threading
@@ -115,8 +116,10 @@ def test_duplicate_content_hash_names_existing_id(filled):
 
 def test_add_many_is_all_or_nothing(filled):
     store, _, _ = filled
-    batch = [(ItemRecord(id="n1", content_hash="new-1"), unit(1, DIM, 1)[0]),
-             (ItemRecord(id="n2", content_hash="new-1"), unit(1, DIM, 2)[0])]  # duplicate inside the batch
+    batch = [
+        (ItemRecord(id="n1", content_hash="new-1"), unit(1, DIM, 1)[0]),
+        (ItemRecord(id="n2", content_hash="new-1"), unit(1, DIM, 2)[0]),
+    ]  # duplicate inside the batch
     with pytest.raises(Conflict):
         store.add_many(batch)
     with pytest.raises(NotFound):
@@ -142,15 +145,28 @@ def test_filters_with_awkward_values(tmp_path, open_store):
     """Prefixes holding the characters a query language escapes (% _ \\ "), tags with quotes, durations at the
     bounds and missing: every engine answers exactly what `SearchFilter.matches` says."""
     odd = ["/a/100%_x", "/a/100x", '/a/q"uote', "/a/back\\slash", "/a/b_c", "/a/bxc", "/a/"]
-    items = [ItemRecord(id=f"o{i}", source_uri=uri, duration_s=None if i % 3 == 0 else float(i),
-                        tags=('say "hi"', "t") if i % 2 else ("it's",)) for i, uri in enumerate(odd * 3)]
+    items = [
+        ItemRecord(
+            id=f"o{i}",
+            source_uri=uri,
+            duration_s=None if i % 3 == 0 else float(i),
+            tags=('say "hi"', "t") if i % 2 else ("it's",),
+        )
+        for i, uri in enumerate(odd * 3)
+    ]
     vecs = unit(len(items), DIM, seed=8)
     with open_store(tmp_path, DIM, "b") as store:
         store.add_many(zip(items, vecs))
-        for flt in (SearchFilter(source_prefix="/a/100%"), SearchFilter(source_prefix="/a/b_c"),
-                    SearchFilter(source_prefix='/a/q"'), SearchFilter(source_prefix="/a/back\\"),
-                    SearchFilter(tags_any=('say "hi"',)), SearchFilter(tags_all=("it's",), min_duration_s=-1),
-                    SearchFilter(max_duration_s=4.0), SearchFilter(min_duration_s=4.0, max_duration_s=4.0)):
+        for flt in (
+            SearchFilter(source_prefix="/a/100%"),
+            SearchFilter(source_prefix="/a/b_c"),
+            SearchFilter(source_prefix='/a/q"'),
+            SearchFilter(source_prefix="/a/back\\"),
+            SearchFilter(tags_any=('say "hi"',)),
+            SearchFilter(tags_all=("it's",), min_duration_s=-1),
+            SearchFilter(max_duration_s=4.0),
+            SearchFilter(min_duration_s=4.0, max_duration_s=4.0),
+        ):
             assert_matches_brute(store, items, vecs, vecs[:3], k=len(items), flt=flt)
 
 
@@ -325,6 +341,7 @@ def test_concurrent_writers_and_readers(tmp_path, open_store):
     vecs = unit(400, DIM, seed=11)
     errors = []
     with open_store(tmp_path, DIM, "b", "hnsw") as store:
+
         def writer(part):
             try:
                 for i in range(part, 400, 4):

@@ -1,0 +1,104 @@
+"""Items: add (an upload or a server-side path; predicted tags and caption for audio that came without), get,
+delete, and the file holding an item's audio. Uploads are kept durable next to the index (blat_gateway.uploads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from blat_gateway.errors import BadRequest, Forbidden, NotFound
+from blat_gateway.index import ItemRecord
+from blat_gateway.inference import content_hash, predicted_fields
+from blat_gateway.item_limits import check_fields, check_record
+from blat_gateway.services.captioning import CaptioningService
+from blat_gateway.services.context import Context
+from blat_gateway.services.ingest import IngestService
+
+
+class ItemsService:
+    def __init__(self, ctx: Context, captioning: CaptioningService, ingest: IngestService):
+        self.ctx, self.captioning, self.ingest = ctx, captioning, ingest
+
+    def add(
+        self,
+        item_id: str,
+        data: bytes | None = None,
+        path: str | None = None,
+        tags: Sequence[str] = (),
+        caption: str = "",
+        source_uri: str = "",
+        upsert: bool = False,
+    ) -> ItemRecord:
+        """Store one item. Without tags it gets the tagger's predicted ones (settings.predict), marked in
+        extra["predicted_tags"] with their scores; with predict.captions and no caption, a caption guided by them."""
+        ctx, predict = self.ctx, self.ctx.settings.predict
+        if (data is None) == (path is None):
+            raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
+        check_fields(ctx.limits, tags, caption, source_uri)  # before any model work
+        uploaded = path is None
+        if path is not None:
+            real = self.ingest.check_path(path)
+            data, source_uri = self.ingest.read_path(real), source_uri or str(real)
+        audio = ctx.decode(data)
+        record = ItemRecord(
+            id=item_id,
+            source_uri=source_uri,
+            duration_s=audio.duration_s,
+            tags=tuple(tags),
+            caption=caption,
+            content_hash=content_hash(audio.samples),
+        )
+        embedding, probs = ctx.analyze(audio.samples)
+        predicted = predicted_fields(ctx.runtime, embedding, probs, predict, record.tags)
+        if predicted:
+            extra = dict(predicted["extra"])
+            if predict.captions and not caption and ctx.manifest.captioner:
+                caption = self.captioning.guided(audio.samples, predicted["tags"])
+                extra["predicted_caption"] = True
+            record = replace(record, tags=tuple(predicted["tags"]), caption=caption, extra=extra)
+        check_record(record, ctx.limits)  # what was derived too: a path as source_uri, predicted fields
+        replaced = self._existing(item_id) if upsert else None
+        if not uploaded:  # its audio stays where it is (played back from source_uri while inside the roots)
+            stored = ctx.store.add(record, embedding, upsert=upsert)
+        else:
+            with ctx.uploads.staged(data) as upload:  # durable before the commit, in place before the answer
+                stored = ctx.store.add(record, embedding, upsert=upsert)
+                upload.commit(item_id, stored.content_hash)
+        if replaced is not None and (replaced.content_hash != stored.content_hash or not uploaded):
+            ctx.uploads.remove(item_id, replaced.content_hash)  # the upload an upsert replaced
+        return stored
+
+    def _existing(self, item_id: str) -> ItemRecord | None:
+        try:
+            return self.ctx.store.get(item_id)
+        except NotFound:
+            return None
+
+    def get(self, item_id: str) -> ItemRecord:
+        return self.ctx.store.get(item_id)
+
+    def delete(self, item_id: str) -> ItemRecord:
+        removed = self.ctx.store.delete(item_id)
+        self.ctx.uploads.remove(item_id, removed.content_hash)
+        return removed
+
+    def audio(self, item_id: str) -> Path:
+        """The file holding a stored item's audio: its upload, or its source file while that is inside the ingest
+        roots. NotFound otherwise (the answer says which)."""
+        item = self.ctx.store.get(item_id)
+        upload = self.ctx.uploads.find(item_id, item.content_hash)
+        if upload is not None:
+            return upload
+        if item.source_uri:
+            try:
+                real = self.ingest.check_path(item.source_uri)
+                if real.is_file():
+                    return real
+            except (Forbidden, NotFound, BadRequest):
+                pass
+        raise NotFound(
+            f"item {item_id!r} has no playable audio here: it was not uploaded, and its source "
+            f"{item.source_uri or '(none)'} is not a file inside the ingest roots",
+            id=item_id,
+        )
