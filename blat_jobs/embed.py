@@ -21,7 +21,6 @@ writes complete.json; `blat_gateway.index.bulk.read_folder` reads the finished f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blat_contract.bundle import read_bundle
+from blat_contract.bundle import read_bundle, sha256_file
 from blat_gateway.index.bulk import COMPLETE
 from blat_jobs import shards as js
 from blat_jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
@@ -59,14 +58,6 @@ def read_manifest(path: str | Path) -> list[dict]:
         ]
     except BadRequest as e:
         raise ValueError(e.message) from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -114,7 +105,7 @@ def open_job(
     shards = js.plan([e["id"] for e in entries], shard_size)
     spec = {
         "bundle_id": read_bundle(bundle, verify=False).id,
-        "manifest_sha256": _sha256(manifest),
+        "manifest_sha256": sha256_file(manifest),
         "items": len(entries),
         "shard_size": shard_size,
         "batch_size": batch_size,

@@ -7,6 +7,7 @@ inputs go through the same kernels (seen: bit-identical)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -118,7 +119,8 @@ def test_records_and_spec(single, collection, tiny_bundle, tmp_path):
     out = tmp_path / "job"
     embed.run(collection, tiny_bundle, out, shard_size=SHARD, threads=1)
     spec = json.loads((out / js.JOB).read_text())["spec"]
-    assert spec["bundle_id"] == "tiny@test" and spec["manifest_sha256"] == embed._sha256(collection)
+    manifest_sha256 = hashlib.sha256(collection.read_bytes()).hexdigest()
+    assert spec["bundle_id"] == "tiny@test" and spec["manifest_sha256"] == manifest_sha256
     other = tmp_path / "other.jsonl"
     other.write_text(collection.read_text().replace("clip number 1", "clip one"))
     (tmp_path / "audio").symlink_to(collection.parent / "audio")
