@@ -6,6 +6,8 @@ therefore tested by default. They run in order, in one scratch folder holding `c
 folder `clips/`, against a gateway on the tiny test bundle whose ingest root is that folder; the README's
 `localhost:8080` / `127.0.0.1:8080` and `:50051` become that gateway's ports (and $BLAT_URL names it), and
 `.venv/bin/` this interpreter's.
+
+The gateway is a real process, started as the README starts it.
 """
 
 from __future__ import annotations

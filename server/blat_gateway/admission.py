@@ -1,10 +1,10 @@
 """Admission control: a bounded gate per model input type, and the request's deadline.
 
-Every call that runs a model passes its input type's gate ("audio" or "text", see server/blat_gateway/access.py) before
-any
-work is done for it, body reading and decoding included. A full gate answers Overloaded (429 / RESOURCE_EXHAUSTED,
-with Retry-After) at once, so a flood is shed in microseconds instead of queueing in thread pools past its deadline.
-Admission stamps the request's deadline; work that is still waiting when it passes is dropped (504), never run.
+Every call that runs a model passes its input type's gate ("audio" or "text", as each endpoint declares it in
+server/blat_gateway/api/) before any work is done for it, body reading and decoding included. A full gate answers
+Overloaded (429 / RESOURCE_EXHAUSTED, with Retry-After) at once, so a flood is shed in microseconds instead of
+queueing in thread pools past its deadline. Admission stamps the request's deadline; work that is still waiting
+when it passes is dropped (504), never run.
 
 The deadline travels in a context variable: set by the face (REST middleware, gRPC interceptor) in the request's
 context, it follows the call into the thread pool (anyio copies the context) and is read by `remaining()`.

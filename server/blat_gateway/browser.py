@@ -12,7 +12,7 @@ reachable from every web page that machine opens, so the door checks what a brow
 
 from __future__ import annotations
 
-from blat_gateway.access import PUBLIC, Access
+from blat_gateway.endpoint import PUBLIC, Endpoint
 from blat_gateway.errors import ForeignOrigin, MisdirectedRequest
 from blat_gateway.settings import Settings
 
@@ -58,7 +58,7 @@ class BrowserGuard:
         name = host_name(host)
         return self.any_host or name in self.hosts or any(name == s[1:] or name.endswith(s) for s in self.suffixes)
 
-    def check(self, method: str, headers: dict[str, str], access: Access) -> None:
+    def check(self, method: str, headers: dict[str, str], access: Endpoint) -> None:
         """MisdirectedRequest (421) for a Host this gateway does not answer to; ForeignOrigin (403) for a
         state-changing request from another origin's page."""
         host = headers.get("host")

@@ -1,10 +1,15 @@
-"""Error types of the gateway and the one table that maps them to HTTP statuses and gRPC codes.
+"""Error types of the gateway, the one table that maps them to HTTP statuses and gRPC codes, and the one place that
+renders them for a face (`http_answer`, `grpc_answer`).
 
-Services raise these; the REST and gRPC faces translate them with `http_status` / `grpc_code`, so the
-two APIs answer the same failure the same way.
+Services raise these; every refusal on the REST side (a route, the front door, the HTTP protocol guard) and every
+gRPC abort renders through this module, so the two APIs answer the same failure the same way: the REST body is
+{"error": {"code", "message", "details"?}}, the gRPC status carries `grpc_code` and the message, and an overload's
+retry hint is the Retry-After header or `retry-after` trailing metadata.
 """
 
 from __future__ import annotations
+
+import json
 
 
 class ServiceError(Exception):
@@ -13,6 +18,8 @@ class ServiceError(Exception):
     code = "internal"
     http_status = 500
     grpc_code = "INTERNAL"  # a grpc.StatusCode member name (kept as text: this module does not import grpc)
+
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # REST only: headers the answer carries (Allow on a 405)
 
     def __init__(self, message: str, **details):
         # Messages quote client input: a lone surrogate in it could not be sent as UTF-8 (JSON body, gRPC details).
@@ -25,6 +32,24 @@ class ServiceError(Exception):
         return {
             "error": {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
         }
+
+
+def http_answer(e: ServiceError, close: bool = False) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) of the REST answer to `e`. `close`: the connection ends after it (also for 408 and
+    413, where the rest of the body was not read and the connection cannot go on)."""
+    body = json.dumps(e.to_json()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(e, Overloaded):
+        headers.append((b"retry-after", str(max(1, round(e.retry_after_s))).encode()))
+    if close or e.http_status in (408, 413):
+        headers.append((b"connection", b"close"))
+    return e.http_status, headers + list(e.headers), body
+
+
+def grpc_answer(e: ServiceError) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """(status code name, details, trailing metadata) of the gRPC answer to `e`."""
+    trailing = (("retry-after", str(max(1, round(e.retry_after_s)))),) if isinstance(e, Overloaded) else ()
+    return e.grpc_code, e.message, trailing
 
 
 class BadRequest(ServiceError):
@@ -84,6 +109,20 @@ class MisdirectedRequest(ServiceError):
 
 class NotFound(ServiceError):
     code, http_status, grpc_code = "not_found", 404, "NOT_FOUND"
+
+
+class MethodNotAllowed(ServiceError):
+    """A REST path that exists, called with a method it does not take (the answer's Allow header lists those)."""
+
+    code, http_status, grpc_code = "method_not_allowed", 405, "UNIMPLEMENTED"
+
+
+class UriTooLong(ServiceError):
+    code, http_status, grpc_code = "uri_too_long", 414, "INVALID_ARGUMENT"
+
+
+class HeadersTooLarge(ServiceError):
+    code, http_status, grpc_code = "headers_too_large", 431, "INVALID_ARGUMENT"
 
 
 class Conflict(ServiceError):

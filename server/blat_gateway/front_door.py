@@ -1,12 +1,11 @@
 """The ASGI layer in front of the REST routes: what every request passes before a route sees it.
 
-In order: find the route and its entry in server/blat_gateway/access.py; start the request's deadline (it covers the
-body);
-check the browser's Host and Origin (server/blat_gateway/browser.py: 421/403); check the API key (401/403); refuse a
-declared
-body size over the cap (413: limits.max_upload_bytes for audio uploads, limits.max_json_bytes for JSON); read the
-whole body (408 when it stalls for limits.body_idle_s or is not in by the deadline, 413 past the cap, 429 past
-limits.max_body_bytes_in_flight); only then admit the request through its model input's gate (429 with Retry-After).
+In order: find the route and its declaration (server/blat_gateway/api/); start the request's deadline (it covers the
+body); check the browser's Host and Origin (server/blat_gateway/browser.py: 421/403); check the API key (401/403);
+refuse a declared body size over the cap (413: limits.max_upload_bytes for audio uploads, limits.max_json_bytes
+for JSON); read the whole body (408 when it stalls for limits.body_idle_s or is not in by the deadline, 413 past
+the cap, 429 past limits.max_body_bytes_in_flight); only then admit the request through its model input's gate
+(429 with Retry-After).
 A body that drips in therefore holds a connection, never an admission place. A refusal before the body is read
 reads the rest of it first (up to the cap, within the deadline), so the client reads its answer, not a reset.
 It also times every request for /metrics and adds the security headers to every answer. FastAPI parses a JSON body
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -25,10 +23,11 @@ from collections import deque
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blat_gateway.access import authorize, presented_key, rest_access
+from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import reset_deadline, set_deadline
+from blat_gateway.api import by_route
 from blat_gateway.browser import BrowserGuard
-from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge
+from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge, http_answer
 from blat_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class FrontDoor:
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, template: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        access = rest_access(scope["method"], template)
+        access = by_route(scope["method"], template)
         limits = self.gw.limits
         cap = limits.max_upload_bytes if access.body == "audio" else limits.max_json_bytes
         token = set_deadline(limits.request_timeout_s)  # the request's clock starts now, before its body
@@ -243,13 +242,6 @@ class _Body:
 
 
 async def _answer(send: Send, e: ServiceError) -> None:
-    body = json.dumps(e.to_json()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    if isinstance(e, Overloaded):
-        headers.append((b"retry-after", str(max(1, round(e.retry_after_s))).encode()))
-    await send({"type": "http.response.start", "status": e.http_status, "headers": headers})
+    status, headers, body = http_answer(e, close=True)  # the body may be unread: the connection ends here
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

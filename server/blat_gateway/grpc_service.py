@@ -1,9 +1,10 @@
-"""gRPC face of the gateway (blat_wire/blat.proto), with health checking and reflection. Same service calls as REST."""
+"""gRPC face of the gateway (blat_wire/blat.proto), with health checking and reflection: serves every declared
+endpoint (server/blat_gateway/api/) that has a gRPC adapter, behind one interceptor (auth, admission, deadlines,
+errors, metrics)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -15,14 +16,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from blat_gateway.access import authorize, grpc_access, presented_key
+from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import THREADS_WITHOUT_MODEL, Gate, reset_deadline, set_deadline
-from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError
-from blat_gateway.index import Hit, ItemRecord, SearchFilter
-from blat_gateway.index.records import iso_time
+from blat_gateway.api import ENDPOINTS, by_rpc
+from blat_gateway.endpoint import Endpoint
+from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer
 from blat_gateway.service import Gateway
-from blat_gateway.services.tagging import TagWindow
-from blat_gateway.tagging import LabelScore
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
 
@@ -31,60 +30,6 @@ MAX_MESSAGE_BYTES_SLACK = 64 * 1024  # room for the non-audio fields of a reques
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 HEALTH_POLL_S = 2.0  # how often the gRPC health status is brought in line with readiness
 log = logging.getLogger(__name__)
-
-
-def _filter(f: pb.Filter) -> SearchFilter | None:
-    if not f.ByteSize():
-        return None
-    return SearchFilter(
-        tuple(f.tags_any),
-        tuple(f.tags_all),
-        f.source_prefix or None,
-        f.min_duration_s or None,
-        f.max_duration_s or None,
-    )
-
-
-def _item(it: ItemRecord) -> pb.Item:
-    return pb.Item(
-        id=it.id,
-        source_uri=it.source_uri,
-        duration_s=it.duration_s or 0.0,
-        tags=list(it.tags),
-        caption=it.caption,
-        content_hash=it.content_hash,
-        added_at=iso_time(it.added_at),
-    )
-
-
-def _scores(tags: tuple[LabelScore, ...]) -> list[pb.LabelScore]:
-    return [pb.LabelScore(label=t.label, score=t.score, scorer=t.scorer) for t in tags]
-
-
-def _job(p) -> pb.Job:
-    return pb.Job(
-        job_id=p.version,
-        state=p.state,
-        done=p.done,
-        total=p.total,
-        error=p.error or "",
-        version=p.version,
-        added=p.added,
-        skipped=p.skipped,
-    )
-
-
-def _stats(s) -> pb.StatsResponse:
-    return pb.StatsResponse(
-        items=s.count,
-        deleted_pending=s.tombstones,
-        index_kind=s.kind,
-        index_version=s.version,
-        bundle=s.bundle_id,
-        dim=s.dim,
-        previous_version=s.previous_version or "",
-        index_engine=s.engine,
-    )
 
 
 def _paced(requests: Iterator, idle_s: float, max_s: float) -> Iterator:
@@ -148,136 +93,36 @@ def _first_message(requests: Iterator, idle_s: float, deadline_s: float):
 
 
 class BlatServicer(pb_grpc.BlatServicer):
+    """Each method of blat.v1.Blat runs its endpoint's gRPC adapter (server/blat_gateway/api/). A stream is capped by
+    limits.max_streams and paced: it ends when it sends nothing for limits.stream_idle_s or lasts longer than
+    limits.stream_max_s."""
+
     def __init__(self, gateway: Gateway):
         self.gw = gateway
         self.streams = Gate("streams", gateway.limits.max_streams)
 
-    def _hits(self, hits: list[Hit]) -> pb.SearchResponse:
-        return pb.SearchResponse(
-            hits=[pb.Hit(id=h.id, score=h.score, item=_item(h.item)) for h in hits],
-            bundle=self.gw.manifest.id,
-            index_version=self.gw.store.stats().version,
-        )
 
-    def SearchText(self, req, ctx):
-        return self._hits(self.gw.search.text(req.query, req.k or 10, _filter(req.filter)))
+def _bind(ep: Endpoint):
+    serve = ep.serve_grpc
+    if ep.stream:
 
-    def SearchAudio(self, req, ctx):
-        return self._hits(self.gw.search.audio(req.audio.data, req.k or 10, _filter(req.filter)))
+        def call(self: BlatServicer, requests: Iterator, ctx) -> Iterator:
+            limits = self.gw.limits
+            with self.streams.admitted():
+                yield from serve(self.gw, _paced(requests, limits.stream_idle_s, limits.stream_max_s))
 
-    def SearchItem(self, req, ctx):
-        return self._hits(self.gw.search.item(req.id, req.k or 10, _filter(req.filter)))
+    else:
 
-    def Tag(self, req, ctx):
-        clip, windows = self.gw.tagging.tag(
-            req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s
-        )
-        return pb.TagResponse(
-            tags=_scores(clip),
-            windows=[pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows],
-        )
+        def call(self: BlatServicer, request, ctx):
+            return serve(self.gw, request)
 
-    def StreamTag(self, requests: Iterator[pb.StreamTagRequest], ctx) -> Iterator[pb.TagWindow]:
-        """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived. At most
-        limits.max_streams at once; a stream ends when it sends nothing for limits.stream_idle_s or lasts longer than
-        limits.stream_max_s. The PCM is decoded, checked and windowed by the tagging service's TagStream
-        (server/blat_gateway/services/tagging.py), and its windows scored as /v1/tag scores them."""
-        with self.streams.admitted():
-            yield from self._stream_tag(_paced(requests, self.gw.limits.stream_idle_s, self.gw.limits.stream_max_s))
+    call.__name__ = call.__qualname__ = ep.rpc
+    return call
 
-    def _stream_tag(self, requests: Iterator[pb.StreamTagRequest]) -> Iterator[pb.TagWindow]:
-        first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "config":
-            raise BadRequest("the first StreamTag message must carry the config")
-        cfg = first.config
-        stream = self.gw.tagging.stream(
-            cfg.encoding,
-            cfg.sample_rate,
-            cfg.window_s or 2.0,
-            cfg.hop_s or 1.0,
-            list(cfg.labels) or None,
-            cfg.top_k or 5,
-            admit=lambda: self.gw.admitted("audio"),
-        )
-        began, received_s, limits = time.monotonic(), 0.0, self.gw.limits
 
-        def out(windows: Iterator[TagWindow]) -> Iterator[pb.TagWindow]:
-            return (pb.TagWindow(start_s=w.start_s, end_s=w.end_s, tags=_scores(w.tags)) for w in windows)
-
-        for msg in requests:
-            if msg.WhichOneof("payload") != "pcm":
-                raise BadRequest("only PCM chunks may follow the config")
-            received_s += len(msg.pcm) / stream.itemsize / cfg.sample_rate
-            lived_s = time.monotonic() - began
-            if lived_s > limits.stream_idle_s and received_s < limits.stream_min_realtime * lived_s:
-                raise DeadlineExceeded(
-                    f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
-                    f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)"
-                )
-            yield from out(stream.feed(msg.pcm))
-        yield from out(stream.finish())
-
-    def Caption(self, req, ctx):
-        caps = self.gw.captioning.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
-        return pb.CaptionResponse(
-            captions=[
-                pb.Caption(text=c.text, log_prob=c.log_prob, guide_tags=c.guide_tags, tags_predicted=c.tags_predicted)
-                for c in caps
-            ]
-        )
-
-    def EmbedAudio(self, req, ctx):
-        vec = self.gw.embedding.audio(req.audio.data)
-        return pb.EmbedResponse(
-            embeddings=[pb.Embedding(values=vec.tolist())], dim=len(vec), bundle=self.gw.manifest.id
-        )
-
-    def EmbedText(self, req, ctx):
-        vecs = self.gw.embedding.texts(list(req.texts))
-        return pb.EmbedResponse(
-            embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1], bundle=self.gw.manifest.id
-        )
-
-    def AddItem(self, req, ctx):
-        source = req.WhichOneof("source")
-        if source is None:
-            raise BadRequest("give audio or a server-side path")
-        data, path = (req.audio.data, None) if source == "audio" else (None, req.path)
-        return _item(self.gw.items.add(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
-
-    def GetItem(self, req, ctx):
-        return _item(self.gw.items.get(req.id))
-
-    def DeleteItem(self, req, ctx):
-        return pb.DeleteItemResponse(deleted=True, item=_item(self.gw.items.delete(req.id)))
-
-    def StartRebuild(self, req, ctx):
-        source = req.WhichOneof("source")
-        return _job(
-            self.gw.ingest.start_rebuild(
-                req.folder if source == "folder" else None,
-                req.manifest if source == "manifest" else None,
-                embeddings=req.embeddings if source == "embeddings" else None,
-            )
-        )
-
-    def GetRebuild(self, req, ctx):
-        return _job(self.gw.ingest.rebuild_status(req.job_id))
-
-    def CancelRebuild(self, req, ctx):
-        return _job(self.gw.ingest.cancel_rebuild(req.job_id))
-
-    def RollbackIndex(self, req, ctx):
-        return _stats(self.gw.ingest.rollback())
-
-    def Stats(self, req, ctx):
-        return _stats(self.gw.stats())
-
-    def Info(self, req, ctx):
-        info = self.gw.info()
-        return pb.InfoResponse(
-            bundle_json=json.dumps(info["bundle"]), backend=info["backend"], limits_json=json.dumps(info["limits"])
-        )
+for _ep in ENDPOINTS:
+    if _ep.rpc and _ep.serve_grpc:
+        setattr(BlatServicer, _ep.rpc, _bind(_ep))
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -292,7 +137,7 @@ class _Guard(grpc.ServerInterceptor):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         meta = dict(details.invocation_metadata or ())
-        access = grpc_access(method)
+        access = by_rpc(method)
 
         def check():
             authorize(
@@ -300,10 +145,11 @@ class _Guard(grpc.ServerInterceptor):
             )
 
         def fail(ctx, e: ServiceError):
-            self.gw.metrics.observe("grpc", method, e.grpc_code, 0.0)
-            if hasattr(e, "retry_after_s"):  # the REST face's Retry-After header, as trailing metadata
-                ctx.set_trailing_metadata((("retry-after", str(max(1, round(e.retry_after_s)))),))
-            ctx.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+            code, message, trailing = grpc_answer(e)
+            self.gw.metrics.observe("grpc", method, code, 0.0)
+            if trailing:  # the REST face's Retry-After header, as trailing metadata
+                ctx.set_trailing_metadata(trailing)
+            ctx.abort(getattr(grpc.StatusCode, code), message)
 
         def unexpected(ctx, e: Exception):  # the catch-all: a status with a message, never UNKNOWN
             if isinstance(e, TimeoutError):

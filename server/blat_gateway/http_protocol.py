@@ -13,12 +13,13 @@ moment, so the client reads the answer instead of a reset. Stalled bodies are th
 
 from __future__ import annotations
 
-import json
+from http import HTTPStatus
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from blat_gateway.browser import PAGE_CSP, SECURITY_HEADERS
+from blat_gateway.errors import HeadersTooLarge, RequestTimeout, ServiceError, UriTooLong, http_answer
 
 DRAIN_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
 # The headers every answer carries (server/blat_gateway/browser.py), these refusals included.
@@ -53,7 +54,9 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
         def _headers_too_slow(self) -> None:
             self._header_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self._refuse(408, f"the request line and headers did not arrive within {header_timeout_s:g} s")
+                self._refuse(
+                    RequestTimeout(f"the request line and headers did not arrive within {header_timeout_s:g} s")
+                )
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -64,9 +67,9 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
                 pending = self.conn.trailing_data[0] + data
                 if len(pending) > max_header_bytes and b"\r\n\r\n" not in pending[: max_header_bytes + 4]:
                     if b"\r\n" not in pending[:max_header_bytes]:
-                        self._refuse(414, f"request line over {max_header_bytes} bytes")
+                        self._refuse(UriTooLong(f"request line over {max_header_bytes} bytes"))
                     else:
-                        self._refuse(431, f"request headers over {max_header_bytes} bytes")
+                        self._refuse(HeadersTooLarge(f"request headers over {max_header_bytes} bytes"))
                     return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
@@ -76,18 +79,14 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[H11
             self._disarm()
             super().connection_lost(exc)
 
-        def _refuse(self, status: int, message: str) -> None:
+        def _refuse(self, error: ServiceError) -> None:
             self._refused = True
             self._disarm()
             self._unset_keepalive_if_required()
-            code = {408: "request_timeout", 414: "uri_too_long", 431: "headers_too_large"}[status]
-            body = json.dumps({"error": {"code": code, "message": message}}).encode()
-            reason = {408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}[status]
-            self.transport.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\n{SECURED}connection: close\r\n\r\n".encode()
-                + body
-            )
+            status, headers, body = http_answer(error, close=True)
+            head = "".join(f"{k.decode()}: {v.decode()}\r\n" for k, v in headers)
+            reason = HTTPStatus(status).phrase
+            self.transport.write(f"HTTP/1.1 {status} {reason}\r\n{head}{SECURED}\r\n".encode() + body)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(DRAIN_S, self.transport.close)

@@ -1,5 +1,8 @@
 """The client is its own distribution: built from clients/ alone, installed into an empty virtualenv, and its own
-test suite (clients/tests) passes there against a real gateway over REST and gRPC."""
+test suite (clients/tests) passes there against a real gateway over REST and gRPC.
+
+The gateway is a real process: the client's own suite runs against what a user would run.
+"""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from blat_gateway.access import PUBLIC, REST
+from blat_gateway.api import PUBLIC, by_route
 from blat_gateway.metrics import Metrics
 from blat_gateway.settings import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 from tests.server.conftest import free_port
@@ -247,8 +247,7 @@ def triton_ports(command: list[str]) -> dict[str, int]:
 
 
 def public_get(path: str) -> bool:
-    access = REST.get(("GET", path))
-    return access is not None and access.scope == PUBLIC
+    return by_route("GET", path).scope == PUBLIC
 
 
 def contains(directory: str, path: str) -> bool:
@@ -347,7 +346,7 @@ def test_probe_paths_are_public_routes_of_the_app(tiny_bundle, tmp_path):
         path = container[probe]["httpGet"]["path"]
         assert ("GET", path) in routes, f"{probe}: GET {path} is not a route of the gateway"
         assert public_get(path), (
-            f"{probe}: GET {path} is not PUBLIC in server/blat_gateway/access.py (probes send no key)"
+            f"{probe}: GET {path} is not declared PUBLIC in server/blat_gateway/api/ (probes send no key)"
         )
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -2,7 +2,10 @@
 redone by another; the merge refuses an incomplete job and names what is missing.
 
 Equality is exact (np.array_equal): every worker runs ONNX Runtime with one thread on the same shards, so the same
-inputs go through the same kernels (seen: bit-identical)."""
+inputs go through the same kernels (seen: bit-identical).
+
+The workers are real processes (one is killed); the gateway that rebuilds from their output is one too.
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import socket
@@ -110,8 +111,11 @@ class ServerProcess:
         return self.proc.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
-        return "\n".join(text[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        """Everything the process wrote to stdout and stderr."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -274,6 +278,7 @@ class InProcessGateway:
     _thread: threading.Thread = field(repr=False)
     _grpc: object = field(repr=False)
     _env: dict = field(default_factory=dict, repr=False)  # inproc_gateway's own arguments, for restart
+    _log: _LogRecorder | None = field(default=None, repr=False)
     _stopped: bool = False
 
     @property
@@ -284,7 +289,12 @@ class InProcessGateway:
         return not self._stopped and self._thread.is_alive()
 
     def log_tail(self, lines: int = 60) -> str:
-        return "(in-process gateway: its log goes to the test's captured log)"
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        """The warnings and errors logged in this process while the gateway ran, tracebacks included (the log of an
+        in-process gateway is the test process's)."""
+        return self._log.text() if self._log else ""
 
     def http(self, timeout: float = 60) -> httpx.Client:
         return httpx.Client(base_url=self.http_url, timeout=timeout)
@@ -296,6 +306,8 @@ class InProcessGateway:
         self._stopped = True
         from blat_gateway.__main__ import stop_gateway
 
+        if self._log:
+            self._log.detach()
         self._uvicorn.should_exit = True
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -317,6 +329,26 @@ class InProcessGateway:
             ready_timeout_s=ready_timeout_s,
             **self._env,
         )
+
+
+class _LogRecorder(logging.Handler):
+    """Keeps the formatted WARNING+ records of the whole process (the gateway's and uvicorn's loggers), as a
+    process's log would hold them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+        logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def detach(self) -> None:
+        logging.getLogger().removeHandler(self)
 
 
 def inproc_gateway(
@@ -346,6 +378,7 @@ def inproc_gateway(
     settings = load_settings(
         None, environ=environ, bundle=str(bundle), index_dir=str(index_dir), host="127.0.0.1", http_port=0, grpc_port=0
     )
+    recorder = _LogRecorder()
     gateway, grpc_server, grpc_port, app = start_gateway(settings)
     sock = socket.socket()
     try:
@@ -364,6 +397,7 @@ def inproc_gateway(
     except BaseException:
         from blat_gateway.__main__ import stop_gateway
 
+        recorder.detach()
         sock.close()  # on success uvicorn listens on it, and closes it when it stops
         stop_gateway(gateway, grpc_server, grace_s=0)
         raise
@@ -381,6 +415,7 @@ def inproc_gateway(
         thread,
         grpc_server,
         dict(backend=backend, triton_url=triton_url, env=env),
+        recorder,
     )
     with httpx.Client(base_url=gw.http_url, timeout=2.0) as http:
         while http.get("/readyz").status_code != 200:

@@ -1,17 +1,21 @@
-"""The access table: every REST route and every RPC is declared (so none is closed by accident), and anything
-undeclared is refused on both faces."""
+"""The endpoint declarations (server/blat_gateway/api/): every REST route and every RPC is declared once and served
+by its adapter (so none is closed or open by accident), and anything undeclared is refused on both faces."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.routing import APIRoute
 
-from blat_gateway.access import GRPC, REST, UNDECLARED, authorize, grpc_access, redact, rest_access
+from blat_gateway.access import authorize, redact
+from blat_gateway.api import ENDPOINTS, UNDECLARED, by_route, by_rpc
+from blat_gateway.endpoint import endpoint
 from blat_gateway.errors import Forbidden, Unauthorized
+from blat_gateway.grpc_service import BlatServicer
 from blat_gateway.rest import create_app
 from blat_gateway.service import Gateway
 from blat_gateway.settings import load_settings
 from blat_wire import blat_pb2 as pb
+from blat_wire import blat_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
@@ -21,23 +25,40 @@ def app(tiny_bundle, tmp_path_factory):
     gw.close()
 
 
-def test_every_rest_route_is_declared_and_nothing_else(app):
+def test_every_rest_route_is_declared_and_every_declared_route_served(app):
     routes = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"}
-    assert routes <= set(REST), f"routes missing from server/blat_gateway/access.py: {sorted(routes - set(REST))}"
-    api = {k for k in routes if k[1].startswith("/v1/")}
-    assert {k for k in REST if k[1].startswith("/v1/")} == api, (
-        "server/blat_gateway/access.py declares routes that do not exist"
-    )
+    declared = {(ep.method, ep.path) for ep in ENDPOINTS if ep.route}
+    assert routes == declared, f"served, undeclared: {routes - declared}; declared, not served: {declared - routes}"
+    assert all(by_route(m, p) is not UNDECLARED for m, p in routes)
     assert all(isinstance(r, APIRoute) for r in app.routes if getattr(r, "path", "").startswith("/v1/"))
 
 
-def test_every_rpc_is_declared_and_nothing_else():
-    methods = set(pb.DESCRIPTOR.services_by_name["Blat"].methods_by_name)
-    assert methods == set(GRPC)
+def test_every_rpc_is_declared_and_served_by_its_adapter():
+    service = pb.DESCRIPTOR.services_by_name["Blat"]
+    declared = {ep.rpc: ep for ep in ENDPOINTS if ep.rpc}
+    assert set(service.methods_by_name) == set(declared)
+    for name, method in service.methods_by_name.items():
+        ep = declared[name]
+        assert ep.serve_grpc is not None, f"{name} is declared without a gRPC adapter"
+        assert ep.stream == (method.client_streaming and method.server_streaming), name
+        # the servicer's method is the declared adapter, not the generated stub that answers UNIMPLEMENTED
+        assert getattr(BlatServicer, name) is not getattr(pb_grpc.BlatServicer, name), name
+
+
+def test_declarations_are_complete_and_unique():
+    for ep in ENDPOINTS:
+        assert ep.scope in ("read", "write", "public") and ep.gate in (None, "audio", "text"), ep.name
+        assert ep.body in (None, "audio", "json") and (ep.route or ep.rpc), ep.name
+        assert ep.route is None or ep.make_rest is not None or ep.name == "openapi", f"{ep.name}: no REST adapter"
+        assert ep.gate is None or ep.scope != "public", f"{ep.name}: a public model call"
+    with pytest.raises(ValueError, match="declared twice"):
+        endpoint("search_text_again", route="POST /v1/search/text", scope="read")
+    with pytest.raises(ValueError, match="declared twice"):
+        endpoint("SearchTextAgain", rpc="SearchText", scope="read")
 
 
 def test_undeclared_calls_are_refused_even_without_keys():
-    assert rest_access("POST", "/v1/new-thing") is UNDECLARED and grpc_access("NewThing") is UNDECLARED
+    assert by_route("POST", "/v1/new-thing") is UNDECLARED and by_rpc("NewThing") is UNDECLARED
     for keys, key in (({}, ""), ({"k": ["read", "write"]}, "k")):
         with pytest.raises(Forbidden):
             authorize(UNDECLARED, keys, key, "NewThing")
@@ -45,13 +66,13 @@ def test_undeclared_calls_are_refused_even_without_keys():
 
 def test_scopes():
     keys = {"r": ["read"], "w": ["read", "write"]}
-    authorize(grpc_access("SearchText"), keys, "r", "SearchText")
-    authorize(grpc_access("AddItem"), keys, "w", "AddItem")
-    authorize(rest_access("GET", "/healthz"), keys, "", "healthz")
+    authorize(by_rpc("SearchText"), keys, "r", "SearchText")
+    authorize(by_rpc("AddItem"), keys, "w", "AddItem")
+    authorize(by_route("GET", "/healthz"), keys, "", "healthz")
     with pytest.raises(Forbidden):
-        authorize(grpc_access("AddItem"), keys, "r", "AddItem")
+        authorize(by_rpc("AddItem"), keys, "r", "AddItem")
     with pytest.raises(Unauthorized):
-        authorize(rest_access("GET", "/v1/index/stats"), keys, "nope", "stats")
+        authorize(by_route("GET", "/v1/index/stats"), keys, "nope", "stats")
 
 
 def test_redaction_keeps_no_character_of_the_key():

@@ -1,7 +1,12 @@
-"""Hostile and mistaken requests against the real gateway: every bad input gets a 4xx (a non-OK, non-INTERNAL gRPC
+"""Hostile and mistaken requests against the gateway: every bad input gets a 4xx (a non-OK, non-INTERNAL gRPC
 code), never a crash, and the server keeps answering. Also: upload limits (413), API keys (401/403), overload (429
 with Retry-After) and a Triton backend that goes away (503 within the deadline, search by stored id still works).
 The clients that must see a 429 or 503 are built with `retry=NO_RETRY`: by default `blat_client` retries them.
+
+The overload and Triton tests run the gateway in-process (the app, door, uvicorn protocol and gRPC server of
+`python -m blat_gateway`, on real ports). The others use a real process: what it writes to its log is checked, and
+an upload refused while the client still sends must reach that client with the server's own scheduling (in the test
+process, the GIL delays the server's reads, and the refused client can see a reset instead of its 413).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from blat_gateway.audio import AudioLimits, encode_wav
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
 from tests.server.badinputs import bad_inputs
-from tests.server.conftest import running_server, start_server, synth_clip, wav
+from tests.server.conftest import running_inproc, running_server, start_server, synth_clip, wav
 
 MAX_UPLOAD = 1_572_864  # 1.5 MiB: the over-size cases stay small
 MAX_SECONDS = 20.0
@@ -373,7 +378,7 @@ def test_the_server_survived_all_of_it(gw, http, good_wav):
         assert rpc.get_item("survivor").tags == ("ok",)
     metrics = http.get("/metrics").text
     assert 'status="500"' not in metrics and 'status="INTERNAL"' not in metrics and 'status="UNKNOWN"' not in metrics
-    assert "Traceback" not in gw.log_path.read_text(errors="replace"), gw.log_tail()
+    assert "Traceback" not in gw.log_text(), gw.log_tail()
 
 
 # ------------------------------------------------------------------------------------------------------- auth
@@ -471,7 +476,7 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
 def test_overload_answers_429_with_retry_after(tiny_bundle, tmp_path):
     env = {"BLAT_SERVER_BATCHING__MAX_QUEUE": "1", "BLAT_SERVER_BATCHING__MAX_BATCH": "1"}
     clips = [wav(synth_clip(50 + i, 6.0)) for i in range(24)]
-    with running_server(tiny_bundle, tmp_path, env=env) as gw:
+    with running_inproc(tiny_bundle, tmp_path, env=env) as gw:
         with httpx.Client(base_url=gw.http_url, timeout=60, limits=httpx.Limits(max_connections=64)) as http:
             barrier = threading.Barrier(len(clips))
 
@@ -527,7 +532,7 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
     }
     try:
         with (
-            running_server(tiny_bundle, tmp_path, backend="triton", triton_url=triton.grpc_url, env=env) as gw,
+            running_inproc(tiny_bundle, tmp_path, backend="triton", triton_url=triton.grpc_url, env=env) as gw,
             Client(gw.http_url, retry=NO_RETRY) as rest,
             Client(f"grpc://{gw.grpc_address}", retry=NO_RETRY) as rpc,
         ):  # the 503s must be seen, not retried

@@ -1,5 +1,8 @@
 """The web page end to end in headless Chromium (Debian's `chromium`, driven by Playwright) against a real gateway
-with API keys on: the page must work once the key is typed in. Screenshots go to test-artifacts/browser/."""
+with API keys on: the page must work once the key is typed in. Screenshots go to test-artifacts/browser/.
+
+A real process, driven by a real browser.
+"""
 
 from __future__ import annotations
 

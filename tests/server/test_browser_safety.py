@@ -1,6 +1,9 @@
 """Browser safety, on by default, against the real gateway without API keys (the embedded default): a page on another
 origin cannot write (Origin checked on every state-changing route), a DNS-rebound name cannot reach the data (Host
-checked), CORS is closed unless configured, and every answer carries CSP, nosniff and no-framing headers."""
+checked), CORS is closed unless configured, and every answer carries CSP, nosniff and no-framing headers.
+
+A real process started with the defaults, as a developer starts it: those defaults are what is checked.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Poison texts mixed into concurrent good traffic; JSON bodies that are too big, with and without a key; idle gRPC
 streams that must not shut out unary calls and health checks; overload that sheds with a quick 429 while the
 admitted requests finish; NUL bytes and lone surrogates in every text field; ids with dot segments.
+
+A real process: raw sockets, slow clients and signals share it as they would in production.
 """
 
 from __future__ import annotations

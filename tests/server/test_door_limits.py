@@ -3,6 +3,8 @@ admission gates, every body has the request's deadline, stalled gRPC calls and s
 reads its 429 instead of a connection reset.
 
 Limits are shrunk through settings (a 3 s deadline, 8 admission places) so each test takes seconds.
+
+A real process: slow clients hold its sockets and threads as they would in production.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 restarted on the same index directory. Every acknowledged add (201 / OK) must survive; an add that got no answer is
 either fully there (readable, searchable by id and by its own audio) or not there at all; search keeps working.
 Clients never retry here (`retry=NO_RETRY`): each add is one attempt, acknowledged, refused or cut off by the kill.
+
+A real process: SIGKILL is the point.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The memory budget (issue 22, item 3): each model call's input is bounded, ONNX Runtime keeps no arena, freed memory
 goes back to the OS, and a real gateway's RSS stays bounded under concurrent maximal windowed tagging and returns
 to its baseline afterwards. The full-size figures (the default bundle, every kind of request) are the soak's
-memory phase (bench/soak_memory.py)."""
+memory phase (bench/soak_memory.py).
+
+A real process: its resident memory (RSS) is what is measured.
+"""
 
 from __future__ import annotations
 

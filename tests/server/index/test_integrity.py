@@ -1,5 +1,8 @@
 """Integrity at load (FAISS engine): a snapshot's recorded checksum, SQLite's own check of items.sqlite, the
-refusal to open a damaged version (naming the file and the way back) and the offline rollback that way back is."""
+refusal to open a damaged version (naming the file and the way back) and the offline rollback that way back is.
+
+Where a gateway must refuse to start, a real process: its exit code and log are the point.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,157 @@
+"""Items: store an upload or a server-side file under an id, read it, its audio, or delete it."""
+
+# (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
+
+from typing import Annotated
+
+from fastapi import Depends, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from blat_gateway.api import proto_io
+from blat_gateway.api.json_io import answer, audio_body
+from blat_gateway.endpoint import AUDIO_ERRORS, READ, WRITE, endpoint
+from blat_gateway.errors import BadRequest
+from blat_gateway.schema import ID, DeletedOut, ItemOut
+from blat_gateway.uploads import media_type
+from blat_wire import blat_pb2 as pb
+
+ITEM_ERRORS = (400, 401, 403, 404)
+
+add_item = endpoint(
+    "add_item",
+    route="POST /v1/items",
+    rpc="AddItem",  # over gRPC, one method takes the audio or a server-side path
+    scope=WRITE,
+    gate="audio",
+    body="audio",
+    status=201,
+    ok=ItemOut,
+    errors=(*AUDIO_ERRORS, 409),
+    tag="items",
+)
+add_item_from_path = endpoint(
+    "add_item_from_path",
+    route="POST /v1/items/from-path",
+    scope=WRITE,
+    gate="audio",
+    body="json",
+    status=201,
+    ok=ItemOut,
+    errors=(*AUDIO_ERRORS, 404, 409),
+    tag="items",
+)
+get_item = endpoint(
+    "get_item",
+    route="GET /v1/items/{item_id:path}",
+    rpc="GetItem",
+    scope=READ,
+    ok=ItemOut,
+    errors=ITEM_ERRORS,
+    tag="items",
+)
+delete_item = endpoint(
+    "delete_item",
+    route="DELETE /v1/items/{item_id:path}",
+    rpc="DeleteItem",
+    scope=WRITE,
+    ok=DeletedOut,
+    errors=ITEM_ERRORS,
+    tag="items",
+)
+item_audio = endpoint(
+    "item_audio",
+    route="GET /v1/audio/{item_id:path}",
+    scope=READ,
+    errors=ITEM_ERRORS,
+    tag="items",
+    openapi={
+        "response_class": FileResponse,
+        "responses": {
+            200: {
+                "description": "the item's audio file (Range requests answer 206)",
+                "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    },
+)
+
+
+@add_item.rest
+def _(gw, m):
+    async def add_item(
+        data: Annotated[bytes, Depends(audio_body)],
+        id: str = Query(**ID),
+        tags: list[m.Tag] = Query([], **m.stored.tags),
+        caption: str = Query("", **m.stored.caption),
+        source_uri: str = Query("", **m.stored.source_uri),
+        upsert: bool = False,
+    ) -> JSONResponse:
+        """Store an uploaded clip under `id` (durable when this answers)."""
+        item = await run_in_threadpool(gw.items.add, id, data, None, tags, caption, source_uri, upsert)
+        return answer(item.to_dict(), 201)
+
+    return add_item
+
+
+@add_item.grpc
+def _(gw, req):
+    source = req.WhichOneof("source")
+    if source is None:
+        raise BadRequest("give audio or a server-side path")
+    data, path = (req.audio.data, None) if source == "audio" else (None, req.path)
+    return proto_io.item(gw.items.add(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
+
+
+@add_item_from_path.rest
+def _(gw, m):
+    async def add_item_from_path(req: m.AddFromPathBody) -> JSONResponse:
+        """Store a server-side file (only under the configured ingest roots)."""
+        item = await run_in_threadpool(
+            gw.items.add, req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert
+        )
+        return answer(item.to_dict(), 201)
+
+    return add_item_from_path
+
+
+@get_item.rest
+def _(gw, m):
+    async def get_item(item_id: str = PathParam(**ID)) -> JSONResponse:
+        return answer((await run_in_threadpool(gw.items.get, item_id)).to_dict())
+
+    return get_item
+
+
+@get_item.grpc
+def _(gw, req):
+    return proto_io.item(gw.items.get(req.id))
+
+
+@delete_item.rest
+def _(gw, m):
+    async def delete_item(item_id: str = PathParam(**ID)) -> JSONResponse:
+        item = await run_in_threadpool(gw.items.delete, item_id)
+        return answer({"deleted": True, "item": item.to_dict()})
+
+    return delete_item
+
+
+@delete_item.grpc
+def _(gw, req):
+    return pb.DeleteItemResponse(deleted=True, item=proto_io.item(gw.items.delete(req.id)))
+
+
+@item_audio.rest
+def _(gw, m):
+    async def item_audio(item_id: str = PathParam(**ID)) -> FileResponse:
+        """The stored item's audio: the uploaded file, or its source file while that is inside the ingest roots."""
+        path = await run_in_threadpool(gw.items.audio, item_id)
+        return FileResponse(
+            path,
+            media_type=await run_in_threadpool(media_type, path),
+            headers={"Cache-Control": "private, max-age=300"},
+        )
+
+    return item_audio

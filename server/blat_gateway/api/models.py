@@ -1,0 +1,162 @@
+"""The model verbs: tag (an upload, or a live PCM stream over gRPC), caption, and embed audio or texts."""
+
+# (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
+
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from blat_gateway.api import proto_io
+from blat_gateway.api.json_io import answer, audio_body
+from blat_gateway.endpoint import AUDIO_ERRORS, READ, READ_ERRORS, endpoint
+from blat_gateway.errors import BadRequest, DeadlineExceeded
+from blat_gateway.index.records import MAX_TAGS
+from blat_gateway.schema import AudioEmbeddingOut, CaptionsOut, TagsOut, TextEmbeddingsOut
+from blat_gateway.services.captioning import MAX_BEAM
+from blat_wire import blat_pb2 as pb
+
+AUDIO_IN = {"scope": READ, "gate": "audio", "body": "audio", "errors": AUDIO_ERRORS, "tag": "models"}
+
+tag = endpoint("tag", route="POST /v1/tag", rpc="Tag", ok=TagsOut, **AUDIO_IN)
+# A long call: capped by limits.max_streams; each window is admitted through the audio gate on its own.
+stream_tag = endpoint("StreamTag", rpc="StreamTag", scope=READ, stream=True)
+caption = endpoint("caption", route="POST /v1/caption", rpc="Caption", ok=CaptionsOut, **AUDIO_IN)
+embed_audio = endpoint("embed_audio", route="POST /v1/embed/audio", rpc="EmbedAudio", ok=AudioEmbeddingOut, **AUDIO_IN)
+embed_text = endpoint(
+    "embed_text",
+    route="POST /v1/embed/text",
+    rpc="EmbedText",
+    scope=READ,
+    gate="text",
+    body="json",
+    ok=TextEmbeddingsOut,
+    errors=READ_ERRORS,
+    tag="models",
+)
+
+
+@tag.rest
+def _(gw, m):
+    lim = gw.limits
+
+    def seconds_query():  # one Query object per parameter: FastAPI keeps per-parameter state on it
+        return Query(0.0, ge=0, le=lim.max_audio_seconds, description="0: none (hop_s 0: the window)")
+
+    async def tag(
+        data: Annotated[bytes, Depends(audio_body)],
+        labels: list[str] = Query([], max_length=lim.max_labels),
+        top_k: int = Query(10, ge=1, le=lim.max_labels),
+        window_s: float = seconds_query(),
+        hop_s: float = seconds_query(),
+    ) -> JSONResponse:
+        """Tags with independent per-label scores: the 527 AudioSet labels, or `labels`; `window_s` > 0 adds tags per
+        window over time. Each tag says its `scorer`: the bundle's supervised AudioSet tagger for the classes it was
+        trained on (`tagger+zero_shot` where the bundle mixes in the zero-shot score), zero-shot (the label's prompt
+        against the audio embedding) for any other label."""
+        clip, windows = await run_in_threadpool(gw.tagging.tag, data, labels or None, top_k, window_s, hop_s)
+        windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
+        return answer({"tags": [vars(t) for t in clip], "windows": windows_json})
+
+    return tag
+
+
+@tag.grpc
+def _(gw, req):
+    clip, windows = gw.tagging.tag(req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s)
+    return pb.TagResponse(tags=proto_io.scores(clip), windows=[proto_io.tag_window(w) for w in windows])
+
+
+@stream_tag.grpc
+def _(gw, requests: Iterator[pb.StreamTagRequest]) -> Iterator[pb.TagWindow]:
+    """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived. A stream ends when it
+    sends nothing for limits.stream_idle_s or lasts longer than limits.stream_max_s (the face paces it), or falls
+    under limits.stream_min_realtime. The PCM is decoded, checked and windowed by the tagging service's TagStream
+    (server/blat_gateway/services/tagging.py), and its windows scored as /v1/tag scores them."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("payload") != "config":
+        raise BadRequest("the first StreamTag message must carry the config")
+    cfg = first.config
+    stream = gw.tagging.stream(
+        cfg.encoding,
+        cfg.sample_rate,
+        cfg.window_s or 2.0,
+        cfg.hop_s or 1.0,
+        list(cfg.labels) or None,
+        cfg.top_k or 5,
+        admit=lambda: gw.admitted("audio"),
+    )
+    began, received_s, limits = time.monotonic(), 0.0, gw.limits
+    for msg in requests:
+        if msg.WhichOneof("payload") != "pcm":
+            raise BadRequest("only PCM chunks may follow the config")
+        received_s += len(msg.pcm) / stream.itemsize / cfg.sample_rate
+        lived_s = time.monotonic() - began
+        if lived_s > limits.stream_idle_s and received_s < limits.stream_min_realtime * lived_s:
+            raise DeadlineExceeded(
+                f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
+                f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)"
+            )
+        yield from map(proto_io.tag_window, stream.feed(msg.pcm))
+    yield from map(proto_io.tag_window, stream.finish())
+
+
+@caption.rest
+def _(gw, m):
+    async def caption(
+        data: Annotated[bytes, Depends(audio_body)],
+        tags: list[str] = Query([], max_length=MAX_TAGS),
+        n_best: int = Query(1, ge=1, le=MAX_BEAM),
+        beam_size: int = Query(0, ge=0, le=MAX_BEAM, description="0: the bundle's default"),
+    ) -> JSONResponse:
+        """Captions for the clip, optionally guided by AudioSet tags (display names); n-best by beam search."""
+        result = await run_in_threadpool(gw.captioning.caption, data, tags, n_best, beam_size)
+        return answer({"captions": [vars(c) for c in result]})
+
+    return caption
+
+
+@caption.grpc
+def _(gw, req):
+    caps = gw.captioning.caption(req.audio.data, list(req.tags), req.n_best or 1, req.beam_size)
+    return pb.CaptionResponse(
+        captions=[
+            pb.Caption(text=c.text, log_prob=c.log_prob, guide_tags=c.guide_tags, tags_predicted=c.tags_predicted)
+            for c in caps
+        ]
+    )
+
+
+@embed_audio.rest
+def _(gw, m):
+    async def embed_audio(data: Annotated[bytes, Depends(audio_body)]) -> JSONResponse:
+        vec = await run_in_threadpool(gw.embedding.audio, data)
+        return answer({"embedding": vec.tolist(), "dim": len(vec), "bundle": gw.manifest.id})
+
+    return embed_audio
+
+
+@embed_audio.grpc
+def _(gw, req):
+    vec = gw.embedding.audio(req.audio.data)
+    return pb.EmbedResponse(embeddings=[pb.Embedding(values=vec.tolist())], dim=len(vec), bundle=gw.manifest.id)
+
+
+@embed_text.rest
+def _(gw, m):
+    async def embed_text(req: m.EmbedTextBody) -> JSONResponse:
+        vecs = await run_in_threadpool(gw.embedding.texts, req.texts)
+        return answer({"embeddings": vecs.tolist(), "dim": vecs.shape[1], "bundle": gw.manifest.id})
+
+    return embed_text
+
+
+@embed_text.grpc
+def _(gw, req):
+    vecs = gw.embedding.texts(list(req.texts))
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1], bundle=gw.manifest.id
+    )
