@@ -12,7 +12,19 @@ both transports; every failure is a `ClientError`.
 from blat_client.audio import wav_chunks
 from blat_client.client import NO_RETRY, AsyncClient, Client, Retry
 from blat_client.errors import ClientError
-from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
+from blat_client.types import (
+    Caption,
+    Hit,
+    Info,
+    Item,
+    ItemsPage,
+    Job,
+    LabelScore,
+    SearchResult,
+    Stats,
+    Tags,
+    TagWindow,
+)
 
 __version__ = "0.2.0"
 __all__ = [
@@ -27,6 +39,7 @@ __all__ = [
     "LabelScore",
     "NO_RETRY",
     "Retry",
+    "ItemsPage",
     "SearchResult",
     "Stats",
     "TagWindow",

@@ -26,7 +26,20 @@ from blat_client.client import Client
 from blat_client.errors import ClientError
 
 OK, REFUSED, USAGE, UNREACHABLE, PARTIAL = 0, 1, 2, 3, 4
-COMMANDS = ("search", "tag", "caption", "add", "add-folder", "get", "delete", "rebuild", "rollback", "stats", "info")
+COMMANDS = (
+    "search",
+    "tag",
+    "caption",
+    "add",
+    "add-folder",
+    "get",
+    "list-items",
+    "delete",
+    "rebuild",
+    "rollback",
+    "stats",
+    "info",
+)
 
 
 class Progress:
@@ -69,7 +82,6 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def _filters(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     sp.add_argument("--tags-any", action="append", metavar="TAG", help="keep items with any of these tags (repeat)")
     sp.add_argument("--tags-all", action="append", metavar="TAG", help="keep items with all of these tags (repeat)")
     sp.add_argument("--source-prefix", help="keep items whose source_uri starts with this")
@@ -99,6 +111,8 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("query", nargs="?", help='free text, e.g. "dog barking"')
     s.add_argument("--audio", metavar="FILE", help="find items that sound like this WAV/FLAC/OGG/MP3 file")
     s.add_argument("--similar", metavar="ID", help="find neighbours of this stored item")
+    s.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    s.add_argument("--offset", type=int, default=0, help="skip this many of the best first (page 2 of ten: 10)")
     _filters(s)
     s = cmd("tag", "zero-shot AudioSet tags of an audio file (over time with --window)")
     s.add_argument("file", help="WAV, FLAC, OGG or MP3 file")
@@ -145,6 +159,15 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     s.add_argument("--upsert", action="store_true", help="replace items with the same id instead of skipping them")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     cmd("get", "show a stored item").add_argument("id")
+    s = cmd(
+        "list-items",
+        "list stored items in id order, a page at a time",
+        "blat list-items --limit 20 | blat list-items --cursor NEXT_CURSOR | blat list-items --all --tags-any Rain",
+    )
+    s.add_argument("--limit", type=int, default=100, help="items per page (default: 100)")
+    s.add_argument("--cursor", default="", help="next_cursor printed by the previous page")
+    s.add_argument("--all", action="store_true", help="every page, one item per line")
+    _filters(s)
     cmd("delete", "delete a stored item").add_argument("id")
     s = cmd(
         "rebuild",
@@ -251,10 +274,10 @@ def run(c: Client, args) -> tuple[object, int]:
         if len(given) != 1:
             raise ValueError("give exactly one of: a text query, --audio FILE, --similar ID")
         if args.audio:
-            return c.search_audio(args.audio, args.k, _filter(args)), OK
+            return c.search_audio(args.audio, args.k, _filter(args), args.offset), OK
         if args.similar:
-            return c.search_item(args.similar, args.k, _filter(args)), OK
-        return c.search_text(args.query, args.k, _filter(args)), OK
+            return c.search_item(args.similar, args.k, _filter(args), args.offset), OK
+        return c.search_text(args.query, args.k, _filter(args), args.offset), OK
     if cmd == "tag":
         return c.tag(args.file, args.labels, args.top_k, args.window, args.hop), OK
     if cmd == "caption":
@@ -266,6 +289,10 @@ def run(c: Client, args) -> tuple[object, int]:
         return add_folder(c, args)
     if cmd == "get":
         return c.get_item(args.id), OK
+    if cmd == "list-items":
+        if args.all:
+            return list(c.iter_items(_filter(args), args.limit)), OK
+        return c.list_items(_filter(args), args.limit, args.cursor), OK
     if cmd == "delete":
         return c.delete_item(args.id), OK
     if cmd == "rebuild":
@@ -305,6 +332,12 @@ def text(cmd: str, value) -> str:
         return "\n".join(lines)
     if cmd == "caption":
         return "\n".join(f"{c['log_prob']:8.2f}  {c['text']}" for c in d)
+    if cmd == "list-items":
+        items = d if isinstance(d, list) else d["items"]
+        lines = [f"{it['id']}  [{', '.join(it['tags'])}]  {it['caption']}" for it in items] or ["no items"]
+        if isinstance(d, dict) and d["next_cursor"]:
+            lines.append(f"next page: --cursor {d['next_cursor']}")
+        return "\n".join(lines)
     if cmd == "add-folder":
         failed = "".join(f"\n  failed {f['id']}: {f['reason']}" for f in d["failed"])
         return (

@@ -23,7 +23,7 @@ from blat_client.errors import ClientError
 from blat_client.filters import Filter
 from blat_client.grpc_transport import GrpcTransport
 from blat_client.rest import RestTransport
-from blat_client.types import Caption, Info, Item, Job, SearchResult, Stats, Tags, TagWindow
+from blat_client.types import Caption, Info, Item, ItemsPage, Job, SearchResult, Stats, Tags, TagWindow
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -70,17 +70,17 @@ class _Api:
         return self.transport.name
 
     # -- search ----------------------------------------------------------------------------------------------------
-    def search_text(self, query: str, k: int = 10, filter: Filter | None = None) -> SearchResult:
-        """Stored items whose audio matches a text query, best first."""
-        return self._send(self.transport.search_text(query, k, filter))
+    def search_text(self, query: str, k: int = 10, filter: Filter | None = None, offset: int = 0) -> SearchResult:
+        """Stored items whose audio matches a text query, best first; `offset` skips that many (page 2: offset=k)."""
+        return self._send(self.transport.search_text(query, k, filter, offset))
 
-    def search_audio(self, audio: Audio, k: int = 10, filter: Filter | None = None) -> SearchResult:
+    def search_audio(self, audio: Audio, k: int = 10, filter: Filter | None = None, offset: int = 0) -> SearchResult:
         """Stored items that sound like `audio` (file bytes or a path)."""
-        return self._send(self.transport.search_audio(audio, k, filter))
+        return self._send(self.transport.search_audio(audio, k, filter, offset))
 
-    def search_item(self, item_id: str, k: int = 10, filter: Filter | None = None) -> SearchResult:
+    def search_item(self, item_id: str, k: int = 10, filter: Filter | None = None, offset: int = 0) -> SearchResult:
         """Neighbours of a stored item, by its stored embedding."""
-        return self._send(self.transport.search_item(item_id, k, filter))
+        return self._send(self.transport.search_item(item_id, k, filter, offset))
 
     # -- models ----------------------------------------------------------------------------------------------------
     def tag(
@@ -119,6 +119,11 @@ class _Api:
 
     def get_item(self, item_id: str) -> Item:
         return self._send(self.transport.get_item(item_id))
+
+    def list_items(self, filter: Filter | None = None, limit: int = 100, cursor: str = "") -> ItemsPage:
+        """One page of stored items in id order, filtered like a search; pass `next_cursor` back for the next
+        (`Client.iter_items` walks every page)."""
+        return self._send(self.transport.list_items(filter, limit, cursor))
 
     def delete_item(self, item_id: str) -> Item:
         """Delete a stored item; returns what was deleted."""
@@ -168,6 +173,16 @@ class Client(_Api):
                     raise
                 time.sleep(self.retry.delay(attempt, e))
 
+    def iter_items(self, filter: Filter | None = None, page_size: int = 100) -> Iterator[Item]:
+        """Every stored item that passes `filter`, in id order, fetched a page at a time."""
+        cursor = ""
+        while True:
+            page = self.list_items(filter, page_size, cursor)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
     def wait_rebuild(self, job_id: str, poll_s: float = 0.5, on_progress=None) -> Job:
         """Poll a rebuild until it ends; `on_progress(job)` sees every poll."""
         while True:
@@ -214,6 +229,17 @@ class AsyncClient(_Api):
                 if not (e.retryable and attempt < self.retry.attempts):
                     raise
                 await asyncio.sleep(self.retry.delay(attempt, e))
+
+    async def iter_items(self, filter: Filter | None = None, page_size: int = 100) -> AsyncIterator[Item]:
+        """`async for item in c.iter_items()`: every stored item that passes `filter`, a page at a time."""
+        cursor = ""
+        while True:
+            page = await self.list_items(filter, page_size, cursor)
+            for it in page.items:
+                yield it
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
 
     async def wait_rebuild(self, job_id: str, poll_s: float = 0.5, on_progress=None) -> Job:
         while True:

@@ -17,7 +17,19 @@ from blat_client._wire import blat_pb2_grpc as pb_grpc
 from blat_client.audio import Audio, read_audio
 from blat_client.errors import GRPC_TO_HTTP, ClientError, parse_retry_after
 from blat_client.filters import Filter, check_filter
-from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
+from blat_client.types import (
+    Caption,
+    Hit,
+    Info,
+    Item,
+    ItemsPage,
+    Job,
+    LabelScore,
+    SearchResult,
+    Stats,
+    Tags,
+    TagWindow,
+)
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # uploads are capped by the server's limits, not by the channel
 
@@ -213,18 +225,17 @@ class GrpcTransport:
             raise _error(e) from None
 
     # -- operations ------------------------------------------------------------------------------------------------
-    def search_text(self, query: str, k: int, flt: Filter | None) -> GrpcCall:
-        return GrpcCall("SearchText", pb.SearchTextRequest(query=query, k=k, filter=_filter(flt)), search_result)
+    def search_text(self, query: str, k: int, flt: Filter | None, offset: int = 0) -> GrpcCall:
+        req = pb.SearchTextRequest(query=query, k=k, offset=offset, filter=_filter(flt))
+        return GrpcCall("SearchText", req, search_result)
 
-    def search_audio(self, audio: Audio, k: int, flt: Filter | None) -> GrpcCall:
-        return GrpcCall(
-            "SearchAudio",
-            pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k, filter=_filter(flt)),
-            search_result,
-        )
+    def search_audio(self, audio: Audio, k: int, flt: Filter | None, offset: int = 0) -> GrpcCall:
+        req = pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k, offset=offset, filter=_filter(flt))
+        return GrpcCall("SearchAudio", req, search_result)
 
-    def search_item(self, item_id: str, k: int, flt: Filter | None) -> GrpcCall:
-        return GrpcCall("SearchItem", pb.SearchItemRequest(id=item_id, k=k, filter=_filter(flt)), search_result)
+    def search_item(self, item_id: str, k: int, flt: Filter | None, offset: int = 0) -> GrpcCall:
+        req = pb.SearchItemRequest(id=item_id, k=k, offset=offset, filter=_filter(flt))
+        return GrpcCall("SearchItem", req, search_result)
 
     def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> GrpcCall:
         req = pb.TagRequest(
@@ -275,6 +286,13 @@ class GrpcTransport:
 
     def get_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("GetItem", pb.ItemRequest(id=item_id), item)
+
+    def list_items(self, flt: Filter | None, limit: int, cursor: str) -> GrpcCall:
+        return GrpcCall(
+            "ListItems",
+            pb.ListItemsRequest(filter=_filter(flt), limit=limit, cursor=cursor),
+            lambda r: ItemsPage([item(x) for x in r.items], r.next_cursor, r.index_version),
+        )
 
     def delete_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))

@@ -15,7 +15,19 @@ import httpx
 from blat_client.audio import Audio, read_audio
 from blat_client.errors import ClientError, parse_retry_after
 from blat_client.filters import Filter, check_filter
-from blat_client.types import Caption, Hit, Info, Item, Job, LabelScore, SearchResult, Stats, Tags, TagWindow
+from blat_client.types import (
+    Caption,
+    Hit,
+    Info,
+    Item,
+    ItemsPage,
+    Job,
+    LabelScore,
+    SearchResult,
+    Stats,
+    Tags,
+    TagWindow,
+)
 
 
 @dataclass
@@ -93,7 +105,13 @@ def _segment(value: str) -> str:
 
 
 def _params(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v not in (None, [], (), "", 0, 0.0, False)}
+    """Query parameters without the empty ones. Numbers are always sent, 0 included, so that the server checks
+    them (k=0 is refused, not read as the default)."""
+    return {
+        k: v
+        for k, v in values.items()
+        if v is not False and not (v is None or (isinstance(v, (str, list, tuple)) and not v))
+    }
 
 
 class _Sending:
@@ -193,15 +211,15 @@ class RestTransport:
     def _upload(self, path: str, audio: Audio, params: Mapping[str, Any], parse: Callable) -> RestCall:
         return RestCall("POST", path, parse, params=_params(params), content=read_audio(audio))
 
-    def search_text(self, query: str, k: int, flt: Filter | None) -> RestCall:
-        body = {"query": query, "k": k, **({"filter": check_filter(flt)} if flt else {})}
+    def search_text(self, query: str, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
+        body = {"query": query, "k": k, "offset": offset, **({"filter": check_filter(flt)} if flt else {})}
         return RestCall("POST", "/v1/search/text", search_result, json=body)
 
-    def search_audio(self, audio: Audio, k: int, flt: Filter | None) -> RestCall:
-        return self._upload("/v1/search/audio", audio, {"k": k, **check_filter(flt)}, search_result)
+    def search_audio(self, audio: Audio, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
+        return self._upload("/v1/search/audio", audio, {"k": k, "offset": offset, **check_filter(flt)}, search_result)
 
-    def search_item(self, item_id: str, k: int, flt: Filter | None) -> RestCall:
-        body = {"id": item_id, "k": k, **({"filter": check_filter(flt)} if flt else {})}
+    def search_item(self, item_id: str, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
+        body = {"id": item_id, "k": k, "offset": offset, **({"filter": check_filter(flt)} if flt else {})}
         return RestCall("POST", "/v1/search/item", search_result, json=body)
 
     def tag(self, audio: Audio, labels: Sequence[str], top_k: int, window_s: float, hop_s: float) -> RestCall:
@@ -261,6 +279,15 @@ class RestTransport:
 
     def get_item(self, item_id: str) -> RestCall:
         return RestCall("GET", f"/v1/items/{_segment(item_id)}", item)
+
+    def list_items(self, flt: Filter | None, limit: int, cursor: str) -> RestCall:
+        params = _params({"limit": limit, "cursor": cursor, **check_filter(flt)})
+        return RestCall(
+            "GET",
+            "/v1/items",
+            lambda d: ItemsPage([item(x) for x in d["items"]], d["next_cursor"], d["index_version"]),
+            params=params,
+        )
 
     def delete_item(self, item_id: str) -> RestCall:
         return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))

@@ -48,6 +48,13 @@ class SearchResult(_Value):
 
 
 @dataclass(frozen=True)
+class ItemsPage(_Value):
+    items: list[Item]
+    next_cursor: str  # pass as `cursor` for the next page; "" on the last page
+    index_version: str
+
+
+@dataclass(frozen=True)
 class LabelScore(_Value):
     label: str
     score: float  # independent per-label probability-like score in [0, 1]

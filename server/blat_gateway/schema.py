@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blat_gateway.index.records import ID_PATTERN, MAX_TAGS, SearchFilter
+from blat_gateway.index.records import ID_PATTERN, MAX_K, MAX_TAGS, SearchFilter
 from blat_gateway.settings import LimitSettings
 
 # Declared in the schema, checked by blat_gateway.index.records.check_id (whose 400 says what is wrong in words).
@@ -42,6 +42,11 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
     )
     Tag = Annotated[str, Field(max_length=limits.max_tag_chars)]
     k_range = {"ge": 1, "le": limits.max_k, "description": f"results, 1-{limits.max_k}"}
+    offset_range = {
+        "ge": 0,
+        "le": MAX_K - 1,
+        "description": f"hits to skip first (page 2 of ten: 10); k + offset <= {MAX_K}",
+    }
 
     class FilterBody(BaseModel):
         model_config = ConfigDict(extra="forbid")  # a misspelt condition must not silently match everything
@@ -60,11 +65,13 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
     class SearchTextBody(BaseModel):
         query: str = Field(description="free text", **text_range)
         k: int = Field(10, **k_range)
+        offset: int = Field(0, **offset_range)
         filter: FilterBody | None = None
 
     class SearchItemBody(BaseModel):
         id: str = Field(**ID)
         k: int = Field(10, **k_range)
+        offset: int = Field(0, **offset_range)
         filter: FilterBody | None = None
 
     class EmbedTextBody(BaseModel):
@@ -97,6 +104,8 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         AddFromPathBody=AddFromPathBody,
         RebuildBody=RebuildBody,
         k=k_range,
+        offset=offset_range,
+        limit={"ge": 1, "le": limits.max_k, "description": f"items per page, 1-{limits.max_k}"},
         stored=stored,
         Tag=Tag,
     )
@@ -114,6 +123,12 @@ class ItemOut(BaseModel):
     content_hash: str
     added_at: str = Field(description="ISO 8601 UTC with milliseconds, as over gRPC")
     extra: dict[str, Any]
+
+
+class ItemsPageOut(BaseModel):
+    items: list[ItemOut]
+    next_cursor: str = Field(description="pass as `cursor` for the next page; empty on the last page")
+    index_version: str
 
 
 class HitOut(BaseModel):

@@ -253,6 +253,44 @@ def test_search_text_with_k_and_filters(items, rest, rpc):
         assert len({i for i in hit_ids(a) if i in items}) == expected > 0, flt
 
 
+def test_search_offset_pages_the_ranking_and_k_is_checked_on_both_faces(items, rest, rpc):
+    ids = list(items)
+    for client in (rest, rpc):
+        full = hit_ids(client.search_text("dog barking", k=9))
+        pages = [hit_ids(client.search_text("dog barking", k=3, offset=o)) for o in (0, 3, 6)]
+        assert sum(pages, []) == full, "page 2 and 3 continue the same ranking"
+        assert hit_ids(client.search_item(ids[0], k=2, offset=2)) == hit_ids(client.search_item(ids[0], k=4))[2:]
+        assert hit_ids(client.search_audio(items[ids[1]][0], k=2, offset=1))[0] != ids[1]  # itself was first
+        for k, offset in ((0, 0), (3, -1), (3, 998)):  # gRPC refuses k=0 as REST does (it used to answer 10)
+            with pytest.raises(ClientError) as e:
+                client.search_text("dog barking", k=k, offset=offset)
+            assert e.value.status == 400, (client.transport_name, k, offset)
+
+
+def test_list_items_pages_through_every_item_in_id_order_on_both_faces(items, rest, rpc):
+    stored = [it.id for it in rest.iter_items(page_size=100)]
+    assert stored == sorted(stored) and set(items) <= set(stored)
+    for client in (rest, rpc):
+        seen, cursor, pages = [], "", 0
+        while True:
+            page = client.list_items(limit=5, cursor=cursor)
+            assert len(page.items) <= 5 and page.index_version == rest.stats().index_version
+            seen += [it.id for it in page.items]
+            pages += 1
+            if not page.next_cursor:
+                break
+            cursor = page.next_cursor
+        assert seen == stored and pages == -(-len(stored) // 5)
+        even = [it.id for it in client.iter_items({"tags_any": ["even"]}, page_size=2)]
+        assert even == sorted(i for i, (_, tags, _) in items.items() if "even" in tags)
+        first = client.list_items(limit=1).items[0]
+        assert_same_item(first, rest.get_item(first.id))
+        for bad in ({"limit": 0}, {"limit": 10_000}, {"cursor": "!!not-a-cursor!!"}):
+            with pytest.raises(ClientError) as e:
+                client.list_items(**bad)
+            assert e.value.status == 400, (client.transport_name, bad)
+
+
 def test_search_audio_finds_the_clip_itself(items, rest, rpc, reference):
     for item_id, (data, tags, _) in list(items.items())[:4]:
         a, b = rest.search_audio(data, k=5), rpc.search_audio(data, k=5)
@@ -495,6 +533,7 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
     ("post", "/v1/items/from-path"): {400, 401, 403, 404, 409, 413, 415, 422},
     ("get", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("delete", "/v1/items/{item_id}"): {400, 401, 403, 404},
+    ("get", "/v1/items"): {400, 401, 403},
     ("get", "/v1/audio/{item_id}"): {400, 401, 403, 404},
     ("post", "/v1/index/rebuild"): {400, 401, 403, 404, 409},
     ("get", "/v1/index/rebuild/{job_id}"): {401, 403, 404},
@@ -557,6 +596,13 @@ def test_cli(server, tmp_path):
     assert via_grpc.pop("duration_s") == pytest.approx(via_rest.pop("duration_s"), rel=1e-6)  # float32 over gRPC
     assert via_grpc == via_rest, "the same JSON over both transports"
     assert ids(cli("search", "dog barking", "--tags-any", "cli", url=grpc_url)) == ["cli-item"]
+    for url in (server.http_url, grpc_url):
+        listed = cli("list-items", "--all", "--tags-any", "cli", url=url)
+        assert [it["id"] for it in listed] == ["cli-item"]
+        page = cli("list-items", "--limit", "1", url=url)
+        assert len(page["items"]) == 1 and page["next_cursor"]
+        after = cli("list-items", "--limit", "1", "--cursor", page["next_cursor"], url=url)
+        assert after["items"][0]["id"] > page["items"][0]["id"]
     text = blat("get", "cli-item", "--url", server.http_url)  # without --json: text
     assert text.returncode == 0 and "id: cli-item" in text.stdout, text.stdout + text.stderr
     for url in (server.http_url, grpc_url):

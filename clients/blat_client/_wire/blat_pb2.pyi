@@ -57,34 +57,40 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
 
 class SearchTextRequest(_message.Message):
-    __slots__ = ("query", "k", "filter")
+    __slots__ = ("query", "k", "filter", "offset")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     query: str
     k: int
     filter: Filter
-    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    offset: int
+    def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SearchAudioRequest(_message.Message):
-    __slots__ = ("audio", "k", "filter")
+    __slots__ = ("audio", "k", "filter", "offset")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     k: int
     filter: Filter
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    offset: int
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SearchItemRequest(_message.Message):
-    __slots__ = ("id", "k", "filter")
+    __slots__ = ("id", "k", "filter", "offset")
     ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     id: str
     k: int
     filter: Filter
-    def __init__(self, id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    offset: int
+    def __init__(self, id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "bundle", "index_version")
@@ -243,6 +249,26 @@ class ItemRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("filter", "limit", "cursor")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    filter: Filter
+    limit: int
+    cursor: str
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class ItemsPage(_message.Message):
+    __slots__ = ("items", "next_cursor", "index_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    next_cursor: str
+    index_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class DeleteItemResponse(_message.Message):
     __slots__ = ("deleted", "item")

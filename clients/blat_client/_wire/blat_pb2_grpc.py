@@ -84,6 +84,11 @@ class BlatStub(object):
                 request_serializer=blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
                 response_deserializer=blat__wire_dot_blat__pb2.Item.FromString,
                 _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/blat.v1.Blat/ListItems',
+                request_serializer=blat__wire_dot_blat__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.ItemsPage.FromString,
+                _registered_method=True)
         self.DeleteItem = channel.unary_unary(
                 '/blat.v1.Blat/DeleteItem',
                 request_serializer=blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
@@ -184,6 +189,12 @@ class BlatServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteItem(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -278,6 +289,11 @@ def add_BlatServicer_to_server(servicer, server):
                     servicer.GetItem,
                     request_deserializer=blat__wire_dot_blat__pb2.ItemRequest.FromString,
                     response_serializer=blat__wire_dot_blat__pb2.Item.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=blat__wire_dot_blat__pb2.ListItemsRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.ItemsPage.SerializeToString,
             ),
             'DeleteItem': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteItem,
@@ -585,6 +601,33 @@ class Blat(object):
             '/blat.v1.Blat/GetItem',
             blat__wire_dot_blat__pb2.ItemRequest.SerializeToString,
             blat__wire_dot_blat__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blat.v1.Blat/ListItems',
+            blat__wire_dot_blat__pb2.ListItemsRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.ItemsPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,5 @@
-"""Items: store an upload or a server-side file under an id, read it, its audio, or delete it."""
+"""Items: store an upload or a server-side file under an id, list them a page at a time, read one, its audio, or
+delete it."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
@@ -10,10 +11,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer, audio_body
+from blat_gateway.api.json_io import answer, audio_body, query_filter
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, WRITE, endpoint
 from blat_gateway.errors import BadRequest
-from blat_gateway.schema import ID, DeletedOut, ItemOut
+from blat_gateway.index import SearchFilter
+from blat_gateway.schema import ID, DeletedOut, ItemOut, ItemsPageOut
 from blat_gateway.uploads import media_type
 from blat_wire import blat_pb2 as pb
 
@@ -40,6 +42,15 @@ add_item_from_path = endpoint(
     status=201,
     ok=ItemOut,
     errors=(*AUDIO_ERRORS, 404, 409),
+    tag="items",
+)
+list_items = endpoint(
+    "list_items",
+    route="GET /v1/items",
+    rpc="ListItems",
+    scope=READ,
+    ok=ItemsPageOut,
+    errors=(400, 401, 403),
     tag="items",
 )
 get_item = endpoint(
@@ -114,6 +125,37 @@ def _(gw, m):
         return answer(item.to_dict(), 201)
 
     return add_item_from_path
+
+
+@list_items.rest
+def _(gw, m):
+    async def list_items(
+        flt: Annotated[SearchFilter, Depends(query_filter)],
+        limit: int = Query(100, **m.limit),
+        cursor: str = Query("", max_length=1024, description="next_cursor of the previous page; empty: the first"),
+    ) -> JSONResponse:
+        """Stored items in id order, a page at a time, with the same filters as search: pass each answer's
+        `next_cursor` as `cursor` until it comes back empty. Writes and index swaps meanwhile never make a page skip
+        or repeat an item that stays stored."""
+        page = await run_in_threadpool(gw.items.list, flt, limit, cursor)
+        return answer(
+            {
+                "items": [it.to_dict() for it in page.items],
+                "next_cursor": page.next_cursor,
+                "index_version": page.index_version,
+            }
+        )
+
+    return list_items
+
+
+@list_items.grpc
+def _(gw, req):
+    limit = req.limit if req.HasField("limit") else 100
+    page = gw.items.list(proto_io.search_filter(req.filter), limit, req.cursor)
+    return pb.ItemsPage(
+        items=[proto_io.item(it) for it in page.items], next_cursor=page.next_cursor, index_version=page.index_version
+    )
 
 
 @get_item.rest

@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 
 from blat_gateway.audio import read_limited_async
 from blat_gateway.errors import BadAudio
-from blat_gateway.index import Hit, SearchFilter
+from blat_gateway.index import SearchFilter
 from blat_gateway.service import Gateway
+from blat_gateway.services.search import Found
 
 # The raw upload of an audio route, as /openapi.json describes it (FastAPI cannot infer it from a dependency).
 AUDIO_BODY = {
@@ -29,11 +30,11 @@ def answer(content: dict, status: int = 200) -> JSONResponse:
     return JSONResponse(content, status_code=status)
 
 
-def hits_json(gw: Gateway, hits: list[Hit]) -> dict:
+def hits_json(gw: Gateway, found: Found) -> dict:
     return {
-        "hits": [{"id": h.id, "score": h.score, "item": h.item.to_dict()} for h in hits],
+        "hits": [{"id": h.id, "score": h.score, "item": h.item.to_dict()} for h in found.hits],
         "bundle": gw.manifest.id,
-        "index_version": gw.store.version,
+        "index_version": found.index_version,
     }
 
 

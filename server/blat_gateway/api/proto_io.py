@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from blat_gateway.index import Hit, ItemRecord, SearchFilter
+from blat_gateway.index import ItemRecord, SearchFilter
 from blat_gateway.index.records import iso_time
 from blat_gateway.service import Gateway
+from blat_gateway.services.search import Found
 from blat_gateway.tagging import LabelScore
 from blat_wire import blat_pb2 as pb
 
@@ -21,6 +22,11 @@ def search_filter(f: pb.Filter) -> SearchFilter | None:
     )
 
 
+def k_filter_offset(req) -> tuple[int, SearchFilter | None, int]:
+    """A search request's k (unset: 10; a k that was sent is checked, 0 included, as over REST), filter, offset."""
+    return (req.k if req.HasField("k") else 10), search_filter(req.filter), req.offset
+
+
 def item(it: ItemRecord) -> pb.Item:
     return pb.Item(
         id=it.id,
@@ -33,11 +39,11 @@ def item(it: ItemRecord) -> pb.Item:
     )
 
 
-def hits(gw: Gateway, found: list[Hit]) -> pb.SearchResponse:
+def hits(gw: Gateway, found: Found) -> pb.SearchResponse:
     return pb.SearchResponse(
-        hits=[pb.Hit(id=h.id, score=h.score, item=item(h.item)) for h in found],
+        hits=[pb.Hit(id=h.id, score=h.score, item=item(h.item)) for h in found.hits],
         bundle=gw.manifest.id,
-        index_version=gw.store.stats().version,
+        index_version=found.index_version,
     )
 
 

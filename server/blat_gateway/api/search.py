@@ -1,4 +1,4 @@
-"""Search: items that match a text, sound like an upload, or neighbour a stored item."""
+"""Search: items that match a text, sound like an upload, or neighbour a stored item; `offset` pages the ranking."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
@@ -53,14 +53,14 @@ def _(gw, m):
     async def search_text(req: m.SearchTextBody) -> JSONResponse:
         """Items whose audio matches a text query (cosine similarity in the shared space)."""
         flt = req.filter.to_filter() if req.filter else None
-        return answer(hits_json(gw, await run_in_threadpool(gw.search.text, req.query, req.k, flt)))
+        return answer(hits_json(gw, await run_in_threadpool(gw.search.text, req.query, req.k, flt, req.offset)))
 
     return search_text
 
 
 @search_text.grpc
 def _(gw, req):
-    return proto_io.hits(gw, gw.search.text(req.query, req.k or 10, proto_io.search_filter(req.filter)))
+    return proto_io.hits(gw, gw.search.text(req.query, *proto_io.k_filter_offset(req)))
 
 
 @search_audio.rest
@@ -69,16 +69,17 @@ def _(gw, m):
         data: Annotated[bytes, Depends(audio_body)],
         flt: Annotated[SearchFilter, Depends(query_filter)],
         k: int = Query(10, **m.k),
+        offset: int = Query(0, **m.offset),
     ) -> JSONResponse:
         """Items that sound like the uploaded clip."""
-        return answer(hits_json(gw, await run_in_threadpool(gw.search.audio, data, k, flt)))
+        return answer(hits_json(gw, await run_in_threadpool(gw.search.audio, data, k, flt, offset)))
 
     return search_audio
 
 
 @search_audio.grpc
 def _(gw, req):
-    return proto_io.hits(gw, gw.search.audio(req.audio.data, req.k or 10, proto_io.search_filter(req.filter)))
+    return proto_io.hits(gw, gw.search.audio(req.audio.data, *proto_io.k_filter_offset(req)))
 
 
 @search_item.rest
@@ -86,11 +87,11 @@ def _(gw, m):
     async def search_item(req: m.SearchItemBody) -> JSONResponse:
         """Neighbours of a stored item (uses its stored embedding: works while the model backend is down)."""
         flt = req.filter.to_filter() if req.filter else None
-        return answer(hits_json(gw, await run_in_threadpool(gw.search.item, req.id, req.k, flt)))
+        return answer(hits_json(gw, await run_in_threadpool(gw.search.item, req.id, req.k, flt, req.offset)))
 
     return search_item
 
 
 @search_item.grpc
 def _(gw, req):
-    return proto_io.hits(gw, gw.search.item(req.id, req.k or 10, proto_io.search_filter(req.filter)))
+    return proto_io.hits(gw, gw.search.item(req.id, *proto_io.k_filter_offset(req)))

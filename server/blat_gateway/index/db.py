@@ -180,6 +180,15 @@ class VersionDB:
             out.update(_record(row) for row in self.conn.execute(q, part))
         return out
 
+    def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
+        """Up to `limit` items whose id sorts after `after` (byte order: SQLite's BINARY collation), passing `flt`,
+        in id order. Keyset paging: the id's UNIQUE index makes each page cost its own size."""
+        where, params = filter_sql(flt) if flt else ("1", [])
+        rows = self.conn.execute(
+            f"SELECT {COLUMNS} FROM items WHERE id > ? AND {where} ORDER BY id LIMIT ?", [after, *params, limit]
+        )
+        return [_record(row)[1] for row in rows]
+
     def live_fids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items")), dtype=np.int64)
 

@@ -124,6 +124,9 @@ class FaissIndex:
     def embedding(self, item_id: str) -> np.ndarray | None:
         return self.live.db.embedding(item_id)
 
+    def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
+        return self.live.db.page(flt, after, limit)
+
     def search(self, x: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[Scored]]:
         return self.live.search(x, k, flt)
 

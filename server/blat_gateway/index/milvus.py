@@ -190,6 +190,9 @@ class MilvusIndex:
     def embedding(self, item_id: str) -> np.ndarray | None:
         return self.live.embedding(item_id)
 
+    def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
+        return self.live.page(flt, after, limit)
+
     def search(self, x: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[Scored]]:
         return self.live.search(x, k, flt, self._info(self.name)[1])
 

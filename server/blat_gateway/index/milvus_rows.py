@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import re
 import time
@@ -29,6 +30,10 @@ def _str(s: str) -> str:
 
 def _strs(values: Sequence[str]) -> str:
     return "[" + ", ".join(_str(v) for v in values) + "]"
+
+
+def _utf8(item_id: str) -> bytes:
+    return item_id.encode()
 
 
 def milvus_filter(flt: SearchFilter | None) -> str:
@@ -165,6 +170,23 @@ class Collection:
             search_params={"metric_type": "IP", "params": params},
         )
         return [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
+
+    def page(self, flt: SearchFilter | None, after: str, limit: int, batch: int = 4096) -> list[ItemRecord]:
+        """Up to `limit` items with an id after `after`, passing `flt`, in id order. Milvus returns query results in
+        no stated order, so every matching id after the cursor is read (ids only, in batches) and the first `limit`
+        kept: a page costs a pass over the matching ids, not over the rows."""
+        expr = " and ".join(e for e in (f"id > {_str(after)}" if after else "", milvus_filter(flt)) if e)
+        it = self.call("query_iterator", self.name, batch_size=batch, filter=expr, output_fields=["id"])
+        first: list[str] = []
+        try:
+            while rows := it.next():
+                first = heapq.nsmallest(limit, first + [r["id"] for r in rows], key=_utf8)
+        finally:
+            it.close()
+        if not first:
+            return []
+        got = {e["id"]: _record(e) for e in self.call("get", self.name, ids=first, output_fields=FIELDS)}
+        return [got[i] for i in first if i in got]
 
     def scan(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every (ids, vectors (n, D)) of the collection, in batches."""

@@ -9,6 +9,9 @@ when their storage is unreachable) and return plain records.
 Contract every engine keeps (tests/server/index runs the same suite against each):
 - a write is durable when `put_many` / `delete` return, and `put_many` is all or nothing;
 - ids are unique; a content hash already stored under another id is a Conflict unless `check_hash=False`;
+- `page` lists items in id order (UTF-8 byte order, which is code point order) after a given id, filtered like
+  `search`, so a cursor (the last id seen) pages through a version without skipping or repeating an item that
+  stays stored;
 - `search` returns, per query, up to k (cosine, item) best first among the items that pass the filter, with the
   same filter semantics as `SearchFilter.matches`;
 - `swap` switches searches from the live version to a finished staging version at once, keeping the old one as
@@ -115,6 +118,9 @@ class VectorIndex(Protocol):
     def get(self, item_id: str) -> ItemRecord | None: ...
 
     def embedding(self, item_id: str) -> np.ndarray | None: ...
+
+    def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
+        """Up to `limit` items with an id after `after` (UTF-8 byte order), passing `flt`, in id order."""
 
     def search(self, x: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[Scored]]:
         """x (Q, D) unit rows -> per query up to k hits, best first."""

@@ -132,8 +132,26 @@ class IndexStore:
             raise NotFound(f"no item {item_id!r}", id=item_id)
         return vec
 
+    def page(
+        self, after: str = "", limit: int = 100, filter: SearchFilter | None = None
+    ) -> tuple[list[ItemRecord], str]:
+        """Up to `limit` items in id order after the id `after` ("" from the start) that pass `filter`, and the live
+        version's name, read together."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_K:
+            raise BadRequest(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
+        flt = None if filter is None or filter.empty else filter
+        with self._lock:
+            index = self._open()
+            return index.page(flt, after, limit), index.name
+
     def search(self, query: np.ndarray, k: int = 10, filter: SearchFilter | dict | None = None) -> list[list[Hit]]:
         """query (D,) or (Q, D) -> per query the k best hits (cosine score, best first) that pass `filter`."""
+        return self.search_at(query, k, filter)[0]
+
+    def search_at(
+        self, query: np.ndarray, k: int = 10, filter: SearchFilter | dict | None = None
+    ) -> tuple[list[list[Hit]], str]:
+        """`search`, and the name of the version that answered it (read together: a swap cannot come between)."""
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be an integer in 1..{MAX_K}, got {k!r}")
         if isinstance(filter, dict):  # as it arrives in a JSON request
@@ -146,14 +164,19 @@ class IndexStore:
         with self._lock:
             index = self._open()
             x = as_unit_rows(query, index.meta.dim, "query")
-            results = index.search(x, k, flt)
-        return [[Hit(item.id, score, item) for score, item in hits] for hits in results]
+            results, version = index.search(x, k, flt), index.name
+        return [[Hit(item.id, score, item) for score, item in hits] for hits in results], version
 
     def search_by_id(self, item_id: str, k: int = 10, filter: SearchFilter | dict | None = None) -> list[Hit]:
         """The k items nearest to a stored item (itself excluded), from its stored embedding."""
+        return self.search_by_id_at(item_id, k, filter)[0]
+
+    def search_by_id_at(
+        self, item_id: str, k: int = 10, filter: SearchFilter | dict | None = None
+    ) -> tuple[list[Hit], str]:
         vec = self.embedding(item_id)
-        hits = self.search(vec, min(k + 1, MAX_K), filter)[0]
-        return [h for h in hits if h.id != item_id][:k]
+        hits, version = self.search_at(vec, min(k + 1, MAX_K), filter)
+        return [h for h in hits[0] if h.id != item_id][:k], version
 
     @property
     def version(self) -> str:

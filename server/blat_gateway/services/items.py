@@ -3,17 +3,41 @@ delete, and the file holding an item's audio. Uploads are kept durable next to t
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from blat_gateway.errors import BadRequest, Forbidden, NotFound
-from blat_gateway.index import ItemRecord
+from blat_gateway.index import ItemRecord, SearchFilter
 from blat_gateway.inference import content_hash, predicted_fields
 from blat_gateway.item_limits import check_fields, check_record
 from blat_gateway.services.captioning import CaptioningService
 from blat_gateway.services.context import Context
 from blat_gateway.services.ingest import IngestService
+
+
+@dataclass(frozen=True)
+class ItemsPage:
+    items: list[ItemRecord]
+    next_cursor: str  # "" on the last page
+    index_version: str
+
+
+def cursor_after(item_id: str) -> str:
+    """The opaque cursor of the page after `item_id` (its base64url: clients must not build or read one)."""
+    return base64.urlsafe_b64encode(item_id.encode()).decode().rstrip("=")
+
+
+def id_before(cursor: str) -> str:
+    """The id a cursor continues after ("" from the start); BadRequest for a cursor this server did not give."""
+    if not cursor:
+        return ""
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("cursor: not one this server gave (pass next_cursor from the previous page)") from None
 
 
 class ItemsService:
@@ -77,6 +101,15 @@ class ItemsService:
 
     def get(self, item_id: str) -> ItemRecord:
         return self.ctx.store.get(item_id)
+
+    def list(self, flt: SearchFilter | None = None, limit: int = 100, cursor: str = "") -> ItemsPage:
+        """A page of up to `limit` items in id order (1..limits.max_k) after `cursor`, filtered like a search."""
+        if not isinstance(limit, int) or not 1 <= limit <= self.ctx.limits.max_k:
+            raise BadRequest(f"limit must be an integer in [1, {self.ctx.limits.max_k}], got {limit!r}")
+        items, version = self.ctx.store.page(id_before(cursor), limit + 1, flt)  # one more: is there a next page?
+        more = len(items) > limit
+        items = items[:limit]
+        return ItemsPage(items, cursor_after(items[-1].id) if more else "", version)
 
     def delete(self, item_id: str) -> ItemRecord:
         removed = self.ctx.store.delete(item_id)

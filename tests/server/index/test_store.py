@@ -408,3 +408,27 @@ def test_gpu_flag_without_gpus_searches_on_cpu(tmp_path):
     with IndexStore(tmp_path, DIM, "b", config=AnnConfig(use_gpu=True)) as store:  # faiss-cpu: no GPUs
         store.add_many((item(i), vecs[i]) for i in range(50))
         assert store.stats().gpu is False and store.search(vecs[7], 1)[0][0].id == "clip-7"
+
+
+def test_paging_lists_every_item_once_in_id_order_with_filters_and_writes_between_pages(filled):
+    store, items, vecs = filled
+    everything, after = [], ""
+    while True:
+        page, version = store.page(after, 37)
+        assert version == store.version and len(page) <= 37
+        everything += page
+        if len(page) < 37:
+            break
+        after = page[-1].id
+    assert [it.id for it in everything] == sorted(it.id for it in items)  # all 300, once, in id order
+    flt = SearchFilter(tags_any=("dog",), source_prefix="s3://bucket/a/")
+    want = sorted(it.id for it in items if flt.matches(it))
+    assert 0 < len(want) < 300 and [it.id for it in store.page("", 1000, flt)[0]] == want
+    # Keyset paging: an item added before the cursor, or deleted, never shifts a later page.
+    first, _ = store.page("", 10)
+    store.add(item(10_000, prefix="a"), unit(1, DIM, seed=9)[0])  # sorts before every "clip-..."
+    store.delete(first[-1].id)
+    second, _ = store.page(first[-1].id, 10)
+    assert [it.id for it in second] == sorted(it.id for it in items)[10:20]
+    with pytest.raises(BadRequest):
+        store.page("", 0)
