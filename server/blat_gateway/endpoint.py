@@ -3,7 +3,8 @@
 An `Endpoint` names its REST route and/or its gRPC method, the API-key scope it needs ("read", "write" or
 "public"), the admission gate of the model input it feeds ("audio", "text" or None: no model call), the body it
 carries over REST ("audio": raw upload, capped at limits.max_upload_bytes; "json": capped at limits.max_json_bytes;
-None: no body), its success status and response model and the error statuses it documents. Its adapters turn a
+"audio_json": JSON carrying base64 audio, capped at 4/3 of max_upload_bytes plus max_json_bytes; None: no body), its
+success status and response model and the error statuses it documents. Its adapters turn a
 face's request into one service call and the answer back:
 
     search_text = endpoint("search_text", route="POST /v1/search/text", rpc="SearchText", scope=READ, ...)
@@ -39,7 +40,7 @@ class Endpoint:
     route: str | None = None  # "METHOD /path/{param}" as Starlette matches it; None: gRPC only
     rpc: str | None = None  # the method of blat.v1.Blat (blat_wire/blat.proto); None: REST only
     gate: str | None = None  # "audio" or "text": the admission gate of the model input; None: no model call
-    body: str | None = None  # REST only: "audio", "json" or None
+    body: str | None = None  # REST only: "audio", "json", "audio_json" or None
     status: int = 200  # REST success status
     ok: Any = None  # the REST success model (schema.py), documented in /openapi.json
     errors: tuple[int, ...] = ()  # the REST error statuses documented

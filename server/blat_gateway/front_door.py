@@ -95,7 +95,7 @@ class FrontDoor:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         access = by_route(scope["method"], template)
         limits = self.gw.limits
-        cap = limits.max_upload_bytes if access.body == "audio" else limits.max_json_bytes
+        cap = body_cap(access.body, limits)
         token = set_deadline(limits.request_timeout_s)  # the request's clock starts now, before its body
         body = _Body(self, cap, limits.body_idle_s, limits.request_timeout_s)
         admission = contextlib.ExitStack()
@@ -148,6 +148,15 @@ class FrontDoor:
                 log.exception("unhandled error in %s %s", scope["method"], scope["path"])
                 error = ServiceError("internal error (the gateway's log has the details)")
             await _answer(send, error)
+
+
+def body_cap(kind: str | None, limits) -> int:
+    """The most bytes a request body of this kind may hold (413 past it)."""
+    if kind == "audio":
+        return limits.max_upload_bytes
+    if kind == "audio_json":  # base64 audio inside JSON: 4 bytes per 3, plus the rest of the document
+        return limits.max_upload_bytes * 4 // 3 + limits.max_json_bytes
+    return limits.max_json_bytes
 
 
 def _worth_draining(e: ServiceError, headers: dict[str, str], cap: int) -> bool:

@@ -9,7 +9,7 @@ schema test (schemathesis against the live server) checks that the answers confo
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +77,21 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
     class EmbedTextBody(BaseModel):
         texts: list[str] = Field(min_length=1, max_length=limits.max_texts, description="texts to embed")
 
+    class OpenAIEmbeddingsBody(BaseModel):
+        """POST /v1/embeddings as OpenAI, infinity, TEI and vLLM take it; `modality` is infinity's extension."""
+
+        model: str = Field(description="the bundle: its id (name@version, see GET /v1/models) or its name")
+        input: str | list[str] = Field(
+            description="texts; with modality 'audio', encoded clips as base64 or data: URIs "
+            f"(at most {limits.max_texts} texts or {limits.max_clips_per_request} clips)"
+        )
+        encoding_format: Literal["float", "base64"] = Field(
+            "float", description="base64: each embedding as little-endian float32 bytes"
+        )
+        modality: Literal["text", "audio"] = "text"
+        dimensions: int | None = Field(None, description="only the model's own dimension is accepted")
+        user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
     class AddFromPathBody(BaseModel):
         id: str = Field(**ID)
         path: str = Field(min_length=1, description="a file under one of the configured ingest roots")
@@ -101,6 +116,7 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         SearchTextBody=SearchTextBody,
         SearchItemBody=SearchItemBody,
         EmbedTextBody=EmbedTextBody,
+        OpenAIEmbeddingsBody=OpenAIEmbeddingsBody,
         AddFromPathBody=AddFromPathBody,
         RebuildBody=RebuildBody,
         k=k_range,
@@ -186,6 +202,36 @@ class TextEmbeddingsOut(BaseModel):
     embeddings: list[list[float]]
     dim: int
     bundle: str
+
+
+class OpenAIEmbeddingOut(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class OpenAIUsageOut(BaseModel):
+    prompt_tokens: int = Field(description="0: the gateway does not meter tokens")
+    total_tokens: int
+
+
+class OpenAIEmbeddingsOut(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbeddingOut]
+    model: str
+    usage: OpenAIUsageOut
+
+
+class OpenAIModelOut(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelsOut(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModelOut]
 
 
 class DeletedOut(BaseModel):

@@ -93,8 +93,11 @@ class LimitSettings:
     max_extra_bytes: int = 16 * 1024  # `extra` as compact JSON (REST answers only; gRPC does not carry it)
 
     def __post_init__(self):
-        if self.max_body_bytes_in_flight < max(self.max_upload_bytes, self.max_json_bytes):
-            raise ValueError("limits.max_body_bytes_in_flight must hold at least one maximal upload")
+        if self.max_body_bytes_in_flight < self.max_upload_bytes * 4 // 3 + self.max_json_bytes:
+            raise ValueError(
+                "limits.max_body_bytes_in_flight must hold at least one maximal upload, base64-encoded in JSON "
+                "(4/3 max_upload_bytes + max_json_bytes)"
+            )
         if not (1 <= self.max_tags <= MAX_TAGS and 1 <= self.max_tag_chars <= MAX_TAG_CHARS):
             raise ValueError(f"limits: need 1 <= max_tags <= {MAX_TAGS}, 1 <= max_tag_chars <= {MAX_TAG_CHARS}")
         if (worst := worst_search_reply_bytes(self)) > GRPC_DEFAULT_MAX_RECEIVE:

@@ -48,7 +48,7 @@ def test_every_rpc_is_declared_and_served_by_its_adapter():
 def test_declarations_are_complete_and_unique():
     for ep in ENDPOINTS:
         assert ep.scope in ("read", "write", "public") and ep.gate in (None, "audio", "text"), ep.name
-        assert ep.body in (None, "audio", "json") and (ep.route or ep.rpc), ep.name
+        assert ep.body in (None, "audio", "json", "audio_json") and (ep.route or ep.rpc), ep.name
         assert ep.route is None or ep.make_rest is not None or ep.name == "openapi", f"{ep.name}: no REST adapter"
         assert ep.gate is None or ep.scope != "public", f"{ep.name}: a public model call"
     with pytest.raises(ValueError, match="declared twice"):

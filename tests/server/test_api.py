@@ -534,6 +534,8 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
     ("get", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("delete", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("get", "/v1/items"): {400, 401, 403},
+    ("post", "/v1/embeddings"): {400, 401, 403, 404, 413, 415, 422, 429, 503, 504},
+    ("get", "/v1/models"): {401, 403},
     ("get", "/v1/audio/{item_id}"): {400, 401, 403, 404},
     ("post", "/v1/index/rebuild"): {400, 401, 403, 404, 409},
     ("get", "/v1/index/rebuild/{job_id}"): {401, 403, 404},

@@ -1,11 +1,16 @@
-"""The model verbs: tag (an upload, or a live PCM stream over gRPC), caption, and embed audio or texts."""
+"""The model verbs: tag (an upload, or a live PCM stream over gRPC), caption, and embed audio or texts (also as the
+OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models` that embedding servers share)."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
+import base64
+import binascii
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -13,9 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from blat_gateway.api import proto_io
 from blat_gateway.api.json_io import answer, audio_body
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, READ_ERRORS, endpoint
-from blat_gateway.errors import BadRequest, DeadlineExceeded
+from blat_gateway.errors import BadRequest, DeadlineExceeded, NotFound
 from blat_gateway.index.records import MAX_TAGS
-from blat_gateway.schema import AudioEmbeddingOut, CaptionsOut, TagsOut, TextEmbeddingsOut
+from blat_gateway.schema import (
+    AudioEmbeddingOut,
+    CaptionsOut,
+    OpenAIEmbeddingsOut,
+    OpenAIModelsOut,
+    TagsOut,
+    TextEmbeddingsOut,
+)
 from blat_gateway.services.captioning import MAX_BEAM
 from blat_wire import blat_pb2 as pb
 
@@ -36,6 +48,21 @@ embed_text = endpoint(
     ok=TextEmbeddingsOut,
     errors=READ_ERRORS,
     tag="models",
+)
+
+# OpenAI's embeddings API (as infinity, TEI and vLLM serve it): the model input, text or audio, is known only once
+# the JSON is read, so the route admits itself through that input's gate.
+openai_embeddings = endpoint(
+    "openai_embeddings",
+    route="POST /v1/embeddings",
+    scope=READ,
+    body="audio_json",
+    ok=OpenAIEmbeddingsOut,
+    errors=(*AUDIO_ERRORS, 404),
+    tag="openai",
+)
+openai_models = endpoint(
+    "openai_models", route="GET /v1/models", scope=READ, ok=OpenAIModelsOut, errors=(401, 403), tag="openai"
 )
 
 
@@ -160,3 +187,64 @@ def _(gw, req):
     return pb.EmbedResponse(
         embeddings=[pb.Embedding(values=v.tolist()) for v in vecs], dim=vecs.shape[1], bundle=gw.manifest.id
     )
+
+
+def _clip(i: int, value: str) -> bytes:
+    """An audio input of /v1/embeddings: base64, or a data: URI holding base64. URLs are not fetched."""
+    if value.startswith(("http://", "https://", "s3://", "file:")):
+        raise BadRequest(f"input[{i}]: the gateway does not fetch URLs; send the audio base64-encoded")
+    if value.startswith("data:"):
+        head, _, value = value.partition(",")
+        if not head.endswith(";base64"):
+            raise BadRequest(f"input[{i}]: a data: URI must be base64 (data:audio/wav;base64,...)")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"input[{i}]: not base64") from None
+
+
+def _openai_embeddings(gw, req) -> dict:
+    manifest = gw.manifest
+    if req.model not in (manifest.id, manifest.name):
+        raise NotFound(f"model {req.model!r}: this gateway serves {manifest.id!r}", model=req.model)
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    with gw.gates[req.modality].admitted():  # the front door admitted no gate: the input decides which
+        if req.modality == "audio":
+            vecs = gw.embedding.audios([_clip(i, v) for i, v in enumerate(inputs)])
+        else:
+            vecs = gw.embedding.texts(inputs)
+    if req.dimensions is not None and req.dimensions != vecs.shape[1]:
+        raise BadRequest(f"dimensions: this model's embeddings have {vecs.shape[1]}; it cannot shorten them")
+    vecs = vecs.astype("<f4")
+    encode = (
+        (lambda v: base64.b64encode(v.tobytes()).decode()) if req.encoding_format == "base64" else np.ndarray.tolist
+    )
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vecs)],
+        "model": manifest.id,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }
+
+
+@openai_embeddings.rest
+def _(gw, m):
+    async def openai_embeddings(req: m.OpenAIEmbeddingsBody) -> JSONResponse:
+        """OpenAI-compatible embeddings (`openai.OpenAI(base_url=".../v1").embeddings.create(...)`): texts, or with
+        `"modality": "audio"` (infinity's extension) base64-encoded clips, into the shared space, so a text and a
+        clip embedded here compare by cosine. Limits as /v1/embed/*: at most limits.max_texts texts or
+        limits.max_clips_per_request clips lasting together at most limits.max_audio_seconds."""
+        return answer(await run_in_threadpool(_openai_embeddings, gw, req))
+
+    return openai_embeddings
+
+
+@openai_models.rest
+def _(gw, m):
+    async def openai_models() -> JSONResponse:
+        """The served bundle as OpenAI's model list (what OpenAI-compatible clients read first)."""
+        created = datetime.fromisoformat(gw.manifest.created.replace("Z", "+00:00")).timestamp()
+        model = {"id": gw.manifest.id, "object": "model", "created": int(created), "owned_by": "blat"}
+        return answer({"object": "list", "data": [model]})
+
+    return openai_models
