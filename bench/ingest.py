@@ -77,7 +77,9 @@ def index_count(gw: GatewayProcess) -> int:
 
 def via_rebuild(gw: GatewayProcess, n: int, audio_s: float) -> dict:
     t0 = time.perf_counter()
-    job = httpx.post(gw.url + "/v1/index/rebuild", json={"folder": str(gw.roots / "clips")}, timeout=60).json()
+    job = httpx.post(
+        gw.url + "/v1/index/rebuild", json={"folder": str(gw.roots / "clips"), "mode": "replace"}, timeout=60
+    ).json()
     while job["state"] not in FINAL_STATES:
         time.sleep(0.05)
         job = httpx.get(f"{gw.url}/v1/index/rebuild/{job['version']}", timeout=30).json()

@@ -164,7 +164,7 @@ def phase_kill9(bundle: Path, work: Path, rate: int, cycles: int) -> dict:
         for cycle in range(cycles):
             version = httpx.get(gw.url + "/v1/index/stats", timeout=30).json()["version"]
             if cycle % 2 == 1:  # every other cycle: kill while a rebuild runs
-                httpx.post(gw.url + "/v1/index/rebuild", json={"folder": str(folder)}, timeout=30)
+                httpx.post(gw.url + "/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}, timeout=30)
                 killed_during_rebuild += 1
             per = clips[cycle * 40 : (cycle + 1) * 40]
             before = len(acknowledged)

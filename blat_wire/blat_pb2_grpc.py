@@ -220,7 +220,8 @@ class BlatServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RollbackIndex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """one step back: the version left is dropped
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -173,7 +173,8 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
         "rebuild",
         "rebuild the index from a server-side folder, manifest or embedding job and wait for it",
         "Starts a background rebuild (searches keep using the old version until the new one validates), then "
-        "follows it with a progress bar. --status / --cancel act on a running job instead.",
+        "follows it with a progress bar. Say what happens to the stored items: --replace (the new index holds only "
+        "the new entries) or --merge (they are added). --status / --cancel act on a running job instead.",
     )
     s.add_argument("folder", nargs="?", help="folder on the server, under its ingest roots")
     s.add_argument("--manifest", help="JSON Lines manifest on the server instead of a folder")
@@ -183,6 +184,9 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
         help="a finished embedding job's folder on the server "
         "(python -m blat_jobs.embed): loads precomputed embeddings instead of embedding audio",
     )
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--replace", action="store_true", help="the new index holds only the new entries (one is needed)")
+    how.add_argument("--merge", action="store_true", help="add the new entries to the stored items (or --replace)")
     s.add_argument("--no-wait", action="store_true", help="print the started job and return")
     s.add_argument("--status", metavar="JOB", help="show a job's progress")
     s.add_argument("--cancel", metavar="JOB", help="cancel a running job")
@@ -255,7 +259,19 @@ def rebuild(c: Client, args) -> tuple[object, int]:
         return c.cancel_rebuild(args.cancel), OK
     if sum(x is not None for x in (args.folder, args.manifest, args.embeddings)) != 1:
         raise ValueError("give a server-side folder, --manifest or --embeddings (or --status / --cancel JOB)")
-    job = c.start_rebuild(args.folder, args.manifest, args.embeddings)
+    if args.replace == args.merge:
+        stored = c.stats().items
+        raise ValueError(
+            f"say what happens to the {stored} items stored now: --replace (the new index holds only the new "
+            "entries: they go) or --merge (the new entries are added to them)"
+        )
+    mode = "replace" if args.replace else "merge"
+    if args.replace and not args.quiet:
+        print(
+            f"replacing the index: its {c.stats().items} items go unless they are among the new entries",
+            file=sys.stderr,
+        )
+    job = c.start_rebuild(args.folder, args.manifest, args.embeddings, mode=mode)
     if args.no_wait:
         return job, OK
     bar = Progress(f"rebuild {job.job_id}", job.total, args.quiet)

@@ -131,13 +131,19 @@ class _Api:
 
     # -- index -----------------------------------------------------------------------------------------------------
     def start_rebuild(
-        self, folder: str | None = None, manifest: str | None = None, embeddings: str | None = None
+        self,
+        folder: str | None = None,
+        manifest: str | None = None,
+        embeddings: str | None = None,
+        *,
+        mode: str,
     ) -> Job:
         """Rebuild the index in the background from a server-side folder or JSON Lines manifest of audio, or from
-        a finished embedding job's folder (precomputed embeddings)."""
+        a finished embedding job's folder (precomputed embeddings). `mode` is required: "replace" (the new index
+        holds only these items) or "merge" (they are added to the stored ones; an id in both takes the new one)."""
         if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
             raise ValueError("give exactly one of: folder, manifest, embeddings")
-        return self._send(self.transport.start_rebuild(folder, manifest, embeddings))
+        return self._send(self.transport.start_rebuild(folder, manifest, embeddings, mode))
 
     def rebuild_status(self, job_id: str) -> Job:
         return self._send(self.transport.rebuild_status(job_id))

@@ -297,13 +297,13 @@ class GrpcTransport:
     def delete_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> GrpcCall:
+    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str) -> GrpcCall:
         source = {
             k: str(v)
             for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
             if v is not None
         }
-        req = pb.RebuildRequest(**source)
+        req = pb.RebuildRequest(mode=mode, **source)
         return GrpcCall("StartRebuild", req, job)
 
     def rebuild_status(self, job_id: str) -> GrpcCall:

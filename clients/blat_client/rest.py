@@ -292,13 +292,13 @@ class RestTransport:
     def delete_item(self, item_id: str) -> RestCall:
         return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None = None) -> RestCall:
+    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str) -> RestCall:
         body = {
             k: str(v)
             for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
             if v is not None
         }
-        return RestCall("POST", "/v1/index/rebuild", job, json=body)
+        return RestCall("POST", "/v1/index/rebuild", job, json={**body, "mode": mode})
 
     def rebuild_status(self, job_id: str) -> RestCall:
         return RestCall("GET", f"/v1/index/rebuild/{_segment(job_id)}", job)

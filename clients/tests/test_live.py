@@ -207,7 +207,9 @@ def test_rebuild_and_rollback(client, ingest_root):
         (folder / f"r{i}.wav").write_bytes(wav_bytes(300 + i + 10 * (client.transport_name == "grpc")))
     before = client.stats()
     seen: list[Job] = []
-    job = client.wait_rebuild(client.start_rebuild(folder=str(folder)).job_id, poll_s=0.1, on_progress=seen.append)
+    job = client.wait_rebuild(
+        client.start_rebuild(folder=str(folder), mode="replace").job_id, poll_s=0.1, on_progress=seen.append
+    )
     assert job.state == "succeeded" and job.added == 3 and job.total == 3 and seen[-1] == job
     assert client.stats().items == 3
     assert set(client.search_text("noise", k=10).ids) == {"r0.wav", "r1.wav", "r2.wav"}

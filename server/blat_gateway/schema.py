@@ -101,6 +101,10 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         upsert: bool = False
 
     class RebuildBody(BaseModel):
+        mode: Literal["replace", "merge"] = Field(
+            description="replace: the new index holds only these items (the stored ones go); merge: they are added "
+            "to the stored ones (an id in both takes the new entry). Required: a rebuild never replaces by default"
+        )
         folder: str | None = Field(None, description="a folder under the ingest roots; ids are relative paths")
         manifest: str | None = Field(
             None, description="a JSON Lines file under the ingest roots: id, audio|path, tags, caption"

@@ -198,9 +198,9 @@ def test_a_gateway_rebuilds_from_the_job_without_embedding_again(single, collect
     with running_server(tiny_bundle, tmp_path, roots=roots) as server:
         client = Client(server.http_url)
         with pytest.raises(ClientError) as e:  # not a finished job
-            client.start_rebuild(embeddings=str(roots / "collection"))
+            client.start_rebuild(embeddings=str(roots / "collection"), mode="replace")
         assert e.value.status == 400 and "complete.json" in e.value.message
-        job = client.start_rebuild(embeddings=str(out))
+        job = client.start_rebuild(embeddings=str(out), mode="replace")
         while not (job := client.rebuild_status(job.job_id)).finished:
             time.sleep(0.1)
         assert (job.state, job.added, job.total) == ("succeeded", N_CLIPS, N_CLIPS)

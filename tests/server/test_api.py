@@ -611,6 +611,8 @@ def test_cli(server, tmp_path):
         missing = cli("get", "no-such-item", url=url, check=False)
         assert missing.returncode == 1 and missing.stderr.startswith("error: 404 "), missing.stderr
     assert "not_found" in cli("get", "no-such-item", check=False).stderr
+    refused = cli("rebuild", str(server.roots), check=False)  # neither --replace nor --merge: nothing starts
+    assert refused.returncode == 2 and "--replace" in refused.stderr and "--merge" in refused.stderr, refused.stderr
     gone = cli("stats", url="http://127.0.0.1:1", check=False)  # nothing listens there
     assert gone.returncode == 3, gone.stderr
     helped = blat("--help")
@@ -708,7 +710,7 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc, http):
     searcher.start()
     try:
         t0 = time.monotonic()
-        job = rest.start_rebuild(folder=str(folder))
+        job = rest.start_rebuild(folder=str(folder), mode="replace")
         assert job.state in ("pending", "running") and job.total == n and job.job_id != old.index_version
         done = _wait_job(rest, job.job_id)
         t1 = time.monotonic()
@@ -735,7 +737,7 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc, http):
     assert e.value.status == 404
 
     # a cancelled rebuild leaves the live version as it is
-    job = rpc.start_rebuild(folder=str(folder))
+    job = rpc.start_rebuild(folder=str(folder), mode="replace")
     cancelled = rest.cancel_rebuild(job.job_id)
     assert cancelled.job_id == job.job_id
     assert _wait_job(rpc, job.job_id).state == "cancelled"
@@ -748,11 +750,29 @@ def test_rebuild_cancel_and_rollback(server, items, rest, rpc, http):
             client.rebuild_status("v9999")
         assert e.value.status == 404
 
-    # rollback (gRPC) brings the old version back with its items; a second rollback (REST) goes forward again
+    # rollback (gRPC) brings the old version back with its items; a second rollback (REST) finds nothing: one step
+    # back, never a toggle to the newer version
     back = rpc.rollback()
-    assert back.index_version == old.index_version and back.items == old.items
+    assert back.index_version == old.index_version and back.items == old.items and back.previous_version == ""
     assert rest.stats() == back
     assert rest.get_item(next(iter(items))).id == next(iter(items))
-    forward = rest.rollback()
-    assert forward.index_version == new.index_version and forward.items == n
-    assert rpc.stats() == forward
+    for client in (rest, rpc):
+        with pytest.raises(ClientError) as e:
+            client.rollback()
+        assert e.value.status == 404, client.transport_name
+    assert rpc.stats() == back
+
+    # merge (gRPC) keeps every stored item and adds the folder's; the same ids again take the new entries
+    merged = _wait_job(rpc, rpc.start_rebuild(folder=str(folder), mode="merge").job_id)
+    assert merged.state == "succeeded" and merged.added == old.items + n and merged.total == merged.done, merged
+    after = rest.stats()
+    assert after.items == old.items + n and after.previous_version == old.index_version
+    assert rest.get_item(next(iter(items))).id == next(iter(items))
+    assert rest.get_item("sub_dir/clip00.wav").source_uri == str(folder / "sub dir" / "clip00.wav")
+    again = _wait_job(rest, rest.start_rebuild(folder=str(folder), mode="merge").job_id)
+    assert again.state == "succeeded" and rest.stats().items == old.items + n, again
+    for client in (rest, rpc):  # no mode, or another word: refused, naming how many items are stored
+        for mode in ("", "overwrite"):
+            with pytest.raises(ClientError) as e:
+                client.start_rebuild(folder=str(folder), mode=mode)
+            assert e.value.status == 400 and "merge" in e.value.message, (client.transport_name, mode)

@@ -211,6 +211,8 @@ WRONG_TYPES = [
     ("/v1/index/rebuild", {}),
     ("/v1/index/rebuild", {"folder": "/a", "manifest": "/b"}),
     ("/v1/index/rebuild", {"folder": 7}),
+    ("/v1/index/rebuild", {"folder": "/x"}),  # no mode: a rebuild never replaces by default
+    ("/v1/index/rebuild", {"folder": "/x", "mode": "overwrite"}),
 ]
 
 
@@ -354,15 +356,17 @@ def test_server_side_paths(gw, http, stub, good_wav, tmp_path):
         ({"folder": str(link_dir)}, 403),
         ({"folder": str(link_dir / "escape.wav")}, 403),
     ]:
-        r = http.post("/v1/index/rebuild", json=body)
+        r = http.post("/v1/index/rebuild", json={**body, "mode": "merge"})
         assert r.status_code == status, (body, r.status_code, r.text)
-    assert grpc_code(stub.StartRebuild, pb.RebuildRequest(folder="/")) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        grpc_code(stub.StartRebuild, pb.RebuildRequest(folder="/", mode="replace")) == grpc.StatusCode.PERMISSION_DENIED
+    )
     manifest = gw.roots / "manifest.jsonl"
     manifest.write_text(json.dumps({"id": "m", "audio": str(outside)}) + "\n")
-    r = http.post("/v1/index/rebuild", json={"manifest": str(manifest)})
+    r = http.post("/v1/index/rebuild", json={"manifest": str(manifest), "mode": "replace"})
     assert r.status_code == 403, r.text  # a manifest under the roots cannot point outside them
     manifest.write_text("this is not JSON\n")
-    assert http.post("/v1/index/rebuild", json={"manifest": str(manifest)}).status_code == 400
+    assert http.post("/v1/index/rebuild", json={"manifest": str(manifest), "mode": "replace"}).status_code == 400
     assert http.post("/v1/items/from-path", json={"id": "p", "path": str(link_dir / "escape.wav")}).status_code == 403
 
 
@@ -411,7 +415,7 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
                 lambda: reader.add_item("x", audio=good_wav),
                 lambda: reader.delete_item("x"),
                 lambda: reader.add_item("x", path=str(gw.roots / "a.wav")),
-                lambda: reader.start_rebuild(folder=str(gw.roots)),
+                lambda: reader.start_rebuild(folder=str(gw.roots), mode="merge"),
                 reader.rollback,
                 lambda: reader.cancel_rebuild("v0002"),
             ):
@@ -447,7 +451,7 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
             for call in (
                 lambda: reader.add_item("x", audio=good_wav),
                 lambda: reader.delete_item("x"),
-                lambda: reader.start_rebuild(folder=str(gw.roots)),
+                lambda: reader.start_rebuild(folder=str(gw.roots), mode="merge"),
                 reader.rollback,
                 lambda: reader.cancel_rebuild("v0002"),
             ):

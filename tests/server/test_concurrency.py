@@ -202,8 +202,10 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
         "from-path source_uri": post_json(
             "/v1/items/from-path", {"id": "x4", "path": str(gw.roots / "ok.wav"), "source_uri": text}
         ),
-        "rebuild folder": post_json("/v1/index/rebuild", {"folder": str(gw.roots) + text}),
-        "rebuild manifest": post_json("/v1/index/rebuild", {"manifest": str(gw.roots / "m.jsonl") + text}),
+        "rebuild folder": post_json("/v1/index/rebuild", {"folder": str(gw.roots) + text, "mode": "replace"}),
+        "rebuild manifest": post_json(
+            "/v1/index/rebuild", {"manifest": str(gw.roots / "m.jsonl") + text, "mode": "replace"}
+        ),
         "search query": post_json("/v1/search/text", {"query": text}),
         "filter tag": post_json("/v1/search/text", {"query": "ok", "filter": {"tags_any": [text]}}),
     }
@@ -218,7 +220,7 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
         for call, req in (
             (stub.SearchText, pb.SearchTextRequest(query=text)),
             (stub.AddItem, pb.AddItemRequest(id="x6", path=str(gw.roots / "ok.wav"), caption=text)),
-            (stub.StartRebuild, pb.RebuildRequest(folder=str(gw.roots) + text)),
+            (stub.StartRebuild, pb.RebuildRequest(folder=str(gw.roots) + text, mode="replace")),
         ):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, metadata=META, timeout=10)

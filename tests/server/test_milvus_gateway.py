@@ -82,7 +82,7 @@ def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, 
         for call in (
             lambda c: c.add_item("new", clips["clip-0"]),
             lambda c: c.delete_item("clip-0"),
-            lambda c: c.start_rebuild(folder=str(r.roots)),
+            lambda c: c.start_rebuild(folder=str(r.roots), mode="replace"),
             lambda c: c.rollback(),
         ):
             for client in (reader, reader_rpc):
@@ -97,7 +97,7 @@ def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, 
         for i in range(5):
             (folder / f"fresh{i}.wav").write_bytes(wav(synth_clip(900 + i, 1.0)))
         before = writer.stats().index_version
-        assert wait_job(writer, writer.start_rebuild(folder=str(folder)).job_id).state == "succeeded"
+        assert wait_job(writer, writer.start_rebuild(folder=str(folder), mode="replace").job_id).state == "succeeded"
         after = reader.stats()
         assert after.index_version != before and after.previous_version == before and after.items == 5
         assert reader.search_audio((folder / "fresh3.wav").read_bytes(), k=1).hits[0].id == "fresh3.wav"

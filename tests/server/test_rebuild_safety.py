@@ -69,7 +69,7 @@ def test_a_symlink_swapped_in_after_the_request_is_refused_when_opened(gateway, 
         return decode(data)
 
     gateway.ingest.decode = held_decode
-    progress = gateway.ingest.start_rebuild(folder=str(clips))
+    progress = gateway.ingest.start_rebuild(folder=str(clips), mode="replace")
     assert progress.total == 3 and decoding.wait(30)
     (clips / "b.wav").unlink()
     (clips / "b.wav").symlink_to(outside / "private.wav")
@@ -103,7 +103,7 @@ def folder_of(server, name: str, good: int, bad: int):
 def test_one_undecodable_file_is_skipped_with_its_reason(server):
     folder = folder_of(server, "six", good=5, bad=1)
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
-        r = http.post("/v1/index/rebuild", json={"folder": str(folder)})
+        r = http.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"})
         assert r.status_code == 202, r.text
         job = wait_job(http, r.json()["version"])
         assert job["state"] == "succeeded", job
@@ -117,7 +117,9 @@ def test_a_rebuild_fails_past_the_stated_share_of_unreadable_files(server):
     folder = folder_of(server, "mostly-bad", good=2, bad=4)
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
         before = http.get("/v1/index/stats").json()
-        job = wait_job(http, http.post("/v1/index/rebuild", json={"folder": str(folder)}).json()["version"])
+        job = wait_job(
+            http, http.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}).json()["version"]
+        )
         assert job["state"] == "failed" and job["unreadable"] == 4, job
         assert "4 of 6" in job["error"] and "50%" in job["error"] and not quoted(job["error"]), job["error"]
         assert http.get("/v1/index/stats").json()["version"] == before["version"]  # the live index stays
@@ -164,3 +166,26 @@ def test_a_folder_swapped_for_a_symlink_between_resolving_and_opening_is_caught(
     monkeypatch.setattr(ingest.os, "open", swapped_file)
     with pytest.raises(BadRequest, match="cannot be opened"):
         ingest.read_inside_roots(roots / "sub" / "a.wav", [str(roots)], 1 << 20)
+
+
+def test_rebuilds_say_their_mode_and_every_change_is_audited(gateway, tmp_path, caplog):
+    from blat_gateway.errors import BadRequest
+
+    clips = tmp_path / "roots" / "merge-me"
+    clips.mkdir()
+    for i in range(3):
+        (clips / f"m{i}.wav").write_bytes(wav(synth_clip(300 + i)))
+    gateway.items.add("kept", wav(synth_clip(299)))
+    with pytest.raises(BadRequest) as e:  # no mode: refused, saying what would go
+        gateway.ingest.start_rebuild(folder=str(clips))
+    assert "1 stored now go" in e.value.message and "merge" in e.value.message
+    with caplog.at_level("INFO", logger="blat_gateway.audit"):
+        job = gateway.ingest.start_rebuild(folder=str(clips), mode="merge")
+        assert gateway.store.rebuild_job.wait(60).state == "succeeded"
+        assert {it.id for it in gateway.items.list(limit=10).items} == {"kept", "m0.wav", "m1.wav", "m2.wav"}
+        gateway.items.delete("m1.wav")
+        gateway.ingest.rollback()
+    lines = [(r.getMessage(), getattr(r, "action", None)) for r in caplog.records if r.name == "blat_gateway.audit"]
+    assert lines == [("rebuild started", "rebuild"), ("item deleted", "delete"), ("index rolled back", "rollback")]
+    started = next(r for r in caplog.records if getattr(r, "action", None) == "rebuild")
+    assert (started.mode, started.folder, started.job, started.items_before) == ("merge", str(clips), job.version, 1)

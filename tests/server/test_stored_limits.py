@@ -81,7 +81,9 @@ def test_a_rebuild_manifest_row_over_a_limit_is_refused_naming_the_row(gw):
         {"id": "long", "audio": "ok.wav", "caption": "c" * (LIM.max_caption_chars + 1)},
     ]
     (gw.roots / "limits.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    r = httpx.post(f"{gw.http_url}/v1/index/rebuild", json={"manifest": str(gw.roots / "limits.jsonl")})
+    r = httpx.post(
+        f"{gw.http_url}/v1/index/rebuild", json={"manifest": str(gw.roots / "limits.jsonl"), "mode": "replace"}
+    )
     assert r.status_code == 400 and "limits.jsonl:2" in r.text and "caption" in r.text, r.text
 
 

@@ -117,7 +117,7 @@ def test_uploads_survive_a_restart_and_the_rollback_of_a_rebuild(tiny_bundle, tm
         gw = gw.restart()
         with http(gw, None) as c:
             assert c.get("/v1/audio/same.wav").content == uploaded
-            job = c.post("/v1/index/rebuild", json={"folder": str(folder)}).json()
+            job = c.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}).json()
             for _ in range(300):
                 state = c.get(f"/v1/index/rebuild/{job['version']}").json()["state"]
                 if state in ("succeeded", "failed", "cancelled"):

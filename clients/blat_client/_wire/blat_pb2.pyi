@@ -279,14 +279,16 @@ class DeleteItemResponse(_message.Message):
     def __init__(self, deleted: bool = ..., item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
-    __slots__ = ("folder", "manifest", "embeddings")
+    __slots__ = ("folder", "manifest", "embeddings", "mode")
     FOLDER_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     folder: str
     manifest: str
     embeddings: str
-    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ..., embeddings: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ..., embeddings: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -60,9 +60,12 @@ info = endpoint("info", route="GET /v1/info", rpc="Info", scope=READ, ok=InfoOut
 @start_rebuild.rest
 def _(gw, m):
     async def start_rebuild(req: m.RebuildBody) -> JSONResponse:
-        """Rebuild the index from a folder or manifest in the background; searches use the old version until the
-        new one validates, then it swaps (see /v1/index/rollback)."""
-        job = await run_in_threadpool(gw.ingest.start_rebuild, req.folder, req.manifest, embeddings=req.embeddings)
+        """Rebuild the index from a folder, a manifest or an embedding job in the background, replacing what it
+        holds or merging into it (`mode`, required); searches use the old version until the new one validates, then
+        it swaps (/v1/index/rollback goes one step back)."""
+        job = await run_in_threadpool(
+            lambda: gw.ingest.start_rebuild(req.folder, req.manifest, embeddings=req.embeddings, mode=req.mode)
+        )
         return answer(job.to_dict(), 202)
 
     return start_rebuild
@@ -76,6 +79,7 @@ def _(gw, req):
             req.folder if source == "folder" else None,
             req.manifest if source == "manifest" else None,
             embeddings=req.embeddings if source == "embeddings" else None,
+            mode=req.mode,
         )
     )
 

@@ -163,9 +163,10 @@ class FaissIndex:
         with lock:
             if live.writes_since_snapshot:
                 live.snapshot()
-            layout.write_pointer(self.root, older.name, live.name)
-            self._live, self._previous = older, live.name
+            layout.write_pointer(self.root, older.name, None)  # one step back: the newer version is dropped
+            self._live, self._previous = older, None
             live.close()
+            layout.remove_unreferenced(self.root, {older.name})
             return older.name
 
     def compact(self, lock: threading.RLock) -> dict:

@@ -86,13 +86,27 @@ def read_pointer(root: Path) -> tuple[str, str | None] | None:
     return data["current"], data.get("previous")
 
 
+def _number(name: str | None) -> int:
+    m = VERSION_RE.fullmatch(name or "")
+    return int(m.group(1)) if m else 0
+
+
+def _last_number(root: Path) -> int:
+    """The highest version number the pointer has recorded (0 for a new store or an older pointer file)."""
+    path = root / "CURRENT"
+    return int(json.loads(path.read_text()).get("last", 0)) if path.exists() else 0
+
+
 def write_pointer(root: Path, current: str, previous: str | None) -> None:
-    write_atomic(root / "CURRENT", json.dumps({"current": current, "previous": previous}).encode())
+    """`last` keeps the highest number ever named, so a name is never given twice (a rollback drops a version)."""
+    last = max(_last_number(root), _number(current), _number(previous))
+    write_atomic(root / "CURRENT", json.dumps({"current": current, "previous": previous, "last": last}).encode())
 
 
 def next_version(root: Path) -> str:
+    """A name never used in this store: above every version directory and every name the pointer recorded."""
     numbers = [int(m.group(1)) for p in versions_dir(root).iterdir() if (m := VERSION_RE.fullmatch(p.name))]
-    return version_name(max(numbers, default=0) + 1)
+    return version_name(max(max(numbers, default=0), _last_number(root)) + 1)
 
 
 def remove_unreferenced(root: Path, keep: set[str]) -> list[str]:

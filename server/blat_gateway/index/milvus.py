@@ -217,20 +217,21 @@ class MilvusIndex:
     # -- versions --------------------------------------------------------------------------------------------------
 
     def new_version(self, meta: VersionMeta, cfg: AnnConfig) -> MilvusStaging:
-        keep = {self.name, self.previous}
-        for stale in set(self._versions()) - keep:  # a rebuild killed before its swap
+        name, keep = self._next_name(), {self.name, self.previous}  # named first: above every number yet used
+        for stale in set(self._versions()) - keep:  # a rebuild killed before its swap, a version rolled back from
             log.info("dropping unreferenced Milvus collection %s", stale)
             self.live.call("drop_collection", stale)
-        return MilvusStaging(self, self._create(self._next_name(), meta, cfg), cfg)
+        return MilvusStaging(self, self._create(name, meta, cfg), cfg)
 
     def swap(self, staging: MilvusStaging) -> None:
-        live, older = self.name, self.previous
+        live = self.name
         self._point(self.previous_alias, live)  # first: a crash between the two calls leaves the old version live
         self.live.call("alter_alias", staging.name, self.alias)  # the switch
         staging.swapped = True
         self.live.call("release_collection", live)  # the previous version stays on disk, out of memory
-        if older is not None and older not in (live, staging.name):
-            self.live.call("drop_collection", older)
+        for name in self._versions():  # the one before, and any a rollback left behind
+            if name not in (live, staging.name):
+                self.live.call("drop_collection", name)
 
     def _point(self, alias: str, collection: str) -> None:
         if self._target(alias) is None:
@@ -246,8 +247,8 @@ class MilvusIndex:
         self.live.call("load_collection", previous)  # outside the lock: loading a large collection takes a while
         with lock:
             self.live.call("alter_alias", previous, self.alias)
-            self._point(self.previous_alias, live)
-            self.live.call("release_collection", live)
+            self.live.call("drop_alias", self.previous_alias)  # one step back, not a toggle
+            self.live.call("release_collection", live)  # dropped at the next swap: until then, its number is taken
         return previous
 
     def compact(self, lock: threading.RLock) -> dict:

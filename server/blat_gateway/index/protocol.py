@@ -15,7 +15,8 @@ Contract every engine keeps (tests/server/index runs the same suite against each
 - `search` returns, per query, up to k (cosine, item) best first among the items that pass the filter, with the
   same filter semantics as `SearchFilter.matches`;
 - `swap` switches searches from the live version to a finished staging version at once, keeping the old one as
-  `previous`; `rollback` switches back. Neither is visible half done.
+  `previous`; `rollback` switches back one step and drops the version it left (no previous until the next swap:
+  a second rollback finds nothing, it never toggles). Neither is visible half done.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class VectorIndex(Protocol):
         """Make `staging` live at once; the live version becomes `previous` (kept for rollback)."""
 
     def rollback(self, lock: threading.RLock) -> str:
-        """Make `previous` live again; returns its name. Called without `lock`, which guards the switch itself."""
+        """Make `previous` live again and drop the version it replaces (previous becomes None); returns its name.
+        Called without `lock`, which guards the switch itself."""
 
     def compact(self, lock: threading.RLock) -> dict:
         """Rebuild the live search structure without deleted rows; called without `lock` (see `rollback`)."""

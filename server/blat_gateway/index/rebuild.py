@@ -56,7 +56,7 @@ class RebuildProgress:
     version: str  # the version being built
     state: str  # one of STATES
     done: int  # pairs consumed from the source, skipped ones included
-    total: int  # pairs the caller announced
+    total: int  # pairs the caller announced (a merge's estimate until its source ends)
     added: int
     skipped: int  # duplicates (same id or same content hash), invalid pairs and unreadable entries
     skipped_reasons: tuple[str, ...]  # the first few
@@ -86,6 +86,7 @@ class RebuildJob:
         min_recall: float | None,
         max_unreadable_share: float = 0.5,
         *,
+        exact_total: bool = True,
         dim: int,
         serving_bundle: str,
         swap_in: Callable[[RebuildJob, Staging], None],
@@ -95,7 +96,7 @@ class RebuildJob:
         self._dim, self._serving_bundle = dim, serving_bundle
         self._swap_in, self._on_finished = swap_in, on_finished
         self._bundle_id, self._min_recall = bundle_id, min_recall
-        self._max_unreadable_share = max_unreadable_share
+        self._max_unreadable_share, self._exact_total = max_unreadable_share, exact_total
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()  # guards _progress against readers on other threads
@@ -209,7 +210,9 @@ class RebuildJob:
 
     def _validate(self) -> None:
         p = self.progress()
-        if p.done != p.total:
+        if not self._exact_total:  # an estimate (a merge reads the live items as they are when it gets to them)
+            self._update(total=p.done)
+        elif p.done != p.total:
             raise ValueError(f"validation: expected {p.total} items from the source, got {p.done}")
         if p.unreadable > self._max_unreadable_share * p.done:
             raise ValueError(

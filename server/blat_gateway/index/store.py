@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +144,20 @@ class IndexStore:
             index = self._open()
             return index.page(flt, after, limit), index.name
 
+    def live_pairs(self, batch: int = 512) -> Iterator[tuple[ItemRecord, np.ndarray]]:
+        """Every stored (item, embedding) of the live version, in id order, read a page at a time (the lock is held
+        per page, so writes go on between pages; what they change is replayed by a rebuild running meanwhile)."""
+        after = ""
+        while True:
+            with self._lock:
+                index = self._open()
+                items = index.page(None, after, batch)
+                pairs = [(it, index.embedding(it.id)) for it in items]
+            yield from ((it, vec) for it, vec in pairs if vec is not None)
+            if len(items) < batch:
+                return
+            after = items[-1].id
+
     def search(self, query: np.ndarray, k: int = 10, filter: SearchFilter | dict | None = None) -> list[list[Hit]]:
         """query (D,) or (Q, D) -> per query the k best hits (cosine score, best first) that pass `filter`."""
         return self.search_at(query, k, filter)[0]
@@ -222,11 +236,13 @@ class IndexStore:
         kind: str | None = None,
         min_recall: float | None = None,
         max_unreadable_share: float = 0.5,
+        exact_total: bool = True,
     ) -> RebuildJob:
         """Build a new version from `source` (pairs of (ItemRecord, embedding), or a callable returning them) in a
         background thread; `total` is how many pairs it will yield (validated), `Skipped` entries included: the
         job fails when more than `max_unreadable_share` of them are. Searches and writes keep using the
-        live version until the new one validates and is swapped in. One rebuild at a time (Conflict otherwise)."""
+        live version until the new one validates and is swapped in. One rebuild at a time (Conflict otherwise).
+        exact_total=False: `total` is an estimate, and the job takes what the source yields."""
         if kind is not None:
             dataclasses.replace(self.config, kind=kind)  # validates the kind name
         if not isinstance(total, int) or total < 0:
@@ -246,6 +262,7 @@ class IndexStore:
                 bundle_id or self.bundle_id,
                 min_recall,
                 max_unreadable_share,
+                exact_total=exact_total,
                 dim=self.dim,
                 serving_bundle=self.bundle_id,
                 swap_in=self.swap_in,
@@ -282,7 +299,8 @@ class IndexStore:
                 self._rebuild_log = None
 
     def rollback(self) -> str:
-        """Make the previous version live again (and the current one the previous); returns its name."""
+        """Make the previous version live again; returns its name. One step back, not a toggle: the version rolled
+        back from is dropped, and there is no previous version until the next rebuild."""
         with self._maint:
             with self._lock:
                 index = self._open()

@@ -20,6 +20,8 @@ from blat_gateway.item_limits import check_fields, check_record
 from blat_gateway.services.context import Context
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("blat_gateway.audit")  # one line per change to what the index holds as a whole
+MODES = ("replace", "merge")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
 
 
@@ -67,13 +69,37 @@ class IngestService:
         manifest: str | None = None,
         trusted: bool = False,
         embeddings: str | None = None,
+        mode: str = "",
     ):
         """From audio (a folder or a manifest, embedded here) or from `embeddings`, a finished embedding job's folder
-        (python -m blat_jobs.embed). trusted: the operator's own paths (settings.seed_manifest), exempt from the
-        ingest-roots check."""
-        ctx, bundle_id = self.ctx, self.ctx.manifest.id
+        (python -m blat_jobs.embed). `mode` must be said: "replace" (the new version holds only these items) or
+        "merge" (the stored items too; an id in both takes the new entry). trusted: the operator's own paths
+        (settings.seed_manifest), exempt from the ingest-roots check."""
+        ctx = self.ctx
+        if mode not in MODES:
+            raise BadRequest(
+                f"mode must be 'replace' (the new index holds only these items: the {ctx.store.stats().count} "
+                f"stored now go) or 'merge' (they are added to the stored ones), got {mode!r}"
+            )
         if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
             raise BadRequest("give exactly one of: folder, manifest, embeddings")
+        progress = self._start(folder, manifest, trusted, embeddings, mode)
+        source = {"folder": folder, "manifest": manifest, "embeddings": embeddings}
+        audit.info(
+            "rebuild started",
+            extra={
+                "action": "rebuild",
+                "mode": mode,
+                **{k: v for k, v in source.items() if v is not None},
+                "job": progress.version,
+                "entries": progress.total,
+                "items_before": ctx.store.stats().count,
+            },
+        )
+        return progress
+
+    def _start(self, folder, manifest, trusted: bool, embeddings, mode: str):
+        ctx, bundle_id = self.ctx, self.ctx.manifest.id
         share = ctx.settings.rebuild_max_unreadable_share
         if embeddings is not None:
             summary, pairs = read_folder(self.check_path(embeddings, trusted), lambda r: check_record(r, ctx.limits))
@@ -82,9 +108,7 @@ class IngestService:
                     f"{embeddings} holds embeddings of bundle {summary['bundle_id']!r}; this gateway "
                     f"serves {bundle_id!r}: embed the collection with its bundle"
                 )
-            return ctx.store.start_rebuild(
-                pairs, int(summary["items"]), bundle_id=bundle_id, max_unreadable_share=share
-            ).progress()
+            return self._launch(pairs, int(summary["items"]), mode, bundle_id, share)
         entries = self.rebuild_entries(folder, manifest, trusted)
 
         def pairs() -> Iterator[Entry]:
@@ -108,7 +132,28 @@ class IngestService:
                     yield Skipped(f"{record['source_uri']}: {e.message}")
             yield from (Skipped(why) for why in unreadable)
 
-        return ctx.store.start_rebuild(pairs, len(entries), bundle_id=bundle_id, max_unreadable_share=share).progress()
+        return self._launch(pairs, len(entries), mode, bundle_id, share)
+
+    def _launch(self, source, total: int, mode: str, bundle_id: str, share: float):
+        """Start the job; a merge streams the stored items after the new ones, leaving out the ids already given
+        (the new entry wins). Its total is an estimate: writes go on while it reads the stored items."""
+        store = self.ctx.store
+        if mode == "merge":
+            new = source
+
+            def merged() -> Iterator[Entry]:
+                given: set[str] = set()
+                for entry in new() if callable(new) else new:
+                    if not isinstance(entry, Skipped):
+                        given.add(entry[0].id)
+                    yield entry
+                yield from ((it, vec) for it, vec in store.live_pairs() if it.id not in given)
+
+            source, total = merged, total + store.stats().count
+        job = store.start_rebuild(
+            source, total, bundle_id=bundle_id, max_unreadable_share=share, exact_total=mode == "replace"
+        )
+        return job.progress()
 
     def rebuild_status(self, job_id: str):
         job = self.ctx.store.rebuild_job
@@ -119,17 +164,24 @@ class IngestService:
     def cancel_rebuild(self, job_id: str):
         progress = self.rebuild_status(job_id)
         self.ctx.store.rebuild_job.cancel()
+        audit.info("rebuild cancelled", extra={"action": "cancel_rebuild", "job": job_id})
         return progress
 
     def rollback(self):
+        before = self.ctx.store.stats()
         self.ctx.store.rollback()
-        return self.ctx.store.stats()
+        after = self.ctx.store.stats()
+        audit.info(
+            "index rolled back",
+            extra={"action": "rollback", "from": before.version, "to": after.version, "items": after.count},
+        )
+        return after
 
     def seed(self):
         """At start-up: an empty index with a configured seed manifest is rebuilt from it in the background."""
         settings, store = self.ctx.settings, self.ctx.store
         if settings.seed_manifest and not settings.read_only and store.stats().count == 0 and store.rebuild_job is None:
-            progress = self.start_rebuild(manifest=settings.seed_manifest, trusted=True)
+            progress = self.start_rebuild(manifest=settings.seed_manifest, trusted=True, mode="replace")
             log.info(
                 "seeding the index",
                 extra={"manifest": settings.seed_manifest, "job": progress.version, "items": progress.total},

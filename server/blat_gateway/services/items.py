@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,9 @@ def id_before(cursor: str) -> str:
         return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadRequest("cursor: not one this server gave (pass next_cursor from the previous page)") from None
+
+
+audit = logging.getLogger("blat_gateway.audit")
 
 
 class ItemsService:
@@ -114,6 +118,7 @@ class ItemsService:
     def delete(self, item_id: str) -> ItemRecord:
         removed = self.ctx.store.delete(item_id)
         self.ctx.uploads.remove(item_id, removed.content_hash)
+        audit.info("item deleted", extra={"action": "delete", "id": item_id, "content_hash": removed.content_hash})
         return removed
 
     def audio(self, item_id: str) -> Path:

@@ -77,19 +77,21 @@ def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, version_
     assert stored_versions(store) == [version_name(1), version_name(2)]
 
 
-def test_rollback_and_forward_again(store, tmp_path, open_store, version_name):
+def test_rollback_is_one_step_back_not_a_toggle(store, tmp_path, open_store, version_name):
     assert store.start_rebuild(((item(i, "new"), NEW[i]) for i in range(50)), total=50).wait(30).state == "succeeded"
     assert store.rollback() == version_name(1)
-    assert store.search(OLD[3], 1)[0][0].id == "old-3" and store.stats().previous_version == version_name(2)
+    assert store.search(OLD[3], 1)[0][0].id == "old-3" and store.stats().previous_version is None
+    with pytest.raises(NotFound):  # a second rollback does not bring the rebuilt version back
+        store.rollback()
     store.close()
     with open_store(tmp_path, DIM, "bundle-1") as again:  # the rollback is durable
         assert again.stats().version == version_name(1) and again.get("old-1").id == "old-1"
-        assert again.rollback() == version_name(2) and again.get("new-1").id == "new-1"
-        assert again.search(NEW[3], 1)[0][0].id == "new-3"
-    with open_store(tmp_path, DIM, "bundle-1") as again:
-        assert again.stats().version == version_name(2)
+        assert again.stats().previous_version is None
+        with pytest.raises(NotFound):
+            again.rollback()
         assert again.start_rebuild([(item(0, "third"), NEW[0])], total=1).wait(30).state == "succeeded"
-        assert stored_versions(again) == [version_name(2), version_name(3)]  # the oldest is dropped
+        assert (again.stats().version, again.stats().previous_version) == (version_name(3), version_name(1))
+        assert stored_versions(again) == [version_name(1), version_name(3)]  # v2, rolled back from, is gone
 
 
 def test_no_previous_version(store):
@@ -206,7 +208,8 @@ def test_leftover_milvus_collection_is_dropped_by_the_next_rebuild(tmp_path):
         store.index._create(version_name(7), store.index.meta, store.config)  # a rebuild killed before its swap
         assert stored_versions(store) == [version_name(1), version_name(7)]
         assert store.start_rebuild([(item(0), NEW[0])], total=1).wait(30).state == "succeeded"
-        assert stored_versions(store) == [version_name(1), version_name(2)]  # v0007 dropped first
+        # v0007 is dropped, and its number is not given again: a version name always means one content
+        assert stored_versions(store) == [version_name(1), version_name(8)]
 
 
 def test_close_cancels_a_running_rebuild(tmp_path, open_store):
