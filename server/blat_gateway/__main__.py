@@ -55,7 +55,8 @@ def uvicorn_options(settings) -> dict:
         host=settings.host,
         port=settings.http_port,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # the gateway writes its own access lines, with request ids (blat_gateway/observe.py)
+        log_config=None,  # uvicorn's loggers go through the root's JSON handler: every log line is JSON
         http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s),
     )
 
@@ -100,6 +101,7 @@ def serve(settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from blat_contract.logs import setup_logging
+    from blat_gateway.observe import capture_native_stderr, install_request_ids
     from blat_gateway.settings import load_settings
 
     p = argparse.ArgumentParser(
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.rollback:
         return rollback(settings)
+    capture_native_stderr()  # serving only: a long-lived process whose stderr must hold JSON lines alone
+    setup_logging(settings.log_level)  # again: onto the stderr capture_native_stderr kept
+    install_request_ids()
     log.info("settings", extra={"settings": settings.redacted()})
     try:
         return serve(settings)

@@ -23,11 +23,12 @@ from collections import deque
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blat_gateway.access import authorize, presented_key
+from blat_gateway.access import authorize, presented_key, redact
 from blat_gateway.admission import reset_deadline, set_deadline
 from blat_gateway.api import by_route
 from blat_gateway.browser import BrowserGuard
 from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge, http_answer
+from blat_gateway.observe import HEADER, choose_request_id, log_access, request_id
 from blat_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,19 @@ class FrontDoor:
         # Every request is measured here, refusals included: a plain ASGI wrapper around `send` costs a function call,
         # where Starlette's BaseHTTPMiddleware ran each request in a task of its own with memory streams.
         t0, status, template = time.perf_counter(), 500, None
-        origin = dict(scope["headers"]).get(b"origin")
+        raw = dict(scope["headers"])
+        origin = raw.get(b"origin")
         origin = origin and origin.decode("latin-1")
+        given = raw.get(HEADER.encode())
+        rid = choose_request_id(given and given.decode("latin-1"))
+        token = request_id.set(rid)
 
         async def measured(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": self.browser.secured(message.get("headers", []), origin)}
+                headers = self.browser.secured(message.get("headers", []), origin)
+                message = {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
             await send(message)
 
         try:
@@ -89,7 +95,20 @@ class FrontDoor:
                 return
             await self._admit(scope, receive, measured, template)
         finally:
-            self.gw.metrics.observe("rest", template or "unmatched", status, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self.gw.metrics.observe("rest", template or "unmatched", status, seconds)
+            log_access(
+                self.gw.settings.access_log,
+                api="rest",
+                method=scope["method"],
+                endpoint=template or "unmatched",
+                path=scope["path"][:256],
+                status=status,
+                duration_ms=round(seconds * 1000, 2),
+                client=(scope.get("client") or ("", 0))[0],
+                key=_key_digest(raw),
+            )
+            request_id.reset(token)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, template: str) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -148,6 +167,12 @@ class FrontDoor:
                 log.exception("unhandled error in %s %s", scope["method"], scope["path"])
                 error = ServiceError("internal error (the gateway's log has the details)")
             await _answer(send, error)
+
+
+def _key_digest(raw: dict[bytes, bytes]) -> str:
+    """The presented API key as a digest (access.redact), "" without one: which key called, never the key."""
+    key = presented_key({k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()})
+    return redact(key) if key else ""
 
 
 def body_cap(kind: str | None, limits) -> int:

@@ -16,11 +16,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from blat_gateway.access import authorize, presented_key
+from blat_gateway.access import authorize, presented_key, redact
 from blat_gateway.admission import THREADS_WITHOUT_MODEL, Gate, reset_deadline, set_deadline
 from blat_gateway.api import ENDPOINTS, by_rpc
 from blat_gateway.endpoint import Endpoint
 from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer
+from blat_gateway.observe import HEADER, choose_request_id, log_access, request_id
 from blat_gateway.service import Gateway
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
@@ -138,6 +139,27 @@ class _Guard(grpc.ServerInterceptor):
         method = details.method.rsplit("/", 1)[-1]
         meta = dict(details.invocation_metadata or ())
         access = by_rpc(method)
+        rid, outcome = choose_request_id(meta.get(HEADER)), ["OK"]
+
+        def begin(ctx):
+            """The request id in this worker thread's context and on the answer's initial metadata."""
+            ctx.send_initial_metadata(((HEADER, rid),))
+            return request_id.set(rid)
+
+        def end(ctx, token, t0: float) -> None:
+            key = presented_key(meta)
+            log_access(
+                self.gw.settings.access_log,
+                api="grpc",
+                method="RPC",
+                endpoint=method,
+                status=outcome[0],
+                duration_ms=round((time.perf_counter() - t0) * 1000, 2),
+                client=ctx.peer(),
+                key=redact(key) if key else "",
+            )
+            with contextlib.suppress(ValueError):  # a stream's generator may be closed from another context
+                request_id.reset(token)
 
         def check():
             authorize(
@@ -146,6 +168,7 @@ class _Guard(grpc.ServerInterceptor):
 
         def fail(ctx, e: ServiceError):
             code, message, trailing = grpc_answer(e)
+            outcome[0] = code
             self.gw.metrics.observe("grpc", method, code, 0.0)
             if trailing:  # the REST face's Retry-After header, as trailing metadata
                 ctx.set_trailing_metadata(trailing)
@@ -163,22 +186,25 @@ class _Guard(grpc.ServerInterceptor):
             # Served as a client stream of one message (the same bytes on the wire): gRPC would otherwise hand the
             # call a worker thread that waits for the message with no time limit.
             def unary(reqs, ctx):
-                t0 = time.perf_counter()
+                t0, rid_token = time.perf_counter(), begin(ctx)
                 token = set_deadline(limits.request_timeout_s)  # the deadline covers the message's arrival
                 try:
-                    check()
-                    req = _first_message(reqs, limits.body_idle_s, limits.request_timeout_s)
-                    gate = self.gw.gates[access.gate].admitted() if access.gate else contextlib.nullcontext()
-                    with gate:
-                        out = inner(req, ctx)
-                except ServiceError as e:
-                    fail(ctx, e)
-                except Exception as e:
-                    unexpected(ctx, e)
+                    try:
+                        check()
+                        req = _first_message(reqs, limits.body_idle_s, limits.request_timeout_s)
+                        gate = self.gw.gates[access.gate].admitted() if access.gate else contextlib.nullcontext()
+                        with gate:
+                            out = inner(req, ctx)
+                    except ServiceError as e:
+                        fail(ctx, e)
+                    except Exception as e:
+                        unexpected(ctx, e)
+                    finally:
+                        reset_deadline(token)
+                    self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
+                    return out
                 finally:
-                    reset_deadline(token)
-                self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
-                return out
+                    end(ctx, rid_token, t0)
 
             return grpc.stream_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -187,15 +213,18 @@ class _Guard(grpc.ServerInterceptor):
             inner_stream = handler.stream_stream
 
             def stream(reqs, ctx):
-                t0 = time.perf_counter()
+                t0, rid_token = time.perf_counter(), begin(ctx)
                 try:
-                    check()
-                    yield from inner_stream(reqs, ctx)
-                except ServiceError as e:
-                    fail(ctx, e)
-                except Exception as e:
-                    unexpected(ctx, e)
-                self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
+                    try:
+                        check()
+                        yield from inner_stream(reqs, ctx)
+                    except ServiceError as e:
+                        fail(ctx, e)
+                    except Exception as e:
+                        unexpected(ctx, e)
+                    self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
+                finally:
+                    end(ctx, rid_token, t0)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

@@ -69,7 +69,7 @@ class Gateway:
         def batcher(name, fn):
             return MicroBatcher(
                 name,
-                fn,
+                self.metrics.timed(name, fn),
                 b.max_batch,
                 b.max_wait_ms / 1000,
                 items,

@@ -175,6 +175,7 @@ class Settings:
     ort_spinning: bool = False  # let ONNX Runtime's idle threads busy-wait (faster on cores the gateway leaves free)
     ort_memory_arena: bool = False  # ONNX Runtime's CPU arena: keeps each graph's largest call's memory for good
     log_level: str = "INFO"
+    access_log: bool = True  # one JSON line per request and RPC (logger blat_gateway.access), with its request id
     batching: BatchSettings = field(default_factory=BatchSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)

@@ -383,6 +383,12 @@ def test_the_server_survived_all_of_it(gw, http, good_wav):
     metrics = http.get("/metrics").text
     assert 'status="500"' not in metrics and 'status="INTERNAL"' not in metrics and 'status="UNKNOWN"' not in metrics
     assert "Traceback" not in gw.log_text(), gw.log_tail()
+    lines = gw.log_text().splitlines()
+    assert lines and all(line.startswith("{") and json.loads(line) for line in lines), [  # uvicorn's own lines too
+        line for line in lines if not line.startswith("{")
+    ][:5]
+    rids = [json.loads(line).get("request_id") for line in lines if '"blat_gateway.access"' in line]
+    assert len(rids) > 100 and all(rids), "an access line, with its request id, for every request above"
 
 
 # ------------------------------------------------------------------------------------------------------- auth
