@@ -38,8 +38,22 @@ LOCAL = {
 }
 
 
+def _versions() -> str:
+    """blat-serve's version, and the client's beside it when it is installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("blat-serve", "blat-client"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(out) or "blat (not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=_versions())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _, _) in LOCAL.items():  # listed for --help; main() hands them their arguments itself
         sub.add_parser(name, help=help_text, add_help=False)

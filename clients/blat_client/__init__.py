@@ -9,7 +9,7 @@
 both transports; every failure is a `ClientError`.
 """
 
-from blat_client.audio import wav_chunks
+from blat_client.audio import Samples, wav_chunks
 from blat_client.client import NO_RETRY, AsyncClient, Client, Retry
 from blat_client.errors import ClientError
 from blat_client.types import (
@@ -44,5 +44,6 @@ __all__ = [
     "Stats",
     "TagWindow",
     "Tags",
+    "Samples",
     "wav_chunks",
 ]

@@ -4,18 +4,62 @@ from __future__ import annotations
 
 import array
 import os
+import struct
 import sys
 import wave
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
-Audio = bytes | bytearray | memoryview | str | os.PathLike  # encoded file bytes, or a path to read them from
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")  # what the server decodes
 
 
+@dataclass(frozen=True)
+class Samples:
+    """Decoded audio to send: an array of samples (numpy or anything with the array protocol; (n,) mono or
+    (n, channels)) in [-1, 1] at `sample_rate` Hz. Sent as a 32-bit float WAV, which the server resamples."""
+
+    data: Any
+    sample_rate: int
+
+    def to_wav(self) -> bytes:
+        import numpy as np  # only when samples are given: the client itself does not need numpy
+
+        x = np.asarray(self.data, dtype="<f4")
+        if x.ndim not in (1, 2) or x.size == 0:
+            raise ValueError(f"samples must be (n,) or (n, channels) with n > 0, got shape {x.shape}")
+        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
+        channels = 1 if x.ndim == 1 else x.shape[1]
+        data = np.ascontiguousarray(x).tobytes()
+        fmt = struct.pack("<HHIIHH", 3, channels, self.sample_rate, self.sample_rate * 4 * channels, 4 * channels, 32)
+        return (
+            b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+            + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data
+        )  # fmt: skip
+
+
+# Encoded file bytes, a path to read them from, an open binary file, or decoded `Samples`.
+Audio = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO | Samples
+
+
 def read_audio(audio: Audio) -> bytes:
-    """Bytes as they are; anything else is a path to an encoded audio file (WAV, FLAC, OGG or MP3)."""
+    """The encoded bytes to send: bytes as they are, a binary file object read from where it stands, `Samples`
+    written as a WAV, anything else opened as a path to an encoded audio file (WAV, FLAC, OGG or MP3)."""
     if isinstance(audio, (bytes, bytearray, memoryview)):
         return bytes(audio)
+    if isinstance(audio, Samples):
+        return audio.to_wav()
+    if hasattr(audio, "read"):
+        data = audio.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("a file object must be opened in binary mode ('rb')")
+        return bytes(data)
+    if hasattr(audio, "dtype") and hasattr(audio, "shape"):
+        raise TypeError("an array of samples needs its rate: pass blat_client.Samples(array, sample_rate)")
+    if not isinstance(audio, (str, os.PathLike)):
+        raise TypeError(f"audio: bytes, a path, a binary file or Samples(array, rate), not {type(audio).__name__}")
     with open(audio, "rb") as f:
         return f.read()
 

@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from blat_client import __version__
 from blat_client.audio import AUDIO_SUFFIXES
 from blat_client.client import Client
 from blat_client.errors import ClientError
@@ -382,5 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m blat_client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"blat-client {__version__}")
     add_commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), [common_options()])
     return execute(p.parse_args(argv))

@@ -52,7 +52,7 @@ def make_transport(target: str, api_key: str | None, timeout: float) -> RestTran
         return GrpcTransport(target.removeprefix("grpc://"), api_key, timeout)
     if "://" in target:
         raise ValueError(f"unknown scheme in {target!r}: use http(s)://host:port (REST) or grpc://host:port (gRPC)")
-    return GrpcTransport(target, api_key, timeout)
+    raise ValueError(f"{target!r} has no scheme: say which API, http://{target} (REST) or grpc://{target} (gRPC)")
 
 
 class _Api:

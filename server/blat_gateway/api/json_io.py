@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
 
 from blat_gateway.audio import read_limited_async
-from blat_gateway.errors import BadAudio
+from blat_gateway.errors import BadAudio, BadRequest
 from blat_gateway.index import SearchFilter
 from blat_gateway.service import Gateway
 from blat_gateway.services.search import Found
@@ -19,6 +20,9 @@ AUDIO_BODY = {
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "audio/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {  # curl -F file=@clip.wav: one file part, under any field name
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
         },
     }
 }
@@ -39,12 +43,31 @@ def hits_json(gw: Gateway, found: Found) -> dict:
 
 
 async def audio_body(request: Request) -> bytes:
-    """The upload, read within limits.max_upload_bytes (the front door already checked the declared length)."""
+    """The upload, read within limits.max_upload_bytes (the front door already checked the declared length): the
+    raw body, or the one file of a multipart form (`curl -F file=@clip.wav`)."""
     gw: Gateway = request.app.state.gateway
-    data = await read_limited_async(request.stream(), gw.limits.max_upload_bytes)
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        data = await _form_file(request)
+    else:
+        data = await read_limited_async(request.stream(), gw.limits.max_upload_bytes)
     if not data:  # 422 like any other unusable upload (what decode_audio answers for zero bytes)
         raise BadAudio("empty request body: send the audio file as the body")
     return data
+
+
+async def _form_file(request: Request) -> bytes:
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as e:  # malformed multipart, or more parts than allowed
+        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
+        raise BadRequest(f"multipart upload: {detail}; send one file part (curl -F file=@clip.wav)") from None
+    try:
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if len(files) != 1:
+            raise BadRequest(f"a multipart upload carries exactly one file part, got {len(files)}")
+        return await files[0].read()
+    finally:
+        await form.close()
 
 
 def query_filter(
