@@ -23,21 +23,49 @@ class Samples:
     sample_rate: int
 
     def to_wav(self) -> bytes:
-        import numpy as np  # only when samples are given: the client itself does not need numpy
-
-        x = np.asarray(self.data, dtype="<f4")
-        if x.ndim not in (1, 2) or x.size == 0:
-            raise ValueError(f"samples must be (n,) or (n, channels) with n > 0, got shape {x.shape}")
+        """32-bit float WAV bytes, read through the buffer protocol (numpy arrays, array.array) or from a list:
+        the client needs no numpy of its own."""
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
-        channels = 1 if x.ndim == 1 else x.shape[1]
-        data = np.ascontiguousarray(x).tobytes()
+        samples, channels = _float32(self.data)
+        if len(samples) == 0:
+            raise ValueError("samples: none given")
+        if sys.byteorder == "big":
+            samples.byteswap()
+        data = samples.tobytes()
         fmt = struct.pack("<HHIIHH", 3, channels, self.sample_rate, self.sample_rate * 4 * channels, 4 * channels, 32)
         return (
             b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
             + b"fmt " + struct.pack("<I", len(fmt)) + fmt
             + b"data" + struct.pack("<I", len(data)) + data
         )  # fmt: skip
+
+
+def _float32(data) -> tuple[array.array, int]:
+    """(interleaved float32 samples, channels) from (n,) or (n, channels) data."""
+    if isinstance(data, (list, tuple)):
+        rows = [list(r) if isinstance(r, (list, tuple)) else [r] for r in data]
+        channels = len(rows[0]) if rows else 1
+        if any(len(r) != channels for r in rows):
+            raise ValueError("samples: every row needs the same number of channels")
+        return array.array("f", [float(v) for r in rows for v in r]), channels
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"samples: an array (numpy, array.array) or a list, not {type(data).__name__}") from None
+    if view.ndim not in (1, 2):
+        raise ValueError(f"samples must be (n,) or (n, channels), got shape {view.shape}")
+    code = view.format.lstrip("@=<")
+    if code not in ("f", "d", "h", "i"):
+        raise TypeError(f"samples: float32, float64, int16 or int32 values, not format {view.format!r}")
+    values = array.array(code, view.tobytes())  # C order: interleaved channels
+    if code == "h":
+        values = array.array("f", (v / 32768.0 for v in values))
+    elif code == "i":
+        values = array.array("f", (v / 2147483648.0 for v in values))
+    elif code == "d":
+        values = array.array("f", values)
+    return values, 1 if view.ndim == 1 else view.shape[1]
 
 
 # Encoded file bytes, a path to read them from, an open binary file, or decoded `Samples`.

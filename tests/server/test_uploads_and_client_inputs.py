@@ -58,6 +58,10 @@ def test_the_client_takes_paths_files_bytes_and_samples(gw, tmp_path):
             decoded = decode_audio(clip)
             got = client.embed_audio(Samples(decoded.samples, RATE))
             np.testing.assert_allclose(got, want, atol=1e-4)
+            as_list = Samples(decoded.samples.tolist(), RATE)  # no numpy needed on the client's side
+            np.testing.assert_allclose(client.embed_audio(as_list), want, atol=1e-4)
+            as_int16 = Samples((decoded.samples * 32767).astype(np.int16), RATE)
+            np.testing.assert_allclose(client.embed_audio(as_int16), want, atol=0.05)
             stereo = np.stack([decoded.samples, decoded.samples], axis=1)
             np.testing.assert_allclose(client.embed_audio(Samples(stereo, RATE)), want, atol=1e-4)
         with pytest.raises(TypeError, match="Samples"):
