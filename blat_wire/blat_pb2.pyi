@@ -68,6 +68,24 @@ class SearchTextRequest(_message.Message):
     offset: int
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
+class SearchTextsRequest(_message.Message):
+    __slots__ = ("queries", "k", "filter", "offset")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    filter: Filter
+    offset: int
+    def __init__(self, queries: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SearchTextsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
+
 class SearchAudioRequest(_message.Message):
     __slots__ = ("audio", "k", "filter", "offset")
     AUDIO_FIELD_NUMBER: _ClassVar[int]

@@ -13,6 +13,7 @@ from blat_client.audio import Samples, wav_chunks
 from blat_client.client import NO_RETRY, AsyncClient, Client, Retry
 from blat_client.errors import ClientError
 from blat_client.types import (
+    AddReport,
     Caption,
     Hit,
     Info,
@@ -28,6 +29,7 @@ from blat_client.types import (
 
 __version__ = "0.2.0"
 __all__ = [
+    "AddReport",
     "AsyncClient",
     "Caption",
     "Client",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from blat_client.errors import ClientError
 from blat_client.filters import Filter
 from blat_client.grpc_transport import GrpcTransport
 from blat_client.rest import RestTransport
-from blat_client.types import Caption, Info, Item, ItemsPage, Job, SearchResult, Stats, Tags, TagWindow
+from blat_client.types import AddReport, Caption, Info, Item, ItemsPage, Job, SearchResult, Stats, Tags, TagWindow
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -73,6 +74,12 @@ class _Api:
     def search_text(self, query: str, k: int = 10, filter: Filter | None = None, offset: int = 0) -> SearchResult:
         """Stored items whose audio matches a text query, best first; `offset` skips that many (page 2: offset=k)."""
         return self._send(self.transport.search_text(query, k, filter, offset))
+
+    def search_texts(
+        self, queries: Sequence[str], k: int = 10, filter: Filter | None = None, offset: int = 0
+    ) -> list[SearchResult]:
+        """Several text queries in one call (at most the server's limits.max_texts), one result per query."""
+        return self._send(self.transport.search_texts(list(queries), k, filter, offset))
 
     def search_audio(self, audio: Audio, k: int = 10, filter: Filter | None = None, offset: int = 0) -> SearchResult:
         """Stored items that sound like `audio` (file bytes or a path)."""
@@ -178,6 +185,59 @@ class Client(_Api):
                 if not (e.retryable and attempt < self.retry.attempts):
                     raise
                 time.sleep(self.retry.delay(attempt, e))
+
+    def add_items(
+        self,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = 4,
+        upsert: bool = False,
+        progress: Callable[[int, AddReport], None] | None = None,
+    ) -> AddReport:
+        """Store many items, `concurrency` requests at a time. Each item is a mapping with "id" and "audio" (what
+        `add_item` takes) or "path" (server-side), and optionally "tags", "caption", "source_uri". An item already
+        stored (409: the id, or its sound under another id) is skipped, so a rerun of the same list resumes; other
+        refusals are collected in `failed` with their reason, and an unreachable server stops the run
+        (ClientError). `progress(done, report)` is called after each item. One request per item: each is durable
+        when it is counted as added."""
+        added: list[str] = []
+        skipped: list[str] = []
+        failed: list[dict[str, str]] = []
+        report = AddReport(added, skipped, failed)
+
+        def one(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+            item_id = str(entry.get("id", ""))
+            try:
+                self.add_item(
+                    item_id,
+                    entry.get("audio"),
+                    path=entry.get("path"),
+                    tags=entry.get("tags", ()),
+                    caption=entry.get("caption", ""),
+                    source_uri=entry.get("source_uri", ""),
+                    upsert=upsert,
+                )
+                return "added", item_id, ""
+            except ClientError as e:
+                if e.status == 409:  # stored already (this id, or this sound under another id): a rerun resumes
+                    return "skipped", item_id, e.message
+                if e.status == 0:
+                    raise
+                return "failed", item_id, f"{e.status} {e.code}: {e.message}"
+            except (OSError, ValueError, TypeError) as e:  # an unreadable local file, a malformed entry
+                return "failed", item_id, str(e)
+
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            for done, (outcome, item_id, why) in enumerate(pool.map(one, items), 1):
+                if outcome == "added":
+                    added.append(item_id)
+                elif outcome == "skipped":
+                    skipped.append(item_id)
+                else:
+                    failed.append({"id": item_id, "reason": why})
+                if progress:
+                    progress(done, report)
+        return report
 
     def iter_items(self, filter: Filter | None = None, page_size: int = 100) -> Iterator[Item]:
         """Every stored item that passes `filter`, in id order, fetched a page at a time."""

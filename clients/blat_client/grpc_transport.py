@@ -229,6 +229,10 @@ class GrpcTransport:
         req = pb.SearchTextRequest(query=query, k=k, offset=offset, filter=_filter(flt))
         return GrpcCall("SearchText", req, search_result)
 
+    def search_texts(self, queries: Sequence[str], k: int, flt: Filter | None, offset: int = 0) -> GrpcCall:
+        req = pb.SearchTextsRequest(queries=list(queries), k=k, offset=offset, filter=_filter(flt))
+        return GrpcCall("SearchTexts", req, lambda r: [search_result(x) for x in r.results])
+
     def search_audio(self, audio: Audio, k: int, flt: Filter | None, offset: int = 0) -> GrpcCall:
         req = pb.SearchAudioRequest(audio=pb.Audio(data=read_audio(audio)), k=k, offset=offset, filter=_filter(flt))
         return GrpcCall("SearchAudio", req, search_result)

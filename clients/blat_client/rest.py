@@ -215,6 +215,10 @@ class RestTransport:
         body = {"query": query, "k": k, "offset": offset, **({"filter": check_filter(flt)} if flt else {})}
         return RestCall("POST", "/v1/search/text", search_result, json=body)
 
+    def search_texts(self, queries: Sequence[str], k: int, flt: Filter | None, offset: int = 0) -> RestCall:
+        body = {"queries": list(queries), "k": k, "offset": offset, **({"filter": check_filter(flt)} if flt else {})}
+        return RestCall("POST", "/v1/search/texts", lambda d: [search_result(r) for r in d["results"]], json=body)
+
     def search_audio(self, audio: Audio, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
         return self._upload("/v1/search/audio", audio, {"k": k, "offset": offset, **check_filter(flt)}, search_result)
 

@@ -48,6 +48,15 @@ class SearchResult(_Value):
 
 
 @dataclass(frozen=True)
+class AddReport(_Value):
+    """What `Client.add_items` did: ids added, ids already stored (skipped: a rerun resumes), and failures."""
+
+    added: list[str]
+    skipped: list[str]
+    failed: list[dict[str, str]]  # {"id", "reason"}
+
+
+@dataclass(frozen=True)
 class ItemsPage(_Value):
     items: list[Item]
     next_cursor: str  # pass as `cursor` for the next page; "" on the last page
@@ -84,7 +93,7 @@ class Caption(_Value):
 
 @dataclass(frozen=True)
 class Job(_Value):
-    """A background index rebuild. `state`: queued, running, validating, succeeded, failed or cancelled."""
+    """A background index rebuild. `state`: pending, running, validating, succeeded, failed or cancelled."""
 
     job_id: str
     state: str

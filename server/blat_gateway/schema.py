@@ -68,6 +68,14 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         offset: int = Field(0, **offset_range)
         filter: FilterBody | None = None
 
+    class SearchTextsBody(BaseModel):
+        queries: list[Annotated[str, Field(**text_range)]] = Field(
+            min_length=1, max_length=limits.max_texts, description=f"1-{limits.max_texts} free-text queries"
+        )
+        k: int = Field(10, **k_range)
+        offset: int = Field(0, **offset_range)
+        filter: FilterBody | None = None
+
     class SearchItemBody(BaseModel):
         id: str = Field(**ID)
         k: int = Field(10, **k_range)
@@ -119,6 +127,7 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         FilterBody=FilterBody,
         SearchTextBody=SearchTextBody,
         SearchItemBody=SearchItemBody,
+        SearchTextsBody=SearchTextsBody,
         EmbedTextBody=EmbedTextBody,
         OpenAIEmbeddingsBody=OpenAIEmbeddingsBody,
         AddFromPathBody=AddFromPathBody,
@@ -161,6 +170,10 @@ class HitsOut(BaseModel):
     hits: list[HitOut]
     bundle: str
     index_version: str
+
+
+class SearchResultsOut(BaseModel):
+    results: list[HitsOut] = Field(description="one per query, in order")
 
 
 class LabelScoreOut(BaseModel):

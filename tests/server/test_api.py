@@ -267,6 +267,37 @@ def test_search_offset_pages_the_ranking_and_k_is_checked_on_both_faces(items, r
             assert e.value.status == 400, (client.transport_name, k, offset)
 
 
+def test_search_texts_answers_each_query_as_search_text_does(items, rest, rpc):
+    queries = ["dog barking", "rain on a window", "a door closes"]
+    for client in (rest, rpc):
+        batch = client.search_texts(queries, k=4, filter={"tags_any": ["even", "odd"]}, offset=1)
+        assert len(batch) == 3 and len({r.index_version for r in batch}) == 1
+        for query, got in zip(queries, batch):
+            alone = client.search_text(query, k=4, filter={"tags_any": ["even", "odd"]}, offset=1)
+            assert hit_ids(got) == hit_ids(alone), (client.transport_name, query)
+            np.testing.assert_allclose([h.score for h in got.hits], [h.score for h in alone.hits], atol=1e-5)
+        for bad in ([], [""], ["ok"] * 65):
+            with pytest.raises(ClientError) as e:
+                client.search_texts(bad)
+            assert e.value.status == 400, (client.transport_name, len(bad))
+
+
+def test_add_items_stores_many_and_a_rerun_resumes(rest, rpc):
+    batch = [
+        {"id": f"batch-{i}", "audio": wav(synth_clip(5000 + i, 0.6)), "tags": ["batch", f"b{i}"], "caption": f"c{i}"}
+        for i in range(5)
+    ] + [{"id": "batch-bad", "audio": b"not audio"}]
+    seen = []
+    first = rest.add_items(batch, concurrency=3, progress=lambda n, r: seen.append(n))
+    assert sorted(first.added) == [f"batch-{i}" for i in range(5)] and first.skipped == []
+    assert [f["id"] for f in first.failed] == ["batch-bad"] and "415" in first.failed[0]["reason"]
+    assert seen == list(range(1, 7))
+    again = rpc.add_items(batch)  # the same list again: everything stored is skipped
+    assert again.added == [] and sorted(again.skipped) == [f"batch-{i}" for i in range(5)]
+    got = rpc.get_item("batch-3")
+    assert got.tags == ("batch", "b3") and got.caption == "c3"
+
+
 def test_list_items_pages_through_every_item_in_id_order_on_both_faces(items, rest, rpc):
     stored = [it.id for it in rest.iter_items(page_size=100)]
     assert stored == sorted(stored) and set(items) <= set(stored)
@@ -534,6 +565,7 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
     ("get", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("delete", "/v1/items/{item_id}"): {400, 401, 403, 404},
     ("get", "/v1/items"): {400, 401, 403},
+    ("post", "/v1/search/texts"): {400, 401, 403, 429, 503, 504},
     ("post", "/v1/embeddings"): {400, 401, 403, 404, 413, 415, 422, 429, 503, 504},
     ("get", "/v1/models"): {401, 403},
     ("get", "/v1/audio/{item_id}"): {400, 401, 403, 404},

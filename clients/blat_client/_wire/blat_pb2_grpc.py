@@ -39,6 +39,11 @@ class BlatStub(object):
                 request_serializer=blat__wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
                 response_deserializer=blat__wire_dot_blat__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchTexts = channel.unary_unary(
+                '/blat.v1.Blat/SearchTexts',
+                request_serializer=blat__wire_dot_blat__pb2.SearchTextsRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.SearchTextsResponse.FromString,
+                _registered_method=True)
         self.SearchAudio = channel.unary_unary(
                 '/blat.v1.Blat/SearchAudio',
                 request_serializer=blat__wire_dot_blat__pb2.SearchAudioRequest.SerializeToString,
@@ -130,6 +135,12 @@ class BlatServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def SearchText(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchTexts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +257,11 @@ def add_BlatServicer_to_server(servicer, server):
                     request_deserializer=blat__wire_dot_blat__pb2.SearchTextRequest.FromString,
                     response_serializer=blat__wire_dot_blat__pb2.SearchResponse.SerializeToString,
             ),
+            'SearchTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchTexts,
+                    request_deserializer=blat__wire_dot_blat__pb2.SearchTextsRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.SearchTextsResponse.SerializeToString,
+            ),
             'SearchAudio': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchAudio,
                     request_deserializer=blat__wire_dot_blat__pb2.SearchAudioRequest.FromString,
@@ -359,6 +375,33 @@ class Blat(object):
             '/blat.v1.Blat/SearchText',
             blat__wire_dot_blat__pb2.SearchTextRequest.SerializeToString,
             blat__wire_dot_blat__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blat.v1.Blat/SearchTexts',
+            blat__wire_dot_blat__pb2.SearchTextsRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.SearchTextsResponse.FromString,
             options,
             channel_credentials,
             insecure,

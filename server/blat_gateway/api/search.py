@@ -12,7 +12,8 @@ from blat_gateway.api import proto_io
 from blat_gateway.api.json_io import answer, audio_body, hits_json, query_filter
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, READ_ERRORS, endpoint
 from blat_gateway.index import SearchFilter
-from blat_gateway.schema import HitsOut
+from blat_gateway.schema import HitsOut, SearchResultsOut
+from blat_wire import blat_pb2 as pb
 
 search_text = endpoint(
     "search_text",
@@ -22,6 +23,17 @@ search_text = endpoint(
     gate="text",
     body="json",
     ok=HitsOut,
+    errors=READ_ERRORS,
+    tag="search",
+)
+search_texts = endpoint(
+    "search_texts",
+    route="POST /v1/search/texts",
+    rpc="SearchTexts",
+    scope=READ,
+    gate="text",
+    body="json",
+    ok=SearchResultsOut,
     errors=READ_ERRORS,
     tag="search",
 )
@@ -61,6 +73,26 @@ def _(gw, m):
 @search_text.grpc
 def _(gw, req):
     return proto_io.hits(gw, gw.search.text(req.query, *proto_io.k_filter_offset(req)))
+
+
+@search_texts.rest
+def _(gw, m):
+    async def search_texts(req: m.SearchTextsBody) -> JSONResponse:
+        """Several text queries in one call, each answered as /v1/search/text answers it, from one index version:
+        the texts are embedded together and searched as one batch."""
+        flt = req.filter.to_filter() if req.filter else None
+        found = await run_in_threadpool(gw.search.texts, req.queries, req.k, flt, req.offset)
+        return answer({"results": [hits_json(gw, f) for f in found]})
+
+    return search_texts
+
+
+@search_texts.grpc
+def _(gw, req):
+    k, flt, offset = proto_io.k_filter_offset(req)
+    return pb.SearchTextsResponse(
+        results=[proto_io.hits(gw, f) for f in gw.search.texts(list(req.queries), k, flt, offset)]
+    )
 
 
 @search_audio.rest
