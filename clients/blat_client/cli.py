@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from blat_client import __version__
@@ -221,36 +220,23 @@ def add_folder(c: Client, args) -> tuple[dict, int]:
     folder = Path(args.folder)
     files = _audio_files(folder)
     bar = Progress("add-folder", len(files), args.quiet)
-    added, skipped, failed = [], [], []
+    entries = (
+        {"id": args.prefix + str(path.relative_to(folder)).replace(" ", "_"), "audio": path, "tags": args.tags}
+        for path in files
+    )
 
-    def one(path: Path):
-        item_id = args.prefix + str(path.relative_to(folder)).replace(" ", "_")
-        try:
-            c.add_item(item_id, path, tags=args.tags, upsert=args.upsert)
-            return "added", item_id, ""
-        except ClientError as e:
-            if e.status == 409:
-                return "skipped", item_id, e.message
-            if e.status == 0:
-                raise  # the server is gone: stop instead of failing every remaining file
-            return "failed", item_id, f"{e.status} {e.code}: {e.message}"
-        except OSError as e:
-            return "failed", item_id, str(e)
+    def progress(n: int, r) -> None:
+        bar.update(n, f"added {len(r.added)} skipped {len(r.skipped)} failed {len(r.failed)}", force=n == len(files))
 
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for n, (outcome, item_id, why) in enumerate(pool.map(one, files), 1):
-            {"added": added, "skipped": skipped, "failed": failed}[outcome].append(
-                item_id if outcome == "added" else {"id": item_id, "reason": why}
-            )
-            bar.update(n, f"added {len(added)} skipped {len(skipped)} failed {len(failed)}", force=n == len(files))
+    report = c.add_items(entries, concurrency=args.jobs, upsert=args.upsert, progress=progress)
     bar.close()
     return {
         "folder": str(folder),
         "files": len(files),
-        "added": added,
-        "skipped": skipped,
-        "failed": failed,
-    }, PARTIAL if failed else OK
+        "added": report.added,
+        "skipped": [{"id": i, "reason": "already stored (409)"} for i in report.skipped],
+        "failed": report.failed,
+    }, PARTIAL if report.failed else OK
 
 
 def rebuild(c: Client, args) -> tuple[object, int]:

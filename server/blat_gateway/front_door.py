@@ -23,12 +23,12 @@ from collections import deque
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blat_gateway.access import authorize, presented_key, redact
+from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import reset_deadline, set_deadline
 from blat_gateway.api import by_route
 from blat_gateway.browser import BrowserGuard
 from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge, http_answer
-from blat_gateway.observe import HEADER, choose_request_id, log_access, request_id
+from blat_gateway.observe import HEADER, choose_request_id, key_digest, log_access, request_id
 from blat_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class FrontDoor:
                 return route.path
         return None
 
-    async def _options(self, scope: Scope, send: Send) -> None:
+    async def _options(self, scope: Scope, send: Send, origin: str | None) -> None:
         """OPTIONS: every method any route at this path takes (FastAPI has one route per method, and Starlette's 405
         would list only the first one's)."""
         methods: set[str] = set()
@@ -58,8 +58,7 @@ class FrontDoor:
         status = 204 if methods else 404
         headers = [(b"allow", ", ".join(sorted(methods | {"OPTIONS"})).encode())] if methods else []
         if methods:  # a CORS preflight from a configured origin (none by default)
-            origin = dict(scope["headers"]).get(b"origin")
-            headers += self.browser.preflight_headers(origin and origin.decode("latin-1"), methods | {"OPTIONS"})
+            headers += self.browser.preflight_headers(origin, methods | {"OPTIONS"})
         await send({"type": "http.response.start", "status": status, "headers": headers + [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
@@ -70,48 +69,45 @@ class FrontDoor:
         # Every request is measured here, refusals included: a plain ASGI wrapper around `send` costs a function call,
         # where Starlette's BaseHTTPMiddleware ran each request in a task of its own with memory streams.
         t0, status, template = time.perf_counter(), 500, None
-        raw = dict(scope["headers"])
-        origin = raw.get(b"origin")
-        origin = origin and origin.decode("latin-1")
-        given = raw.get(HEADER.encode())
-        rid = choose_request_id(given and given.decode("latin-1"))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        rid = choose_request_id(headers.get(HEADER))
         token = request_id.set(rid)
 
         async def measured(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = self.browser.secured(message.get("headers", []), origin)
-                message = {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
+                secured = self.browser.secured(message.get("headers", []), origin)
+                message = {**message, "headers": [*secured, (HEADER.encode(), rid.encode())]}
             await send(message)
 
         try:
             if scope["method"] == "OPTIONS":
-                await self._options(scope, measured)
+                await self._options(scope, measured, origin)
                 return
             template = self._template(scope)
             if template is None:  # no such route, or a method it does not take: Starlette answers 404 / 405
                 await self.app(scope, receive, measured)
                 return
-            await self._admit(scope, receive, measured, template)
+            await self._admit(scope, receive, measured, template, headers)
         finally:
             seconds = time.perf_counter() - t0
             self.gw.metrics.observe("rest", template or "unmatched", status, seconds)
-            log_access(
-                self.gw.settings.access_log,
-                api="rest",
-                method=scope["method"],
-                endpoint=template or "unmatched",
-                path=scope["path"][:256],
-                status=status,
-                duration_ms=round(seconds * 1000, 2),
-                client=(scope.get("client") or ("", 0))[0],
-                key=_key_digest(raw),
-            )
+            if self.gw.settings.access_log:
+                log_access(
+                    api="rest",
+                    method=scope["method"],
+                    endpoint=template or "unmatched",
+                    path=scope["path"][:256],
+                    status=status,
+                    duration_ms=round(seconds * 1000, 2),
+                    client=(scope.get("client") or ("", 0))[0],
+                    key=key_digest(headers),
+                )
             request_id.reset(token)
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send, template: str) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, template: str, headers: dict[str, str]) -> None:
         access = by_route(scope["method"], template)
         limits = self.gw.limits
         cap = body_cap(access.body, limits)
@@ -167,12 +163,6 @@ class FrontDoor:
                 log.exception("unhandled error in %s %s", scope["method"], scope["path"])
                 error = ServiceError("internal error (the gateway's log has the details)")
             await _answer(send, error)
-
-
-def _key_digest(raw: dict[bytes, bytes]) -> str:
-    """The presented API key as a digest (access.redact), "" without one: which key called, never the key."""
-    key = presented_key({k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()})
-    return redact(key) if key else ""
 
 
 def body_cap(kind: str | None, limits) -> int:

@@ -16,12 +16,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from blat_gateway.access import authorize, presented_key, redact
+from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import THREADS_WITHOUT_MODEL, Gate, reset_deadline, set_deadline
 from blat_gateway.api import ENDPOINTS, by_rpc
 from blat_gateway.endpoint import Endpoint
 from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer
-from blat_gateway.observe import HEADER, choose_request_id, log_access, request_id
+from blat_gateway.observe import HEADER, choose_request_id, key_digest, log_access, request_id
 from blat_gateway.service import Gateway
 from blat_wire import blat_pb2 as pb
 from blat_wire import blat_pb2_grpc as pb_grpc
@@ -147,17 +147,16 @@ class _Guard(grpc.ServerInterceptor):
             return request_id.set(rid)
 
         def end(ctx, token, t0: float) -> None:
-            key = presented_key(meta)
-            log_access(
-                self.gw.settings.access_log,
-                api="grpc",
-                method="RPC",
-                endpoint=method,
-                status=outcome[0],
-                duration_ms=round((time.perf_counter() - t0) * 1000, 2),
-                client=ctx.peer(),
-                key=redact(key) if key else "",
-            )
+            if self.gw.settings.access_log:
+                log_access(
+                    api="grpc",
+                    method="RPC",
+                    endpoint=method,
+                    status=outcome[0],
+                    duration_ms=round((time.perf_counter() - t0) * 1000, 2),
+                    client=ctx.peer(),
+                    key=key_digest(meta),
+                )
             with contextlib.suppress(ValueError):  # a stream's generator may be closed from another context
                 request_id.reset(token)
 

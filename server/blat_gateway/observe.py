@@ -13,6 +13,8 @@ import sys
 import threading
 import uuid
 
+from blat_gateway.access import presented_key, redact
+
 HEADER = "x-request-id"
 USABLE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # what a proxy or tracer sends; anything else is replaced
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -41,9 +43,15 @@ def install_request_ids() -> None:
             handler.addFilter(RequestIdFilter())
 
 
-def log_access(enabled: bool, **fields) -> None:
-    if enabled:
-        access.info("request", extra=fields)
+def log_access(**fields) -> None:
+    """The access line of one request (callers check settings.access_log first: the fields cost work)."""
+    access.info("request", extra=fields)
+
+
+def key_digest(headers_or_metadata) -> str:
+    """The presented API key as a digest (access.redact), "" without one: which key called, never the key."""
+    key = presented_key(headers_or_metadata)
+    return redact(key) if key else ""
 
 
 def capture_native_stderr() -> None:

@@ -163,6 +163,20 @@ class VersionDB:
         ).fetchone()
         return np.frombuffer(row[0], dtype="<f4").copy() if row else None
 
+    def embeddings_by_id(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored (D,) embeddings of these ids (absent ids are left out), a query per CHUNK ids."""
+        out = {}
+        for i in range(0, len(ids), CHUNK):
+            part = ids[i : i + CHUNK]
+            q = (
+                "SELECT i.id, v.embedding FROM items i JOIN vectors v ON v.fid = i.fid "
+                f"WHERE i.id IN ({','.join('?' * len(part))})"
+            )
+            out.update(
+                (item_id, np.frombuffer(blob, dtype="<f4").copy()) for item_id, blob in self.conn.execute(q, part)
+            )
+        return out
+
     def id_with_hash(self, content_hash: str, other_than: str) -> str | None:
         if not content_hash:
             return None

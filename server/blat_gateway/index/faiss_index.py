@@ -124,6 +124,9 @@ class FaissIndex:
     def embedding(self, item_id: str) -> np.ndarray | None:
         return self.live.db.embedding(item_id)
 
+    def embeddings_by_id(self, ids: list[str]) -> dict[str, np.ndarray]:
+        return self.live.db.embeddings_by_id(ids)
+
     def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
         return self.live.db.page(flt, after, limit)
 

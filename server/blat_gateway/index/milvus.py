@@ -190,6 +190,9 @@ class MilvusIndex:
     def embedding(self, item_id: str) -> np.ndarray | None:
         return self.live.embedding(item_id)
 
+    def embeddings_by_id(self, ids: list[str]) -> dict[str, np.ndarray]:
+        return self.live.embeddings_by_id(ids)
+
     def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
         return self.live.page(flt, after, limit)
 

@@ -111,6 +111,10 @@ class Collection:
         got = self.call("get", self.name, ids=[item_id], output_fields=["vec"])
         return np.asarray(got[0]["vec"], dtype=np.float32) if got else None
 
+    def embeddings_by_id(self, ids: list[str]) -> dict[str, np.ndarray]:
+        got = self.call("get", self.name, ids=ids, output_fields=["vec"]) if ids else []
+        return {e["id"]: np.asarray(e["vec"], dtype=np.float32) for e in got}
+
     def count(self) -> int:
         return int(self.call("query", self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 

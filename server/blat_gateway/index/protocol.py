@@ -120,6 +120,9 @@ class VectorIndex(Protocol):
 
     def embedding(self, item_id: str) -> np.ndarray | None: ...
 
+    def embeddings_by_id(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored embeddings of many ids in one read (absent ids are left out)."""
+
     def page(self, flt: SearchFilter | None, after: str, limit: int) -> list[ItemRecord]:
         """Up to `limit` items with an id after `after` (UTF-8 byte order), passing `flt`, in id order."""
 

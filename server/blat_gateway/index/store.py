@@ -152,8 +152,8 @@ class IndexStore:
             with self._lock:
                 index = self._open()
                 items = index.page(None, after, batch)
-                pairs = [(it, index.embedding(it.id)) for it in items]
-            yield from ((it, vec) for it, vec in pairs if vec is not None)
+                vecs = index.embeddings_by_id([it.id for it in items])
+            yield from ((it, vecs[it.id]) for it in items if it.id in vecs)
             if len(items) < batch:
                 return
             after = items[-1].id

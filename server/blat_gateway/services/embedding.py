@@ -46,13 +46,14 @@ class EmbeddingService:
         futures = [ctx.audio_batcher.submit_future(x, ctx.timeout) for x in samples]
         return np.stack([ctx.result(f)[0] for f in futures])
 
-    def texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (n, D) unit-norm embeddings; the texts join the text batcher's batches together."""
+    def texts(self, texts: Sequence[str], name: str = "texts") -> np.ndarray:
+        """Texts -> (n, D) unit-norm embeddings; the texts join the text batcher's batches together. `name`: what
+        the caller calls them, in error messages (search_texts' "queries")."""
         ctx = self.ctx
         if not isinstance(texts, (list, tuple)) or not texts:
-            raise BadRequest("texts must be a non-empty list of strings")
+            raise BadRequest(f"{name} must be a non-empty list of strings")
         if len(texts) > ctx.limits.max_texts:
-            raise BadRequest(f"at most {ctx.limits.max_texts} texts per request, got {len(texts)}")
-        checked = [ctx.check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+            raise BadRequest(f"at most {ctx.limits.max_texts} {name} per request, got {len(texts)}")
+        checked = [ctx.check_text(t, f"{name}[{i}]") for i, t in enumerate(texts)]
         futures = [ctx.text_batcher.submit_future(t, ctx.timeout) for t in checked]
         return np.stack([ctx.result(f) for f in futures])

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from blat_gateway.errors import BadRequest
 from blat_gateway.index import Hit, SearchFilter
 from blat_gateway.index.records import MAX_K
@@ -42,15 +40,8 @@ class SearchService:
     def texts(self, queries: list[str], k: int = 10, flt: SearchFilter | None = None, offset: int = 0) -> list[Found]:
         """Several text queries in one call (at most limits.max_texts): embedded together by the text batcher and
         searched as one matrix, against one index version."""
-        ctx = self.ctx
         depth = self._depth(k, offset)
-        if not isinstance(queries, (list, tuple)) or not queries:
-            raise BadRequest("queries must be a non-empty list of strings")
-        if len(queries) > ctx.limits.max_texts:
-            raise BadRequest(f"at most {ctx.limits.max_texts} queries per request, got {len(queries)}")
-        checked = [ctx.check_text(q, f"queries[{i}]") for i, q in enumerate(queries)]
-        futures = [ctx.text_batcher.submit_future(q, ctx.timeout) for q in checked]
-        hits, version = ctx.store.search_at(np.stack([ctx.result(f) for f in futures]), depth, flt)
+        hits, version = self.ctx.store.search_at(self.embedding.texts(queries, "queries"), depth, flt)
         return [Found(h[offset:], version) for h in hits]
 
     def audio(self, data: bytes, k: int = 10, flt: SearchFilter | None = None, offset: int = 0) -> Found:
