@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -72,7 +73,12 @@ def gateway(bundle: Path, work: Path, clips: Path) -> Iterator[GatewayProcess]:
 
 
 def index_count(gw: GatewayProcess) -> int:
-    return httpx.get(gw.url + "/v1/index/stats", timeout=30).json()["count"]
+    return httpx.get(gw.url + "/v1/index/stats", timeout=30).json()["items"]
+
+
+def iso_s(text: str) -> float:
+    """The gateway's ISO 8601 UTC time -> Unix seconds."""
+    return datetime.fromisoformat(text).timestamp()
 
 
 def via_rebuild(gw: GatewayProcess, n: int, audio_s: float) -> dict:
@@ -82,11 +88,11 @@ def via_rebuild(gw: GatewayProcess, n: int, audio_s: float) -> dict:
     ).json()
     while job["state"] not in FINAL_STATES:
         time.sleep(0.05)
-        job = httpx.get(f"{gw.url}/v1/index/rebuild/{job['version']}", timeout=30).json()
+        job = httpx.get(f"{gw.url}/v1/index/rebuild/{job['job_id']}", timeout=30).json()
     out = rates(n, audio_s, time.perf_counter() - t0)
     return {
         **out,
-        "job_s": round(job["finished_at"] - job["started_at"], 2),
+        "job_s": round(iso_s(job["finished_at"]) - iso_s(job["started_at"]), 2),
         "state": job["state"],
         "added": job["added"],
         "error": job["error"],

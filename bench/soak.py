@@ -162,7 +162,7 @@ def phase_kill9(bundle: Path, work: Path, rate: int, cycles: int) -> dict:
     lost, killed_during_rebuild, swapped = 0, 0, 0
     try:
         for cycle in range(cycles):
-            version = httpx.get(gw.url + "/v1/index/stats", timeout=30).json()["version"]
+            version = httpx.get(gw.url + "/v1/index/stats", timeout=30).json()["index_version"]
             if cycle % 2 == 1:  # every other cycle: kill while a rebuild runs
                 httpx.post(gw.url + "/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}, timeout=30)
                 killed_during_rebuild += 1
@@ -171,7 +171,7 @@ def phase_kill9(bundle: Path, work: Path, rate: int, cycles: int) -> dict:
             asyncio.run(kill_during(gw, per, acknowledged, f"c{cycle}"))
             gw.start()
             with httpx.Client(base_url=gw.url, timeout=30) as c:
-                if c.get("/v1/index/stats").json()["version"] != version:  # the rebuild finished before the kill:
+                if c.get("/v1/index/stats").json()["index_version"] != version:  # the rebuild finished before the kill:
                     swapped += 1  # it replaced the items stored before it started; this cycle's writes must be there
                     since = before
                 lost = sum(c.get(f"/v1/items/{item}").status_code != 200 for item in acknowledged[since:])

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -15,21 +16,45 @@ class Audio(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class Filter(_message.Message):
-    __slots__ = ("tags_any", "tags_all", "source_prefix", "min_duration_s", "max_duration_s")
+    __slots__ = ("tags_any", "tags_all", "source_prefix", "min_duration_s", "max_duration_s", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ExtraCondition
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ExtraCondition, _Mapping]] = ...) -> None: ...
     TAGS_ANY_FIELD_NUMBER: _ClassVar[int]
     TAGS_ALL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MIN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
     tags_any: _containers.RepeatedScalarFieldContainer[str]
     tags_all: _containers.RepeatedScalarFieldContainer[str]
     source_prefix: str
     min_duration_s: float
     max_duration_s: float
-    def __init__(self, tags_any: _Optional[_Iterable[str]] = ..., tags_all: _Optional[_Iterable[str]] = ..., source_prefix: _Optional[str] = ..., min_duration_s: _Optional[float] = ..., max_duration_s: _Optional[float] = ...) -> None: ...
+    extra: _containers.MessageMap[str, ExtraCondition]
+    def __init__(self, tags_any: _Optional[_Iterable[str]] = ..., tags_all: _Optional[_Iterable[str]] = ..., source_prefix: _Optional[str] = ..., min_duration_s: _Optional[float] = ..., max_duration_s: _Optional[float] = ..., extra: _Optional[_Mapping[str, ExtraCondition]] = ...) -> None: ...
+
+class ExtraCondition(_message.Message):
+    __slots__ = ("eq", "gt", "gte", "lt", "lte")
+    EQ_FIELD_NUMBER: _ClassVar[int]
+    IN_FIELD_NUMBER: _ClassVar[int]
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    eq: _struct_pb2.Value
+    gt: _struct_pb2.Value
+    gte: _struct_pb2.Value
+    lt: _struct_pb2.Value
+    lte: _struct_pb2.Value
+    def __init__(self, eq: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., gt: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., gte: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., lt: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., lte: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at")
+    __slots__ = ("id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at", "extra_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_URI_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +62,7 @@ class Item(_message.Message):
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     ADDED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     source_uri: str
     duration_s: float
@@ -44,7 +70,8 @@ class Item(_message.Message):
     caption: str
     content_hash: str
     added_at: str
-    def __init__(self, id: _Optional[str] = ..., source_uri: _Optional[str] = ..., duration_s: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., content_hash: _Optional[str] = ..., added_at: _Optional[str] = ...) -> None: ...
+    extra_json: str
+    def __init__(self, id: _Optional[str] = ..., source_uri: _Optional[str] = ..., duration_s: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., content_hash: _Optional[str] = ..., added_at: _Optional[str] = ..., extra_json: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "item")
@@ -162,6 +189,26 @@ class TagResponse(_message.Message):
     windows: _containers.RepeatedCompositeFieldContainer[TagWindow]
     def __init__(self, tags: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., windows: _Optional[_Iterable[_Union[TagWindow, _Mapping]]] = ...) -> None: ...
 
+class TagClipsRequest(_message.Message):
+    __slots__ = ("audios", "labels", "top_k", "window_s", "hop_s")
+    AUDIOS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    HOP_S_FIELD_NUMBER: _ClassVar[int]
+    audios: _containers.RepeatedCompositeFieldContainer[Audio]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    window_s: float
+    hop_s: float
+    def __init__(self, audios: _Optional[_Iterable[_Union[Audio, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., window_s: _Optional[float] = ..., hop_s: _Optional[float] = ...) -> None: ...
+
+class TagClipsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TagResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[TagResponse, _Mapping]]] = ...) -> None: ...
+
 class StreamConfig(_message.Message):
     __slots__ = ("sample_rate", "encoding", "window_s", "hop_s", "top_k", "labels")
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -245,7 +292,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., bundle: _Optional[str] = ...) -> None: ...
 
 class AddItemRequest(_message.Message):
-    __slots__ = ("id", "audio", "path", "tags", "caption", "source_uri", "upsert")
+    __slots__ = ("id", "audio", "path", "tags", "caption", "source_uri", "upsert", "extra_json", "dedupe")
     ID_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +300,8 @@ class AddItemRequest(_message.Message):
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_URI_FIELD_NUMBER: _ClassVar[int]
     UPSERT_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_FIELD_NUMBER: _ClassVar[int]
     id: str
     audio: Audio
     path: str
@@ -260,7 +309,45 @@ class AddItemRequest(_message.Message):
     caption: str
     source_uri: str
     upsert: bool
-    def __init__(self, id: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., source_uri: _Optional[str] = ..., upsert: bool = ...) -> None: ...
+    extra_json: str
+    dedupe: bool
+    def __init__(self, id: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., caption: _Optional[str] = ..., source_uri: _Optional[str] = ..., upsert: bool = ..., extra_json: _Optional[str] = ..., dedupe: bool = ...) -> None: ...
+
+class AddItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AddItemRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[AddItemRequest, _Mapping]]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "http_status", "reason", "message", "details_json")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    http_status: int
+    reason: str
+    message: str
+    details_json: str
+    def __init__(self, code: _Optional[str] = ..., http_status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
+
+class ItemResult(_message.Message):
+    __slots__ = ("id", "item", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    item: Item
+    error: Error
+    def __init__(self, id: _Optional[str] = ..., item: _Optional[_Union[Item, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class AddItemsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ItemResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ...) -> None: ...
 
 class ItemRequest(_message.Message):
     __slots__ = ("id",)
@@ -297,16 +384,18 @@ class DeleteItemResponse(_message.Message):
     def __init__(self, deleted: bool = ..., item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
-    __slots__ = ("folder", "manifest", "embeddings", "mode")
+    __slots__ = ("folder", "manifest", "embeddings", "mode", "dedupe")
     FOLDER_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_FIELD_NUMBER: _ClassVar[int]
     folder: str
     manifest: str
     embeddings: str
     mode: str
-    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ..., embeddings: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+    dedupe: bool
+    def __init__(self, folder: _Optional[str] = ..., manifest: _Optional[str] = ..., embeddings: _Optional[str] = ..., mode: _Optional[str] = ..., dedupe: bool = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -315,7 +404,7 @@ class JobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "done", "total", "error", "version", "added", "skipped")
+    __slots__ = ("job_id", "state", "done", "total", "error", "version", "added", "skipped", "skipped_reasons", "recall", "started_at", "finished_at", "unreadable")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +413,11 @@ class Job(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ADDED_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     done: int
@@ -332,14 +426,19 @@ class Job(_message.Message):
     version: str
     added: int
     skipped: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., added: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
+    skipped_reasons: _containers.RepeatedScalarFieldContainer[str]
+    recall: float
+    started_at: str
+    finished_at: str
+    unreadable: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., added: _Optional[int] = ..., skipped: _Optional[int] = ..., skipped_reasons: _Optional[_Iterable[str]] = ..., recall: _Optional[float] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., unreadable: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle", "dim", "previous_version", "index_engine")
+    __slots__ = ("items", "deleted_pending", "index_kind", "index_version", "bundle", "dim", "previous_version", "index_engine", "serving_bundle", "bundle_mismatch", "index_type", "index_total", "writes_since_snapshot", "needs_compaction", "params_json", "gpu", "rebuild")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DELETED_PENDING_FIELD_NUMBER: _ClassVar[int]
     INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +447,15 @@ class StatsResponse(_message.Message):
     DIM_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_ENGINE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WRITES_SINCE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_COMPACTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_FIELD_NUMBER: _ClassVar[int]
     items: int
     deleted_pending: int
     index_kind: str
@@ -356,7 +464,16 @@ class StatsResponse(_message.Message):
     dim: int
     previous_version: str
     index_engine: str
-    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ..., dim: _Optional[int] = ..., previous_version: _Optional[str] = ..., index_engine: _Optional[str] = ...) -> None: ...
+    serving_bundle: str
+    bundle_mismatch: bool
+    index_type: str
+    index_total: int
+    writes_since_snapshot: int
+    needs_compaction: bool
+    params_json: str
+    gpu: bool
+    rebuild: Job
+    def __init__(self, items: _Optional[int] = ..., deleted_pending: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_version: _Optional[str] = ..., bundle: _Optional[str] = ..., dim: _Optional[int] = ..., previous_version: _Optional[str] = ..., index_engine: _Optional[str] = ..., serving_bundle: _Optional[str] = ..., bundle_mismatch: bool = ..., index_type: _Optional[str] = ..., index_total: _Optional[int] = ..., writes_since_snapshot: _Optional[int] = ..., needs_compaction: bool = ..., params_json: _Optional[str] = ..., gpu: bool = ..., rebuild: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("bundle_json", "backend", "limits_json")

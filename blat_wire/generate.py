@@ -25,7 +25,10 @@ STUBS = ("blat_pb2.py", "blat_pb2_grpc.py", "blat_pb2.pyi")
 
 def generated() -> dict[Path, bytes]:
     """Every file both copies should hold, by path."""
+    import grpc_tools
     from grpc_tools import protoc
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/struct.proto
 
     proto = (HERE / "blat.proto").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,6 +38,7 @@ def generated() -> dict[Path, bytes]:
             [
                 "protoc",
                 f"-I{tmp}",
+                f"-I{well_known}",
                 f"--python_out={tmp}",
                 f"--grpc_python_out={tmp}",
                 f"--pyi_out={tmp}",

@@ -41,7 +41,7 @@ class Samples:
         )  # fmt: skip
 
 
-def _float32(data) -> tuple[array.array, int]:
+def _float32(data: Any) -> tuple[array.array[float], int]:
     """(interleaved float32 samples, channels) from (n,) or (n, channels) data."""
     if isinstance(data, (list, tuple)):
         rows = [list(r) if isinstance(r, (list, tuple)) else [r] for r in data]
@@ -58,18 +58,18 @@ def _float32(data) -> tuple[array.array, int]:
     code = view.format.lstrip("@=<")
     if code not in ("f", "d", "h", "i"):
         raise TypeError(f"samples: float32, float64, int16 or int32 values, not format {view.format!r}")
-    values = array.array(code, view.tobytes())  # C order: interleaved channels
+    values: array.array[Any] = array.array(code, view.tobytes())  # C order: interleaved channels
     if code == "h":
         values = array.array("f", (v / 32768.0 for v in values))
     elif code == "i":
         values = array.array("f", (v / 2147483648.0 for v in values))
     elif code == "d":
         values = array.array("f", values)
-    return values, 1 if view.ndim == 1 else view.shape[1]
+    return values, view.shape[1] if view.ndim == 2 and view.shape else 1
 
 
 # Encoded file bytes, a path to read them from, an open binary file, or decoded `Samples`.
-Audio = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO | Samples
+Audio = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO | Samples
 
 
 def read_audio(audio: Audio) -> bytes:
@@ -92,7 +92,7 @@ def read_audio(audio: Audio) -> bytes:
         return f.read()
 
 
-def wav_chunks(path: str | os.PathLike, chunk_s: float = 0.5) -> tuple[int, Iterator[bytes]]:
+def wav_chunks(path: str | os.PathLike[str], chunk_s: float = 0.5) -> tuple[int, Iterator[bytes]]:
     """A 16-bit PCM WAV file as (sample rate, s16le mono chunks of `chunk_s` seconds) for `stream_tag`.
 
     Multi-channel files stream their first channel. Other encodings: decode them first (e.g. with ffmpeg)."""

@@ -19,11 +19,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from blat_client import __version__
 from blat_client.audio import AUDIO_SUFFIXES
 from blat_client.client import Client
 from blat_client.errors import ClientError
+from blat_client.types import AddReport
 
 OK, REFUSED, USAGE, UNREACHABLE, PARTIAL = 0, 1, 2, 3, 4
 COMMANDS = (
@@ -89,7 +91,9 @@ def _filters(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-duration", type=float, metavar="S", help="keep items at most S seconds long")
 
 
-def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
     """Add the remote commands to an argparse subparsers object; each sets `remote=True`."""
 
     def cmd(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
@@ -196,7 +200,7 @@ def add_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     cmd("info", "the served model bundle, backend and limits")
 
 
-def _filter(args) -> dict:
+def _filter(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: v
         for k, v in {
@@ -216,7 +220,7 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
-def add_folder(c: Client, args) -> tuple[dict, int]:
+def add_folder(c: Client, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     folder = Path(args.folder)
     files = _audio_files(folder)
     bar = Progress("add-folder", len(files), args.quiet)
@@ -225,7 +229,7 @@ def add_folder(c: Client, args) -> tuple[dict, int]:
         for path in files
     )
 
-    def progress(n: int, r) -> None:
+    def progress(n: int, r: AddReport) -> None:
         bar.update(n, f"added {len(r.added)} skipped {len(r.skipped)} failed {len(r.failed)}", force=n == len(files))
 
     report = c.add_items(entries, concurrency=args.jobs, upsert=args.upsert, progress=progress)
@@ -239,7 +243,7 @@ def add_folder(c: Client, args) -> tuple[dict, int]:
     }, PARTIAL if report.failed else OK
 
 
-def rebuild(c: Client, args) -> tuple[object, int]:
+def rebuild(c: Client, args: argparse.Namespace) -> tuple[object, int]:
     if args.status:
         return c.rebuild_status(args.status), OK
     if args.cancel:
@@ -270,7 +274,7 @@ def rebuild(c: Client, args) -> tuple[object, int]:
     return job, OK if job.state == "succeeded" else PARTIAL
 
 
-def run(c: Client, args) -> tuple[object, int]:
+def run(c: Client, args: argparse.Namespace) -> tuple[object, int]:
     cmd = args.command
     if cmd == "search":
         given = [x for x in (args.query, args.audio, args.similar) if x]
@@ -309,14 +313,14 @@ def run(c: Client, args) -> tuple[object, int]:
     raise AssertionError(cmd)
 
 
-def plain(value) -> object:
+def plain(value: object) -> Any:
     """Typed answers (and lists of them) as JSON-ready data."""
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
-def text(cmd: str, value) -> str:
+def text(cmd: str, value: object) -> str:
     """A short human reading of an answer; --json has everything."""
     d = plain(value)
     if cmd == "search":
@@ -350,7 +354,7 @@ def text(cmd: str, value) -> str:
     return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in d.items())
 
 
-def execute(args) -> int:
+def execute(args: argparse.Namespace) -> int:
     """Run one parsed remote command; print its answer; return the exit status."""
     try:
         with Client(args.url, args.api_key, args.timeout) as c:

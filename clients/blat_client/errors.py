@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-# The HTTP status the REST face answers for the failure a gRPC code stands for (the server's errors table, inverted).
+import json
+from typing import Any
+
+# The HTTP status the REST face answers for the failure a gRPC code stands for, where the server did not say (a
+# proxy's answer, or a status the gateway's own errors table does not send).
 GRPC_TO_HTTP = {
     "INVALID_ARGUMENT": 400,
     "OUT_OF_RANGE": 413,
@@ -21,34 +25,52 @@ GRPC_TO_HTTP = {
     "ABORTED": 409,
     "DATA_LOSS": 500,
 }
+# The gRPC code for an HTTP status from something other than the gateway (a proxy in front of it).
+HTTP_TO_GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                409: "ALREADY_EXISTS", 413: "OUT_OF_RANGE", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+                501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}  # fmt: skip
 RETRYABLE = (429, 503)  # refused before any work was done: overloaded, or the model backend is down
 # No answer, but nothing done either: the connection was reset while the request was still being sent.
-RETRYABLE_CODES = ("connection_reset",)
+RETRYABLE_REASONS = ("connection_reset",)
 
 
 class ClientError(Exception):
-    """An error answer from the gateway, or no answer at all.
+    """An error answer from the gateway, or no answer at all. The same failure reads the same on both transports.
 
-    status: HTTP status; over gRPC, the status REST answers for the same failure; 0 when no answer came
-    code: REST's error code ("bad_audio", "not_found", ...) or the gRPC status name ("NOT_FOUND", ...);
-          with status 0: "unreachable" (no connection), "timeout" (no answer in time), "connection_reset" (the
-          server closed before reading the whole request, as a refusal under load can: retried like a 429),
-          "unsupported" (a call the transport lacks)
-    message: the server's explanation; details: REST's error details
+    status: the HTTP status the gateway answers (over gRPC too); 0 when no answer came
+    code: the gRPC canonical status name ("NOT_FOUND", "INVALID_ARGUMENT", ...), the gateway's one code set
+    reason: the finer name ("not_found", "bad_audio", "read_only", "overloaded", ...); with status 0, from the
+          client itself: "unreachable" (UNAVAILABLE: no connection), "timeout" (DEADLINE_EXCEEDED: no answer in
+          time), "connection_reset" (UNAVAILABLE: the server closed before reading the whole request, as a refusal
+          under load can; retried like a 429), "unsupported" (UNIMPLEMENTED: a call the transport lacks)
+    message: the server's explanation; details: the error's details (a dict, often empty)
     retry_after: seconds the server asked to wait (429 / RESOURCE_EXHAUSTED), or None
     """
 
     def __init__(
-        self, status: int, code: str, message: str, details: dict | None = None, retry_after: float | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+        reason: str = "",
     ):
-        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
+        super().__init__(f"{status} {code} ({reason}): {message}" if status else f"{code} ({reason}): {message}")
         self.status, self.code, self.message = status, code, message
+        self.reason = reason or code.lower()
         self.details = details or {}
         self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE or (self.status == 0 and self.code in RETRYABLE_CODES)
+        return self.status in RETRYABLE or (self.status == 0 and self.reason in RETRYABLE_REASONS)
+
+
+def no_answer(reason: str, message: str) -> ClientError:
+    """A failure without an answer from the gateway (status 0), with the gRPC code that stands for it."""
+    code = {"timeout": "DEADLINE_EXCEEDED", "unsupported": "UNIMPLEMENTED"}.get(reason, "UNAVAILABLE")
+    return ClientError(0, code, message, reason=reason)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -57,3 +79,12 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def parse_details(value: str | None) -> dict[str, Any]:
+    """`blat-error-details` trailing metadata (JSON), or {}."""
+    try:
+        details = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}

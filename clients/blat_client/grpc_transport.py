@@ -5,23 +5,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
+from google.protobuf import json_format
 
 from blat_client._wire import blat_pb2 as pb
 from blat_client._wire import blat_pb2_grpc as pb_grpc
 from blat_client.audio import Audio, read_audio
-from blat_client.errors import GRPC_TO_HTTP, ClientError, parse_retry_after
-from blat_client.filters import Filter, check_filter
+from blat_client.errors import GRPC_TO_HTTP, ClientError, no_answer, parse_details, parse_retry_after
+from blat_client.filters import Filter, check_filter, extra_conditions
 from blat_client.types import (
     Caption,
     Hit,
     Info,
     Item,
+    ItemResult,
     ItemsPage,
     Job,
     LabelScore,
@@ -50,14 +52,32 @@ def item(it: pb.Item) -> Item:
         caption=it.caption,
         content_hash=it.content_hash,
         added_at=it.added_at,
+        extra=_json_object(it.extra_json),
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
+def item_results(r: pb.AddItemsResponse) -> list[ItemResult]:
+    out = []
+    for x in r.results:
+        error = None
+        if x.HasField("error"):
+            e = x.error
+            details = _json_object(e.details_json)
+            error = ClientError(e.http_status, e.code, e.message, details, None, e.reason)
+        out.append(ItemResult(x.id, item(x.item) if x.HasField("item") else None, error))
+    return out
 
 
 def search_result(r: pb.SearchResponse) -> SearchResult:
     return SearchResult([Hit(h.id, h.score, item(h.item)) for h in r.hits], r.bundle, r.index_version)
 
 
-def scores(rows) -> list[LabelScore]:
+def scores(rows: Iterable[pb.LabelScore]) -> list[LabelScore]:
     return [LabelScore(t.label, t.score, t.scorer) for t in rows]
 
 
@@ -92,8 +112,15 @@ def stats(s: pb.StatsResponse) -> Stats:
 
 
 def _filter(flt: Filter | None) -> pb.Filter | None:
-    flt = check_filter(flt)
-    return pb.Filter(**flt) if flt else None
+    checked = check_filter(flt)
+    if not checked:
+        return None
+    if "extra" in checked:
+        checked["extra"] = extra_conditions(checked["extra"])
+    try:
+        return cast(pb.Filter, json_format.ParseDict(checked, pb.Filter()))
+    except json_format.ParseError as e:
+        raise ValueError(f"filter: {e}") from None
 
 
 def _error(e: grpc.RpcError) -> ClientError:
@@ -101,11 +128,49 @@ def _error(e: grpc.RpcError) -> ClientError:
     name = code.name if code is not None else "UNKNOWN"
     trailing = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
     details = e.details() if hasattr(e, "details") else str(e)
-    if name == "UNAVAILABLE" and "failed to connect" in (details or "").lower():
-        return ClientError(0, "unreachable", details)
+    reason = trailing.get("blat-error-reason", "")
+    if not reason:  # not the gateway's answer: gRPC's own (no connection, the client's deadline), or a proxy's
+        if name == "UNAVAILABLE" and "failed to connect" in (details or "").lower():
+            return no_answer("unreachable", details)
+        if name == "DEADLINE_EXCEEDED":
+            return no_answer("timeout", details or "no answer in time")
+    try:
+        status = int(trailing.get("blat-http-status") or GRPC_TO_HTTP.get(name, 500))
+    except ValueError:
+        status = GRPC_TO_HTTP.get(name, 500)
+    retry_after = parse_retry_after(trailing.get("retry-after"))
     return ClientError(
-        GRPC_TO_HTTP.get(name, 500), name, details or "", None, parse_retry_after(trailing.get("retry-after"))
+        status, name, details or "", parse_details(trailing.get("blat-error-details")), retry_after, reason
     )
+
+
+def _add_request(
+    item_id: str,
+    audio: Audio | None,
+    path: str | None,
+    tags_: Sequence[str],
+    caption: str,
+    source_uri: str,
+    upsert: bool,
+    extra: Mapping[str, Any] | None,
+    dedupe: bool,
+) -> pb.AddItemRequest:
+    req = pb.AddItemRequest(
+        id=item_id,
+        tags=list(tags_),
+        caption=caption,
+        source_uri=source_uri,
+        upsert=upsert,
+        extra_json=json.dumps(dict(extra)) if extra else "",
+        dedupe=dedupe,
+    )
+    if audio is not None:
+        req.audio.CopyFrom(pb.Audio(data=read_audio(audio)))
+    elif path is not None:
+        req.path = str(path)
+    else:
+        raise ValueError("give exactly one of: audio, path")
+    return req
 
 
 class GrpcTransport:
@@ -126,13 +191,13 @@ class GrpcTransport:
     def _stub(self) -> pb_grpc.BlatStub:
         if self._sync is None:
             self._channel = grpc.insecure_channel(self.address, options=self._options)
-            self._sync = pb_grpc.BlatStub(self._channel)
+            self._sync = pb_grpc.BlatStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         return self._sync
 
     def _astub(self) -> pb_grpc.BlatStub:
         if self._async is None:
             self._achannel = grpc.aio.insecure_channel(self.address, options=self._options)
-            self._async = pb_grpc.BlatStub(self._achannel)
+            self._async = pb_grpc.BlatStub(self._achannel)  # type: ignore[no-untyped-call]
         return self._async
 
     # -- sending ---------------------------------------------------------------------------------------------------
@@ -187,7 +252,7 @@ class GrpcTransport:
         labels: Sequence[str],
         timeout: float | None,
     ) -> Iterator[TagWindow]:
-        def requests():
+        def requests() -> Iterator[pb.StreamTagRequest]:
             yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
             for chunk in chunks:
                 yield pb.StreamTagRequest(pcm=bytes(chunk))
@@ -200,7 +265,7 @@ class GrpcTransport:
 
     async def astream_tag(
         self,
-        chunks,
+        chunks: Iterable[bytes] | AsyncIterable[bytes],
         sample_rate: int,
         encoding: str,
         window_s: float,
@@ -209,9 +274,9 @@ class GrpcTransport:
         labels: Sequence[str],
         timeout: float | None,
     ) -> AsyncIterator[TagWindow]:
-        async def requests():
+        async def requests() -> AsyncIterator[pb.StreamTagRequest]:
             yield self._config(sample_rate, encoding, window_s, hop_s, top_k, labels)
-            if hasattr(chunks, "__aiter__"):
+            if isinstance(chunks, AsyncIterable):
                 async for chunk in chunks:
                     yield pb.StreamTagRequest(pcm=bytes(chunk))
             else:
@@ -247,6 +312,20 @@ class GrpcTransport:
         )
         return GrpcCall("Tag", req, lambda r: Tags(scores(r.tags), [window(w) for w in r.windows]))
 
+    def tag_clips(
+        self, audios: Sequence[Audio], labels: Sequence[str], top_k: int, window_s: float, hop_s: float
+    ) -> GrpcCall:
+        req = pb.TagClipsRequest(
+            audios=[pb.Audio(data=read_audio(a)) for a in audios],
+            labels=list(labels),
+            top_k=top_k,
+            window_s=window_s,
+            hop_s=hop_s,
+        )
+        return GrpcCall(
+            "TagClips", req, lambda r: [Tags(scores(x.tags), [window(w) for w in x.windows]) for x in r.results]
+        )
+
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> GrpcCall:
         req = pb.CaptionRequest(
             audio=pb.Audio(data=read_audio(audio)), tags=list(tags_), n_best=n_best, beam_size=beam_size
@@ -278,15 +357,30 @@ class GrpcTransport:
         caption: str,
         source_uri: str,
         upsert: bool,
+        extra: Mapping[str, Any] | None = None,
+        dedupe: bool = False,
     ) -> GrpcCall:
-        source = {"audio": pb.Audio(data=read_audio(audio))} if audio is not None else {"path": str(path)}
         return GrpcCall(
-            "AddItem",
-            pb.AddItemRequest(
-                id=item_id, tags=list(tags_), caption=caption, source_uri=source_uri, upsert=upsert, **source
-            ),
-            item,
+            "AddItem", _add_request(item_id, audio, path, tags_, caption, source_uri, upsert, extra, dedupe), item
         )
+
+    def add_batch(self, entries: Sequence[Mapping[str, Any]]) -> GrpcCall:
+        """AddItems: each entry add_item's arguments by name (item_id, audio or path, tags, ...)."""
+        reqs = [
+            _add_request(
+                e["item_id"],
+                e.get("audio"),
+                e.get("path"),
+                e.get("tags", ()),
+                e.get("caption", ""),
+                e.get("source_uri", ""),
+                e.get("upsert", False),
+                e.get("extra"),
+                e.get("dedupe", False),
+            )  # fmt: skip
+            for e in entries
+        ]
+        return GrpcCall("AddItems", pb.AddItemsRequest(items=reqs), item_results)
 
     def get_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("GetItem", pb.ItemRequest(id=item_id), item)
@@ -301,13 +395,17 @@ class GrpcTransport:
     def delete_item(self, item_id: str) -> GrpcCall:
         return GrpcCall("DeleteItem", pb.ItemRequest(id=item_id), lambda r: item(r.item))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str) -> GrpcCall:
+    def start_rebuild(
+        self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str, dedupe: bool = False
+    ) -> GrpcCall:
         source = {
             k: str(v)
             for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
             if v is not None
         }
-        req = pb.RebuildRequest(mode=mode, **source)
+        req = pb.RebuildRequest(mode=mode, dedupe=dedupe)
+        for k, v in source.items():
+            setattr(req, k, v)
         return GrpcCall("StartRebuild", req, job)
 
     def rebuild_status(self, job_id: str) -> GrpcCall:

@@ -4,8 +4,11 @@ then sent by `send` (blocking) or `asend` (asyncio), so both modes share every p
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -13,13 +16,14 @@ from urllib.parse import quote
 import httpx
 
 from blat_client.audio import Audio, read_audio
-from blat_client.errors import ClientError, parse_retry_after
+from blat_client.errors import HTTP_TO_GRPC, ClientError, no_answer, parse_retry_after
 from blat_client.filters import Filter, check_filter
 from blat_client.types import (
     Caption,
     Hit,
     Info,
     Item,
+    ItemResult,
     ItemsPage,
     Job,
     LabelScore,
@@ -40,9 +44,14 @@ class RestCall:
     content: bytes | None = None
 
 
+JOB_FIELDS = [f.name for f in dataclasses.fields(Job)]
+STATS_FIELDS = [f.name for f in dataclasses.fields(Stats)]
+
+
 def f32(x: float) -> float:
     """A JSON number at the precision the gRPC face carries it (a protobuf float), so both faces answer equal values."""
-    return struct.unpack("f", struct.pack("f", float(x)))[0]
+    value: float = struct.unpack("f", struct.pack("f", float(x)))[0]
+    return value
 
 
 def item(d: Mapping[str, Any]) -> Item:
@@ -54,6 +63,7 @@ def item(d: Mapping[str, Any]) -> Item:
         caption=d.get("caption", ""),
         content_hash=d.get("content_hash", ""),
         added_at=d.get("added_at", ""),
+        extra=dict(d.get("extra") or {}),
     )
 
 
@@ -63,7 +73,7 @@ def search_result(d: Mapping[str, Any]) -> SearchResult:
     )
 
 
-def scores(rows) -> list[LabelScore]:
+def scores(rows: Iterable[Mapping[str, Any]]) -> list[LabelScore]:
     return [LabelScore(r["label"], f32(r["score"]), r.get("scorer", "")) for r in rows]
 
 
@@ -74,29 +84,43 @@ def tags(d: Mapping[str, Any]) -> Tags:
 
 
 def job(d: Mapping[str, Any]) -> Job:
-    return Job(
-        job_id=d["version"],
-        state=d["state"],
-        done=d["done"],
-        total=d["total"],
-        added=d["added"],
-        skipped=d["skipped"],
-        error=d.get("error") or "",
-        version=d["version"],
-    )
+    """REST's Job carries blat.proto's field names (more of them than the client's Job keeps)."""
+    return Job(**{f: d[f] for f in JOB_FIELDS})
 
 
 def stats(d: Mapping[str, Any]) -> Stats:
-    return Stats(
-        items=d["count"],
-        deleted_pending=d["tombstones"],
-        index_kind=d["kind"],
-        index_version=d["version"],
-        previous_version=d.get("previous_version") or "",
-        dim=d["dim"],
-        bundle=d["bundle_id"],
-        index_engine=d.get("engine", ""),
-    )
+    return Stats(**{f: d[f] for f in STATS_FIELDS})
+
+
+def error_of(status: int, err: Mapping[str, Any], retry_after: float | None = None) -> ClientError:
+    """The ClientError of the gateway's error object (a refused call's body, or one item's in a batch answer)."""
+    details = err.get("details") if isinstance(err.get("details"), dict) else None
+    return ClientError(
+        int(err.get("http_status") or status), str(err["code"]), str(err["message"]), details, retry_after,
+        str(err.get("reason", "")),
+    )  # fmt: skip
+
+
+def item_results(d: Mapping[str, Any]) -> list[ItemResult]:
+    return [
+        ItemResult(
+            r["id"], item(r["item"]) if r.get("item") else None, error_of(0, r["error"]) if r.get("error") else None
+        )
+        for r in d["results"]
+    ]
+
+
+def _query_filter(flt: Filter | None) -> dict[str, Any]:
+    """A filter as query parameters: its `extra` conditions as one JSON text."""
+    out = check_filter(flt)
+    if "extra" in out:
+        out["extra"] = json.dumps(out["extra"])
+    return out
+
+
+def _b64(audio: Audio) -> dict[str, str]:
+    """blat.proto's Audio in proto3's JSON: the file's bytes, base64."""
+    return {"data": base64.b64encode(read_audio(audio)).decode("ascii")}
 
 
 def _segment(value: str) -> str:
@@ -119,14 +143,14 @@ class _Sending:
     reading all of it (429 under load) and closes makes the kernel reset the connection, and the answer can be lost
     with it; httpcore then reports only that no answer came."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cut = False
 
-    def trace(self, event: str, info: dict) -> None:
+    def trace(self, event: str, info: dict[str, Any]) -> None:
         if event in ("http11.send_request_headers.failed", "http11.send_request_body.failed"):
             self.cut = True
 
-    async def atrace(self, event: str, info: dict) -> None:
+    async def atrace(self, event: str, info: dict[str, Any]) -> None:
         self.trace(event, info)
 
 
@@ -178,15 +202,14 @@ class RestTransport:
     def _no_answer(self, call: RestCall, e: httpx.TransportError, sent: _Sending) -> ClientError:
         where = f"{call.method} {self.base_url}{call.path}"
         if isinstance(e, httpx.TimeoutException):
-            return ClientError(0, "timeout", f"{where}: no answer within {self.timeout:g} s ({type(e).__name__})")
+            return no_answer("timeout", f"{where}: no answer within {self.timeout:g} s ({type(e).__name__})")
         if sent.cut:  # retryable: the server cannot have acted on a request it did not read to the end
-            return ClientError(
-                0,
+            return no_answer(
                 "connection_reset",
                 f"{where}: the server closed the connection before it had "
                 f"read the whole request (a refusal under load): {e!r}",
             )
-        return ClientError(0, "unreachable", f"{where}: {e!r}")
+        return no_answer("unreachable", f"{where}: {e!r}")
 
     @staticmethod
     def _answer(call: RestCall, r: httpx.Response) -> Any:
@@ -194,10 +217,11 @@ class RestTransport:
             return call.parse(r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text)
         retry_after = parse_retry_after(r.headers.get("retry-after"))
         try:
-            err = r.json()["error"]
-            raise ClientError(r.status_code, str(err["code"]), str(err["message"]), err.get("details"), retry_after)
-        except (ValueError, KeyError, TypeError):  # not the gateway's JSON error (a proxy in between, say)
-            raise ClientError(r.status_code, f"http_{r.status_code}", r.text[:500], None, retry_after) from None
+            error = error_of(r.status_code, r.json()["error"], retry_after)
+        except (ValueError, KeyError, TypeError, AttributeError):  # not the gateway's JSON error (a proxy, say)
+            code = HTTP_TO_GRPC.get(r.status_code, "INTERNAL" if r.status_code >= 500 else "UNKNOWN")
+            raise ClientError(r.status_code, code, r.text[:500], None, retry_after, f"http_{r.status_code}") from None
+        raise error
 
     def close(self) -> None:
         if self._sync is not None:
@@ -208,7 +232,7 @@ class RestTransport:
             await self._async.aclose()
 
     # -- operations ------------------------------------------------------------------------------------------------
-    def _upload(self, path: str, audio: Audio, params: Mapping[str, Any], parse: Callable) -> RestCall:
+    def _upload(self, path: str, audio: Audio, params: Mapping[str, Any], parse: Callable[[Any], Any]) -> RestCall:
         return RestCall("POST", path, parse, params=_params(params), content=read_audio(audio))
 
     def search_text(self, query: str, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
@@ -220,7 +244,7 @@ class RestTransport:
         return RestCall("POST", "/v1/search/texts", lambda d: [search_result(r) for r in d["results"]], json=body)
 
     def search_audio(self, audio: Audio, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
-        return self._upload("/v1/search/audio", audio, {"k": k, "offset": offset, **check_filter(flt)}, search_result)
+        return self._upload("/v1/search/audio", audio, {"k": k, "offset": offset, **_query_filter(flt)}, search_result)
 
     def search_item(self, item_id: str, k: int, flt: Filter | None, offset: int = 0) -> RestCall:
         body = {"id": item_id, "k": k, "offset": offset, **({"filter": check_filter(flt)} if flt else {})}
@@ -230,6 +254,18 @@ class RestTransport:
         return self._upload(
             "/v1/tag", audio, {"labels": list(labels), "top_k": top_k, "window_s": window_s, "hop_s": hop_s}, tags
         )
+
+    def tag_clips(
+        self, audios: Sequence[Audio], labels: Sequence[str], top_k: int, window_s: float, hop_s: float
+    ) -> RestCall:
+        body = {
+            "audios": [_b64(a) for a in audios],
+            "labels": list(labels),
+            "top_k": top_k,
+            "window_s": window_s,
+            "hop_s": hop_s,
+        }
+        return RestCall("POST", "/v1/tag/clips", lambda d: [tags(r) for r in d["results"]], json=body)
 
     def caption(self, audio: Audio, tags_: Sequence[str], n_best: int, beam_size: int) -> RestCall:
         return self._upload(
@@ -245,7 +281,7 @@ class RestTransport:
         )
 
     def embed_audio(self, audio: Audio) -> RestCall:
-        return self._upload("/v1/embed/audio", audio, {}, lambda d: [float(x) for x in d["embedding"]])
+        return self._upload("/v1/embed/audio", audio, {}, lambda d: [float(x) for x in d["embeddings"][0]])
 
     def embed_text(self, texts: Sequence[str]) -> RestCall:
         return RestCall("POST", "/v1/embed/text", lambda d: d["embeddings"], json={"texts": list(texts)})
@@ -259,33 +295,33 @@ class RestTransport:
         caption: str,
         source_uri: str,
         upsert: bool,
+        extra: Mapping[str, Any] | None = None,
+        dedupe: bool = False,
     ) -> RestCall:
+        fields = {"id": item_id, "tags": list(tags_), "caption": caption, "source_uri": source_uri, "upsert": upsert}
         if path is not None:
-            return RestCall(
-                "POST",
-                "/v1/items/from-path",
-                item,
-                json={
-                    "id": item_id,
-                    "path": str(path),
-                    "tags": list(tags_),
-                    "caption": caption,
-                    "source_uri": source_uri,
-                    "upsert": upsert,
-                },
-            )
-        return self._upload(
-            "/v1/items",
-            audio,
-            {"id": item_id, "tags": list(tags_), "caption": caption, "source_uri": source_uri, "upsert": upsert},
-            item,
-        )
+            body = {**fields, "path": str(path), "extra": dict(extra or {}), "dedupe": dedupe}
+            return RestCall("POST", "/v1/items/from-path", item, json=body)
+        if audio is None:
+            raise ValueError("give exactly one of: audio, path")
+        extra_text = json.dumps(dict(extra)) if extra else None
+        return self._upload("/v1/items", audio, {**fields, "extra": extra_text, "dedupe": dedupe}, item)
+
+    def add_batch(self, entries: Sequence[Mapping[str, Any]]) -> RestCall:
+        """AddItems: each entry add_item's arguments by name (item_id, audio or path, tags, ...)."""
+        body = []
+        for e in entries:
+            one = {k: e[k] for k in ("tags", "caption", "source_uri", "upsert", "dedupe") if k in e}
+            one["tags"] = list(one.get("tags", ()))
+            source = {"audio": _b64(e["audio"])} if e.get("audio") is not None else {"path": str(e["path"])}
+            body.append({"id": e["item_id"], **source, **one, "extra": dict(e.get("extra") or {})})
+        return RestCall("POST", "/v1/items/batch", item_results, json={"items": body})
 
     def get_item(self, item_id: str) -> RestCall:
         return RestCall("GET", f"/v1/items/{_segment(item_id)}", item)
 
     def list_items(self, flt: Filter | None, limit: int, cursor: str) -> RestCall:
-        params = _params({"limit": limit, "cursor": cursor, **check_filter(flt)})
+        params = _params({"limit": limit, "cursor": cursor, **_query_filter(flt)})
         return RestCall(
             "GET",
             "/v1/items",
@@ -296,13 +332,15 @@ class RestTransport:
     def delete_item(self, item_id: str) -> RestCall:
         return RestCall("DELETE", f"/v1/items/{_segment(item_id)}", lambda d: item(d["item"]))
 
-    def start_rebuild(self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str) -> RestCall:
+    def start_rebuild(
+        self, folder: str | None, manifest: str | None, embeddings: str | None, mode: str, dedupe: bool = False
+    ) -> RestCall:
         body = {
             k: str(v)
             for k, v in (("folder", folder), ("manifest", manifest), ("embeddings", embeddings))
             if v is not None
         }
-        return RestCall("POST", "/v1/index/rebuild", job, json={**body, "mode": mode})
+        return RestCall("POST", "/v1/index/rebuild", job, json={**body, "mode": mode, "dedupe": dedupe})
 
     def rebuild_status(self, job_id: str) -> RestCall:
         return RestCall("GET", f"/v1/index/rebuild/{_segment(job_id)}", job)

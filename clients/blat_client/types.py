@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from blat_client.errors import ClientError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class _Value:
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self: DataclassInstance) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -25,8 +30,9 @@ class Item(_Value):
     duration_s: float = 0.0
     tags: tuple[str, ...] = ()
     caption: str = ""
-    content_hash: str = ""  # sha256 of the decoded audio: the server refuses a second item with the same sound
+    content_hash: str = ""  # sha256 of the decoded audio (add with dedupe=True to refuse a second copy of a sound)
     added_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)  # metadata: the caller's, and predicted tags
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,20 @@ class SearchResult(_Value):
 
 @dataclass(frozen=True)
 class AddReport(_Value):
-    """What `Client.add_items` did: ids added, ids already stored (skipped: a rerun resumes), and failures."""
+    """What `add_items` did: ids added, ids already stored (skipped: a rerun resumes), and failures."""
 
     added: list[str]
     skipped: list[str]
     failed: list[dict[str, str]]  # {"id", "reason"}
+
+
+@dataclass(frozen=True)
+class ItemResult(_Value):
+    """One item of a batch add: what was stored, or why it was not (the error a single add would have raised)."""
+
+    id: str
+    item: Item | None
+    error: ClientError | None = None
 
 
 @dataclass(frozen=True)

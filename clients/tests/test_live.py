@@ -110,7 +110,7 @@ def test_errors_carry_the_server_message(client):
     with pytest.raises(ClientError) as e:
         client.get_item("live/missing")
     assert e.value.status == 404 and "live/missing" in e.value.message
-    assert e.value.code in ("not_found", "NOT_FOUND") and not e.value.retryable
+    assert e.value.code == "NOT_FOUND" and e.value.reason == "not_found" and not e.value.retryable
     with pytest.raises(ClientError) as e:
         client.search_text("noise", k=1000)  # over limits.max_k
     assert e.value.status == 400
@@ -123,7 +123,7 @@ def test_errors_carry_the_server_message(client):
 def test_unreachable_server(target):
     with Client(target, timeout=5) as c, pytest.raises(ClientError) as e:
         c.stats()
-    assert e.value.status == 0 and e.value.code == "unreachable"
+    assert e.value.status == 0 and e.value.code == "UNAVAILABLE" and e.value.reason == "unreachable"
 
 
 def test_delete_returns_the_item(client):
@@ -169,7 +169,7 @@ def test_stream_tag(grpc_target, rest_url, tmp_path):
     assert _rounded(asyncio.run(run())) == _rounded(windows)
     with Client(rest_url) as c, pytest.raises(ClientError) as e:
         c.stream_tag(iter(()), rate)
-    assert e.value.code == "unsupported"
+    assert e.value.code == "UNIMPLEMENTED" and e.value.reason == "unsupported"
 
 
 def test_cli(rest_url, grpc_target, stored, tmp_path):

@@ -95,4 +95,4 @@ def test_without_retries_a_reset_says_so(resetting_server):
     with Client(start(resets=1), retry=NO_RETRY) as c:
         with pytest.raises(ClientError) as e:
             c.add_item("a/1", BODY)
-    assert e.value.code == "connection_reset" and e.value.retryable, e.value
+    assert e.value.reason == "connection_reset" and e.value.code == "UNAVAILABLE" and e.value.retryable, e.value

@@ -16,14 +16,20 @@ from blat_client import NO_RETRY, Client, ClientError, Retry
 from blat_client._wire import blat_pb2 as pb
 from blat_client._wire import blat_pb2_grpc as pb_grpc
 
-STATS = {
-    "count": 3,
-    "tombstones": 0,
-    "kind": "flat",
-    "version": "v0002",
+STATS = {  # blat.proto's StatsResponse field names, as REST answers them
+    "items": 3,
+    "deleted_pending": 0,
+    "index_kind": "flat",
+    "index_version": "v0002",
     "previous_version": "v0001",
     "dim": 8,
-    "bundle_id": "b@1",
+    "bundle": "b@1",
+    "index_engine": "faiss",
+}
+ERRORS = {
+    429: ("RESOURCE_EXHAUSTED", "overloaded"),
+    503: ("UNAVAILABLE", "unavailable"),
+    404: ("NOT_FOUND", "not_found"),
 }
 
 
@@ -45,7 +51,16 @@ def http_server():
                 time.sleep(script.hang_s)
                 status = script.statuses.pop(0) if script.statuses else 200
                 body = json.dumps(
-                    STATS if status == 200 else {"error": {"code": "overloaded", "message": "busy, try later"}}
+                    STATS
+                    if status == 200
+                    else {
+                        "error": {
+                            "code": ERRORS[status][0],
+                            "http_status": status,
+                            "reason": ERRORS[status][1],
+                            "message": "busy, try later",
+                        }
+                    }
                 ).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -100,7 +115,7 @@ def test_timeout(http_server):
     script = Script([], hang_s=3.0)
     with Client(http_server(script), timeout=0.5) as c, pytest.raises(ClientError) as e:
         c.stats()
-    assert e.value.status == 0 and e.value.code == "timeout"
+    assert e.value.status == 0 and e.value.code == "DEADLINE_EXCEEDED" and e.value.reason == "timeout"
     assert Client("http://127.0.0.1:9").transport.timeout == 60.0  # a timeout even when none is given
 
 

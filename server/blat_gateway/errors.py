@@ -2,9 +2,17 @@
 renders them for a face (`http_answer`, `grpc_answer`).
 
 Services raise these; every refusal on the REST side (a route, the front door, the HTTP protocol guard) and every
-gRPC abort renders through this module, so the two APIs answer the same failure the same way: the REST body is
-{"error": {"code", "message", "details"?}}, the gRPC status carries `grpc_code` and the message, and an overload's
-retry hint is the Retry-After header or `retry-after` trailing metadata.
+gRPC abort renders through this module, so the two APIs answer the same failure in one vocabulary:
+
+- `code`: the gRPC canonical status name ("NOT_FOUND", "INVALID_ARGUMENT", ...), the one code set of both faces;
+- `http_status`: the HTTP status REST answers with (several can share a code: 400, 414 and 431 are all
+  INVALID_ARGUMENT; 415 and 422 too, for audio);
+- `reason`: the finer, stable name of the failure ("bad_audio", "read_only", "overloaded", ...);
+- `message` for people, and `details` (a JSON object) where there are any.
+
+REST sends {"error": {"code", "http_status", "reason", "message", "details"?}}; gRPC sends the status code and the
+message, with `blat-error-reason`, `blat-http-status` and `blat-error-details` (JSON) as trailing metadata. An
+overload's retry hint is the Retry-After header or `retry-after` trailing metadata.
 """
 
 from __future__ import annotations
@@ -13,9 +21,9 @@ import json
 
 
 class ServiceError(Exception):
-    """Base class: `code` is a stable machine-readable name, the message is for people."""
+    """Base class: `grpc_code` is the code both faces send, `code` the finer reason, the message is for people."""
 
-    code = "internal"
+    code = "internal"  # the reason
     http_status = 500
     grpc_code = "INTERNAL"  # a grpc.StatusCode member name (kept as text: this module does not import grpc)
 
@@ -29,9 +37,8 @@ class ServiceError(Exception):
         self.details = details
 
     def to_json(self) -> dict:
-        return {
-            "error": {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
-        }
+        error = {"code": self.grpc_code, "http_status": self.http_status, "reason": self.code, "message": self.message}
+        return {"error": {**error, **({"details": self.details} if self.details else {})}}
 
 
 def http_answer(e: ServiceError, close: bool = False) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -48,8 +55,12 @@ def http_answer(e: ServiceError, close: bool = False) -> tuple[int, list[tuple[b
 
 def grpc_answer(e: ServiceError) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     """(status code name, details, trailing metadata) of the gRPC answer to `e`."""
-    trailing = (("retry-after", str(max(1, round(e.retry_after_s)))),) if isinstance(e, Overloaded) else ()
-    return e.grpc_code, e.message, trailing
+    trailing = [("blat-error-reason", e.code), ("blat-http-status", str(e.http_status))]
+    if e.details:
+        trailing.append(("blat-error-details", json.dumps(e.details, default=str)))  # ASCII: metadata must be
+    if isinstance(e, Overloaded):
+        trailing.append(("retry-after", str(max(1, round(e.retry_after_s)))))
+    return e.grpc_code, e.message, tuple(trailing)
 
 
 class BadRequest(ServiceError):

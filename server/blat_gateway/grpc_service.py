@@ -169,7 +169,7 @@ class _Guard(grpc.ServerInterceptor):
             code, message, trailing = grpc_answer(e)
             outcome[0] = code
             self.gw.metrics.observe("grpc", method, code, 0.0)
-            if trailing:  # the REST face's Retry-After header, as trailing metadata
+            if trailing:  # reason, HTTP status, details and Retry-After, as over REST
                 ctx.set_trailing_metadata(trailing)
             ctx.abort(getattr(grpc.StatusCode, code), message)
 

@@ -29,7 +29,7 @@ def _field(payload: int) -> int:
 
 
 def worst_item_bytes(limits) -> int:
-    """The largest `Item` message (blat_wire/blat.proto) the limits allow; `extra` is not sent over gRPC."""
+    """The largest `Item` message (blat_wire/blat.proto) the limits allow."""
     return (
         _field(ID_CHARS)
         + _field(UTF8_MAX * limits.max_source_uri_chars)
@@ -38,6 +38,7 @@ def worst_item_bytes(limits) -> int:
         + _field(UTF8_MAX * limits.max_caption_chars)
         + _field(CONTENT_HASH_CHARS)
         + _field(ISO_TIME_CHARS)
+        + _field(limits.max_extra_bytes)  # extra_json: compact UTF-8 JSON, as check_fields measures it
     )
 
 

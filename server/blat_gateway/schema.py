@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from blat_gateway.index.extra import MAX_CONDITIONS, MAX_IN
 from blat_gateway.index.records import ID_PATTERN, MAX_K, MAX_TAGS, SearchFilter
 from blat_gateway.settings import LimitSettings
 
@@ -21,6 +22,22 @@ ID = {
     "json_schema_extra": {"pattern": f"^{ID_PATTERN.pattern}$"},
     "description": "1-200 of A-Z a-z 0-9 . _ : / -; no empty, '.' or '..' segment between slashes",
 }
+
+
+Scalar = str | float | bool
+
+
+class ExtraCondition(BaseModel):
+    """Bounds on one key of `extra` (blat.proto's ExtraCondition): every one given must hold."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    eq: Scalar | None = Field(None, description="equal to this (the same kind: true is not 1)")
+    in_: list[Scalar] | None = Field(None, alias="in", max_length=MAX_IN, description="equal to one of these")
+    gt: str | float | None = Field(None, description="numbers against numbers, strings (ISO dates) against strings")
+    gte: str | float | None = None
+    lt: str | float | None = None
+    lte: str | float | None = None
 
 
 def request_models(limits: LimitSettings) -> SimpleNamespace:
@@ -56,10 +73,23 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         source_prefix: str | None = Field(None, description="source_uri starts with this")
         min_duration_s: float | None = None
         max_duration_s: float | None = None
+        extra: dict[str, ExtraCondition | str | float | bool] = Field(
+            {},
+            max_length=MAX_CONDITIONS,
+            description="conditions on keys of the items' extra, all of which must hold: a bare value means eq "
+            '({"licence": "CC0-1.0", "year": {"gte": 2020}})',
+        )
 
         def to_filter(self) -> SearchFilter:
+            extra = {k: v.model_dump(by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v
+                     for k, v in self.extra.items()}  # fmt: skip
             return SearchFilter(
-                tuple(self.tags_any), tuple(self.tags_all), self.source_prefix, self.min_duration_s, self.max_duration_s
+                tuple(self.tags_any),
+                tuple(self.tags_all),
+                self.source_prefix,
+                self.min_duration_s,
+                self.max_duration_s,
+                extra,
             )
 
     class SearchTextBody(BaseModel):
@@ -100,6 +130,14 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         dimensions: int | None = Field(None, description="only the model's own dimension is accepted")
         user: str | None = Field(None, max_length=256, description="accepted and ignored")
 
+    written = SimpleNamespace(
+        extra={
+            "description": f"metadata, a JSON object of at most {limits.max_extra_bytes} bytes; keys as filters "
+            "name them (1-64 of A-Z a-z 0-9 _, not 'predicted_...')"
+        },  # fmt: skip
+        dedupe={"description": "refuse (409) the same sound stored under another id; without it, it is stored again"},
+    )
+
     class AddFromPathBody(BaseModel):
         id: str = Field(**ID)
         path: str = Field(min_length=1, description="a file under one of the configured ingest roots")
@@ -107,6 +145,44 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         caption: str = Field("", **stored.caption)
         source_uri: str = Field("", **stored.source_uri)
         upsert: bool = False
+        extra: dict[str, Any] = Field({}, **written.extra)
+        dedupe: bool = Field(False, **written.dedupe)
+
+    class AudioIn(BaseModel):
+        """blat.proto's Audio: an encoded clip, base64 (as proto3's JSON writes bytes)."""
+
+        model_config = ConfigDict(extra="forbid")
+        data: str = Field(min_length=1, description="the encoded file (WAV, FLAC, OGG, MP3), base64")
+        filename: str = Field("", max_length=256)
+
+    class AddItemBody(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str = Field(**ID)
+        audio: AudioIn | None = Field(None, description="the clip; or `path`")
+        path: str | None = Field(None, min_length=1, description="a file under the ingest roots; or `audio`")
+        tags: list[Tag] = Field([], **stored.tags)
+        caption: str = Field("", **stored.caption)
+        source_uri: str = Field("", **stored.source_uri)
+        upsert: bool = False
+        extra: dict[str, Any] = Field({}, **written.extra)
+        dedupe: bool = Field(False, **written.dedupe)
+
+    clips = {
+        "min_length": 1,
+        "max_length": limits.max_clips_per_request,
+        "description": f"1-{limits.max_clips_per_request}, whose files together take at most "
+        f"{limits.max_upload_bytes:,} bytes and last at most {limits.max_audio_seconds:g} s",
+    }
+
+    class AddItemsBody(BaseModel):
+        items: list[AddItemBody] = Field(**clips)
+
+    class TagClipsBody(BaseModel):
+        audios: list[AudioIn] = Field(**clips)
+        labels: list[str] = Field([], max_length=limits.max_labels, description="empty: the bundle's labels")
+        top_k: int = Field(10, ge=1, le=limits.max_labels)
+        window_s: float = Field(0.0, ge=0, le=limits.max_audio_seconds, description="> 0: tags per window too")
+        hop_s: float = Field(0.0, ge=0, le=limits.max_audio_seconds, description="0: window_s")
 
     class RebuildBody(BaseModel):
         mode: Literal["replace", "merge"] = Field(
@@ -122,6 +198,7 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
             description="a finished embedding job's folder under the ingest roots "
             "(python -m blat_jobs.embed): precomputed, not embedded again",
         )
+        dedupe: bool = Field(False, description="skip an entry with the sound of an earlier one")
 
     return SimpleNamespace(
         FilterBody=FilterBody,
@@ -131,16 +208,33 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         EmbedTextBody=EmbedTextBody,
         OpenAIEmbeddingsBody=OpenAIEmbeddingsBody,
         AddFromPathBody=AddFromPathBody,
+        AddItemsBody=AddItemsBody,
+        TagClipsBody=TagClipsBody,
         RebuildBody=RebuildBody,
         k=k_range,
         offset=offset_range,
         limit={"ge": 1, "le": limits.max_k, "description": f"items per page, 1-{limits.max_k}"},
         stored=stored,
+        written=written,
         Tag=Tag,
     )
 
 
 # -- responses ---------------------------------------------------------------------------------------------------
+# Field names are blat.proto's (tests/server/test_vocabulary.py checks it): a proto string `X_json` is the JSON
+# value `X` here, and a proto `Embedding {values}` a plain array.
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(description="the gRPC status code name (NOT_FOUND, INVALID_ARGUMENT, ...): both faces' code")
+    http_status: int = Field(description="the HTTP status REST answers with")
+    reason: str = Field(description="the finer, stable name (bad_audio, read_only, overloaded, ...)")
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBodyOut(BaseModel):
+    error: ErrorOut
 
 
 class ItemOut(BaseModel):
@@ -152,6 +246,16 @@ class ItemOut(BaseModel):
     content_hash: str
     added_at: str = Field(description="ISO 8601 UTC with milliseconds, as over gRPC")
     extra: dict[str, Any]
+
+
+class ItemResultOut(BaseModel):
+    id: str
+    item: ItemOut | None = Field(None, description="what was stored, when it was")
+    error: ErrorOut | None = Field(None, description="why not, when it was not")
+
+
+class AddItemsOut(BaseModel):
+    results: list[ItemResultOut] = Field(description="one per item, in order")
 
 
 class ItemsPageOut(BaseModel):
@@ -198,6 +302,10 @@ class TagsOut(BaseModel):
     windows: list[TagWindowOut]
 
 
+class TagClipsOut(BaseModel):
+    results: list[TagsOut] = Field(description="one per clip, in order")
+
+
 class CaptionOut(BaseModel):
     text: str
     log_prob: float
@@ -209,14 +317,8 @@ class CaptionsOut(BaseModel):
     captions: list[CaptionOut]
 
 
-class AudioEmbeddingOut(BaseModel):
-    embedding: list[float]
-    dim: int
-    bundle: str
-
-
-class TextEmbeddingsOut(BaseModel):
-    embeddings: list[list[float]]
+class EmbeddingsOut(BaseModel):
+    embeddings: list[list[float]] = Field(description="one per input (a clip: one), unit norm")
     dim: int
     bundle: str
 
@@ -257,17 +359,18 @@ class DeletedOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    version: str
-    state: str
+    job_id: str = Field(description="what GET /v1/index/rebuild/{job_id} takes")
+    state: str = Field(description="pending, running, validating, succeeded, failed or cancelled")
     done: int
     total: int
+    error: str = Field(description="'' unless failed")
+    version: str = Field(description="the index version it builds")
     added: int
     skipped: int
-    skipped_reasons: list[str]
-    recall: float | None
-    error: str | None
-    started_at: float
-    finished_at: float | None
+    skipped_reasons: list[str] = Field(description="the first few")
+    recall: float | None = Field(description="recall@10 against exact search, once validated")
+    started_at: str = Field(description="ISO 8601 UTC")
+    finished_at: str = Field(description="ISO 8601 UTC; '' while it runs")
     unreadable: int = Field(
         description="entries that could not be read (undecodable, outside the ingest roots, "
         "over a stored-string limit), skipped: counted in `skipped` too"
@@ -275,22 +378,23 @@ class JobOut(BaseModel):
 
 
 class StatsOut(BaseModel):
-    version: str
-    previous_version: str | None
-    count: int
+    items: int = Field(description="live items")
+    deleted_pending: int = Field(description="deleted vectors not yet compacted out")
+    index_kind: str = Field(description="configured: flat, ivf or hnsw")
+    index_version: str
+    bundle: str = Field(description="the bundle whose embeddings the index holds")
     dim: int
-    bundle_id: str
-    serving_bundle_id: str
-    kind: str
-    index_type: str
+    previous_version: str = Field(description="what a rollback would restore; '' when none")
+    index_engine: str = Field(description="faiss or milvus")
+    serving_bundle: str = Field(description="the bundle queries are embedded with")
+    bundle_mismatch: bool
+    index_type: str = Field(description="what the engine holds now ('flat' while an ivf version is small)")
     index_total: int
-    tombstones: int
     writes_since_snapshot: int
     needs_compaction: bool
     params: dict[str, Any]
     gpu: bool
-    rebuild: dict[str, Any] | None
-    bundle_mismatch: bool
+    rebuild: JobOut | None
 
 
 class InfoOut(BaseModel):

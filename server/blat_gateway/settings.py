@@ -90,7 +90,7 @@ class LimitSettings:
     max_tags: int = 64  # tags per item (at most records.MAX_TAGS, the stores' own bound)
     max_tag_chars: int = 64  # per tag (at most records.MAX_TAG_CHARS); AudioSet names take at most 40
     max_source_uri_chars: int = 1024
-    max_extra_bytes: int = 16 * 1024  # `extra` as compact JSON (REST answers only; gRPC does not carry it)
+    max_extra_bytes: int = 8 * 1024  # `extra` as compact UTF-8 JSON (index/extra.py: its keys and filters)
 
     def __post_init__(self):
         if self.max_body_bytes_in_flight < self.max_upload_bytes * 4 // 3 + self.max_json_bytes:
@@ -104,7 +104,7 @@ class LimitSettings:
             raise ValueError(
                 f"limits: a gRPC search answer of max_k={self.max_k} items at the stored-string limits "
                 f"could take {worst / 2**20:.1f} MiB, over the 4 MiB a default gRPC client accepts: "
-                "lower max_k or the max_caption_chars / max_tag(s) / max_source_uri_chars limits"
+                "lower max_k or the max_caption_chars / max_tag(s) / max_source_uri_chars / max_extra_bytes limits"
             )
 
 

@@ -192,22 +192,29 @@ def test_add_from_server_path(server, rest, rpc):
         assert_same_item(rest.get_item(f"path-{face}"), rpc.get_item(f"path-{face}"))
 
 
-def test_duplicate_content_is_409_naming_the_existing_id(items, rest, rpc):
+def test_duplicate_content_is_stored_unless_dedupe_asks_for_409(items, rest, rpc):
     item_id, (data, _, _) = next(iter(items.items()))
+    # The documented rule: the same sound under a new id is stored (both faces); dedupe=True refuses it.
+    for name, client in (("dup-ok-rest", rest), ("dup-ok-grpc", rpc)):
+        stored = client.add_item(name, audio=data)
+        assert stored.content_hash == rest.get_item(item_id).content_hash
+        client.delete_item(name)
     with pytest.raises(ClientError) as e:
-        rest.add_item("dup-rest", audio=data)
-    assert e.value.status == 409 and e.value.code == "conflict"
+        rest.add_item("dup-rest", audio=data, dedupe=True)
+    assert e.value.status == 409 and e.value.reason == "conflict" and e.value.code == "ALREADY_EXISTS"
     assert e.value.details["existing_id"] == item_id and item_id in e.value.message
     with pytest.raises(ClientError) as e:
-        rpc.add_item("dup-grpc", audio=data)
+        rpc.add_item("dup-grpc", audio=data, dedupe=True)
     assert e.value.code == "ALREADY_EXISTS" and item_id in e.value.message
+    assert e.value.details["existing_id"] == item_id
     for client in (rest, rpc):
         with pytest.raises(ClientError) as e:  # the same id with other audio
             client.add_item(item_id, audio=wav(synth_clip(3001)))
         assert e.value.status == 409
-        with pytest.raises(ClientError) as e:
-            client.get_item("dup-rest")
-        assert e.value.status == 404
+        for refused in ("dup-rest", "dup-grpc"):
+            with pytest.raises(ClientError) as e:
+                client.get_item(refused)
+            assert e.value.status == 404
     # upsert replaces the item under its id
     replaced = rest.add_item("upsert-me", audio=wav(synth_clip(3002)), tags=["v1"])
     again = rest.add_item("upsert-me", audio=wav(synth_clip(3003)), tags=["v2"], upsert=True)
@@ -442,13 +449,12 @@ def test_stats_and_info(server, items, rest, rpc, http, bundle_json):
     assert a == b, "the same stats, field for field, over both faces"
     assert a.items >= len(items) and a.index_kind == "flat" and a.bundle == "tiny@test"
     assert a.dim == bundle_json["embedding_dim"]
-    raw = http.get("/v1/index/stats").json()  # REST's own fields, which the client maps onto the common ones
-    assert (raw["count"], raw["tombstones"], raw["kind"], raw["version"], raw["dim"], raw["bundle_id"]) == (
+    raw = http.get("/v1/index/stats").json()  # REST's JSON, in the proto's names, which the client reads as they are
+    assert (raw["items"], raw["deleted_pending"], raw["index_kind"], raw["index_version"], raw["bundle"]) == (
         a.items,
         a.deleted_pending,
         a.index_kind,
         a.index_version,
-        a.dim,
         a.bundle,
     )
     ia, ib = rest.info(), rpc.info()
@@ -549,7 +555,7 @@ def test_stream_tag_windows(rest, rpc):
     assert e.value.code == "INVALID_ARGUMENT"
     with pytest.raises(ClientError) as e:  # streaming is gRPC-only
         list(rest.stream_tag([], RATE))
-    assert e.value.status == 0 and e.value.code == "unsupported"
+    assert e.value.status == 0 and e.value.reason == "unsupported"
 
 
 EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
@@ -575,6 +581,8 @@ EXPECTED_ROUTES = {  # method, path -> error statuses the schema must document
     ("post", "/v1/index/rollback"): {401, 403, 404, 409},
     ("get", "/v1/index/stats"): {401, 403},
     ("get", "/v1/info"): {401, 403},
+    ("post", "/v1/tag/clips"): {400, 401, 403, 413, 415, 422, 429, 503, 504},
+    ("post", "/v1/items/batch"): {400, 401, 403, 413, 415, 429, 503},
 }
 
 

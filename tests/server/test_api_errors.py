@@ -102,7 +102,7 @@ def test_bad_audio_is_refused_everywhere(gw, http, stub, case):
         params = {"id": f"bad-{case.name}"} if path == "/v1/items" else {}
         r = http.post(path, params=params, content=case.data, headers={"content-type": case.content_type})
         assert r.status_code in case.expect_status, (path, r.status_code, r.text[:300])
-        assert error_json(r)["code"] in {"bad_audio", "unsupported_format", "too_large"}
+        assert error_json(r)["reason"] in {"bad_audio", "unsupported_format", "too_large"}
     # the same bytes as a server-side file under the ingest roots
     file = gw.roots / "bad" / case.name / case.filename
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def test_upload_over_the_limit_is_413(gw, http, stub):
     for path in REST_UPLOADS:
         params = {"id": "too-big"} if path == "/v1/items" else {}
         r = http.post(path, params=params, content=big)
-        assert r.status_code == 413 and error_json(r)["code"] == "too_large", path
+        assert r.status_code == 413 and error_json(r)["reason"] == "too_large", path
 
         def chunks():  # no Content-Length: the limit is enforced while the body streams in
             for i in range(0, len(big), 65536):
@@ -156,7 +156,7 @@ def test_upload_over_the_limit_is_413(gw, http, stub):
 def test_bad_text(http, stub):
     for text in ["", "   ", "x" * 513]:
         r = http.post("/v1/search/text", json={"query": text})
-        assert r.status_code == 400 and error_json(r)["code"] == "bad_request", text[:10]
+        assert r.status_code == 400 and error_json(r)["reason"] == "bad_request", text[:10]
         assert http.post("/v1/embed/text", json={"texts": ["fine", text]}).status_code == 400
         assert grpc_code(stub.SearchText, pb.SearchTextRequest(query=text)) == grpc.StatusCode.INVALID_ARGUMENT
         assert grpc_code(stub.EmbedText, pb.EmbedTextRequest(texts=[text])) == grpc.StatusCode.INVALID_ARGUMENT
@@ -221,7 +221,7 @@ def test_bad_json(http, stub):
         for body in BROKEN_JSON:
             r = http.post(route, content=body, headers={"content-type": "application/json"})
             assert r.status_code == 400, (route, body, r.status_code, r.text[:200])
-            assert error_json(r)["code"] == "bad_request"
+            assert error_json(r)["reason"] == "bad_request"
     for route, body in WRONG_TYPES:
         r = http.post(route, json=body)
         assert r.status_code == 400, (route, body, r.status_code, r.text[:200])
@@ -237,9 +237,9 @@ def test_bad_json(http, stub):
         assert r.status_code == 400, (path, params, r.text[:200])
     # not JSON at all: unknown routes and methods answer in the same error shape
     r = http.get("/v1/no-such-route")
-    assert r.status_code == 404 and error_json(r)["code"] == "not_found"
+    assert r.status_code == 404 and error_json(r)["reason"] == "not_found"
     r = http.put("/v1/index/stats")
-    assert r.status_code == 405 and error_json(r)["code"] == "method_not_allowed"
+    assert r.status_code == 405 and error_json(r)["reason"] == "method_not_allowed"
 
 
 def test_parameters_out_of_range(http, stub, good_wav):
@@ -307,7 +307,7 @@ def test_stream_tag_pcm_is_checked_as_uploads_are(http, stub):
     config = pb.StreamTagRequest(config=pb.StreamConfig(sample_rate=32000, encoding="f32le"))
     for samples in (np.full(3200, 5000.0, "<f4"), np.full(3200, np.nan, "<f4")):
         r = http.post("/v1/tag", content=encode_wav(samples, 32000, "FLOAT"))
-        assert r.status_code == 422 and error_json(r)["code"] == "bad_audio", r.text[:200]
+        assert r.status_code == 422 and error_json(r)["reason"] == "bad_audio", r.text[:200]
         with pytest.raises(grpc.RpcError) as upload:
             stub.Tag(pb.TagRequest(audio=pb.Audio(data=encode_wav(samples, 32000, "FLOAT"))), timeout=30)
         with pytest.raises(grpc.RpcError) as streamed:
@@ -412,7 +412,7 @@ def test_api_keys(tiny_bundle, tmp_path, good_wav):
                 ):
                     with pytest.raises(ClientError) as e:
                         call()
-                    assert e.value.status == status and e.value.code == "unauthorized"
+                    assert e.value.status == status and e.value.reason == "unauthorized"
         for path in ("/healthz", "/readyz", "/metrics"):  # operations endpoints stay open
             assert httpx.get(url + path, timeout=10).status_code == 200
         with Client(url, api_key="reader-key") as reader:
@@ -501,7 +501,7 @@ def test_overload_answers_429_with_retry_after(tiny_bundle, tmp_path):
             assert statuses.count(429) >= 1 and statuses.count(200) >= 1, statuses
             for r in answers:
                 if r.status_code == 429:
-                    assert int(r.headers["retry-after"]) >= 1 and error_json(r)["code"] == "overloaded"
+                    assert int(r.headers["retry-after"]) >= 1 and error_json(r)["reason"] == "overloaded"
             with Client(gw.http_url, retry=NO_RETRY) as c:  # retrying would hide the 429
                 with pytest.raises(ClientError) as e:
                     with ThreadPoolExecutor(len(clips)) as pool:
@@ -557,7 +557,7 @@ def test_triton_going_down(tiny_bundle, triton_repo, tmp_path, good_wav):
                 with pytest.raises(ClientError) as e:
                     rest.search_text("a dog", k=3)
                 assert time.monotonic() - t0 < 10, "slower than the request deadline"
-                assert e.value.status == 503 and e.value.code == "backend_unavailable" and e.value.retryable
+                assert e.value.status == 503 and e.value.reason == "backend_unavailable" and e.value.retryable
                 messages.append(e.value.message)
             assert "Triton" in messages[0] and "unavailable" in messages[0] and "3 attempts" in messages[0], messages
             assert "circuit open" in messages[-1], messages

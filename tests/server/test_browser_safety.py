@@ -44,7 +44,7 @@ CLIP = wav(synth_clip(1, 1.0))
 
 def _refused(r: httpx.Response, status: int, code: str) -> None:
     assert r.status_code == status, (r.status_code, r.text[:300])
-    assert r.json()["error"]["code"] == code, r.text[:300]
+    assert r.json()["error"]["reason"] == code, r.text[:300]
 
 
 def test_a_foreign_origin_cannot_write(gw, http):
@@ -53,7 +53,7 @@ def test_a_foreign_origin_cannot_write(gw, http):
     _refused(http.post("/v1/index/rollback", headers=hdr), 403, "forbidden_origin")
     _refused(http.delete("/v1/items/x/1", headers=hdr), 403, "forbidden_origin")
     _refused(http.post("/v1/search/text", json={"query": "rain"}, headers={"origin": "null"}), 403, "forbidden_origin")
-    assert http.get("/v1/index/stats").json()["count"] == 0  # nothing was stored
+    assert http.get("/v1/index/stats").json()["items"] == 0  # nothing was stored
     # the gateway's own page (same origin), a configured CORS origin, and clients that send no Origin all may
     own = http.post("/v1/items", params={"id": "x/1"}, content=CLIP, headers={"origin": gw.http_url})
     assert own.status_code == 201

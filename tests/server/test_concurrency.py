@@ -79,7 +79,7 @@ def test_poison_texts_fail_alone_among_concurrent_good_requests(http):
         if kind == "good":
             assert status == 200, (path, status, body)
         else:
-            assert status == 400 and body["error"]["code"] == "bad_request", (path, status, body)
+            assert status == 400 and body["error"]["reason"] == "bad_request", (path, status, body)
     for kind, path, _, body in results:  # the answer names the field at fault
         if kind == "poison":
             assert ("query" if path == "/v1/search/text" else "texts[1]") in body["error"]["message"], body
@@ -115,7 +115,7 @@ def test_a_json_body_over_the_cap_without_a_length_is_413(http):
         yield b'"}'
 
     r = http.post("/v1/search/text", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert r.status_code == 413 and r.json()["error"]["reason"] == "too_large"
     assert http.post("/v1/search/text", json={"query": "still fine"}).status_code == 200
 
 
@@ -214,7 +214,7 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
         answers["tag label"] = http.post("/v1/tag", params={"labels": [text]}, content=clip)
     for what, r in answers.items():
         assert r.status_code == 400, (what, r.status_code, r.text[:300])
-        assert r.json()["error"]["code"] == "bad_request", what
+        assert r.json()["error"]["reason"] == "bad_request", what
     stub = pb_grpc.BlatStub(grpc.insecure_channel(gw.grpc_address))
     if bad == "nul":  # protobuf cannot even carry a lone surrogate; NUL it carries
         for call, req in (
@@ -225,7 +225,7 @@ def test_nul_and_lone_surrogates_are_400_in_every_text_field(gw, http, bad):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, metadata=META, timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert http.get("/v1/index/stats").json()["count"] == 0  # nothing half-stored
+    assert http.get("/v1/index/stats").json()["items"] == 0  # nothing half-stored
 
 
 @pytest.mark.parametrize("item_id", ["a/../b", "./a", "a/./b", "a//b", "/a", "a/", ".."])

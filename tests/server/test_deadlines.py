@@ -49,9 +49,9 @@ def test_rest_answers_504_with_the_envelope(gw):
     assert 504 in statuses
     for r in answers:
         if r.status_code == 504:
-            assert r.json()["error"]["code"] == "deadline_exceeded", r.text[:200]
+            assert r.json()["error"]["reason"] == "deadline_exceeded", r.text[:200]
         if r.status_code == 408:
-            assert r.json()["error"]["code"] == "request_timeout", r.text[:200]
+            assert r.json()["error"]["reason"] == "request_timeout", r.text[:200]
 
 
 def test_grpc_answers_deadline_exceeded(gw):

@@ -105,12 +105,12 @@ def test_one_undecodable_file_is_skipped_with_its_reason(server):
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
         r = http.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"})
         assert r.status_code == 202, r.text
-        job = wait_job(http, r.json()["version"])
+        job = wait_job(http, r.json()["job_id"])
         assert job["state"] == "succeeded", job
         assert (job["total"], job["added"], job["skipped"], job["unreadable"]) == (6, 5, 1, 1)
         assert len(job["skipped_reasons"]) == 1 and "bad-0.wav" in job["skipped_reasons"][0], job
         assert "unsupported audio format" in job["skipped_reasons"][0] and not quoted(job["skipped_reasons"][0])
-        assert http.get("/v1/index/stats").json()["count"] == 5
+        assert http.get("/v1/index/stats").json()["items"] == 5
 
 
 def test_a_rebuild_fails_past_the_stated_share_of_unreadable_files(server):
@@ -118,11 +118,11 @@ def test_a_rebuild_fails_past_the_stated_share_of_unreadable_files(server):
     with httpx.Client(base_url=server.http_url, timeout=30) as http:
         before = http.get("/v1/index/stats").json()
         job = wait_job(
-            http, http.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}).json()["version"]
+            http, http.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}).json()["job_id"]
         )
         assert job["state"] == "failed" and job["unreadable"] == 4, job
         assert "4 of 6" in job["error"] and "50%" in job["error"] and not quoted(job["error"]), job["error"]
-        assert http.get("/v1/index/stats").json()["version"] == before["version"]  # the live index stays
+        assert http.get("/v1/index/stats").json()["index_version"] == before["index_version"]  # the live index stays
 
 
 def test_an_unknown_format_error_never_echoes_the_bytes(server):

@@ -76,7 +76,7 @@ def test_uploaded_audio_is_kept_and_streamed(gw):
         assert c.get("/v1/audio/web/up").content == other
         assert c.delete("/v1/items/web/up").status_code == 200
         gone = c.get("/v1/audio/web/up")
-        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+        assert gone.status_code == 404 and gone.json()["error"]["reason"] == "not_found"
         assert list((gw.index_dir / "audio").iterdir()) == []
 
 
@@ -119,7 +119,7 @@ def test_uploads_survive_a_restart_and_the_rollback_of_a_rebuild(tiny_bundle, tm
             assert c.get("/v1/audio/same.wav").content == uploaded
             job = c.post("/v1/index/rebuild", json={"folder": str(folder), "mode": "replace"}).json()
             for _ in range(300):
-                state = c.get(f"/v1/index/rebuild/{job['version']}").json()["state"]
+                state = c.get(f"/v1/index/rebuild/{job['job_id']}").json()["state"]
                 if state in ("succeeded", "failed", "cancelled"):
                     break
                 time.sleep(0.1)

@@ -59,6 +59,11 @@ class BlatStub(object):
                 request_serializer=blat__wire_dot_blat__pb2.TagRequest.SerializeToString,
                 response_deserializer=blat__wire_dot_blat__pb2.TagResponse.FromString,
                 _registered_method=True)
+        self.TagClips = channel.unary_unary(
+                '/blat.v1.Blat/TagClips',
+                request_serializer=blat__wire_dot_blat__pb2.TagClipsRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.TagClipsResponse.FromString,
+                _registered_method=True)
         self.StreamTag = channel.stream_stream(
                 '/blat.v1.Blat/StreamTag',
                 request_serializer=blat__wire_dot_blat__pb2.StreamTagRequest.SerializeToString,
@@ -83,6 +88,11 @@ class BlatStub(object):
                 '/blat.v1.Blat/AddItem',
                 request_serializer=blat__wire_dot_blat__pb2.AddItemRequest.SerializeToString,
                 response_deserializer=blat__wire_dot_blat__pb2.Item.FromString,
+                _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/blat.v1.Blat/AddItems',
+                request_serializer=blat__wire_dot_blat__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=blat__wire_dot_blat__pb2.AddItemsResponse.FromString,
                 _registered_method=True)
         self.GetItem = channel.unary_unary(
                 '/blat.v1.Blat/GetItem',
@@ -164,6 +174,12 @@ class BlatServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TagClips(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamTag(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -189,6 +205,12 @@ class BlatServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def AddItem(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddItems(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +299,11 @@ def add_BlatServicer_to_server(servicer, server):
                     request_deserializer=blat__wire_dot_blat__pb2.TagRequest.FromString,
                     response_serializer=blat__wire_dot_blat__pb2.TagResponse.SerializeToString,
             ),
+            'TagClips': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagClips,
+                    request_deserializer=blat__wire_dot_blat__pb2.TagClipsRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.TagClipsResponse.SerializeToString,
+            ),
             'StreamTag': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamTag,
                     request_deserializer=blat__wire_dot_blat__pb2.StreamTagRequest.FromString,
@@ -301,6 +328,11 @@ def add_BlatServicer_to_server(servicer, server):
                     servicer.AddItem,
                     request_deserializer=blat__wire_dot_blat__pb2.AddItemRequest.FromString,
                     response_serializer=blat__wire_dot_blat__pb2.Item.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=blat__wire_dot_blat__pb2.AddItemsRequest.FromString,
+                    response_serializer=blat__wire_dot_blat__pb2.AddItemsResponse.SerializeToString,
             ),
             'GetItem': grpc.unary_unary_rpc_method_handler(
                     servicer.GetItem,
@@ -494,6 +526,33 @@ class Blat(object):
             _registered_method=True)
 
     @staticmethod
+    def TagClips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blat.v1.Blat/TagClips',
+            blat__wire_dot_blat__pb2.TagClipsRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.TagClipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StreamTag(request_iterator,
             target,
             options=(),
@@ -618,6 +677,33 @@ class Blat(object):
             '/blat.v1.Blat/AddItem',
             blat__wire_dot_blat__pb2.AddItemRequest.SerializeToString,
             blat__wire_dot_blat__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blat.v1.Blat/AddItems',
+            blat__wire_dot_blat__pb2.AddItemsRequest.SerializeToString,
+            blat__wire_dot_blat__pb2.AddItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer
+from blat_gateway.api.json_io import answer, job_json, stats_json
 from blat_gateway.endpoint import READ, WRITE, endpoint
 from blat_gateway.schema import InfoOut, JobOut, StatsOut
 from blat_wire import blat_pb2 as pb
@@ -64,9 +64,11 @@ def _(gw, m):
         holds or merging into it (`mode`, required); searches use the old version until the new one validates, then
         it swaps (/v1/index/rollback goes one step back)."""
         job = await run_in_threadpool(
-            lambda: gw.ingest.start_rebuild(req.folder, req.manifest, embeddings=req.embeddings, mode=req.mode)
+            lambda: gw.ingest.start_rebuild(
+                req.folder, req.manifest, embeddings=req.embeddings, mode=req.mode, dedupe=req.dedupe
+            )
         )
-        return answer(job.to_dict(), 202)
+        return answer(job_json(job), 202)
 
     return start_rebuild
 
@@ -80,6 +82,7 @@ def _(gw, req):
             req.manifest if source == "manifest" else None,
             embeddings=req.embeddings if source == "embeddings" else None,
             mode=req.mode,
+            dedupe=req.dedupe,
         )
     )
 
@@ -87,7 +90,7 @@ def _(gw, req):
 @rebuild_status.rest
 def _(gw, m):
     async def rebuild_status(job_id: str) -> JSONResponse:
-        return answer(gw.ingest.rebuild_status(job_id).to_dict())
+        return answer(job_json(gw.ingest.rebuild_status(job_id)))
 
     return rebuild_status
 
@@ -100,7 +103,7 @@ def _(gw, req):
 @cancel_rebuild.rest
 def _(gw, m):
     async def cancel_rebuild(job_id: str) -> JSONResponse:
-        return answer(gw.ingest.cancel_rebuild(job_id).to_dict())
+        return answer(job_json(gw.ingest.cancel_rebuild(job_id)))
 
     return cancel_rebuild
 
@@ -113,7 +116,7 @@ def _(gw, req):
 @rollback.rest
 def _(gw, m):
     async def rollback() -> JSONResponse:
-        return answer((await run_in_threadpool(gw.ingest.rollback)).to_dict())
+        return answer(stats_json(await run_in_threadpool(gw.ingest.rollback)))
 
     return rollback
 
@@ -126,7 +129,7 @@ def _(gw, req):
 @stats.rest
 def _(gw, m):
     async def stats() -> JSONResponse:
-        return answer((await run_in_threadpool(gw.stats)).to_dict())
+        return answer(stats_json(await run_in_threadpool(gw.stats)))
 
     return stats
 

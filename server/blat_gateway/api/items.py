@@ -11,9 +11,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer, audio_body, query_filter
+from blat_gateway.api.json_io import answer, audio_body, json_object, query_filter
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, WRITE, endpoint
-from blat_gateway.errors import BadRequest
 from blat_gateway.index import SearchFilter
 from blat_gateway.schema import ID, DeletedOut, ItemOut, ItemsPageOut
 from blat_gateway.uploads import media_type
@@ -98,9 +97,14 @@ def _(gw, m):
         caption: str = Query("", **m.stored.caption),
         source_uri: str = Query("", **m.stored.source_uri),
         upsert: bool = False,
+        extra: str = Query("", description="as JSON text: " + m.written.extra["description"]),
+        dedupe: bool = Query(False, **m.written.dedupe),
     ) -> JSONResponse:
         """Store an uploaded clip under `id` (durable when this answers)."""
-        item = await run_in_threadpool(gw.items.add, id, data, None, tags, caption, source_uri, upsert)
+        fields = json_object(extra, "extra") if extra else {}
+        item = await run_in_threadpool(
+            gw.items.add, id, data, None, tags, caption, source_uri, upsert, extra=fields, dedupe=dedupe
+        )
         return answer(item.to_dict(), 201)
 
     return add_item
@@ -108,11 +112,7 @@ def _(gw, m):
 
 @add_item.grpc
 def _(gw, req):
-    source = req.WhichOneof("source")
-    if source is None:
-        raise BadRequest("give audio or a server-side path")
-    data, path = (req.audio.data, None) if source == "audio" else (None, req.path)
-    return proto_io.item(gw.items.add(req.id, data, path, list(req.tags), req.caption, req.source_uri, req.upsert))
+    return proto_io.item(gw.items.add(**proto_io.add_item(req)))
 
 
 @add_item_from_path.rest
@@ -120,7 +120,9 @@ def _(gw, m):
     async def add_item_from_path(req: m.AddFromPathBody) -> JSONResponse:
         """Store a server-side file (only under the configured ingest roots)."""
         item = await run_in_threadpool(
-            gw.items.add, req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert
+            lambda: gw.items.add(
+                req.id, None, req.path, req.tags, req.caption, req.source_uri, req.upsert, req.extra, req.dedupe
+            )
         )
         return answer(item.to_dict(), 201)
 

@@ -4,7 +4,6 @@ OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models` that embedding serv
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
 import base64
-import binascii
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,17 +15,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer, audio_body
+from blat_gateway.api.json_io import answer, audio_body, base64_audio
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, READ_ERRORS, endpoint
 from blat_gateway.errors import BadRequest, DeadlineExceeded, NotFound
 from blat_gateway.index.records import MAX_TAGS
 from blat_gateway.schema import (
-    AudioEmbeddingOut,
     CaptionsOut,
+    EmbeddingsOut,
     OpenAIEmbeddingsOut,
     OpenAIModelsOut,
     TagsOut,
-    TextEmbeddingsOut,
 )
 from blat_gateway.services.captioning import MAX_BEAM
 from blat_wire import blat_pb2 as pb
@@ -37,7 +35,7 @@ tag = endpoint("tag", route="POST /v1/tag", rpc="Tag", ok=TagsOut, **AUDIO_IN)
 # A long call: capped by limits.max_streams; each window is admitted through the audio gate on its own.
 stream_tag = endpoint("StreamTag", rpc="StreamTag", scope=READ, stream=True)
 caption = endpoint("caption", route="POST /v1/caption", rpc="Caption", ok=CaptionsOut, **AUDIO_IN)
-embed_audio = endpoint("embed_audio", route="POST /v1/embed/audio", rpc="EmbedAudio", ok=AudioEmbeddingOut, **AUDIO_IN)
+embed_audio = endpoint("embed_audio", route="POST /v1/embed/audio", rpc="EmbedAudio", ok=EmbeddingsOut, **AUDIO_IN)
 embed_text = endpoint(
     "embed_text",
     route="POST /v1/embed/text",
@@ -45,7 +43,7 @@ embed_text = endpoint(
     scope=READ,
     gate="text",
     body="json",
-    ok=TextEmbeddingsOut,
+    ok=EmbeddingsOut,
     errors=READ_ERRORS,
     tag="models",
 )
@@ -161,7 +159,7 @@ def _(gw, req):
 def _(gw, m):
     async def embed_audio(data: Annotated[bytes, Depends(audio_body)]) -> JSONResponse:
         vec = await run_in_threadpool(gw.embedding.audio, data)
-        return answer({"embedding": vec.tolist(), "dim": len(vec), "bundle": gw.manifest.id})
+        return answer({"embeddings": [vec.tolist()], "dim": len(vec), "bundle": gw.manifest.id})
 
     return embed_audio
 
@@ -189,20 +187,6 @@ def _(gw, req):
     )
 
 
-def _clip(i: int, value: str) -> bytes:
-    """An audio input of /v1/embeddings: base64, or a data: URI holding base64. URLs are not fetched."""
-    if value.startswith(("http://", "https://", "s3://", "file:")):
-        raise BadRequest(f"input[{i}]: the gateway does not fetch URLs; send the audio base64-encoded")
-    if value.startswith("data:"):
-        head, _, value = value.partition(",")
-        if not head.endswith(";base64"):
-            raise BadRequest(f"input[{i}]: a data: URI must be base64 (data:audio/wav;base64,...)")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"input[{i}]: not base64") from None
-
-
 def _openai_embeddings(gw, req) -> dict:
     manifest = gw.manifest
     if req.model not in (manifest.id, manifest.name):
@@ -210,7 +194,7 @@ def _openai_embeddings(gw, req) -> dict:
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     with gw.gates[req.modality].admitted():  # the front door admitted no gate: the input decides which
         if req.modality == "audio":
-            vecs = gw.embedding.audios([_clip(i, v) for i, v in enumerate(inputs)])
+            vecs = gw.embedding.audios([base64_audio(v, f"input[{i}]") for i, v in enumerate(inputs)])
         else:
             vecs = gw.embedding.texts(inputs)
     if req.dimensions is not None and req.dimensions != vecs.shape[1]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+from google.protobuf.json_format import MessageToDict
+
+from blat_gateway.api.json_io import job_json, stats_json
+from blat_gateway.errors import BadRequest, ServiceError
 from blat_gateway.index import ItemRecord, SearchFilter
 from blat_gateway.index.records import iso_time
 from blat_gateway.service import Gateway
@@ -19,12 +25,20 @@ def search_filter(f: pb.Filter) -> SearchFilter | None:
         f.source_prefix or None,
         f.min_duration_s or None,
         f.max_duration_s or None,
+        {key: MessageToDict(cond) for key, cond in f.extra.items()},  # REST's form: {"eq": ..., "in": [...]}
     )
 
 
 def k_filter_offset(req) -> tuple[int, SearchFilter | None, int]:
     """A search request's k (unset: 10; a k that was sent is checked, 0 included, as over REST), filter, offset."""
     return (req.k if req.HasField("k") else 10), search_filter(req.filter), req.offset
+
+
+def extra_json(extra: dict) -> str:
+    """Compact UTF-8 JSON, the form limits.max_extra_bytes measures; a lone surrogate (which UTF-8 cannot carry)
+    becomes its JSON escape, so the text stays valid JSON of the same value."""
+    text = json.dumps(extra, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def item(it: ItemRecord) -> pb.Item:
@@ -36,7 +50,30 @@ def item(it: ItemRecord) -> pb.Item:
         caption=it.caption,
         content_hash=it.content_hash,
         added_at=iso_time(it.added_at),
+        extra_json=extra_json(it.extra),
     )
+
+
+def add_item(req: pb.AddItemRequest) -> dict:
+    """An AddItemRequest as ItemsService.add's keyword arguments."""
+    source = req.WhichOneof("source")
+    if source is None:
+        raise BadRequest(f"item {req.id!r}: give audio or a server-side path")
+    try:
+        extra = json.loads(req.extra_json) if req.extra_json else {}
+    except ValueError as e:
+        raise BadRequest(f"item {req.id!r}: extra_json is not valid JSON: {e}") from None
+    return {
+        "item_id": req.id,
+        "data": req.audio.data if source == "audio" else None,
+        "path": req.path if source == "path" else None,
+        "tags": list(req.tags),
+        "caption": req.caption,
+        "source_uri": req.source_uri,
+        "upsert": req.upsert,
+        "extra": extra,
+        "dedupe": req.dedupe,
+    }
 
 
 def hits(gw: Gateway, found: Found) -> pb.SearchResponse:
@@ -56,26 +93,20 @@ def tag_window(w) -> pb.TagWindow:
 
 
 def job(p) -> pb.Job:
-    return pb.Job(
-        job_id=p.version,
-        state=p.state,
-        done=p.done,
-        total=p.total,
-        error=p.error or "",
-        version=p.version,
-        added=p.added,
-        skipped=p.skipped,
-    )
+    fields = job_json(p)
+    return pb.Job(**{k: v for k, v in fields.items() if v is not None})  # recall: unset until measured
 
 
 def stats(s) -> pb.StatsResponse:
-    return pb.StatsResponse(
-        items=s.count,
-        deleted_pending=s.tombstones,
-        index_kind=s.kind,
-        index_version=s.version,
-        bundle=s.bundle_id,
-        dim=s.dim,
-        previous_version=s.previous_version or "",
-        index_engine=s.engine,
-    )
+    fields = stats_json(s)
+    rebuild = fields.pop("rebuild")
+    params = fields.pop("params")
+    out = pb.StatsResponse(**fields, params_json=json.dumps(params))
+    if rebuild is not None:
+        out.rebuild.CopyFrom(pb.Job(**{k: v for k, v in rebuild.items() if v is not None}))
+    return out
+
+
+def error(e: ServiceError) -> pb.Error:
+    details = json.dumps(e.details, default=str) if e.details else ""
+    return pb.Error(code=e.grpc_code, http_status=e.http_status, reason=e.code, message=e.message, details_json=details)

@@ -82,6 +82,10 @@ def filter_sql(flt: SearchFilter) -> tuple[str, list]:
     if flt.max_duration_s is not None:
         where.append("duration_s <= ?")
         params.append(flt.max_duration_s)
+    for key, cond in flt.extra:
+        clause, values = cond.sql(key)
+        where.append(clause)
+        params += values
     return " AND ".join(where) or "1", params
 
 

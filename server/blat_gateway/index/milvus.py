@@ -139,7 +139,7 @@ class MilvusIndex:
         schema.add_field("caption", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("added_at", DataType.DOUBLE)
-        schema.add_field("extra", DataType.VARCHAR, max_length=MAX_VARCHAR)  # JSON text, kept verbatim
+        schema.add_field("extra", DataType.JSON)  # filterable by key (versions made before held JSON text: VARCHAR)
         self.live.call(
             "create_collection",
             name,

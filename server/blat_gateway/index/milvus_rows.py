@@ -52,10 +52,12 @@ def milvus_filter(flt: SearchFilter | None) -> str:
         parts.append(f"duration_s >= {float(flt.min_duration_s)!r}")
     if flt.max_duration_s is not None:
         parts.append(f"duration_s <= {float(flt.max_duration_s)!r}")
+    parts += [cond.milvus(key, _str) for key, cond in flt.extra]
     return " and ".join(parts)
 
 
-def row_of(item: ItemRecord, vec: np.ndarray) -> dict:
+def row_of(item: ItemRecord, vec: np.ndarray, extra_as_text: bool = False) -> dict:
+    """extra_as_text: a collection made before metadata filters, whose `extra` is a VARCHAR of JSON."""
     row = {
         "id": item.id,
         "vec": np.asarray(vec, dtype=np.float32).tolist(),
@@ -65,10 +67,10 @@ def row_of(item: ItemRecord, vec: np.ndarray) -> dict:
         "caption": item.caption,
         "content_hash": item.content_hash,
         "added_at": time.time() if item.added_at is None else item.added_at,
-        "extra": json.dumps(item.extra),
+        "extra": json.dumps(item.extra) if extra_as_text else item.extra,
     }
     for name in ("source_uri", "caption", "content_hash", "extra"):
-        if len(row[name].encode()) > MAX_VARCHAR:
+        if len(json.dumps(row[name]) if name == "extra" else row[name].encode()) > MAX_VARCHAR:
             raise BadRequest(f"{item.id}: {name} is longer than Milvus stores ({MAX_VARCHAR} bytes)", id=item.id)
     return row
 
@@ -82,7 +84,7 @@ def _record(e: dict) -> ItemRecord:
         caption=e["caption"],
         content_hash=e["content_hash"],
         added_at=e["added_at"],
-        extra=json.loads(e["extra"]),
+        extra=json.loads(e["extra"]) if isinstance(e["extra"], str) else e["extra"],
     )
 
 
@@ -94,6 +96,22 @@ class Collection:
 
     def __init__(self, client, name: str):
         self.client, self.name = client, name
+
+    def extra_as_text(self) -> bool:
+        """Whether the collection behind this name stores `extra` as JSON text (made before metadata filters): asked
+        per call, since an alias may point to a newer collection after a swap."""
+        fields = self.call("describe_collection", self.name).get("fields", [])
+        from pymilvus import DataType
+
+        return any(f["name"] == "extra" and f["type"] == DataType.VARCHAR for f in fields)
+
+    def _filter(self, flt: SearchFilter | None) -> str:
+        if flt is not None and flt.extra and self.extra_as_text():
+            raise BadRequest(
+                "this index version stores extra as text (it was built before metadata filters): rebuild it "
+                "(mode merge keeps every item) to filter on extra keys"
+            )
+        return milvus_filter(flt)
 
     def call(self, method: str, *args, **kwargs):
         from pymilvus.exceptions import MilvusException
@@ -152,7 +170,8 @@ class Collection:
             if item.added_at is None:
                 item = dataclasses.replace(item, added_at=now)
             stored[item.id] = (item, vec)
-        self.call("upsert", self.name, [row_of(item, vec) for item, vec in stored.values()])
+        as_text = self.extra_as_text()
+        self.call("upsert", self.name, [row_of(item, vec, as_text) for item, vec in stored.values()])
         return [item for item, _ in stored.values()]
 
     def delete(self, item_id: str) -> ItemRecord | None:
@@ -169,17 +188,20 @@ class Collection:
             self.name,
             data=x.tolist(),
             limit=k,
-            filter=milvus_filter(flt),
+            filter=self._filter(flt),
             output_fields=FIELDS,
             search_params={"metric_type": "IP", "params": params},
         )
-        return [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
+        out = [[(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits] for hits in res]
+        if flt is not None and flt.extra:  # Milvus takes true for 1: the hits are checked as the other engines do
+            out = [[(score, item) for score, item in hits if flt.matches(item)] for hits in out]
+        return out
 
     def page(self, flt: SearchFilter | None, after: str, limit: int, batch: int = 4096) -> list[ItemRecord]:
         """Up to `limit` items with an id after `after`, passing `flt`, in id order. Milvus returns query results in
         no stated order, so every matching id after the cursor is read (ids only, in batches) and the first `limit`
         kept: a page costs a pass over the matching ids, not over the rows."""
-        expr = " and ".join(e for e in (f"id > {_str(after)}" if after else "", milvus_filter(flt)) if e)
+        expr = " and ".join(e for e in (f"id > {_str(after)}" if after else "", self._filter(flt)) if e)
         it = self.call("query_iterator", self.name, batch_size=batch, filter=expr, output_fields=["id"])
         first: list[str] = []
         try:
@@ -190,7 +212,7 @@ class Collection:
         if not first:
             return []
         got = {e["id"]: _record(e) for e in self.call("get", self.name, ids=first, output_fields=FIELDS)}
-        return [got[i] for i in first if i in got]
+        return [got[i] for i in first if i in got and (flt is None or not flt.extra or flt.matches(got[i]))]
 
     def scan(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every (ids, vectors (n, D)) of the collection, in batches."""

@@ -58,7 +58,7 @@ class RebuildProgress:
     done: int  # pairs consumed from the source, skipped ones included
     total: int  # pairs the caller announced (a merge's estimate until its source ends)
     added: int
-    skipped: int  # duplicates (same id or same content hash), invalid pairs and unreadable entries
+    skipped: int  # repeated ids (and sounds, with dedupe), invalid pairs and unreadable entries
     skipped_reasons: tuple[str, ...]  # the first few
     recall: float | None  # recall@10 vs exact measured during validation
     error: str | None
@@ -87,6 +87,7 @@ class RebuildJob:
         max_unreadable_share: float = 0.5,
         *,
         exact_total: bool = True,
+        dedupe: bool = False,
         dim: int,
         serving_bundle: str,
         swap_in: Callable[[RebuildJob, Staging], None],
@@ -97,6 +98,7 @@ class RebuildJob:
         self._swap_in, self._on_finished = swap_in, on_finished
         self._bundle_id, self._min_recall = bundle_id, min_recall
         self._max_unreadable_share, self._exact_total = max_unreadable_share, exact_total
+        self._dedupe = dedupe
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()  # guards _progress against readers on other threads
@@ -176,7 +178,7 @@ class RebuildJob:
             try:
                 if item.id in seen_ids:
                     raise ValueError(f"{item.id}: id repeated in the source")
-                if item.content_hash and item.content_hash in seen_hashes:
+                if self._dedupe and item.content_hash and item.content_hash in seen_hashes:
                     raise ValueError(f"{item.id}: same content hash as an earlier item")
                 batch.append((item, as_unit_rows(vec, self._dim)[0]))
                 seen_ids.add(item.id)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from blat_gateway.errors import BadRequest
+from blat_gateway.index.extra import Condition, parse_conditions
 from blat_gateway.inputs import check_text
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,200}")  # ids travel in URLs and gRPC fields: no spaces or escapes
@@ -122,8 +123,12 @@ class SearchFilter:
     source_prefix: str | None = None  # source_uri starts with this
     min_duration_s: float | None = None  # items without a duration fail any duration bound
     max_duration_s: float | None = None
+    # Conditions on keys of `extra` (index/extra.py), sorted by key; given as {key: condition} they are parsed.
+    extra: tuple[tuple[str, Condition], ...] = ()
 
     def __post_init__(self):
+        if not isinstance(self.extra, tuple):
+            object.__setattr__(self, "extra", parse_conditions(self.extra))
         object.__setattr__(self, "tags_any", _check_tags(self.tags_any))
         object.__setattr__(self, "tags_all", _check_tags(self.tags_all))
         if self.source_prefix is not None:
@@ -144,6 +149,7 @@ class SearchFilter:
             or self.source_prefix
             or self.min_duration_s is not None
             or self.max_duration_s is not None
+            or self.extra
         )
 
     def matches(self, item: ItemRecord) -> bool:
@@ -153,6 +159,8 @@ class SearchFilter:
         if self.tags_all and not tags.issuperset(self.tags_all):
             return False
         if self.source_prefix and not item.source_uri.startswith(self.source_prefix):
+            return False
+        if any(not cond.matches(item.extra.get(key)) for key, cond in self.extra):
             return False
         if self.min_duration_s is not None or self.max_duration_s is not None:
             d = item.duration_s
@@ -182,7 +190,7 @@ class IndexStats:
     needs_compaction: bool  # many tombstones, or an ivf version that outgrew flat
     params: dict[str, Any]  # nlist / nprobe / efSearch
     gpu: bool
-    rebuild: dict[str, Any] | None  # progress of the current or last rebuild job
+    rebuild: Any  # the current or last rebuild job's RebuildProgress, or None
 
     @property
     def bundle_mismatch(self) -> bool:

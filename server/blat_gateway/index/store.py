@@ -75,15 +75,17 @@ class IndexStore:
 
     # -- writes ----------------------------------------------------------------------------------------------------
 
-    def add(self, item: ItemRecord, embedding: np.ndarray, upsert: bool = False) -> ItemRecord:
+    def add(self, item: ItemRecord, embedding: np.ndarray, upsert: bool = False, dedupe: bool = False) -> ItemRecord:
         """Store one item; returns it as stored (with `added_at`). Durable when this returns.
 
-        Conflict: the id exists and not `upsert`, or the same content hash is stored under another id
-        (`details["existing_id"]` names it).
+        Conflict: the id exists and not `upsert`, or, with `dedupe`, the same content hash is stored under another
+        id (`details["existing_id"]` names it). Without `dedupe` the same sound may be stored under several ids.
         """
-        return self.add_many([(item, embedding)], upsert=upsert)[0]
+        return self.add_many([(item, embedding)], upsert=upsert, dedupe=dedupe)[0]
 
-    def add_many(self, pairs: Iterable[tuple[ItemRecord, np.ndarray]], upsert: bool = False) -> list[ItemRecord]:
+    def add_many(
+        self, pairs: Iterable[tuple[ItemRecord, np.ndarray]], upsert: bool = False, dedupe: bool = False
+    ) -> list[ItemRecord]:
         """Store several items at once: all of them, or none when one fails."""
         pairs = list(pairs)
         with self._lock:
@@ -97,7 +99,7 @@ class IndexStore:
                     serving_bundle=self.bundle_id,
                 )
             rows = [(item, as_unit_rows(vec, self.dim)[0]) for item, vec in pairs]
-            stored = index.put_many(rows, upsert=upsert)
+            stored = index.put_many(rows, upsert=upsert, check_hash=dedupe)
             if self._rebuild_log is not None:
                 self._rebuild_log.extend(("put", item.id) for item in stored)
             return stored
@@ -201,7 +203,7 @@ class IndexStore:
         with self._lock:
             index = self._open()
             meta, s = index.meta, index.stats()
-            job = self._job.progress().to_dict() if self._job is not None else None
+            job = self._job.progress() if self._job is not None else None
             return IndexStats(
                 version=index.name,
                 previous_version=index.previous,
@@ -237,12 +239,14 @@ class IndexStore:
         min_recall: float | None = None,
         max_unreadable_share: float = 0.5,
         exact_total: bool = True,
+        dedupe: bool = False,
     ) -> RebuildJob:
         """Build a new version from `source` (pairs of (ItemRecord, embedding), or a callable returning them) in a
         background thread; `total` is how many pairs it will yield (validated), `Skipped` entries included: the
         job fails when more than `max_unreadable_share` of them are. Searches and writes keep using the
         live version until the new one validates and is swapped in. One rebuild at a time (Conflict otherwise).
-        exact_total=False: `total` is an estimate, and the job takes what the source yields."""
+        exact_total=False: `total` is an estimate, and the job takes what the source yields. dedupe: an entry with
+        the sound of an earlier one is skipped (without it, the same sound may be stored under several ids)."""
         if kind is not None:
             dataclasses.replace(self.config, kind=kind)  # validates the kind name
         if not isinstance(total, int) or total < 0:
@@ -263,6 +267,7 @@ class IndexStore:
                 min_recall,
                 max_unreadable_share,
                 exact_total=exact_total,
+                dedupe=dedupe,
                 dim=self.dim,
                 serving_bundle=self.bundle_id,
                 swap_in=self.swap_in,

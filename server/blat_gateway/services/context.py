@@ -3,6 +3,7 @@ and the current request's deadline. Model calls go through the batchers with tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from blat_gateway.admission import remaining
 from blat_gateway.audio import AudioLimits, DecodedAudio, decode_audio
 from blat_gateway.batching import MicroBatcher
-from blat_gateway.errors import BadRequest, DeadlineExceeded
+from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, TooLarge
 from blat_gateway.index import IndexStore
 from blat_gateway.inputs import check_text
 from blat_gateway.runtime import ModelRuntime
@@ -38,6 +39,31 @@ class Context:
 
     def decode(self, data: bytes) -> DecodedAudio:
         return decode_audio(data, self.runtime.sample_rate, self.audio_limits)
+
+    def decode_clips(self, clips: Sequence[bytes], name: str) -> list[np.ndarray]:
+        """Several encoded clips of one request -> their samples: 1 to limits.max_clips_per_request clips, lasting
+        together at most limits.max_audio_seconds (the memory one upload may take). An error names the clip
+        (`audios[2]: ...`); nothing is decoded past it."""
+        if not clips:
+            raise BadRequest(f"{name}: give at least one clip")
+        if len(clips) > self.limits.max_clips_per_request:
+            raise BadRequest(f"{name}: at most {self.limits.max_clips_per_request} clips per request, got {len(clips)}")
+        samples, seconds = [], 0.0
+        for i, data in enumerate(clips):
+            try:
+                audio = self.decode(data)
+            except ServiceError as e:
+                e.message = f"{name}[{i}]: {e.message}"
+                e.args = (e.message,)
+                raise
+            seconds += audio.duration_s
+            if seconds > self.limits.max_audio_seconds:
+                raise TooLarge(
+                    f"the clips of one request last {seconds:.1f} s or more; together at most "
+                    f"{self.limits.max_audio_seconds:g} s (limits.max_audio_seconds)"
+                )
+            samples.append(audio.samples)
+        return samples
 
     def check_text(self, text: object, what: str = "text") -> str:
         return check_text(text, what, self.limits.max_text_chars)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from blat_gateway.errors import BadRequest, ServiceError, TooLarge
+from blat_gateway.errors import BadRequest
 from blat_gateway.services.context import Context
 
 
@@ -20,29 +20,10 @@ class EmbeddingService:
         return self.ctx.analyze(self.ctx.decode(data).samples)[0]
 
     def audios(self, clips: Sequence[bytes]) -> np.ndarray:
-        """Encoded clips -> (n, D) unit-norm embeddings: at most limits.max_clips_per_request clips, together at
-        most limits.max_audio_seconds (the memory one upload may take). The clips join the audio batcher's batches
-        together; an error names the clip (`input[2]: ...`)."""
+        """Encoded clips -> (n, D) unit-norm embeddings (the limits of `Context.decode_clips`). The clips join the
+        audio batcher's batches together."""
         ctx = self.ctx
-        if not clips:
-            raise BadRequest("give at least one clip")
-        if len(clips) > ctx.limits.max_clips_per_request:
-            raise BadRequest(f"at most {ctx.limits.max_clips_per_request} clips per request, got {len(clips)}")
-        samples, seconds = [], 0.0
-        for i, data in enumerate(clips):
-            try:
-                audio = ctx.decode(data)
-            except ServiceError as e:
-                e.message = f"input[{i}]: {e.message}"
-                e.args = (e.message,)
-                raise
-            seconds += audio.duration_s
-            if seconds > ctx.limits.max_audio_seconds:
-                raise TooLarge(
-                    f"the clips of one request last {seconds:.1f} s or more; together at most "
-                    f"{ctx.limits.max_audio_seconds:g} s (limits.max_audio_seconds)"
-                )
-            samples.append(audio.samples)
+        samples = ctx.decode_clips(clips, "input")
         futures = [ctx.audio_batcher.submit_future(x, ctx.timeout) for x in samples]
         return np.stack([ctx.result(f)[0] for f in futures])
 

@@ -70,6 +70,7 @@ class IngestService:
         trusted: bool = False,
         embeddings: str | None = None,
         mode: str = "",
+        dedupe: bool = False,
     ):
         """From audio (a folder or a manifest, embedded here) or from `embeddings`, a finished embedding job's folder
         (python -m blat_jobs.embed). `mode` must be said: "replace" (the new version holds only these items) or
@@ -83,13 +84,14 @@ class IngestService:
             )
         if sum(x is not None for x in (folder, manifest, embeddings)) != 1:
             raise BadRequest("give exactly one of: folder, manifest, embeddings")
-        progress = self._start(folder, manifest, trusted, embeddings, mode)
+        progress = self._start(folder, manifest, trusted, embeddings, mode, dedupe)
         source = {"folder": folder, "manifest": manifest, "embeddings": embeddings}
         audit.info(
             "rebuild started",
             extra={
                 "action": "rebuild",
                 "mode": mode,
+                "dedupe": dedupe,
                 **{k: v for k, v in source.items() if v is not None},
                 "job": progress.version,
                 "entries": progress.total,
@@ -98,7 +100,7 @@ class IngestService:
         )
         return progress
 
-    def _start(self, folder, manifest, trusted: bool, embeddings, mode: str):
+    def _start(self, folder, manifest, trusted: bool, embeddings, mode: str, dedupe: bool):
         ctx, bundle_id = self.ctx, self.ctx.manifest.id
         share = ctx.settings.rebuild_max_unreadable_share
         if embeddings is not None:
@@ -108,7 +110,7 @@ class IngestService:
                     f"{embeddings} holds embeddings of bundle {summary['bundle_id']!r}; this gateway "
                     f"serves {bundle_id!r}: embed the collection with its bundle"
                 )
-            return self._launch(pairs, int(summary["items"]), mode, bundle_id, share)
+            return self._launch(pairs, int(summary["items"]), mode, bundle_id, share, dedupe)
         entries = self.rebuild_entries(folder, manifest, trusted)
 
         def pairs() -> Iterator[Entry]:
@@ -132,9 +134,9 @@ class IngestService:
                     yield Skipped(f"{record['source_uri']}: {e.message}")
             yield from (Skipped(why) for why in unreadable)
 
-        return self._launch(pairs, len(entries), mode, bundle_id, share)
+        return self._launch(pairs, len(entries), mode, bundle_id, share, dedupe)
 
-    def _launch(self, source, total: int, mode: str, bundle_id: str, share: float):
+    def _launch(self, source, total: int, mode: str, bundle_id: str, share: float, dedupe: bool):
         """Start the job; a merge streams the stored items after the new ones, leaving out the ids already given
         (the new entry wins). Its total is an estimate: writes go on while it reads the stored items."""
         store = self.ctx.store
@@ -151,7 +153,12 @@ class IngestService:
 
             source, total = merged, total + store.stats().count
         job = store.start_rebuild(
-            source, total, bundle_id=bundle_id, max_unreadable_share=share, exact_total=mode == "replace"
+            source,
+            total,
+            bundle_id=bundle_id,
+            max_unreadable_share=share,
+            exact_total=mode == "replace",
+            dedupe=dedupe,
         )
         return job.progress()
 

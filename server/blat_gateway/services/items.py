@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from blat_gateway.errors import BadRequest, Forbidden, NotFound
+from blat_gateway.errors import BadRequest, Forbidden, NotFound, ServiceError
 from blat_gateway.index import ItemRecord, SearchFilter
+from blat_gateway.index.extra import check_written
 from blat_gateway.inference import content_hash, predicted_fields
 from blat_gateway.item_limits import check_fields, check_record
 from blat_gateway.services.captioning import CaptioningService
@@ -42,6 +45,8 @@ def id_before(cursor: str) -> str:
 
 
 audit = logging.getLogger("blat_gateway.audit")
+log = logging.getLogger(__name__)
+ADD_MANY_THREADS = 4  # items of one AddItems call stored at once (their audio shares the batcher's batches)
 
 
 class ItemsService:
@@ -57,13 +62,18 @@ class ItemsService:
         caption: str = "",
         source_uri: str = "",
         upsert: bool = False,
+        extra: dict | None = None,
+        dedupe: bool = False,
     ) -> ItemRecord:
         """Store one item. Without tags it gets the tagger's predicted ones (settings.predict), marked in
-        extra["predicted_tags"] with their scores; with predict.captions and no caption, a caption guided by them."""
+        extra["predicted_tags"] with their scores; with predict.captions and no caption, a caption guided by them.
+        `extra`: the caller's metadata (index/extra.py says what it may hold). `dedupe`: refuse (409) the sound of
+        an item stored under another id; without it the same sound may be stored under several ids."""
         ctx, predict = self.ctx, self.ctx.settings.predict
         if (data is None) == (path is None):
             raise BadRequest("give exactly one of: uploaded audio, or a server-side path")
-        check_fields(ctx.limits, tags, caption, source_uri)  # before any model work
+        extra = check_written(extra)
+        check_fields(ctx.limits, tags, caption, source_uri, extra)  # before any model work
         uploaded = path is None
         if path is not None:
             real = self.ingest.check_path(path)
@@ -76,11 +86,12 @@ class ItemsService:
             tags=tuple(tags),
             caption=caption,
             content_hash=content_hash(audio.samples),
+            extra=extra,
         )
         embedding, probs = ctx.analyze(audio.samples)
         predicted = predicted_fields(ctx.runtime, embedding, probs, predict, record.tags)
         if predicted:
-            extra = dict(predicted["extra"])
+            extra = {**extra, **predicted["extra"]}
             if predict.captions and not caption and ctx.manifest.captioner:
                 caption = self.captioning.guided(audio.samples, predicted["tags"])
                 extra["predicted_caption"] = True
@@ -88,14 +99,35 @@ class ItemsService:
         check_record(record, ctx.limits)  # what was derived too: a path as source_uri, predicted fields
         replaced = self._existing(item_id) if upsert else None
         if not uploaded:  # its audio stays where it is (played back from source_uri while inside the roots)
-            stored = ctx.store.add(record, embedding, upsert=upsert)
+            stored = ctx.store.add(record, embedding, upsert=upsert, dedupe=dedupe)
         else:
             with ctx.uploads.staged(data) as upload:  # durable before the commit, in place before the answer
-                stored = ctx.store.add(record, embedding, upsert=upsert)
+                stored = ctx.store.add(record, embedding, upsert=upsert, dedupe=dedupe)
                 upload.commit(item_id, stored.content_hash)
         if replaced is not None and (replaced.content_hash != stored.content_hash or not uploaded):
             ctx.uploads.remove(item_id, replaced.content_hash)  # the upload an upsert replaced
         return stored
+
+    def add_many(self, entries: Sequence[dict]) -> list[tuple[str, ItemRecord | None, ServiceError | None]]:
+        """AddItems: each entry (`add`'s keyword arguments) stored or refused on its own, a few at a time so their
+        audio shares batches: one (id, stored item or None, error or None) per entry, in order. At most
+        limits.max_clips_per_request entries."""
+        if not 1 <= len(entries) <= self.ctx.limits.max_clips_per_request:
+            raise BadRequest(f"items: give 1-{self.ctx.limits.max_clips_per_request} items, got {len(entries)}")
+
+        def one(entry: dict) -> tuple[str, ItemRecord | None, ServiceError | None]:
+            try:
+                return entry["item_id"], self.add(**entry), None
+            except ServiceError as e:
+                return entry["item_id"], None, e
+            except Exception:  # one item's failure must not lose the others' answers: they may be stored
+                log.exception("unexpected error storing %r", entry["item_id"])
+                return entry["item_id"], None, ServiceError("internal error (the gateway's log has the details)")
+
+        with ThreadPoolExecutor(min(len(entries), ADD_MANY_THREADS)) as pool:
+            # Each task runs in a copy of this request's context: its deadline (admission.remaining) goes with it.
+            futures = [pool.submit(contextvars.copy_context().run, one, entry) for entry in entries]
+            return [f.result() for f in futures]
 
     def _existing(self, item_id: str) -> ItemRecord | None:
         try:

@@ -148,6 +148,28 @@ class TaggingService:
         clip = label_set.top(_score([self.ctx.analyze(audio.samples)], label_set)[0], top_k)
         return clip, (self.windows(audio.samples, *spans, label_set, top_k) if spans else ())
 
+    def tag_clips(
+        self,
+        clips: Sequence[bytes],
+        labels: Sequence[str] | None = None,
+        top_k: int = 10,
+        window_s: float = 0.0,
+        hop_s: float = 0.0,
+    ) -> list[tuple[tuple[LabelScore, ...], tuple[TagWindow, ...]]]:
+        """`tag` for several clips of one request (the limits of `Context.decode_clips`), scored in shared batches;
+        all or nothing: a clip that does not decode fails the call, naming it."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise BadRequest(f"top_k must be a positive integer, got {top_k!r}")
+        spans = self.check_windows(window_s, hop_s) if (window_s or hop_s) else None
+        label_set, ctx = self.labels(labels), self.ctx
+        samples = ctx.decode_clips(clips, "audios")
+        futures = [ctx.audio_batcher.submit_future(x, ctx.timeout) for x in samples]
+        scores = _score([ctx.result(f) for f in futures], label_set)
+        return [
+            (label_set.top(p, top_k), self.windows(x, *spans, label_set, top_k) if spans else ())
+            for x, p in zip(samples, scores)
+        ]
+
     def stream(
         self,
         encoding: str,

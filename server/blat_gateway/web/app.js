@@ -142,10 +142,10 @@ async function analyse(file) {
 
 async function refreshStats() {
   const [stats, info] = await Promise.all([call("GET", "/v1/index/stats"), call("GET", "/v1/info")]);
-  $("stats-items").textContent = String(stats.count);
-  $("stats-version").textContent = stats.version;
-  $("stats-kind").textContent = stats.kind;
-  $("bundle").textContent = stats.bundle_id;
+  $("stats-items").textContent = String(stats.items);
+  $("stats-version").textContent = stats.index_version;
+  $("stats-kind").textContent = stats.index_kind;
+  $("bundle").textContent = stats.bundle;
   $("backend").textContent = info.backend;
 }
 

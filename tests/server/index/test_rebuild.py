@@ -52,7 +52,7 @@ def test_rebuild_swaps_after_validation_and_serves_old_meanwhile(store, version_
     p = job.progress()
     assert p.state == "running" and p.version == version_name(2) and 0 < p.done <= 120 and p.total == 200
     assert store.search(OLD[3], 1)[0][0].id == "old-3"  # still the old version
-    assert store.stats().version == version_name(1) and store.stats().rebuild["state"] == "running"
+    assert store.stats().version == version_name(1) and store.stats().rebuild.state == "running"
     with pytest.raises(Conflict):
         store.start_rebuild([], total=0)
     with pytest.raises(Conflict):
@@ -143,15 +143,20 @@ def test_cancel(store, version_name):
     assert store.start_rebuild([(item(0, "new"), NEW[0])], total=1).wait(30).state == "succeeded"
 
 
-def test_duplicates_in_source_are_skipped_and_counted(store):
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_duplicates_in_source_are_skipped_and_counted(store, dedupe):
+    """A repeated id is always skipped; the same sound under a new id only with dedupe (the rule of adds too)."""
     pairs = [(item(i, "new"), NEW[i]) for i in range(10)]
     pairs += [
         (item(3, "new"), NEW[3]),
         (ItemRecord(id="same-audio", content_hash=pairs[4][0].content_hash), NEW[4]),
         (ItemRecord(id="bad-vector"), np.zeros(DIM)),
     ]
-    p = store.start_rebuild(pairs, total=len(pairs)).wait(30)
-    assert p.state == "succeeded" and (p.done, p.added, p.skipped) == (13, 10, 3) and len(p.skipped_reasons) == 3
+    p = store.start_rebuild(pairs, total=len(pairs), dedupe=dedupe).wait(30)
+    skipped = 3 if dedupe else 2
+    assert p.state == "succeeded" and (p.done, p.added, p.skipped) == (13, 13 - skipped, skipped)
+    kept = {it.id for it in store.page("", 100)[0]}
+    assert len(p.skipped_reasons) == skipped and ("same-audio" in kept) != dedupe
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])

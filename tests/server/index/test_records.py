@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,22 @@ def test_filter_checks():
     with pytest.raises(BadRequest):
         SearchFilter(tags_any="dog")
     assert SearchFilter().empty and not SearchFilter(tags_all=("dog",)).empty
+    assert not SearchFilter(extra={"licence": "CC0-1.0"}).empty
+    for bad in (
+        {"bad key": "x"},  # keys are plain names
+        {"1st": "x"},
+        {"k": {"like": "x"}},  # an unknown operator
+        {"k": {}},
+        {"k": {"gt": True}},  # bounds are numbers or strings
+        {"k": {"in": []}},
+        {"k": {"in": "abc"}},
+        {"k": {"eq": {"nested": 1}}},
+        {"k": None},  # null is not filterable
+        {"k": float("nan")},
+        ["k"],
+    ):
+        with pytest.raises(BadRequest):
+            SearchFilter(extra=bad)
 
 
 FILTERS = [
@@ -61,13 +79,21 @@ FILTERS = [
     SearchFilter(max_duration_s=0),
     SearchFilter(tags_any=("silence",), source_prefix="s3://bucket/a"),
     SearchFilter(tags_any=("nope",)),
+    SearchFilter(extra={"licence": "CC0-1.0"}),
+    SearchFilter(extra={"n": {"gte": 3, "lt": 7.5}}),
+    SearchFilter(extra={"n": {"in": [1, 2, "5"]}}),
+    SearchFilter(extra={"flag": True}),
+    SearchFilter(extra={"flag": 1}),
+    SearchFilter(extra={"day": {"gte": "2024-03-01"}}, tags_any=("dog",)),
 ]
 
 
 @pytest.mark.parametrize("flt", FILTERS, ids=range(len(FILTERS)))
 def test_filter_sql_equals_python(tmp_path, flt):
     db = VersionDB.create(tmp_path / "x.sqlite", VersionMeta(dim=4, bundle_id="b", kind="flat", created_at=0.0))
-    items = [item(i) for i in range(80)] + [ItemRecord(id="no-duration", tags=("dog",))]
+    kinds = [{"licence": "CC0-1.0", "n": 3, "flag": True}, {"n": 7.5, "flag": 1, "day": "2024-03-02"}, {"n": "5"}, {}]
+    items = [replace(item(i), extra={**kinds[i % 4], "day": f"2024-0{i % 5 + 1}-01"}) for i in range(80)]
+    items.append(ItemRecord(id="no-duration", tags=("dog",), extra={"n": 2, "flag": False}))
     vecs = unit(len(items), 4)
     with db.tx():
         fids = [db.put(it, v, upsert=False)[0] for it, v in zip(items, vecs)]

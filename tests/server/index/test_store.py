@@ -99,19 +99,22 @@ def test_conflict_upsert_delete(filled):
     assert_matches_brute(store, items, vecs[keep], noisy(vecs[:30]), k=10)
 
 
-def test_duplicate_content_hash_names_existing_id(filled):
+def test_duplicate_content_hash_is_refused_only_with_dedupe(filled):
     store, _, _ = filled
     v = unit(1, DIM, seed=5)[0]
     with pytest.raises(Conflict) as e:
-        store.add(ItemRecord(id="copy", content_hash="clip-hash-12"), v)
+        store.add(ItemRecord(id="copy", content_hash="clip-hash-12"), v, dedupe=True)
     assert e.value.details["existing_id"] == "clip-12" and "clip-12" in e.value.message
     with pytest.raises(Conflict):  # upsert of another id does not bypass the check either
-        store.add(ItemRecord(id="clip-13", content_hash="clip-hash-12"), v, upsert=True)
-    store.add(ItemRecord(id="clip-12", content_hash="clip-hash-12"), v, upsert=True)  # same id: fine
+        store.add(ItemRecord(id="clip-13", content_hash="clip-hash-12"), v, upsert=True, dedupe=True)
+    store.add(ItemRecord(id="clip-12", content_hash="clip-hash-12"), v, upsert=True, dedupe=True)  # same id: fine
+    store.add(ItemRecord(id="copy", content_hash="clip-hash-12"), v)  # without dedupe: a second id, same sound
+    assert store.get("copy").content_hash == store.get("clip-12").content_hash
     store.delete("clip-12")
-    store.add(ItemRecord(id="copy", content_hash="clip-hash-12"), v)  # the hash is free again
-    store.add(ItemRecord(id="nohash-1"), v)
-    store.add(ItemRecord(id="nohash-2"), v)  # "" is "unknown", never a duplicate
+    store.delete("copy")
+    store.add(ItemRecord(id="copy-2", content_hash="clip-hash-12"), v, dedupe=True)  # the hash is free again
+    store.add(ItemRecord(id="nohash-1"), v, dedupe=True)
+    store.add(ItemRecord(id="nohash-2"), v, dedupe=True)  # "" is "unknown", never a duplicate
 
 
 def test_add_many_is_all_or_nothing(filled):
@@ -121,7 +124,7 @@ def test_add_many_is_all_or_nothing(filled):
         (ItemRecord(id="n2", content_hash="new-1"), unit(1, DIM, 2)[0]),
     ]  # duplicate inside the batch
     with pytest.raises(Conflict):
-        store.add_many(batch)
+        store.add_many(batch, dedupe=True)
     with pytest.raises(NotFound):
         store.get("n1")
     assert store.stats().count == 300
@@ -168,6 +171,46 @@ def test_filters_with_awkward_values(tmp_path, open_store):
             SearchFilter(min_duration_s=4.0, max_duration_s=4.0),
         ):
             assert_matches_brute(store, items, vecs, vecs[:3], k=len(items), flt=flt)
+
+
+EXTRA = [
+    {"licence": "CC0-1.0", "year": 2019, "date": "2019-05-01", "public": True},
+    {"licence": "CC-BY-4.0", "year": 2023.5, "date": "2023-11-30", "public": False},
+    {"licence": "GPL-2+", "year": "2021", "date": "2021-01-01", "public": 1},  # a year as text, 1 as a number
+    {"licence": None, "nested": {"licence": "CC0-1.0"}, "public": "yes"},
+    {},
+]
+EXTRA_FILTERS = [
+    {"licence": "CC0-1.0"},
+    {"licence": {"in": ["CC-BY-4.0", "GPL-2+"]}},
+    {"year": {"gte": 2020}},  # numbers only: "2021" is text
+    {"year": {"gt": "2020"}},  # text only
+    {"date": {"gte": "2020-01-01", "lt": "2023-12-01"}},
+    {"public": True},  # not the number 1
+    {"public": 1},  # not true
+    {"public": {"in": [True, "yes"]}},
+    {"licence": "CC0-1.0", "year": {"lte": 2019}},
+    {"licence": {"eq": "CC0-1.0", "in": ["GPL-2+"]}},  # both must hold: nothing
+    {"missing": "x"},
+]
+
+
+@pytest.mark.parametrize("conditions", EXTRA_FILTERS, ids=range(len(EXTRA_FILTERS)))
+def test_extra_filters_on_every_engine(tmp_path, open_store, conditions):
+    """Conditions on `extra` keys (equality, `in`, ranges on numbers or on ISO dates): every engine returns what
+    `SearchFilter.matches` says, in searches and in listing; kinds never mix (true is not 1, "2021" not 2021)."""
+    items = [
+        ItemRecord(id=f"m{i:02d}", tags=("dog",) if i % 2 else ("rain",), extra=EXTRA[i % len(EXTRA)])
+        for i in range(30)
+    ]
+    vecs = unit(len(items), DIM, seed=11)
+    with open_store(tmp_path, DIM, "b") as store:
+        store.add_many(zip(items, vecs))
+        for flt in (SearchFilter(extra=conditions), SearchFilter(tags_any=("dog",), extra=conditions)):
+            want = [it.id for it in items if flt.matches(it)]
+            assert_matches_brute(store, items, vecs, vecs[:3], k=len(items), flt=flt)
+            assert [it.id for it in store.page("", 100, flt)[0]] == want
+    assert any(SearchFilter(extra=c).matches(it) for c in EXTRA_FILTERS for it in items)  # not all empty
 
 
 @pytest.mark.parametrize("rounds", [1, 3], ids=["scan-early", "fetch-more"])
