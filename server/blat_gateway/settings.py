@@ -84,7 +84,7 @@ class LimitSettings:
     # bodies held at once (read or being served). Past it uploads get 429. Default: 64 maximal uploads.
     max_body_bytes_in_flight: int = 64 * 32 * 1024 * 1024
     # What an item stores (add, rebuild, manifests alike; 400). Search answers carry these strings: with max_k hits
-    # at these lengths a gRPC reply stays under a default client's 4 MiB (server/blat_gateway/item_limits.py; 2.8 MiB
+    # at these lengths a gRPC reply stays under a default client's 4 MiB (server/blat_gateway/item_limits.py; 3.57 MiB
     # at most).
     max_caption_chars: int = 2000
     max_tags: int = 64  # tags per item (at most records.MAX_TAGS, the stores' own bound)

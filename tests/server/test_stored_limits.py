@@ -96,6 +96,9 @@ def test_settings_refuse_limits_whose_search_reply_could_pass_4_mib():
 def test_max_k_hits_at_maximum_lengths_reach_a_default_grpc_client(gw, stub):
     """Every stored string at its limit, in four-byte characters, k = max_k: the worst case the settings allow."""
     tags = [f"{i:02d}" + WIDE * (LIM.max_tag_chars - 2) for i in range(LIM.max_tags)]
+    wrapper = len('{"note":""}')  # extra as compact UTF-8 JSON, filled to max_extra_bytes with 4-byte characters
+    extra = json.dumps({"note": WIDE * ((LIM.max_extra_bytes - wrapper) // 4)}, ensure_ascii=False)
+    assert len(extra.replace(" ", "").encode()) > LIM.max_extra_bytes - 4
     for i in range(LIM.max_k):
         grpc_add(
             stub,
@@ -104,6 +107,7 @@ def test_max_k_hits_at_maximum_lengths_reach_a_default_grpc_client(gw, stub):
             tags=tags,
             caption=f"{i:04d}" + WIDE * (LIM.max_caption_chars - 4),
             source_uri=f"{i:04d}" + WIDE * (LIM.max_source_uri_chars - 4),
+            extra_json=extra,
         )
     with grpc.insecure_channel(gw.grpc_address) as channel:  # a default client: 4 MiB receive limit
         reply = pb_grpc.BlatStub(channel).SearchItem(pb.SearchItemRequest(id="max/000", k=LIM.max_k), timeout=60)

@@ -1,8 +1,10 @@
-"""Items: store an upload or a server-side file under an id, list them a page at a time, read one, its audio, or
+"""Items: store an upload or a server-side file under an id (or up to max_clips_per_request of them in one call,
+each stored or refused on its own), list them a page at a time, read one, its audio, or
 delete it."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -11,10 +13,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer, audio_body, json_object, query_filter
+from blat_gateway.api.json_io import answer, audio_body, base64_audio, error_json, json_object, query_filter
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, WRITE, endpoint
 from blat_gateway.index import SearchFilter
-from blat_gateway.schema import ID, DeletedOut, ItemOut, ItemsPageOut
+from blat_gateway.schema import ID, AddItemsOut, DeletedOut, ItemOut, ItemsPageOut
 from blat_gateway.uploads import media_type
 from blat_wire import blat_pb2 as pb
 
@@ -199,3 +201,61 @@ def _(gw, m):
         )
 
     return item_audio
+
+
+add_items = endpoint(
+    "add_items",
+    route="POST /v1/items/batch",
+    rpc="AddItems",
+    scope=WRITE,
+    gate="audio",
+    body="audio_json",
+    ok=AddItemsOut,
+    errors=AUDIO_ERRORS,
+    tag="items",
+)
+
+
+def _result_json(item_id, stored, error) -> dict:
+    return {"id": item_id, "item": stored.to_dict() if stored else None, "error": error_json(error) if error else None}
+
+
+@add_items.rest
+def _(gw, m):
+    async def add_items(req: m.AddItemsBody) -> JSONResponse:
+        """Store up to limits.max_clips_per_request items in one call (each an upload in `audio`, base64, or a
+        server-side `path`). Each is stored or refused on its own, as POST /v1/items would: the answer holds one
+        result per item, in order, with the stored item or the error (the same error object as a refused call's
+        body). A stored item is durable when the answer comes."""
+        entries = []
+        for i, it in enumerate(req.items):
+            entries.append(
+                {
+                    "item_id": it.id,
+                    "data": base64_audio(it.audio.data, f"items[{i}].audio") if it.audio else None,
+                    "path": it.path,
+                    "tags": it.tags,
+                    "caption": it.caption,
+                    "source_uri": it.source_uri,
+                    "upsert": it.upsert,
+                    "extra": it.extra,
+                    "dedupe": it.dedupe,
+                }
+            )
+        results = await asyncio.to_thread(gw.items.add_many, entries)
+        return answer({"results": [_result_json(*r) for r in results]})
+
+    return add_items
+
+
+@add_items.grpc
+def _(gw, req):
+    results = gw.items.add_many([proto_io.add_item(it) for it in req.items])
+    return pb.AddItemsResponse(
+        results=[
+            pb.ItemResult(
+                id=item_id, item=proto_io.item(stored) if stored else None, error=proto_io.error(e) if e else None
+            )
+            for item_id, stored, e in results
+        ]
+    )

@@ -1,4 +1,5 @@
-"""The model verbs: tag (an upload, or a live PCM stream over gRPC), caption, and embed audio or texts (also as the
+"""The model verbs: tag (an upload, up to max_clips_per_request clips in one call, or a live PCM stream over gRPC),
+caption, and embed audio or texts (also as the
 OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models` that embedding servers share)."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
@@ -24,6 +25,7 @@ from blat_gateway.schema import (
     EmbeddingsOut,
     OpenAIEmbeddingsOut,
     OpenAIModelsOut,
+    TagClipsOut,
     TagsOut,
 )
 from blat_gateway.services.captioning import MAX_BEAM
@@ -232,3 +234,50 @@ def _(gw, m):
         return answer({"object": "list", "data": [model]})
 
     return openai_models
+
+
+# Several clips in one call: base64 in JSON, as proto3 JSON writes bytes, so the REST body is the JSON form of the
+# gRPC request; together they stay within one upload's limits (the front door caps an "audio_json" body).
+tag_clips = endpoint(
+    "tag_clips",
+    route="POST /v1/tag/clips",
+    rpc="TagClips",
+    scope=READ,
+    gate="audio",
+    body="audio_json",
+    ok=TagClipsOut,
+    errors=AUDIO_ERRORS,
+    tag="models",
+)
+
+
+def _tags_json(clip, windows) -> dict:
+    windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
+    return {"tags": [vars(t) for t in clip], "windows": windows_json}
+
+
+@tag_clips.rest
+def _(gw, m):
+    async def tag_clips(req: m.TagClipsBody) -> JSONResponse:
+        """`/v1/tag` for up to limits.max_clips_per_request clips at once, with the same options for each: one result
+        per clip, in order. All or nothing: a clip that does not decode fails the call and the error names it."""
+        clips = [base64_audio(a.data, f"audios[{i}]") for i, a in enumerate(req.audios)]
+        results = await run_in_threadpool(
+            gw.tagging.tag_clips, clips, req.labels or None, req.top_k, req.window_s, req.hop_s
+        )
+        return answer({"results": [_tags_json(clip, windows) for clip, windows in results]})
+
+    return tag_clips
+
+
+@tag_clips.grpc
+def _(gw, req):
+    results = gw.tagging.tag_clips(
+        [a.data for a in req.audios], list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s
+    )
+    return pb.TagClipsResponse(
+        results=[
+            pb.TagResponse(tags=proto_io.scores(clip), windows=[proto_io.tag_window(w) for w in windows])
+            for clip, windows in results
+        ]
+    )
