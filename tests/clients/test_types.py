@@ -56,23 +56,33 @@ async def main() -> None:
 """
 
 
-def readme_examples() -> list[tuple[int, str]]:
-    """(line, code) of every ```python block in README.md that imports blat_client."""
-    text = (ROOT / "README.md").read_text()
-    return [
-        (text[: m.start("code")].count("\n") + 1, m.group("code"))
-        for m in BLOCK.finditer(text)
-        if m.group("lang") == "python" and USES_CLIENT.search(m.group("code"))
-    ]
+READMES = {"readme": ROOT / "README.md", "clients-readme": ROOT / "clients" / "README.md"}
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """(name, code) of every ```python block that imports blat_client in README.md ("readme:LINE") and in the
+    client distribution's own clients/README.md ("clients-readme:LINE")."""
+    out = []
+    for prefix, path in READMES.items():
+        text = path.read_text()
+        out += [
+            (f"{prefix}:{text[: m.start('code')].count(chr(10)) + 1}", m.group("code"))
+            for m in BLOCK.finditer(text)
+            if m.group("lang") == "python" and USES_CLIENT.search(m.group("code"))
+        ]
+    return out
 
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory) -> dict[str, list[tuple[int, str]]]:
     """mypy --strict over the package, the README's examples, TYPED_USES and WRONG at once: {name: [(line, error)]}
-    with name "package", "readme:LINE" (the block's first line in README.md), "typed_uses" or "wrong"."""
+    with name "package", "readme:LINE" / "clients-readme:LINE" (a block's first line), "typed_uses" or "wrong"."""
     folder = tmp_path_factory.mktemp("types")
-    files = {f"readme:{line}": (folder / f"readme_{line}.py", code) for line, code in readme_examples()}
-    assert len(files) >= 2, "README.md's blat_client examples are gone"
+    files = {
+        name: (folder / f"{name.replace(':', '_').replace('-', '_')}.py", code) for name, code in readme_examples()
+    }
+    assert sum(n.startswith("readme:") for n in files) >= 2, "README.md's blat_client examples are gone"
+    assert any(n.startswith("clients-readme:") for n in files), "clients/README.md's examples are gone"
     files["typed_uses"] = (folder / "typed_uses.py", TYPED_USES)
     files["wrong"] = (folder / "wrong.py", WRONG)
     for path, code in files.values():
@@ -103,8 +113,8 @@ def test_client_package_passes_mypy_strict(checked):
 
 def test_readme_examples_pass_mypy_strict(checked):
     for name, errors in checked.items():
-        if name.startswith("readme:"):
-            assert errors == [], f"README.md block at line {name[7:]}:\n" + "\n".join(
+        if name.startswith(("readme:", "clients-readme:")):
+            assert errors == [], f"{name} (the block's first line):\n" + "\n".join(
                 f"  +{line}: {msg}" for line, msg in errors
             )
     assert checked["typed_uses"] == [], checked["typed_uses"]
