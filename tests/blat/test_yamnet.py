@@ -3,8 +3,10 @@ recordings, the 32 kHz front end against YAMNet's 16 kHz one, batch invariance, 
 
 The package's graph rounds its input patches, every activation and its class logits to 8 bits (the logits in steps
 of 0.757), so parity is measured, not exact: on the same patches the float network and the package's graph must
-agree on logits (Pearson correlation) and on each clip's top labels. The thresholds sit below what was measured on
-the 35 freedesktop sounds (mean correlation 0.97, top-5 overlap 0.8, top-1 agreement 0.8) with a margin.
+agree on logits (Pearson correlation) and on each clip's top labels. The package's graph runs unfused (see
+`package_graph`), as its quantize/dequantize operators define it, the same on every CPU. On the 35 freedesktop
+sounds that measured mean correlation 0.960 (median over 0.95), top-5 overlap 0.714, top-1 agreement 0.829; the
+32 kHz path: package top-1 in our top-3 0.886, top-5 overlap 0.537. The thresholds sit below those.
 """
 
 from __future__ import annotations
@@ -52,7 +54,13 @@ def package_graph(tmp_path_factory):
         for t in onnx.load(str(path), load_external_data=False).graph.initializer
         if t.name in names
     }
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), q
+    # On x86 CPUs without VNNI (AVX2 only, e.g. an AMD EPYC), ORT fuses the graph's quantize/dequantize pairs into
+    # u8s8 integer kernels that saturate their 16-bit intermediate sums, so the same graph answers differently by CPU
+    # (measured on one: logit correlation 0.918 instead of 0.97). Unfused, each operator runs as the graph writes it
+    # (float arithmetic between the 8-bit roundings): the reference is the same on every CPU.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), q
 
 
 def package_logits(graph, patches: np.ndarray) -> np.ndarray:
