@@ -34,8 +34,9 @@ async function call(method, path, { json, body, type } = {}) {
   return data;
 }
 
-function showError(err) { $("error").textContent = err.message || String(err); $("error").hidden = false; }
-function clearError() { $("error").hidden = true; $("error").textContent = ""; }
+// Errors are shown where they happened: a search's above the results, a clip's in the clip panel, others at the top.
+function showError(err, where = "error") { $(where).textContent = err.message || String(err); $(where).hidden = false; }
+function clearError(where = "error") { $(where).hidden = true; $(where).textContent = ""; }
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -67,7 +68,7 @@ function renderHits(title, answer) {
   for (const hit of answer.hits) {
     const similar = el("button", { class: "similar", type: "button", "data-testid": "similar-link" },
                        "similar to this");
-    similar.addEventListener("click", () => run(() => searchSimilar(hit.id)));
+    similar.addEventListener("click", () => navigate({ similar: hit.id }));
     const tags = el("div", { class: "tags", "data-testid": "result-tags" });
     for (const t of hit.item.tags) tags.append(el("span", { class: "tag" }, t));
     list.append(el("li", { class: "result", "data-testid": "result", "data-id": hit.id },
@@ -79,19 +80,53 @@ function renderHits(title, answer) {
   }
 }
 
-async function run(task) {
-  clearError();
-  try { await task(); } catch (err) { showError(err); }
+// One user action: its error box cleared, a busy state on its panel while it runs, its failure shown in place.
+async function run(task, where = "error", busy = null) {
+  clearError(where);
+  if (busy) busy.setAttribute("aria-busy", "true");
+  try { await task(); } catch (err) { showError(err, where); } finally { if (busy) busy.removeAttribute("aria-busy"); }
 }
 
 function k() { return Math.max(1, Math.min(100, parseInt($("k").value, 10) || 10)); }
 
-async function searchText(query) {
-  renderHits(`“${query}”`, await call("POST", "/v1/search/text", { json: { query, k: k() } }));
+// Only the newest search may draw its answer: Back pressed twice quickly must not end on the older results.
+let searchSeq = 0;
+
+async function searchText(query, seq) {
+  $("results-title").textContent = `Searching for “${query}”…`;
+  const answer = await call("POST", "/v1/search/text", { json: { query, k: k() } });
+  if (seq === searchSeq) renderHits(`“${query}”`, answer);
 }
 
-async function searchSimilar(id) {
-  renderHits(`Similar to ${id}`, await call("POST", "/v1/search/item", { json: { id, k: k() } }));
+async function searchSimilar(id, seq) {
+  $("results-title").textContent = `Searching for sounds like ${id}…`;
+  const answer = await call("POST", "/v1/search/item", { json: { id, k: k() } });
+  if (seq === searchSeq) renderHits(`Similar to ${id}`, answer);
+}
+
+// The search lives in the URL (?q=TEXT or ?similar=ID, and &k=N): a result list can be shared or reloaded, and
+// Back and Forward step through earlier searches.
+function searchUrl(params) {
+  const q = new URLSearchParams(params);
+  if (k() !== 10) q.set("k", String(k()));
+  return "?" + q.toString();
+}
+
+function navigate(params) {
+  const url = searchUrl(params);
+  if (url !== location.search) history.pushState(null, "", url);
+  showUrlState();
+}
+
+function showUrlState() {
+  const q = new URLSearchParams(location.search);
+  if (q.has("k")) $("k").value = String(parseInt(q.get("k"), 10) || 10);
+  const query = q.get("q") || "", similar = q.get("similar") || "";
+  $("search-input").value = query;
+  const panel = $("search-panel"), seq = ++searchSeq;
+  if (query) run(() => searchText(query, seq), "search-error", panel);
+  else if (similar) run(() => searchSimilar(similar, seq), "search-error", panel);
+  else { clearError("search-error"); $("results-title").textContent = ""; $("results").replaceChildren(); }
 }
 
 // The clip's length from its metadata, as the browser decodes it (0 when it cannot tell).
@@ -122,9 +157,18 @@ async function analyse(file) {
   $("tags-output").replaceChildren();
   $("windows-output").replaceChildren();
   $("caption-output").textContent = "…";
+  try {
+    await describe(file, data, local);
+  } finally {
+    if ($("caption-output").textContent === "…") $("caption-output").textContent = "(no caption: see the error above)";
+  }
+}
+
+async function describe(file, data, local) {
   const seconds = await clipSeconds(local);
   const windowed = seconds > LONG_CLIP_S ? `&window_s=${WINDOW_S}` : "";
   const similar = call("POST", `/v1/search/audio?k=${k()}`, { body: data });
+  similar.catch(() => {});  // awaited below; if tagging fails first, its failure is the one reported
   const tags = await call("POST", `/v1/tag?top_k=10${windowed}`, { body: data });
   for (const t of tags.tags) $("tags-output").append(scoreRow(t.label, t.score));
   $("windows-block").hidden = tags.windows.length === 0;
@@ -137,7 +181,9 @@ async function analyse(file) {
   const guide = tags.tags.filter((t) => t.score >= 0.3).slice(0, 3).map((t) => "tags=" + encodeURIComponent(t.label));
   const captions = await call("POST", "/v1/caption?" + guide.join("&"), { body: data });
   $("caption-output").textContent = captions.captions.length ? captions.captions[0].text || "(empty caption)" : "";
-  renderHits(`Sounds like ${file.name}`, await similar);
+  const hits = await similar;
+  searchSeq++;  // the newest list on the left: a text search still in flight does not replace it
+  renderHits(`Sounds like ${file.name}`, hits);
 }
 
 async function refreshStats() {
@@ -155,15 +201,18 @@ function setup() {
   key.addEventListener("change", () => {
     localStorage.setItem(KEY, key.value.trim());
     run(refreshStats);
+    if (location.search) showUrlState();  // a search the missing key refused: run it again
   });
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const query = $("search-input").value.trim();
-    if (query) run(() => searchText(query).then(refreshStats));
+    if (query) navigate({ q: query });
   });
+  window.addEventListener("popstate", showUrlState);
+  const analyseHere = (file) => run(() => analyse(file), "clip-error", $("clip-panel"));
   $("file-input").addEventListener("change", () => {
     const file = $("file-input").files[0];
-    if (file) run(() => analyse(file));
+    if (file) analyseHere(file);
   });
   const zone = $("drop-zone");
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
@@ -172,9 +221,10 @@ function setup() {
     e.preventDefault();
     zone.classList.remove("over");
     const file = e.dataTransfer.files[0];
-    if (file) run(() => analyse(file));
+    if (file) analyseHere(file);
   });
   run(refreshStats);
+  showUrlState();
 }
 
 document.addEventListener("DOMContentLoaded", setup);
