@@ -127,7 +127,9 @@ def test_search_listen_similar(page, gw):
     assert shown_ids(page) == [h["id"] for h in expected["hits"]]
     first = page.locator("[data-testid=result]").first
     assert first.locator("[data-testid=result-score]").inner_text() == f"{expected['hits'][0]['score']:.3f}"
-    assert first.locator("[data-testid=result-caption]").inner_text() == expected["hits"][0]["item"]["caption"]
+    # titled by the caption (the file name when there is none), the id below it
+    assert first.locator("[data-testid=result-title]").inner_text() == expected["hits"][0]["item"]["caption"]
+    assert first.locator("[data-testid=result-id]").inner_text() == expected["hits"][0]["id"]
     assert first.locator(".tag").all_inner_texts() == expected["hits"][0]["item"]["tags"]
     wait_for_playable_audio(page, len(expected["hits"]))
     page.screenshot(path=str(SHOTS / "1-search.png"), full_page=True)
@@ -284,3 +286,21 @@ def test_a_phone_screen_has_no_sideways_scroll(browser, gw, clips, tmp_path):
     page.screenshot(path=str(SHOTS / "7-phone.png"), full_page=True)
     context.close()
     assert width[0] <= width[1], f"the page is {width[0]} px wide on a {width[1]} px screen"
+
+
+def test_a_result_without_a_caption_is_titled_by_its_file_name(page, gw):
+    with_key(page)
+    item_id = "field/recordings/door-creak.wav"
+    with api(gw) as c:
+        assert (
+            c.post("/v1/items", params={"id": item_id}, content=wav(synth_clip(9100, seconds=1.2))).status_code == 201
+        )
+    try:
+        page.goto(f"{gw.http_url}/?q=a+door&k=100")
+        row = page.locator(f"[data-testid=result][data-id='{item_id}']")
+        row.wait_for()
+        assert row.locator("[data-testid=result-title]").inner_text() == "door-creak.wav"
+        assert row.locator("[data-testid=result-id]").inner_text() == item_id
+    finally:
+        with api(gw) as c:
+            assert c.delete(f"/v1/items/{item_id}").status_code == 200

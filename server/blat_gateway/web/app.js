@@ -60,8 +60,13 @@ function player(id) {
   return audio;
 }
 
-function renderHits(title, answer) {
-  $("results-title").textContent = `${title}: ${answer.hits.length} result(s)`;
+// A result's title: its caption, else its file name (the last part of its id): long package paths stay below it.
+function title(hit) {
+  return hit.item.caption || hit.id.split("/").pop() || hit.id;
+}
+
+function renderHits(heading, answer) {
+  $("results-title").textContent = `${heading}: ${answer.hits.length} result(s)`;
   const list = $("results");
   for (const old of list.querySelectorAll("audio")) if (old.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
   list.replaceChildren();
@@ -73,9 +78,9 @@ function renderHits(title, answer) {
     for (const t of hit.item.tags) tags.append(el("span", { class: "tag" }, t));
     list.append(el("li", { class: "result", "data-testid": "result", "data-id": hit.id },
       el("div", { class: "head" }, el("span", { class: "score", "data-testid": "result-score" }, hit.score.toFixed(3)),
-         el("span", { class: "id" }, hit.id), similar),
+         el("span", { class: "title", "data-testid": "result-title" }, title(hit)), similar),
+      el("div", { class: "id", "data-testid": "result-id" }, hit.id),
       tags,
-      el("div", { class: "caption", "data-testid": "result-caption" }, hit.item.caption || ""),
       player(hit.id)));
   }
 }
