@@ -72,10 +72,13 @@ soak: $(STAMP)
 	@test -f $(BUNDLE)/bundle.json || $(PY) -m blat_export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite
 	$(PY) bench/soak.py --bundle $(BUNDLE) $(SOAK_ARGS)
 
-# The web page's end-to-end test drives Debian's chromium (tests/server/test_browser.py); installed when missing.
+# The web page's end-to-end test drives Debian's chromium (tests/server/test_browser.py); installed when missing,
+# with axe-core from npm (MPL-2.0), the accessibility checker the test runs inside the page.
+AXE := $(VENV)/npm/node_modules/axe-core/axe.min.js
 browser:
 	@command -v chromium >/dev/null || { sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends chromium; }
+	@test -f $(AXE) || npm install --silent --no-save --no-package-lock --prefix $(VENV)/npm axe-core@4.11.0
 
 # Two tiers: `make test` runs all but the `bench` marker (TEST_MARKS; a -m in PYTEST_ARGS comes later and wins);
 # `make test-bench` runs only the benchmarks, quality bars and long pipeline runs. CI (.ci/run) runs both.

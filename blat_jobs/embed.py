@@ -40,7 +40,7 @@ BATCH = 16  # clips per model call: the gateway's default max_batch, which its r
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    """Rows -> {id, path (absolute), tags, caption}: the same rules as the gateway's rebuild entries
+    """Rows -> {id, path (absolute), tags, caption, extra}: the same rules as the gateway's rebuild entries
     (`IngestService.rebuild_entries`, minus its ingest-roots check: the operator runs this job on their own files)."""
     from blat_gateway.errors import BadRequest
     from blat_gateway.inputs import manifest_rows
@@ -53,6 +53,7 @@ def read_manifest(path: str | Path) -> list[dict]:
                 "tags": list(row["tags"]),
                 "path": str(path.parent / row["audio"]),
                 "caption": row["caption"],
+                "extra": row["extra"],
             }
             for _, row in manifest_rows(path)
         ]

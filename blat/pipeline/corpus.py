@@ -464,7 +464,8 @@ def write_index_seed(
     manifest: Path, path: Path, splits: tuple[str, ...] | None = ("test_events", "test_scenes")
 ) -> Path:
     """Clips of `manifest` (a scene manifest's held-out splits, never trained on; or, with splits=None, every row
-    of a corpus manifest) as the gateway's seed index manifest: id, audio (absolute), tags, caption."""
+    of a corpus manifest) as the gateway's seed index manifest: id, audio (absolute), tags, caption, and as the item's
+    metadata (`extra`) where the corpus knows them: the sound's licence, Debian package and file in it."""
     rows = load_scene_manifest(manifest, list(splits) if splits else None)
     write_jsonl(
         (
@@ -473,6 +474,9 @@ def write_index_seed(
                 "audio": str((manifest.parent / r["audio"]).resolve()),
                 "tags": r["tags"],
                 "caption": (r.get("captions") or [r.get("caption_hint") or ""])[0],
+                "extra": {
+                    k: r[f] for k, f in (("licence", "licence"), ("package", "package"), ("file", "path")) if r.get(f)
+                },
             }
             for r in rows
         ),

@@ -48,6 +48,7 @@ def start_gateway(settings):
 
 def uvicorn_options(settings) -> dict:
     """uvicorn's options for the gateway's REST side (header limits through the guarded protocol)."""
+    from blat_gateway.grpc_service import MAX_MESSAGE_BYTES_SLACK
     from blat_gateway.http_protocol import guarded_protocol
 
     limits = settings.limits
@@ -58,6 +59,10 @@ def uvicorn_options(settings) -> dict:
         access_log=False,  # the gateway writes its own access lines, with request ids (blat_gateway/observe.py)
         log_config=None,  # uvicorn's loggers go through the root's JSON handler: every log line is JSON
         http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s),
+        # /v1/tag/stream: websockets' sans-I/O protocol (uvicorn stops reading a socket until the app took its last
+        # message), with a message as large as a gRPC message may be.
+        ws="websockets-sansio",
+        ws_max_size=limits.max_upload_bytes + MAX_MESSAGE_BYTES_SLACK,
     )
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from blat_gateway.endpoint import PUBLIC, UNDECLARED, WRITE, Endpoint
@@ -11,9 +12,23 @@ from blat_gateway.errors import Forbidden, ReadOnly, Unauthorized
 
 
 def presented_key(headers_or_metadata) -> str:
-    """The API key sent as `authorization: Bearer <key>` or `x-api-key: <key>` (HTTP headers or gRPC metadata)."""
+    """The API key sent as `authorization: Bearer <key>` or `x-api-key: <key>` (HTTP headers or gRPC metadata), or,
+    from a browser's WebSocket (which cannot set headers), as the offered subprotocol `bearer.<base64url(key)>`."""
     auth = headers_or_metadata.get("authorization", "")
-    return auth[7:] if auth.lower().startswith("bearer ") else headers_or_metadata.get("x-api-key", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:]
+    return headers_or_metadata.get("x-api-key", "") or _subprotocol_key(headers_or_metadata)
+
+
+def _subprotocol_key(headers) -> str:
+    for offered in headers.get("sec-websocket-protocol", "").split(","):
+        name, _, encoded = offered.strip().partition(".")
+        if name == "bearer" and encoded:
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return "\x00undecodable"  # no configured key: refused as an unknown one
+    return ""
 
 
 def authorize(access: Endpoint, keys: dict[str, list[str]], key: str, what: str, read_only: bool = False) -> None:

@@ -4,8 +4,9 @@ reachable from every web page that machine opens, so the door checks what a brow
 
 - Host: non-public routes answer only the names in `allowed_hosts` (localhost names and the bound address by
   default), so a page whose DNS name was rebound to this address cannot read or write (421).
-- Origin: a state-changing request (POST, PUT, PATCH, DELETE) from a page of another origin is refused (403), unless
-  settings.browser.cors_origins names that origin; requests without Origin (curl, SDKs) are not browsers' and pass.
+- Origin: a state-changing request (POST, PUT, PATCH, DELETE, and any WebSocket) from a page of another origin is
+  refused (403), unless settings.browser.cors_origins names that origin; requests without Origin (curl, SDKs) are
+  not browsers' and pass.
 - CORS: answered only for the configured origins (no credentials: keys travel in headers the page sets).
 - Every answer carries a Content-Security-Policy (the page's own files only, no inline script), nosniff and no framing.
 """
@@ -18,7 +19,9 @@ from blat_gateway.settings import Settings
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
-STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A WebSocket ("WS", server/blat_gateway/api/models.py) counts as state-changing: the same-origin policy does not
+# cover it (no CORS), so any page could open one to a gateway and read its answers.
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE", "WS"})
 # The page (server/blat_gateway/web/) is one HTML file, one script and one style sheet from this origin; it plays audio
 # it fetched
 # (blob:) and calls the API here. JSON answers are not rendered, so the same policy covers them.

@@ -37,7 +37,7 @@ READ_ERRORS = (400, 401, 403, 408, 413, 429, 502, 503, 504)  # a route that runs
 class Endpoint:
     name: str  # the REST handler's name (its OpenAPI operation), or the RPC's for a gRPC-only call
     scope: str  # READ, WRITE or PUBLIC
-    route: str | None = None  # "METHOD /path/{param}" as Starlette matches it; None: gRPC only
+    route: str | None = None  # "METHOD /path/{param}" as Starlette matches it ("WS /path": a WebSocket); None: gRPC
     rpc: str | None = None  # the method of blat.v1.Blat (blat_wire/blat.proto); None: REST only
     gate: str | None = None  # "audio" or "text": the admission gate of the model input; None: no model call
     body: str | None = None  # REST only: "audio", "json", "audio_json" or None

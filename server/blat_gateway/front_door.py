@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import reset_deadline, set_deadline
-from blat_gateway.api import by_route
+from blat_gateway.api import UNDECLARED, by_route
 from blat_gateway.browser import BrowserGuard
 from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge, http_answer
 from blat_gateway.observe import HEADER, choose_request_id, key_digest, log_access, request_id
@@ -63,6 +63,9 @@ class FrontDoor:
         await send({"type": "http.response.body", "body": b""})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -92,19 +95,70 @@ class FrontDoor:
                 return
             await self._admit(scope, receive, measured, template, headers)
         finally:
-            seconds = time.perf_counter() - t0
-            self.gw.metrics.observe("rest", template or "unmatched", status, seconds)
-            if self.gw.settings.access_log:
-                log_access(
-                    api="rest",
-                    method=scope["method"],
-                    endpoint=template or "unmatched",
-                    path=scope["path"][:256],
-                    status=status,
-                    duration_ms=round(seconds * 1000, 2),
-                    client=(scope.get("client") or ("", 0))[0],
-                    key=key_digest(headers),
-                )
+            self._account("rest", scope, template, status, time.perf_counter() - t0, headers)
+            request_id.reset(token)
+
+    def _account(self, api: str, scope: Scope, template, status: int, seconds: float, headers, **more) -> None:
+        """A request's metrics and, with settings.access_log, its access line."""
+        self.gw.metrics.observe(api, template or "unmatched", status, seconds)
+        if self.gw.settings.access_log:
+            log_access(
+                api=api,
+                method=scope.get("method", "WS"),
+                endpoint=template or "unmatched",
+                path=scope["path"][:256],
+                status=status,
+                **more,
+                duration_ms=round(seconds * 1000, 2),
+                client=(scope.get("client") or ("", 0))[0],
+                key=key_digest(headers),
+            )
+
+    def _check(self, method: str, headers: dict[str, str], access, what: str) -> None:
+        """The browser's Host and Origin (421, 403), then the API key (401, 403)."""
+        self.browser.check(method, headers, access)
+        settings = self.gw.settings
+        authorize(access, settings.auth.keys, presented_key(headers), what, read_only=settings.read_only)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket's handshake passes the checks a request passes (its route's declaration, Host and Origin, the
+        API key) and takes a place of limits.max_streams for the socket's life; a refusal is an HTTP answer in the
+        error envelope (403, 421, 401, 429), sent before the handshake completes."""
+        t0, status, close_code = time.perf_counter(), 500, None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = choose_request_id(headers.get(HEADER))
+        token = request_id.set(rid)
+        template = self._template(scope)
+
+        async def measured(message: Message) -> None:
+            nonlocal status, close_code
+            if message["type"] == "websocket.accept":
+                status = 101
+                message = {**message, "headers": [*message.get("headers", []), (HEADER.encode(), rid.encode())]}
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]
+                secured = self.browser.secured(message.get("headers", []), None)
+                message = {**message, "headers": [*secured, (HEADER.encode(), rid.encode())]}
+            elif message["type"] == "websocket.close":
+                close_code = message.get("code", 1000)
+            await send(message)
+
+        place = contextlib.ExitStack()
+        try:
+            access = by_route("WS", template) if template else UNDECLARED
+            try:
+                self._check("WS", headers, access, f"WebSocket {template or scope['path'][:256]}")
+                if access.stream:
+                    place.enter_context(self.gw.streams.admitted())
+            except ServiceError as e:
+                code, refusal, body = http_answer(e)
+                await measured({"type": "websocket.http.response.start", "status": code, "headers": refusal})
+                await measured({"type": "websocket.http.response.body", "body": body})
+                return
+            with place:
+                await self.app(scope, receive, measured)
+        finally:
+            self._account("ws", scope, template, status, time.perf_counter() - t0, headers, close_code=close_code)
             request_id.reset(token)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, template: str, headers: dict[str, str]) -> None:
@@ -116,14 +170,7 @@ class FrontDoor:
         admission = contextlib.ExitStack()
         try:
             try:
-                self.browser.check(scope["method"], headers, access)
-                authorize(
-                    access,
-                    self.gw.settings.auth.keys,
-                    presented_key(headers),
-                    f"{scope['method']} {template}",
-                    read_only=self.gw.settings.read_only,
-                )
+                self._check(scope["method"], headers, access, f"{scope['method']} {template}")
                 declared = headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise TooLarge(f"request body of {int(declared)} bytes; the limit here is {cap}")

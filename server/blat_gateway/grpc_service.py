@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from blat_gateway.access import authorize, presented_key
-from blat_gateway.admission import THREADS_WITHOUT_MODEL, Gate, reset_deadline, set_deadline
+from blat_gateway.admission import THREADS_WITHOUT_MODEL, reset_deadline, set_deadline
 from blat_gateway.api import ENDPOINTS, by_rpc
 from blat_gateway.endpoint import Endpoint
 from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer
@@ -95,12 +95,11 @@ def _first_message(requests: Iterator, idle_s: float, deadline_s: float):
 
 class BlatServicer(pb_grpc.BlatServicer):
     """Each method of blat.v1.Blat runs its endpoint's gRPC adapter (server/blat_gateway/api/). A stream is capped by
-    limits.max_streams and paced: it ends when it sends nothing for limits.stream_idle_s or lasts longer than
-    limits.stream_max_s."""
+    limits.max_streams (the gateway's `streams` gate, shared with the WebSocket face) and paced: it ends when it sends
+    nothing for limits.stream_idle_s or lasts longer than limits.stream_max_s."""
 
     def __init__(self, gateway: Gateway):
         self.gw = gateway
-        self.streams = Gate("streams", gateway.limits.max_streams)
 
 
 def _bind(ep: Endpoint):
@@ -109,7 +108,7 @@ def _bind(ep: Endpoint):
 
         def call(self: BlatServicer, requests: Iterator, ctx) -> Iterator:
             limits = self.gw.limits
-            with self.streams.admitted():
+            with self.gw.streams.admitted():  # shared with the WebSocket face
                 yield from serve(self.gw, _paced(requests, limits.stream_idle_s, limits.stream_max_s))
 
     else:

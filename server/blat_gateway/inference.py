@@ -131,19 +131,18 @@ def embed_files(
         embeddings, probs = runtime.analyze_audio([d.samples for _, d in chunk])
         records = []
         for i, (e, d) in enumerate(chunk):
-            records.append(
-                {
-                    "id": e["id"],
-                    "source_uri": e["path"],
-                    "duration_s": d.duration_s,
-                    "tags": list(e.get("tags", ())),
-                    "caption": e.get("caption", ""),
-                    "content_hash": content_hash(d.samples),
-                    **predicted_fields(
-                        runtime, embeddings[i], None if probs is None else probs[i], predict, e.get("tags")
-                    ),
-                }
-            )
+            record = {
+                "id": e["id"],
+                "source_uri": e["path"],
+                "duration_s": d.duration_s,
+                "tags": list(e.get("tags", ())),
+                "caption": e.get("caption", ""),
+                "content_hash": content_hash(d.samples),
+                **predicted_fields(runtime, embeddings[i], None if probs is None else probs[i], predict, e.get("tags")),
+            }
+            if e.get("extra"):  # the entry's metadata, beside what the server predicted
+                record["extra"] = {**e["extra"], **record.get("extra", {})}
+            records.append(record)
         todo = [
             i
             for i, r in enumerate(records)

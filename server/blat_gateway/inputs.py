@@ -42,9 +42,10 @@ def check_text(value: Any, what: str, max_chars: int | None = None, allow_empty:
 
 
 def manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, {id, audio, tags, caption}) for each row of a JSON Lines audio manifest, as the rebuild and the
-    embedding job read it: `audio` (or `path`) as written, relative to the manifest's folder unless absolute; `id`
-    defaults to the file's stem; `caption` to the first of `captions`. BadRequest names a row that is not one."""
+    """(line number, {id, audio, tags, caption, extra}) for each row of a JSON Lines audio manifest, as the rebuild
+    and the embedding job read it: `audio` (or `path`) as written, relative to the manifest's folder unless absolute;
+    `id` defaults to the file's stem; `caption` to the first of `captions`; `extra` (the item's metadata: licence,
+    source...) to {}. BadRequest names a row that is not one."""
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -54,6 +55,8 @@ def manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
         except (json.JSONDecodeError, KeyError, AttributeError):
             raise BadRequest(f"{path}:{n}: need a JSON object with 'audio' or 'path'") from None
         check_text(audio, f"{path}:{n}: audio")
+        if not isinstance(row.get("extra", {}), dict):
+            raise BadRequest(f"{path}:{n}: extra must be a JSON object")
         captions = row.get("captions") or []
         yield (
             n,
@@ -62,5 +65,6 @@ def manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
                 "audio": audio,
                 "tags": row.get("tags", []),
                 "caption": row.get("caption") or (captions[0] if captions else ""),
+                "extra": row.get("extra") or {},
             },
         )

@@ -67,6 +67,9 @@ def error_response(e: ServiceError) -> Response:
 
 
 def add_route(app: FastAPI, gw: Gateway, models, ep: Endpoint) -> None:
+    if ep.method == "WS":  # a WebSocket (OpenAPI cannot describe one: README documents it)
+        app.add_api_websocket_route(ep.path, ep.make_rest(gw, models), name=ep.name)
+        return
     app.add_api_route(
         ep.path,
         ep.make_rest(gw, models),

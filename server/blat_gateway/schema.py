@@ -200,7 +200,20 @@ def request_models(limits: LimitSettings) -> SimpleNamespace:
         )
         dedupe: bool = Field(False, description="skip an entry with the sound of an earlier one")
 
+    class StreamConfigBody(BaseModel):
+        """The first message of a /v1/tag/stream WebSocket: StreamConfig's fields, with its defaults."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        encoding: Literal["f32le", "s16le"] = Field(description="of the binary messages that follow: raw mono PCM")
+        sample_rate: int = Field(ge=1, description="of the PCM (the server resamples it)")
+        window_s: float = Field(2.0, gt=0, le=limits.max_audio_seconds)
+        hop_s: float = Field(1.0, gt=0, le=limits.max_audio_seconds, description="at most window_s")
+        top_k: int = Field(5, ge=1, le=limits.max_labels)
+        labels: list[str] = Field([], max_length=limits.max_labels, description="empty: the bundle's labels")
+
     return SimpleNamespace(
+        StreamConfigBody=StreamConfigBody,
         FilterBody=FilterBody,
         SearchTextBody=SearchTextBody,
         SearchItemBody=SearchItemBody,

@@ -78,6 +78,9 @@ class Gateway:
             )
 
         self.gates = {"audio": Gate("audio", b.max_queue), "text": Gate("text", b.max_queue)}
+        # Live tagging streams, on both faces together (StreamTag over gRPC, /v1/tag/stream over WebSocket): a
+        # stream holds its place for its whole life; each of its windows passes the audio gate on its own.
+        self.streams = Gate("streams", self.limits.max_streams)
         self.audio_batcher = batcher("audio_embed", lambda waves: analyze_batch(runtime, waves))
         self.text_batcher = batcher("text_embed", lambda texts: list(runtime.encode_text(texts)))
         self.caption_batcher = batcher("caption", lambda jobs: caption_batch(runtime, jobs))

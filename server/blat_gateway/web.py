@@ -15,7 +15,13 @@ from fastapi.responses import HTMLResponse
 
 TITLE = "BLAT gateway"
 WEB = Path(__file__).resolve().parent / "web"
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {
+    "app.js": "text/javascript",
+    "results.js": "text/javascript",  # the result list, facets and pager (after app.js: it uses its helpers)
+    "live.js": "text/javascript",  # live tagging from the microphone (after app.js: it uses its helpers)
+    "mic-worklet.js": "text/javascript",  # the AudioWorklet that hands live.js the microphone's samples
+    "style.css": "text/css",
+}
 DOCS_FILES = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",

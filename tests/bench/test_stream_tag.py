@@ -1,6 +1,6 @@
-"""The StreamTag benchmark on the tiny bundle against a real gateway process: paced and as fast as possible, every
-window of every concurrent stream is answered, with a lag, a real-time factor (fast) and the server's CPU per audio
-second."""
+"""The live-tagging benchmark on the tiny bundle against a real gateway process, over gRPC and the WebSocket: paced
+and as fast as possible, every window of every concurrent stream is answered, with a lag, a real-time factor (fast)
+and the server's CPU per audio second."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def run(tiny_bundle, tmp_path, *extra: str) -> dict:
 
 def test_paced_streams_answer_every_window(tiny_bundle, tmp_path):
     result = run(tiny_bundle, tmp_path)
+    assert [(lv["face"], lv["streams"]) for lv in result["levels"]] == [("grpc", 1), ("grpc", 3), ("ws", 1), ("ws", 3)]
     for level in result["levels"]:
         # 3.3 s in 2 s windows every 1 s: [0, 2], [1, 3], then [2, 3.3] when the stream ends
         assert level["windows"] == level["expected_windows"] == 3 * level["streams"] and level["errors"] == []

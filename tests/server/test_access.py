@@ -4,7 +4,7 @@ by its adapter (so none is closed or open by accident), and anything undeclared 
 from __future__ import annotations
 
 import pytest
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from blat_gateway.access import authorize, redact
 from blat_gateway.api import ENDPOINTS, UNDECLARED, by_route, by_rpc
@@ -27,10 +27,11 @@ def app(tiny_bundle, tmp_path_factory):
 
 def test_every_rest_route_is_declared_and_every_declared_route_served(app):
     routes = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"}
+    routes |= {("WS", r.path) for r in app.routes if isinstance(r, APIWebSocketRoute)}
     declared = {(ep.method, ep.path) for ep in ENDPOINTS if ep.route}
     assert routes == declared, f"served, undeclared: {routes - declared}; declared, not served: {declared - routes}"
     assert all(by_route(m, p) is not UNDECLARED for m, p in routes)
-    assert all(isinstance(r, APIRoute) for r in app.routes if getattr(r, "path", "").startswith("/v1/"))
+    assert all(isinstance(r, (APIRoute, APIWebSocketRoute)) for r in app.routes if r.path.startswith("/v1/"))
 
 
 def test_every_rpc_is_declared_and_served_by_its_adapter():

@@ -4,6 +4,7 @@ fails only when more than `rebuild_max_unreadable_share` of its entries were."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -189,3 +190,21 @@ def test_rebuilds_say_their_mode_and_every_change_is_audited(gateway, tmp_path, 
     assert lines == [("rebuild started", "rebuild"), ("item deleted", "delete"), ("index rolled back", "rollback")]
     started = next(r for r in caplog.records if getattr(r, "action", None) == "rebuild")
     assert (started.mode, started.folder, started.job, started.items_before) == ("merge", str(clips), job.version, 1)
+
+
+def test_a_manifest_row_carries_its_metadata_into_the_item(server):
+    """A manifest row's `extra` (the seed manifest's licence, package and file) is stored with the item; a row whose
+    extra is not an object is refused naming the row."""
+    folder = server.roots / "with-metadata"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(wav(synth_clip(8800, 0.8)))
+    extra = {"licence": "CC0-1.0", "package": "demo-sounds", "file": "a.wav"}
+    (folder / "good.jsonl").write_text(json.dumps({"id": "meta/a", "audio": "a.wav", "extra": extra}) + "\n")
+    (folder / "bad.jsonl").write_text(json.dumps({"id": "meta/b", "audio": "a.wav", "extra": ["CC0"]}) + "\n")
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        r = http.post("/v1/index/rebuild", json={"manifest": str(folder / "bad.jsonl"), "mode": "merge"})
+        assert r.status_code == 400 and "bad.jsonl:1" in r.text and "extra" in r.text, r.text
+        r = http.post("/v1/index/rebuild", json={"manifest": str(folder / "good.jsonl"), "mode": "merge"})
+        assert r.status_code == 202, r.text
+        assert wait_job(http, r.json()["job_id"])["state"] == "succeeded"
+        assert http.get("/v1/items/meta/a").json()["extra"] == extra

@@ -38,8 +38,14 @@ def test_page_and_its_files_are_public_and_local(gw):
         page = c.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assets = re.findall(r'(?:src|href)="(/web/[^"]+)"', page.text)
-        assert sorted(assets) == ["/web/app.js", "/web/style.css"]
-        for path, kind in (("/web/app.js", "text/javascript"), ("/web/style.css", "text/css")):
+        assert sorted(assets) == ["/web/app.js", "/web/live.js", "/web/results.js", "/web/style.css"]
+        scripts = (
+            "/web/app.js",
+            "/web/results.js",
+            "/web/live.js",
+            "/web/mic-worklet.js",
+        )  # the worklet: loaded by live.js
+        for path, kind in [*((p, "text/javascript") for p in scripts), ("/web/style.css", "text/css")]:
             r = c.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith(kind) and len(r.content) > 500
             assert external_urls(r.text) == [], path

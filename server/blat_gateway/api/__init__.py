@@ -1,13 +1,13 @@
 """The gateway's endpoints, each declared once (server/blat_gateway/endpoint.py) with its REST and gRPC adapters,
-by concern: search, models (tag, stream, caption, embed), items, index, and pages (health, metrics, the web page,
-the docs).
+by concern: search, models (tag, caption, embed), live (tag streams), items, index, and pages (health, metrics, the
+web page, the docs).
 
 The faces (rest.py, grpc_service.py) serve `ENDPOINTS`; the front door and the gRPC guard look calls up here.
 """
 
 from __future__ import annotations
 
-from blat_gateway.api import index, items, models, pages, search  # noqa: F401  (importing declares)
+from blat_gateway.api import index, items, live, models, pages, search  # noqa: F401  (importing declares)
 from blat_gateway.endpoint import ENDPOINTS, PUBLIC, READ, UNDECLARED, WRITE, Endpoint
 
 __all__ = ["ENDPOINTS", "PUBLIC", "READ", "UNDECLARED", "WRITE", "Endpoint", "by_route", "by_rpc"]

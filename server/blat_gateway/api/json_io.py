@@ -47,6 +47,11 @@ def hits_json(gw: Gateway, found: Found) -> dict:
     }
 
 
+def window_json(w) -> dict:
+    """A TagWindow as /v1/tag's `windows` and /v1/tag/stream's messages carry it."""
+    return {"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]}
+
+
 def job_json(p) -> dict:
     """A rebuild's progress in blat.proto's Job vocabulary (proto_io.job builds the message from this)."""
     return {

@@ -1,12 +1,10 @@
-"""The model verbs: tag (an upload, up to max_clips_per_request clips in one call, or a live PCM stream over gRPC),
+"""The model verbs: tag (an upload, or up to max_clips_per_request clips in one call; live streams: api/live.py),
 caption, and embed audio or texts (also as the
 OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models` that embedding servers share)."""
 
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations, which name per-app models)
 
 import base64
-import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
@@ -16,9 +14,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from blat_gateway.api import proto_io
-from blat_gateway.api.json_io import answer, audio_body, base64_audio
+from blat_gateway.api.json_io import answer, audio_body, base64_audio, window_json
 from blat_gateway.endpoint import AUDIO_ERRORS, READ, READ_ERRORS, endpoint
-from blat_gateway.errors import BadRequest, DeadlineExceeded, NotFound
+from blat_gateway.errors import BadRequest, NotFound
 from blat_gateway.index.records import MAX_TAGS
 from blat_gateway.schema import (
     CaptionsOut,
@@ -34,8 +32,6 @@ from blat_wire import blat_pb2 as pb
 AUDIO_IN = {"scope": READ, "gate": "audio", "body": "audio", "errors": AUDIO_ERRORS, "tag": "models"}
 
 tag = endpoint("tag", route="POST /v1/tag", rpc="Tag", ok=TagsOut, **AUDIO_IN)
-# A long call: capped by limits.max_streams; each window is admitted through the audio gate on its own.
-stream_tag = endpoint("StreamTag", rpc="StreamTag", scope=READ, stream=True)
 caption = endpoint("caption", route="POST /v1/caption", rpc="Caption", ok=CaptionsOut, **AUDIO_IN)
 embed_audio = endpoint("embed_audio", route="POST /v1/embed/audio", rpc="EmbedAudio", ok=EmbeddingsOut, **AUDIO_IN)
 embed_text = endpoint(
@@ -85,8 +81,7 @@ def _(gw, m):
         trained on (`tagger+zero_shot` where the bundle mixes in the zero-shot score), zero-shot (the label's prompt
         against the audio embedding) for any other label."""
         clip, windows = await run_in_threadpool(gw.tagging.tag, data, labels or None, top_k, window_s, hop_s)
-        windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
-        return answer({"tags": [vars(t) for t in clip], "windows": windows_json})
+        return answer({"tags": [vars(t) for t in clip], "windows": [window_json(w) for w in windows]})
 
     return tag
 
@@ -95,40 +90,6 @@ def _(gw, m):
 def _(gw, req):
     clip, windows = gw.tagging.tag(req.audio.data, list(req.labels) or None, req.top_k or 10, req.window_s, req.hop_s)
     return pb.TagResponse(tags=proto_io.scores(clip), windows=[proto_io.tag_window(w) for w in windows])
-
-
-@stream_tag.grpc
-def _(gw, requests: Iterator[pb.StreamTagRequest]) -> Iterator[pb.TagWindow]:
-    """Chunks of raw mono PCM in; one TagWindow out per hop once a window of audio has arrived. A stream ends when it
-    sends nothing for limits.stream_idle_s or lasts longer than limits.stream_max_s (the face paces it), or falls
-    under limits.stream_min_realtime. The PCM is decoded, checked and windowed by the tagging service's TagStream
-    (server/blat_gateway/services/tagging.py), and its windows scored as /v1/tag scores them."""
-    first = next(requests, None)
-    if first is None or first.WhichOneof("payload") != "config":
-        raise BadRequest("the first StreamTag message must carry the config")
-    cfg = first.config
-    stream = gw.tagging.stream(
-        cfg.encoding,
-        cfg.sample_rate,
-        cfg.window_s or 2.0,
-        cfg.hop_s or 1.0,
-        list(cfg.labels) or None,
-        cfg.top_k or 5,
-        admit=lambda: gw.admitted("audio"),
-    )
-    began, received_s, limits = time.monotonic(), 0.0, gw.limits
-    for msg in requests:
-        if msg.WhichOneof("payload") != "pcm":
-            raise BadRequest("only PCM chunks may follow the config")
-        received_s += len(msg.pcm) / stream.itemsize / cfg.sample_rate
-        lived_s = time.monotonic() - began
-        if lived_s > limits.stream_idle_s and received_s < limits.stream_min_realtime * lived_s:
-            raise DeadlineExceeded(
-                f"the stream sent {received_s:.2f} s of audio in {lived_s:.1f} s, under "
-                f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)"
-            )
-        yield from map(proto_io.tag_window, stream.feed(msg.pcm))
-    yield from map(proto_io.tag_window, stream.finish())
 
 
 @caption.rest
@@ -252,8 +213,7 @@ tag_clips = endpoint(
 
 
 def _tags_json(clip, windows) -> dict:
-    windows_json = [{"start_s": w.start_s, "end_s": w.end_s, "tags": [vars(t) for t in w.tags]} for w in windows]
-    return {"tags": [vars(t) for t in clip], "windows": windows_json}
+    return {"tags": [vars(t) for t in clip], "windows": [window_json(w) for w in windows]}
 
 
 @tag_clips.rest

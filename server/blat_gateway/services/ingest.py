@@ -56,7 +56,7 @@ class IngestService:
             audio = entry.pop("audio")
             entry["path"] = str(self.check_path(str(path.parent / audio), trusted))  # an absolute audio stays so
             try:  # the record's own checks, now: a bad row refuses the request instead of failing the job later
-                ItemRecord(id=entry["id"], tags=entry["tags"], caption=entry["caption"])
+                ItemRecord(id=entry["id"], tags=entry["tags"], caption=entry["caption"], extra=entry["extra"])
                 check_fields(self.ctx.limits, entry["tags"], entry["caption"], entry["path"])
             except BadRequest as e:
                 raise BadRequest(f"{manifest}:{n}: {e.message}") from None

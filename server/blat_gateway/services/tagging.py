@@ -4,6 +4,7 @@ tags per window (/v1/tag with window_s), and StreamTag's stream of raw PCM score
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
@@ -13,7 +14,7 @@ import numpy as np
 import soxr
 
 from blat_gateway.audio import PCM_ENCODINGS, decode_pcm
-from blat_gateway.errors import BadRequest
+from blat_gateway.errors import BadRequest, DeadlineExceeded
 from blat_gateway.services.context import Context
 from blat_gateway.tagging import LabelScore, LabelSet, head_index
 
@@ -194,7 +195,11 @@ class TaggingService:
 class TagStream:
     """Chunks of raw mono PCM in (`feed`), one TagWindow out per hop once a window of audio has arrived, and the
     rest at the end (`finish`): the spans `window_spans` makes for the whole clip. Each chunk is decoded and checked
-    as uploads are (`blat_gateway.audio.decode_pcm`) and resampled by one streaming resampler (no seams)."""
+    as uploads are (`blat_gateway.audio.decode_pcm`) and resampled by one streaming resampler (no seams).
+
+    The faces (StreamTag over gRPC, /v1/tag/stream over WebSocket) time the wait for each chunk; the stream itself
+    refuses a drip: past its first limits.stream_idle_s it must have sent limits.stream_min_realtime seconds of audio
+    per second of its life (DeadlineExceeded), so a slow sender cannot hold one of the limits.max_streams places."""
 
     def __init__(
         self,
@@ -215,12 +220,24 @@ class TagStream:
             soxr.ResampleStream(sample_rate, rate, 1, "float32", quality="HQ") if sample_rate != rate else None
         )
         self.buffer, self.start, self.last_end, self.pending, self.received = np.zeros(0, np.float32), 0, 0, b"", 0
+        self.began = time.monotonic()
 
     def _windows(self, samples: np.ndarray, offset: int) -> tuple[TagWindow, ...]:
         with self.admit():  # each window is admitted like a request of its own
             return self.tagging.windows(samples, self.win, self.hop, self.labels, self.top_k, offset=offset)
 
+    def _check_pace(self, pcm_bytes: int) -> None:
+        limits = self.tagging.ctx.limits
+        sent_s = (self.received * self.itemsize + len(self.pending) + pcm_bytes) / self.itemsize / self.sample_rate
+        lived_s = time.monotonic() - self.began
+        if lived_s > limits.stream_idle_s and sent_s < limits.stream_min_realtime * lived_s:
+            raise DeadlineExceeded(
+                f"the stream sent {sent_s:.2f} s of audio in {lived_s:.1f} s, under "
+                f"{limits.stream_min_realtime:g}x real time (limits.stream_min_realtime)"
+            )
+
     def feed(self, pcm: bytes) -> Iterator[TagWindow]:
+        self._check_pace(len(pcm))
         raw = self.pending + pcm
         usable = len(raw) - len(raw) % self.itemsize
         self.pending = raw[usable:]

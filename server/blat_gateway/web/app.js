@@ -8,6 +8,8 @@ const KEY = "blat.apiKey";
 const LONG_CLIP_S = 10;   // longer clips also get tags per window
 const WINDOW_S = 5;
 
+let serverLimits = {};  // /v1/info's limits, once read
+
 function apiKey() { return localStorage.getItem(KEY) || ""; }
 
 function authHeaders(extra = {}) {
@@ -47,44 +49,6 @@ function el(tag, attrs = {}, ...children) {
 
 function itemPath(id) { return id.split("/").map(encodeURIComponent).join("/"); }
 
-// A player for a stored item. Without a key the browser streams /v1/audio/{id} itself (with Range requests);
-// with one, <audio> cannot send headers, so the file is fetched with the key and played from memory.
-function player(id) {
-  const audio = el("audio", { controls: "", preload: "metadata", "data-testid": "result-audio" });
-  const url = "/v1/audio/" + itemPath(id);
-  if (!apiKey()) { audio.src = url; return audio; }
-  fetch(url, { headers: authHeaders() }).then(async (r) => {
-    if (!r.ok) throw new Error(`${r.status}`);
-    audio.src = URL.createObjectURL(await r.blob());
-  }).catch(() => audio.replaceWith(el("span", { class: "noaudio" }, "no playable audio for this item")));
-  return audio;
-}
-
-// A result's title: its caption, else its file name (the last part of its id): long package paths stay below it.
-function title(hit) {
-  return hit.item.caption || hit.id.split("/").pop() || hit.id;
-}
-
-function renderHits(heading, answer) {
-  $("results-title").textContent = `${heading}: ${answer.hits.length} result(s)`;
-  const list = $("results");
-  for (const old of list.querySelectorAll("audio")) if (old.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
-  list.replaceChildren();
-  for (const hit of answer.hits) {
-    const similar = el("button", { class: "similar", type: "button", "data-testid": "similar-link" },
-                       "similar to this");
-    similar.addEventListener("click", () => navigate({ similar: hit.id }));
-    const tags = el("div", { class: "tags", "data-testid": "result-tags" });
-    for (const t of hit.item.tags) tags.append(el("span", { class: "tag" }, t));
-    list.append(el("li", { class: "result", "data-testid": "result", "data-id": hit.id },
-      el("div", { class: "head" }, el("span", { class: "score", "data-testid": "result-score" }, hit.score.toFixed(3)),
-         el("span", { class: "title", "data-testid": "result-title" }, title(hit)), similar),
-      el("div", { class: "id", "data-testid": "result-id" }, hit.id),
-      tags,
-      player(hit.id)));
-  }
-}
-
 // One user action: its error box cleared, a busy state on its panel while it runs, its failure shown in place.
 async function run(task, where = "error", busy = null) {
   clearError(where);
@@ -92,46 +56,81 @@ async function run(task, where = "error", busy = null) {
   try { await task(); } catch (err) { showError(err, where); } finally { if (busy) busy.removeAttribute("aria-busy"); }
 }
 
-function k() { return Math.max(1, Math.min(100, parseInt($("k").value, 10) || 10)); }
+const MAX_RESULTS = 1000;  // k + offset of a search (the server's MAX_K)
+
+function clampK(value) { return Math.max(1, Math.min(100, parseInt(value, 10) || 10)); }
 
 // Only the newest search may draw its answer: Back pressed twice quickly must not end on the older results.
 let searchSeq = 0;
 
-async function searchText(query, seq) {
-  $("results-title").textContent = `Searching for “${query}”…`;
-  const answer = await call("POST", "/v1/search/text", { json: { query, k: k() } });
-  if (seq === searchSeq) renderHits(`“${query}”`, answer);
+// The search lives in the URL: ?q=TEXT or ?similar=ID, &k=N, &page=N, and the filters &tag=T (repeated: all of
+// them), &licence=L, &min_s=S, &max_s=S. A result page can be shared or reloaded; Back and Forward step through.
+function urlState() {
+  const q = new URLSearchParams(location.search);
+  return {
+    query: q.get("q") || "", similar: q.get("similar") || "", k: clampK(q.get("k")),
+    page: Math.max(1, parseInt(q.get("page"), 10) || 1), tags: q.getAll("tag"), licence: q.get("licence") || "",
+    minS: q.get("min_s") || "", maxS: q.get("max_s") || "",
+  };
 }
 
-async function searchSimilar(id, seq) {
-  $("results-title").textContent = `Searching for sounds like ${id}…`;
-  const answer = await call("POST", "/v1/search/item", { json: { id, k: k() } });
-  if (seq === searchSeq) renderHits(`Similar to ${id}`, answer);
-}
-
-// The search lives in the URL (?q=TEXT or ?similar=ID, and &k=N): a result list can be shared or reloaded, and
-// Back and Forward step through earlier searches.
-function searchUrl(params) {
-  const q = new URLSearchParams(params);
-  if (k() !== 10) q.set("k", String(k()));
+function searchUrl(state) {
+  const q = new URLSearchParams();
+  if (state.query) q.set("q", state.query);
+  else if (state.similar) q.set("similar", state.similar);
+  if (state.k !== 10) q.set("k", String(state.k));
+  if (state.page > 1) q.set("page", String(state.page));
+  for (const t of state.tags) q.append("tag", t);
+  if (state.licence) q.set("licence", state.licence);
+  if (state.minS !== "") q.set("min_s", state.minS);
+  if (state.maxS !== "") q.set("max_s", state.maxS);
   return "?" + q.toString();
 }
 
-function navigate(params) {
-  const url = searchUrl(params);
-  if (url !== location.search) history.pushState(null, "", url);
+// A new address from the current one with these changes (names as in the URL: q, similar, k, page, tag, ...).
+function navigate(changes) {
+  const st = urlState(), c = changes;
+  const next = {
+    query: "q" in c ? c.q : st.query, similar: "similar" in c ? c.similar : st.similar, k: "k" in c ? c.k : st.k,
+    page: "page" in c ? c.page : st.page, tags: "tag" in c ? c.tag : st.tags,
+    licence: "licence" in c ? c.licence : st.licence, minS: "min_s" in c ? c.min_s : st.minS,
+    maxS: "max_s" in c ? c.max_s : st.maxS,
+  };
+  const url = searchUrl(next);
+  if (url !== location.search) history.pushState(null, "", url || "?");
   showUrlState();
 }
 
+function filterOf(st) {
+  const f = {};
+  if (st.tags.length) f.tags_all = st.tags;
+  if (st.minS !== "") f.min_duration_s = Number(st.minS);
+  if (st.maxS !== "") f.max_duration_s = Number(st.maxS);
+  if (st.licence) f.extra = { licence: st.licence };
+  return Object.keys(f).length ? f : undefined;
+}
+
+async function search(st, seq) {
+  const by = st.query ? { path: "/v1/search/text", body: { query: st.query }, heading: `“${st.query}”` }
+    : { path: "/v1/search/item", body: { id: st.similar }, heading: `Similar to ${st.similar}` };
+  $("results-title").textContent = `Searching: ${by.heading}…`;
+  const body = { ...by.body, k: st.k, offset: (st.page - 1) * st.k, filter: filterOf(st) };
+  const answer = await call("POST", by.path, { json: body });
+  if (seq === searchSeq) renderHits(by.heading, answer, st);
+}
+
 function showUrlState() {
-  const q = new URLSearchParams(location.search);
-  if (q.has("k")) $("k").value = String(parseInt(q.get("k"), 10) || 10);
-  const query = q.get("q") || "", similar = q.get("similar") || "";
-  $("search-input").value = query;
+  const st = urlState();
+  $("k").value = String(st.k);
+  $("search-input").value = st.query;
+  $("min-s").value = st.minS;
+  $("max-s").value = st.maxS;
   const panel = $("search-panel"), seq = ++searchSeq;
-  if (query) run(() => searchText(query, seq), "search-error", panel);
-  else if (similar) run(() => searchSimilar(similar, seq), "search-error", panel);
-  else { clearError("search-error"); $("results-title").textContent = ""; $("results").replaceChildren(); }
+  if (st.query || st.similar) { run(() => search(st, seq), "search-error", panel); return; }
+  clearError("search-error");
+  $("results-title").textContent = "";
+  for (const id of ["results", "facets", "active-filters"]) $(id).replaceChildren();
+  $("pager").hidden = true;
 }
 
 // The clip's length from its metadata, as the browser decodes it (0 when it cannot tell).
@@ -159,6 +158,10 @@ async function analyse(file) {
   $("clip-out").hidden = false;
   $("clip-name").textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KiB)`;
   $("clip-audio").src = local;
+  const save = $("clip-download");  // a recording exists only in the page: it can be saved from here
+  save.hidden = !file.recorded;
+  save.href = local;
+  save.download = file.name;
   $("tags-output").replaceChildren();
   $("windows-output").replaceChildren();
   $("caption-output").textContent = "…";
@@ -172,7 +175,7 @@ async function analyse(file) {
 async function describe(file, data, local) {
   const seconds = await clipSeconds(local);
   const windowed = seconds > LONG_CLIP_S ? `&window_s=${WINDOW_S}` : "";
-  const similar = call("POST", `/v1/search/audio?k=${k()}`, { body: data });
+  const similar = call("POST", `/v1/search/audio?k=${urlState().k}`, { body: data });
   similar.catch(() => {});  // awaited below; if tagging fails first, its failure is the one reported
   const tags = await call("POST", `/v1/tag?top_k=10${windowed}`, { body: data });
   for (const t of tags.tags) $("tags-output").append(scoreRow(t.label, t.score));
@@ -185,10 +188,36 @@ async function describe(file, data, local) {
   // BLAT's captioner is guided by AudioSet tags: give it the clip's confident ones.
   const guide = tags.tags.filter((t) => t.score >= 0.3).slice(0, 3).map((t) => "tags=" + encodeURIComponent(t.label));
   const captions = await call("POST", "/v1/caption?" + guide.join("&"), { body: data });
-  $("caption-output").textContent = captions.captions.length ? captions.captions[0].text || "(empty caption)" : "";
+  const caption = captions.captions.length ? captions.captions[0].text : "";
+  $("caption-output").textContent = caption || "(empty caption)";
+  offerToAdd(file, data, tags.tags.filter((t) => t.score >= 0.3).slice(0, 3).map((t) => t.label), caption);
   const hits = await similar;
   searchSeq++;  // the newest list on the left: a text search still in flight does not replace it
-  renderHits(`Sounds like ${file.name}`, hits);
+  renderHits(`Sounds like ${file.name}`, hits, { ...urlState(), page: 1, ofClip: true });
+}
+
+// "Add to the index": the clip under an id, with tags and a caption (prefilled from the analysis; editable).
+let clipToAdd = null;
+
+function offerToAdd(file, data, tags, caption) {
+  clipToAdd = data;
+  const stem = file.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9._:-]+/g, "-").replace(/^[-.]+|[-.]+$/g, "");
+  $("add-id").value = `uploads/${stem || "clip"}`;
+  $("add-tags").value = tags.join(", ");
+  $("add-caption").value = caption;
+  $("add-result").textContent = "";
+  clearError("add-error");
+  $("add-form").hidden = false;
+}
+
+async function addClip() {
+  const id = $("add-id").value.trim();
+  const q = new URLSearchParams({ id });
+  for (const t of $("add-tags").value.split(",").map((x) => x.trim()).filter(Boolean)) q.append("tags", t);
+  if ($("add-caption").value.trim()) q.set("caption", $("add-caption").value.trim());
+  const stored = await call("POST", "/v1/items?" + q.toString(), { body: clipToAdd });
+  $("add-result").textContent = `Stored as ${stored.id}.`;
+  await refreshStats();
 }
 
 async function refreshStats() {
@@ -198,6 +227,7 @@ async function refreshStats() {
   $("stats-kind").textContent = stats.index_kind;
   $("bundle").textContent = stats.bundle;
   $("backend").textContent = info.backend;
+  serverLimits = info.limits;
 }
 
 function setup() {
@@ -211,7 +241,22 @@ function setup() {
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const query = $("search-input").value.trim();
-    if (query) navigate({ q: query });
+    if (query) {
+      navigate({ q: query, similar: "", page: 1, k: clampK($("k").value), min_s: $("min-s").value.trim(),
+                 max_s: $("max-s").value.trim() });
+    }
+  });
+  $("prev-page").addEventListener("click", () => navigate({ page: urlState().page - 1 }));
+  $("next-page").addEventListener("click", () => navigate({ page: urlState().page + 1 }));
+  $("add-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    run(addClip, "add-error", $("add-form"));
+  });
+  document.addEventListener("keydown", (e) => {  // "/" jumps to the search box, as on many search sites
+    if (e.key === "/" && !["INPUT", "TEXTAREA"].includes(document.activeElement.tagName)) {
+      e.preventDefault();
+      $("search-input").focus();
+    }
   });
   window.addEventListener("popstate", showUrlState);
   const analyseHere = (file) => run(() => analyse(file), "clip-error", $("clip-panel"));

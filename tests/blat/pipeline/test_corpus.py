@@ -279,6 +279,10 @@ def test_min_seconds_keeps_short_sounds_and_index_seed_lists_every_clip(fake_deb
     assert sorted(r["id"] for r in rows) == [f"{FAKE}/dog-bark-1", f"{FAKE}/dog-bark-2"]
     assert all(Path(r["audio"]).is_absolute() and Path(r["audio"]).is_file() for r in rows)
     assert all(r["tags"] == ["Dog", "Bark"] and r["caption"] == "a dog barks" for r in rows)
+    manifest = {r["id"]: r for r in load_manifest(tmp_path / "out2" / "manifest.jsonl")}
+    for r in rows:  # provenance as the item's metadata: what the web page shows as licence and source
+        m = manifest[r["id"]]
+        assert r["extra"] == {"licence": m["licence"], "package": FAKE, "file": m["path"]} and m["licence"]
 
 
 def test_seed_size_fits_its_budget():
