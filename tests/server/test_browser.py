@@ -116,16 +116,34 @@ def assert_same_ranking(shown: list[tuple[str, str]], expected: list[dict]) -> N
         assert {lb for lb, s in shown if s == score} == {lb for lb, s in want if s == score}, (score, shown, want)
 
 
+def offline(context, gw) -> list[str]:
+    """The network off but for the gateway: every other request is refused, and listed."""
+    refused: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith((gw.http_url, "blob:", "data:")):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    return refused
+
+
 @pytest.fixture
 def page(browser, gw):
+    """The page with the network off but for the gateway, under the gateway's Content-Security-Policy: nothing may
+    need more (no CDN, no inline script)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    refused = offline(context, gw)
     page = context.new_page()
-    blocked: list[str] = []  # the page runs under the gateway's Content-Security-Policy: nothing may need more
+    blocked: list[str] = []
     page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(gw.http_url + "/")
     yield page
     context.close()
-    assert blocked == [], blocked
+    assert blocked == [] and refused == [], (blocked, refused)
 
 
 def test_search_listen_similar(page, gw):
@@ -178,6 +196,18 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
         similar = c.post("/v1/search/audio", params={"k": 10}, content=data).json()
     assert_same_ranking(shown_tags(page), tags["tags"])
     assert page.locator("[data-testid=window]").count() == len(tags["windows"]) >= 2
+    # the timeline: a column per window, a row per label among a window's top 3, each cell that window's score
+    cells = page.locator("[data-testid=timeline-cell]").evaluate_all(
+        "cs => cs.map(c => [c.dataset.label, +c.dataset.start, c.dataset.score])"
+    )
+    by_window = {w["start_s"]: {t["label"]: t["score"] for t in w["tags"]} for w in tags["windows"]}
+    assert cells and len(cells) % len(by_window) == 0 and {s for _, s, _ in cells} == set(by_window)
+    for label, start, score in cells:  # a label at a tie with a window's 10th may be in one answer and not the other
+        want = by_window[start].get(label)
+        if score and want is not None:
+            assert float(score) == pytest.approx(want, abs=1e-4), (label, start)
+        elif score:
+            assert float(score) <= min(by_window[start].values()) + 1e-4, (label, start)
     assert shown_ids(page) == [h["id"] for h in similar["hits"]]
     page.wait_for_function("() => document.getElementById('caption-output').textContent !== '…'")
     assert page.inner_text("[data-testid=caption-output]")
@@ -208,16 +238,7 @@ def test_upload_tags_captions_and_finds_similar(page, gw, clips, tmp_path):
 def test_docs_render_with_the_network_off(browser, gw):
     """Every request to a host other than the gateway is refused: Swagger UI and ReDoc must still render the API."""
     context = browser.new_context()
-    refused: list[str] = []
-
-    def only_local(route):
-        if route.request.url.startswith(gw.http_url):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_local)
+    refused = offline(context, gw)
     page = context.new_page()
     page.goto(gw.http_url + "/docs")
     page.wait_for_selector(".swagger-ui .info .title", timeout=30000)

@@ -180,6 +180,7 @@ async function describe(file, data, local) {
   const tags = await call("POST", `/v1/tag?top_k=10${windowed}`, { body: data });
   for (const t of tags.tags) $("tags-output").append(scoreRow(t.label, t.score));
   $("windows-block").hidden = tags.windows.length === 0;
+  drawTimeline(tags.windows);
   for (const w of tags.windows) {
     const top = w.tags.slice(0, 3).map((t) => `${t.label} ${t.score.toFixed(2)}`).join(", ");
     $("windows-output").append(el("tr", { "data-testid": "window" },
@@ -194,6 +195,32 @@ async function describe(file, data, local) {
   const hits = await similar;
   searchSeq++;  // the newest list on the left: a text search still in flight does not replace it
   renderHits(`Sounds like ${file.name}`, hits, { ...urlState(), page: 1, ofClip: true });
+}
+
+// Tags over time: a row per label that is among a window's top 3, a column per window, each cell as dark as the
+// label's score there (blank where the label was not in that window's answer).
+function drawTimeline(windows) {
+  const best = new Map();
+  for (const w of windows) {
+    for (const t of w.tags.slice(0, 3)) best.set(t.label, Math.max(best.get(t.label) || 0, t.score));
+  }
+  const labels = [...best.keys()].sort((a, b) => best.get(b) - best.get(a)).slice(0, 8);
+  const head = el("tr", {}, el("th", { scope: "col" }, "from (s)"));
+  for (const w of windows) head.append(el("th", { scope: "col", class: "num" }, w.start_s.toFixed(0)));
+  const table = $("timeline");
+  table.replaceChildren(head);
+  for (const label of labels) {
+    const row = el("tr", {}, el("th", { scope: "row" }, label));
+    for (const w of windows) {
+      const hit = w.tags.find((t) => t.label === label);
+      const cell = el("td", { class: "heat", "data-testid": "timeline-cell", "data-label": label,
+                              "data-start": String(w.start_s), "data-score": hit ? String(hit.score) : "",
+                              title: hit ? `${label}: ${hit.score.toFixed(2)} at ${w.start_s.toFixed(1)} s` : "" });
+      cell.style.setProperty("--level", hit ? hit.score.toFixed(3) : "0");  // CSSOM: the CSP refuses style attributes
+      row.append(cell);
+    }
+    table.append(row);
+  }
 }
 
 // "Add to the index": the clip under an id, with tags and a caption (prefilled from the analysis; editable).
