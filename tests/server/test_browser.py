@@ -475,13 +475,15 @@ def test_pages_and_filters_live_in_the_url(page, gw):
     page.wait_for_function("() => document.getElementById('page-number').textContent === 'page 2'")
     page.screenshot(path=str(SHOTS / "10-page-2.png"), full_page=True)
 
-    # facets: counts over the hits shown; a licence chip filters by the item's extra.licence
+    # facets: counts over the hits shown, for tags and each metadata key; a licence chip filters by extra.licence
     page.goto(f"{gw.http_url}/?q=a+dog+barking&k={N_ITEMS}")
     page.wait_for_selector("[data-testid=facet-licence]")
     chips = page.locator("[data-testid=facet-licence] .chip").all_inner_texts()
     assert sorted(chips) == sorted(f"{lic} ({N_ITEMS // 2})" for lic in LICENCES)
+    assert page.locator("[data-testid=facet-package] .chip").all_inner_texts() == [f"demo-sounds ({N_ITEMS})"]
+    assert page.locator("[data-testid=facet-file]").count() == 0  # a value per item: not a facet
     page.click(f"[data-testid=facet-licence] .chip[data-value='{LICENCES[0]}']")
-    page.wait_for_function(f"() => new URLSearchParams(location.search).get('licence') === '{LICENCES[0]}'")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('m.licence') === '{LICENCES[0]}'")
     expected = search_api(gw, k=N_ITEMS, filter={"extra": {"licence": LICENCES[0]}})
     page.wait_for_function(f"() => document.querySelectorAll('[data-testid=result]').length === {len(expected)}")
     assert shown_ids(page) == expected and len(expected) == N_ITEMS // 2
@@ -495,7 +497,7 @@ def test_pages_and_filters_live_in_the_url(page, gw):
     assert page.locator("[data-testid=active-filter]").count() == 2
     page.screenshot(path=str(SHOTS / "11-filters.png"), full_page=True)
     page.click(f"[data-testid=active-filter]:has-text('licence: {LICENCES[0]}')")
-    page.wait_for_function("() => !new URLSearchParams(location.search).has('licence')")
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('m.licence')")
     assert page.evaluate("new URLSearchParams(location.search).getAll('tag')") == [tag]
 
     # a duration range from the search form
@@ -582,3 +584,22 @@ def test_a_clip_is_added_to_the_index_from_the_page(page, gw, clips, tmp_path):
     finally:
         with api(gw) as c:
             c.delete("/v1/items/uploads/from-the-page")
+
+
+def test_the_page_works_from_the_keyboard(page, gw):
+    """'/' jumps to the search box, Enter searches, and a result's buttons take the focus and Enter."""
+    with_key(page)
+    page.locator("body").click(position={"x": 5, "y": 300})  # the focus on the page, not in a field
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "search-input"
+    page.keyboard.type(QUERY)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=result]")
+    for _ in range(40):  # Tab from the search box reaches the first result's button
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.testid") == "similar-link":
+            break
+    target = page.evaluate("document.activeElement.closest('[data-testid=result]').dataset.id")
+    assert target == shown_ids(page)[0]
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('similar') === '{target}'")

@@ -64,12 +64,15 @@ function clampK(value) { return Math.max(1, Math.min(100, parseInt(value, 10) ||
 let searchSeq = 0;
 
 // The search lives in the URL: ?q=TEXT or ?similar=ID, &k=N, &page=N, and the filters &tag=T (repeated: all of
-// them), &licence=L, &min_s=S, &max_s=S. A result page can be shared or reloaded; Back and Forward step through.
+// them), &m.KEY=VALUE (the items' metadata, extra.KEY: &m.licence=CC0-1.0), &min_s=S, &max_s=S. A result page can
+// be shared or reloaded; Back and Forward step through.
 function urlState() {
   const q = new URLSearchParams(location.search);
+  const meta = {};
+  for (const [name, value] of q) if (name.startsWith("m.") && name.length > 2 && value) meta[name.slice(2)] = value;
   return {
     query: q.get("q") || "", similar: q.get("similar") || "", k: clampK(q.get("k")),
-    page: Math.max(1, parseInt(q.get("page"), 10) || 1), tags: q.getAll("tag"), licence: q.get("licence") || "",
+    page: Math.max(1, parseInt(q.get("page"), 10) || 1), tags: q.getAll("tag"), meta,
     minS: q.get("min_s") || "", maxS: q.get("max_s") || "",
   };
 }
@@ -81,7 +84,7 @@ function searchUrl(state) {
   if (state.k !== 10) q.set("k", String(state.k));
   if (state.page > 1) q.set("page", String(state.page));
   for (const t of state.tags) q.append("tag", t);
-  if (state.licence) q.set("licence", state.licence);
+  for (const [key, value] of Object.entries(state.meta)) q.set("m." + key, value);
   if (state.minS !== "") q.set("min_s", state.minS);
   if (state.maxS !== "") q.set("max_s", state.maxS);
   return "?" + q.toString();
@@ -93,7 +96,7 @@ function navigate(changes) {
   const next = {
     query: "q" in c ? c.q : st.query, similar: "similar" in c ? c.similar : st.similar, k: "k" in c ? c.k : st.k,
     page: "page" in c ? c.page : st.page, tags: "tag" in c ? c.tag : st.tags,
-    licence: "licence" in c ? c.licence : st.licence, minS: "min_s" in c ? c.min_s : st.minS,
+    meta: "meta" in c ? c.meta : st.meta, minS: "min_s" in c ? c.min_s : st.minS,
     maxS: "max_s" in c ? c.max_s : st.maxS,
   };
   const url = searchUrl(next);
@@ -106,7 +109,7 @@ function filterOf(st) {
   if (st.tags.length) f.tags_all = st.tags;
   if (st.minS !== "") f.min_duration_s = Number(st.minS);
   if (st.maxS !== "") f.max_duration_s = Number(st.maxS);
-  if (st.licence) f.extra = { licence: st.licence };
+  if (Object.keys(st.meta).length) f.extra = st.meta;
   return Object.keys(f).length ? f : undefined;
 }
 

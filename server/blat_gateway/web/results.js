@@ -108,13 +108,19 @@ function renderHits(heading, answer, state) {
   renderPager(answer.hits.length, state);
 }
 
-// Counts over the hits on this page: a chip adds its value as a filter (all chosen tags must be present).
+// Counts over the hits on this page: tags, and each metadata key with text values (licence, package, author...);
+// a chip adds its value as a filter (all chosen tags must be present, each chosen key must have its value).
+const NOT_FACETS = new Set(["file"]);  // one value per item: nothing to count
+
 function renderFacets(hits, state) {
-  const tags = new Map(), licences = new Map();
+  const tags = new Map(), meta = new Map();
   for (const h of hits) {
     for (const t of h.item.tags) if (!state.tags.includes(t)) tags.set(t, (tags.get(t) || 0) + 1);
-    const lic = h.item.extra && h.item.extra.licence;
-    if (lic && lic !== state.licence) licences.set(lic, (licences.get(lic) || 0) + 1);
+    for (const [key, value] of Object.entries(h.item.extra || {})) {
+      if (typeof value !== "string" || key.startsWith("predicted_") || NOT_FACETS.has(key) || key in state.meta) continue;
+      if (!meta.has(key)) meta.set(key, new Map());
+      meta.get(key).set(value, (meta.get(key).get(value) || 0) + 1);
+    }
   }
   const box = $("facets");
   box.replaceChildren();
@@ -129,7 +135,9 @@ function renderFacets(hits, state) {
     box.append(row);
   };
   group("tags", tags, (t) => navigate({ tag: [...state.tags, t], page: 1 }));
-  group("licence", licences, (l) => navigate({ licence: l, page: 1 }));
+  for (const [key, counts] of [...meta].sort((a, b) => a[0].localeCompare(b[0]))) {
+    group(key, counts, (v) => navigate({ meta: { ...state.meta, [key]: v }, page: 1 }));
+  }
   renderActive(state);
 }
 
@@ -144,7 +152,11 @@ function renderActive(state) {
     box.append(b);
   };
   for (const t of state.tags) chip(`tag: ${t}`, { tag: state.tags.filter((x) => x !== t) });
-  if (state.licence) chip(`licence: ${state.licence}`, { licence: "" });
+  for (const [key, value] of Object.entries(state.meta)) {
+    const rest = { ...state.meta };
+    delete rest[key];
+    chip(`${key}: ${value}`, { meta: rest });
+  }
   if (state.minS !== "") chip(`≥ ${state.minS} s`, { min_s: "" });
   if (state.maxS !== "") chip(`≤ ${state.maxS} s`, { max_s: "" });
 }
