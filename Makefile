@@ -27,22 +27,33 @@ $(STAMP): pyproject.toml clients/pyproject.toml Makefile
 # on first use while the index's seed corpus (about 1,000 real recordings from small Debian packages, 450 MB of
 # downloads, cached) is built; then the gateway on 127.0.0.1 answers at once and seeds its index in the background.
 # A second `make run` reuses the bundle, the corpus and the index and starts in seconds.
+# MODEL=NAME serves a published model instead (`make run MODEL=blat-cnn14-bertm`: the paper's checkpoint, downloaded
+# once into runs/models/ and checked against its recorded sha256 every later time; `blat fetch --list` names them).
 RELEASE ?= releases/blat-demo/2
 DEFAULT := runs/default
-BUNDLE := $(DEFAULT)/bundle
 SEED := $(DEFAULT)/seed
+MODEL ?=
+ifeq ($(MODEL),)
+BUNDLE := $(DEFAULT)/bundle
+INDEX := $(DEFAULT)/index
+else
+BUNDLE := runs/models/$(MODEL)/bundle
+INDEX := runs/models/$(MODEL)/index
+endif
 
 run: $(STAMP)
 	@set -e; exporter=; \
-	if [ ! -f $(BUNDLE)/bundle.json ] || [ $(RELEASE)/release.json -nt $(BUNDLE)/bundle.json ]; then \
-	  rm -rf $(DEFAULT)/index; \
+	if [ -n "$(MODEL)" ]; then \
+	  $(PY) -m blat_export fetch $(MODEL) --cache runs/models; \
+	elif [ ! -f $(BUNDLE)/bundle.json ] || [ $(RELEASE)/release.json -nt $(BUNDLE)/bundle.json ]; then \
+	  rm -rf $(INDEX); \
 	  $(PY) -m blat_export bundle --release $(RELEASE) --out $(BUNDLE) --overwrite & exporter=$$!; \
 	fi; \
 	test -f $(SEED)/index_seed.jsonl || $(PY) -m blat.pipeline.corpus --size seed --min-seconds 0.1 --out $(SEED) \
 	    --index-seed $(SEED)/index_seed.jsonl; \
 	if [ -n "$$exporter" ]; then wait $$exporter; fi
 	BLAT_SERVER_SEED_MANIFEST=$(SEED)/index_seed.jsonl BLAT_SERVER_INGEST_ROOTS='["$(SEED)"]' \
-	    $(PY) -m blat_gateway --bundle $(BUNDLE) --index-dir $(DEFAULT)/index
+	    $(PY) -m blat_gateway --bundle $(BUNDLE) --index-dir $(INDEX)
 
 # Training, apart from serving: the BLAT pipeline on real recordings from Debian packages (RECIPE=demo: 25 packages,
 # ~5.6 GB of downloads; ci is the small set the tests run) over three seeds, then the release it writes to

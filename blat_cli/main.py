@@ -5,6 +5,7 @@
   Run things on this machine:
     serve        the gateway (REST + gRPC) on a model bundle            (= python -m blat_gateway)
     export       checkpoints -> ONNX bundle, Triton repository, release (= python -m blat_export)
+    fetch        a published model by name -> its checked checkpoint and bundle (= python -m blat_export fetch)
     train        the BLAT training pipeline on a recipe                 (= python -m blat.pipeline.run)
     import-blat  convert the released BLAT checkpoint to ours
     list-models  architectures in blat/model_configs/
@@ -27,6 +28,11 @@ LOCAL = {
     "serve": ("start the gateway (REST + gRPC); see `blat serve --help`", "blat_gateway.__main__", []),
     "export": ("export ONNX bundles, Triton repositories and releases", "blat_export.__main__", []),
     "train": ("run the training pipeline (corpus, captioner, captions, pre-training)", "blat.pipeline.run", []),
+    "fetch": (
+        "download a published model by name (blat-cnn14-bertm) and export its bundle",
+        "blat_export.__main__",
+        ["fetch"],
+    ),
     "import-blat": (
         "convert the released BLAT checkpoint (blat_cnn14_bertm.pth) to ours",
         "blat.__main__",

@@ -7,6 +7,8 @@ bundle   checkpoint(s) -> bundle directory: ONNX graphs (waveform -> embedding w
 release  a pipeline run -> a model release (releases/<name>/<version>/): the trained heads, the calibrated
          label bank, a model card and the hashes, small enough to commit; `bundle --release` serves it.
 triton   bundle directory -> Triton model repository (a new integer version beside the old ones).
+fetch    a published model by name (blat-cnn14-bertm): its checkpoint downloaded once (resumable; size and sha256
+         recorded on the first download, checked on every later use), then its bundle (blat_export/fetch.py).
 """
 
 from __future__ import annotations
@@ -202,6 +204,24 @@ def cmd_triton(args) -> int:
     return 0
 
 
+def cmd_fetch(args) -> int:
+    from blat_export.fetch import FetchError, fetch_bundle, published_models
+
+    if args.list:
+        for model in published_models().values():
+            print(f"{model.name}: {model.about}\n  {model.url}")
+        return 0
+    if not args.name:
+        log.error("name a published model (--list shows them)")
+        return 2
+    try:
+        print(fetch_bundle(args.name, args.cache, args.url, args.trusted))
+    except FetchError as e:
+        log.error(str(e))
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m blat_export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,6 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_release)
+
+    s = sub.add_parser(
+        "fetch",
+        help="a published model by name -> its checked checkpoint and its bundle",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Download a published checkpoint (resumable) into --cache, record its size and sha256 in "
+        "<cache>/fetch.lock.json the first time and check them every later time, then export its bundle to "
+        "<cache>/<name>/bundle (kept while the checkpoint is unchanged). Offline, put the file in --cache by hand: "
+        "the error says where.",
+    )
+    s.add_argument("name", nargs="?", help="the published model (see --list)")
+    s.add_argument("--list", action="store_true", help="list the published models and their URLs")
+    s.add_argument("--cache", type=Path, default=Path("runs/models"), help="where checkpoints and bundles are kept")
+    s.add_argument("--url", help="download from this address instead of the published one (a mirror)")
+    s.add_argument("--trusted", action="store_true", help="allow full unpickling of the checkpoint")
+    s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("triton", help="bundle directory -> Triton model repository")
     s.add_argument("--bundle", type=Path, required=True)
