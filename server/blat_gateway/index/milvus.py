@@ -58,6 +58,17 @@ class MilvusConfig:
             raise BadRequest(f"milvus.collection must match {NAME_RE.pattern}, got {self.collection!r}")
 
 
+class _AliasMisses(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a traceback. `describe_alias` failing is how this engine learns
+    that an alias does not exist yet (Milvus 2.3 lists aliases only per collection): an answer, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "[describe_alias]" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.decorators").addFilter(_AliasMisses())
+
+
 # -- versions --------------------------------------------------------------------------------------------------------
 
 
@@ -132,7 +143,7 @@ class MilvusIndex:
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
         schema.add_field("vec", DataType.FLOAT_VECTOR, dim=meta.dim)
         schema.add_field("source_uri", DataType.VARCHAR, max_length=MAX_VARCHAR)
-        schema.add_field("duration_s", DataType.DOUBLE, nullable=True)
+        schema.add_field("duration_s", DataType.DOUBLE)  # unknown: milvus_rows.UNKNOWN_DURATION (no nullable in 2.3)
         schema.add_field(
             "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=4 * MAX_TAG_CHARS
         )  # bytes: 4 per character at most in UTF-8
@@ -154,14 +165,25 @@ class MilvusIndex:
         }
         index_type, params = kinds[meta.kind]
         self._index(name, "vec", index_type=index_type, metric_type="IP", params=params)
-        # Scalar indexes on the filtered fields, so a filter does not scan every row. An engine without one for a
-        # field type (milvus-lite has none for ARRAY, i.e. tags) scans that field instead.
-        for field in ("source_uri", "duration_s", "tags"):
-            self._index(name, field, optional=True, index_type="INVERTED")
+        # Scalar indexes on the filtered fields, so a filter does not scan every row; a field without one (tags on
+        # Milvus 2.3 and milvus-lite) is scanned instead.
+        for field, index_type in self._scalar_indexes().items():
+            self._index(name, field, optional=True, index_type=index_type)
         # Released until sealed (`MilvusStaging._seal`). Milvus leaves a new collection released anyway; milvus-lite
         # starts it loaded, and would then build segment indexes in a background thread after each flush.
         self.live.call("release_collection", name)
         return name
+
+    def _scalar_indexes(self) -> dict[str, str]:
+        """The scalar index each filtered field gets on this Milvus: INVERTED from 2.4 on (ARRAY fields included);
+        2.3 has a Trie for VARCHAR and STL_SORT for numbers, and none for ARRAY; milvus-lite, INVERTED but for ARRAY."""
+        version = self.client.get_server_version()
+        if version.startswith("milvus_lite"):
+            return {"source_uri": "INVERTED", "duration_s": "INVERTED"}
+        numbers = re.match(r"v?(\d+)\.(\d+)", version)
+        if numbers and (int(numbers.group(1)), int(numbers.group(2))) < (2, 4):
+            return {"source_uri": "Trie", "duration_s": "STL_SORT"}
+        return {"source_uri": "INVERTED", "duration_s": "INVERTED", "tags": "INVERTED"}
 
     def _index(self, collection: str, field: str, optional: bool = False, **spec) -> None:
         """Create one index on a collection not yet loaded (Milvus's order: create, index, load)."""

@@ -37,7 +37,8 @@ def _utf8(item_id: str) -> bytes:
 
 
 def milvus_filter(flt: SearchFilter | None) -> str:
-    """The boolean expression equal to `flt.matches` (a null duration fails any bound, as in SQL)."""
+    """The boolean expression equal to `flt.matches` (an unknown duration fails any bound, as in SQL: it is null in
+    collections with a nullable field, UNKNOWN_DURATION in the others)."""
     if flt is None:
         return ""
     parts = []
@@ -48,6 +49,8 @@ def milvus_filter(flt: SearchFilter | None) -> str:
     if flt.source_prefix:  # LIKE with %, _ and \ escaped: a path's own % and _ are literal
         pattern = re.sub(r"([%_\\])", r"\\\1", flt.source_prefix) + "%"
         parts.append(f"source_uri like {_str(pattern)}")
+    if flt.min_duration_s is not None or flt.max_duration_s is not None:
+        parts.append("duration_s >= 0.0")  # known durations only
     if flt.min_duration_s is not None:
         parts.append(f"duration_s >= {float(flt.min_duration_s)!r}")
     if flt.max_duration_s is not None:
@@ -56,13 +59,18 @@ def milvus_filter(flt: SearchFilter | None) -> str:
     return " and ".join(parts)
 
 
+# A duration the item does not know. Nullable fields need Milvus 2.5; durations are never negative, so -1 stands for
+# null in every collection (older ones, made with a nullable field, may hold nulls too: both read as None).
+UNKNOWN_DURATION = -1.0
+
+
 def row_of(item: ItemRecord, vec: np.ndarray, extra_as_text: bool = False) -> dict:
     """extra_as_text: a collection made before metadata filters, whose `extra` is a VARCHAR of JSON."""
     row = {
         "id": item.id,
         "vec": np.asarray(vec, dtype=np.float32).tolist(),
         "source_uri": item.source_uri,
-        "duration_s": item.duration_s,
+        "duration_s": UNKNOWN_DURATION if item.duration_s is None else item.duration_s,
         "tags": list(item.tags),
         "caption": item.caption,
         "content_hash": item.content_hash,
@@ -79,7 +87,7 @@ def _record(e: dict) -> ItemRecord:
     return ItemRecord(
         id=e["id"],
         source_uri=e["source_uri"],
-        duration_s=e.get("duration_s"),
+        duration_s=None if e.get("duration_s") is None or e["duration_s"] < 0 else e["duration_s"],
         tags=tuple(e["tags"]),
         caption=e["caption"],
         content_hash=e["content_hash"],

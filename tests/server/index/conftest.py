@@ -1,4 +1,6 @@
-"""The index suite runs against every engine: `open_store` is parametrized over FAISS + SQLite and milvus-lite.
+"""The index suite runs against every engine: `open_store` is parametrized over FAISS + SQLite and milvus-lite, and
+with BLAT_TEST_ENGINES=milvus-server over a real Milvus server (milvus==2.3.5, the embedded standalone from PyPI,
+started once per session).
 
 Tests that use `faiss_store` instead check what only the FAISS engine has (not applicable to Milvus, which keeps its
 own segments, indexes and locks): the snapshot file and its replay, tombstones and their purge, compaction of
@@ -7,6 +9,10 @@ HNSW / IVF, the GPU copy, the directory lock, leftover version directories, the 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,13 +40,73 @@ def milvus_open(root: Path, dim: int, bundle_id: str, kind: str = "flat", config
     )
 
 
-OPENERS = {"faiss": faiss_open, "milvus": milvus_open}
+SERVER_URI = "BLAT_TEST_MILVUS_SERVER"  # set by the milvus_server fixture (and passed on to the suite's subprocesses)
+
+
+def server_collection(root: Path) -> str:
+    """One Milvus server serves every test of a session: each store root gets collections of its own (named from
+    the root, so a reopened store, or a subprocess, finds them)."""
+    return "t" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
+def milvus_server_open(root: Path, dim: int, bundle_id: str, kind: str = "flat", config: AnnConfig | None = None):
+    from blat_gateway.index.milvus import MilvusConfig
+
+    uri = os.environ[SERVER_URI]
+    milvus = MilvusConfig(uri=uri, collection=server_collection(root), timeout_s=30)
+    return IndexStore(None, dim, bundle_id, kind, config=config, milvus=milvus)
+
+
+OPENERS = {"faiss": faiss_open, "milvus": milvus_open, "milvus-server": milvus_server_open}
+# The engines the suite runs on: FAISS and milvus-lite by default. The Milvus server is opt-in for now
+# (`make test-milvus-server`): on Milvus 2.3 four tests still fail and the suite runs past 15 minutes there (README,
+# Tests).
+ENGINES = [e for e in os.environ.get("BLAT_TEST_ENGINES", "faiss,milvus").split(",") if e in OPENERS]
 VERSION_NAMES = {"faiss": "v{:04d}", "milvus": MILVUS_COLLECTION + "__v{:04d}"}
 
 
-@pytest.fixture(params=sorted(OPENERS))
-def engine(request) -> str:
-    return request.param
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus server (milvus==2.3.5 from PyPI: the standalone binary with embedded etcd and local storage), one
+    per test session (per xdist worker), on a free port."""
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    # It picks each of its ten ports by trying to bind them and lets go before its process binds them for good: two
+    # workers starting at once can pick the same ones. One start at a time, machine-wide.
+    with open(Path(tempfile.gettempdir()) / "blat-milvus-server-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server.start()
+    os.environ[SERVER_URI] = f"http://127.0.0.1:{server.listen_port}"
+    yield os.environ[SERVER_URI]
+    os.environ.pop(SERVER_URI, None)
+    server.stop()
+
+
+def _drop_collections(uri: str, prefix: str) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                for alias in client.describe_collection(name).get("aliases", []):
+                    client.drop_alias(alias)
+                client.drop_collection(name)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    """The engine under test. On the Milvus server, the collections a test made are dropped after it."""
+    if request.param != "milvus-server":
+        yield request.param
+        return
+    uri = request.getfixturevalue("milvus_server")
+    yield request.param
+    _drop_collections(uri, "t")  # this worker's own server: every collection is a test's
 
 
 @pytest.fixture
@@ -50,8 +116,10 @@ def open_store(engine):
 
 
 @pytest.fixture
-def version_name(engine):
-    """version_name(n) -> the name the engine gives its n-th version."""
+def version_name(engine, tmp_path):
+    """version_name(n) -> the name the engine gives its n-th version (of the store at the test's tmp_path)."""
+    if engine == "milvus-server":
+        return (server_collection(tmp_path) + "__v{:04d}").format
     return VERSION_NAMES[engine].format
 
 
