@@ -215,7 +215,7 @@ def cmd_fetch(args) -> int:
         log.error("name a published model (--list shows them)")
         return 2
     try:
-        print(fetch_bundle(args.name, args.cache, args.url, args.trusted))
+        print(fetch_bundle(args.name, args.cache, export_argv, args.url, args.trusted))
     except FetchError as e:
         log.error(str(e))
         return 1
@@ -329,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     triton_args(s, required=True)
     s.set_defaults(fn=cmd_triton)
     return p
+
+
+def export_argv(argv: list[str]) -> int:
+    """One command of this module, in this process, without setting up logging again."""
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
 
 
 def main(argv: list[str] | None = None) -> int:

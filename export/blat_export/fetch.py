@@ -19,6 +19,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,20 +155,20 @@ def fetch(name: str, cache: Path, url: str | None = None) -> Path:
     return path
 
 
-def fetch_bundle(name: str, cache: Path, url: str | None = None, trusted: bool = False) -> Path:
-    """`fetch`, then the model's bundle in `cache/<name>/bundle` (exported once; reused while the file is unchanged)."""
+def fetch_bundle(
+    name: str, cache: Path, export: Callable[[list[str]], int], url: str | None = None, trusted: bool = False
+) -> Path:
+    """`fetch`, then the model's bundle in `cache/<name>/bundle` (exported once; reused while the file is unchanged).
+    `export` runs `python -m blat_export` with the arguments it is given (blat_export.__main__.export_argv)."""
     path = fetch(name, cache, url)
     model = published_models()[name]
     out = cache / name / "bundle"
     if (out / "bundle.json").exists() and (out / "bundle.json").stat().st_mtime >= path.stat().st_mtime:
         log.info("%s: the bundle in %s is up to date", name, out)
         return out
-    from blat_export.__main__ import build_parser
-
     if model.format != "blat-release":
         raise FetchError(f"{name}: unknown checkpoint format {model.format!r}")
     argv = ["bundle", "--blat-release", str(path), "--out", str(out), "--name", name, "--overwrite"]
-    args = build_parser().parse_args(argv + (["--trusted"] if trusted else []))
-    if args.fn(args) != 0:
+    if export(argv + (["--trusted"] if trusted else [])) != 0:
         raise FetchError(f"{name}: exporting the bundle failed (see the log above)")
     return out

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from blat_contract.bundle import read_bundle
+from blat_export.__main__ import export_argv
 from blat_export.fetch import LOCK, FetchError, fetch, fetch_bundle, published_models
 from tests.blat.test_convert import SMALL_BERT, SMALL_CHANNELS, blat_state_dict, save_blat
 from tests.server.conftest import ROOT, running_inproc, synth_clip, wav
@@ -88,7 +89,7 @@ def test_a_cut_download_resumes_is_recorded_and_its_bundle_serves(mirror, checkp
     part = cache / "blat_cnn14_bertm.pth.part"
     assert part.stat().st_size == len(checkpoint) // 3 and not (cache / LOCK).exists()
 
-    bundle = fetch_bundle(NAME, cache, url=mirror.url)
+    bundle = fetch_bundle(NAME, cache, export_argv, url=mirror.url)
     assert mirror.requests == [None, f"bytes={len(checkpoint) // 3}-"]  # the rest only
     path = cache / "blat_cnn14_bertm.pth"
     assert path.read_bytes() == checkpoint and not part.exists()
@@ -99,7 +100,7 @@ def test_a_cut_download_resumes_is_recorded_and_its_bundle_serves(mirror, checkp
 
     # a second fetch downloads nothing and keeps the bundle
     made = (bundle / "bundle.json").stat().st_mtime
-    assert fetch_bundle(NAME, cache, url=mirror.url) == bundle and len(mirror.requests) == 2
+    assert fetch_bundle(NAME, cache, export_argv, url=mirror.url) == bundle and len(mirror.requests) == 2
     assert (bundle / "bundle.json").stat().st_mtime == made
 
     # the gateway serves it
