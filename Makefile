@@ -107,7 +107,7 @@ test: $(STAMP) browser lint
 	$(PY) -m pytest -m "$(TEST_MARKS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # The index suite on a real Milvus server (milvus==2.3.5 from PyPI: the standalone binary, started once per run).
-# Opt-in while it is slow and four tests still fail on Milvus 2.3 (README, Tests).
+# Opt-in while it is slow and three tests still fail on Milvus 2.3 (README, Tests).
 test-milvus-server: $(STAMP)
 	BLAT_TEST_ENGINES=milvus-server $(PY) -m pytest tests/server/index $(PYTEST_ARGS)
 

@@ -161,7 +161,8 @@ class Condition:
         allowed = self._equals()
         if allowed is not None:
             terms = [f"{ref} == {_milvus_literal(v, literal)}" for v in allowed]
-            parts.append("(" + (" or ".join(terms) or "false") + ")")
+            # `in: []` matches nothing; Milvus 2.3 takes no bare `false`, and an id is never empty
+            parts.append("(" + (" or ".join(terms) or 'id == ""') + ")")
         for op, sym in BOUNDS.items():
             bound = getattr(self, op)
             if bound is not None:

@@ -59,7 +59,7 @@ def milvus_server_open(root: Path, dim: int, bundle_id: str, kind: str = "flat",
 
 OPENERS = {"faiss": faiss_open, "milvus": milvus_open, "milvus-server": milvus_server_open}
 # The engines the suite runs on: FAISS and milvus-lite by default. The Milvus server is opt-in for now
-# (`make test-milvus-server`): on Milvus 2.3 four tests still fail and the suite runs past 15 minutes there (README,
+# (`make test-milvus-server`): on Milvus 2.3 three tests still fail and the suite runs past 15 minutes there (README,
 # Tests).
 ENGINES = [e for e in os.environ.get("BLAT_TEST_ENGINES", "faiss,milvus").split(",") if e in OPENERS]
 VERSION_NAMES = {"faiss": "v{:04d}", "milvus": MILVUS_COLLECTION + "__v{:04d}"}
