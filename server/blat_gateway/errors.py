@@ -169,3 +169,17 @@ class IndexDamaged(ServiceError):
     The message names the file and the way back (an offline rollback, or a rebuild)."""
 
     code, http_status, grpc_code = "index_damaged", 500, "DATA_LOSS"
+
+
+def unexpected(e: Exception, log, where: str) -> ServiceError:
+    """What a face answers for an exception that is not a ServiceError: a model wait past the request's deadline is
+    DeadlineExceeded (504); anything else is logged with its traceback here and answered as an internal error."""
+    if isinstance(e, TimeoutError):
+        return DeadlineExceeded("the request's deadline passed while its work was running")
+    log.error("unhandled error in %s", where, exc_info=e)
+    return ServiceError("internal error (the gateway's log has the details)")
+
+
+def field_problems(errors) -> str:
+    """pydantic's validation errors as one line: "loc.path: message; ..." (REST bodies, the WebSocket's config)."""
+    return "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in errors)

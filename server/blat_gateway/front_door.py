@@ -27,7 +27,14 @@ from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import reset_deadline, set_deadline
 from blat_gateway.api import UNDECLARED, by_route
 from blat_gateway.browser import BrowserGuard
-from blat_gateway.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServiceError, TooLarge, http_answer
+from blat_gateway.errors import (
+    Overloaded,
+    RequestTimeout,
+    ServiceError,
+    TooLarge,
+    http_answer,
+    unexpected,
+)
 from blat_gateway.observe import HEADER, choose_request_id, key_digest, log_access, request_id
 from blat_gateway.service import Gateway
 
@@ -72,7 +79,7 @@ class FrontDoor:
         # Every request is measured here, refusals included: a plain ASGI wrapper around `send` costs a function call,
         # where Starlette's BaseHTTPMiddleware ran each request in a task of its own with memory streams.
         t0, status, template = time.perf_counter(), 500, None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         origin = headers.get("origin")
         rid = choose_request_id(headers.get(HEADER))
         token = request_id.set(rid)
@@ -125,7 +132,7 @@ class FrontDoor:
         API key) and takes a place of limits.max_streams for the socket's life; a refusal is an HTTP answer in the
         error envelope (403, 421, 401, 429), sent before the handshake completes."""
         t0, status, close_code = time.perf_counter(), 500, None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         rid = choose_request_id(headers.get(HEADER))
         token = request_id.set(rid)
         template = self._template(scope)
@@ -204,12 +211,11 @@ class FrontDoor:
         except Exception as e:
             if started:
                 raise
-            if isinstance(e, TimeoutError):  # a wait on model work that outlived the request's deadline
-                error: ServiceError = DeadlineExceeded("the request's deadline passed while its work was running")
-            else:
-                log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-                error = ServiceError("internal error (the gateway's log has the details)")
-            await _answer(send, error)
+            await _answer(send, unexpected(e, log, f"{scope['method']} {scope['path']}"))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 def body_cap(kind: str | None, limits) -> int:

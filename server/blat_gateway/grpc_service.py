@@ -20,7 +20,7 @@ from blat_gateway.access import authorize, presented_key
 from blat_gateway.admission import THREADS_WITHOUT_MODEL, reset_deadline, set_deadline
 from blat_gateway.api import ENDPOINTS, by_rpc
 from blat_gateway.endpoint import Endpoint
-from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer
+from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, grpc_answer, unexpected
 from blat_gateway.observe import HEADER, choose_request_id, key_digest, log_access, request_id
 from blat_gateway.service import Gateway
 from blat_wire import blat_pb2 as pb
@@ -172,11 +172,8 @@ class _Guard(grpc.ServerInterceptor):
                 ctx.set_trailing_metadata(trailing)
             ctx.abort(getattr(grpc.StatusCode, code), message)
 
-        def unexpected(ctx, e: Exception):  # the catch-all: a status with a message, never UNKNOWN
-            if isinstance(e, TimeoutError):
-                fail(ctx, DeadlineExceeded("the request's deadline passed while its work was running"))
-            log.exception("unhandled error in %s", method)
-            fail(ctx, ServiceError("internal error (the gateway's log has the details)"))
+        def caught(ctx, e: Exception):  # the catch-all: a status with a message, never UNKNOWN
+            fail(ctx, unexpected(e, log, method))
 
         if handler.unary_unary:
             inner, limits = handler.unary_unary, self.gw.limits
@@ -196,7 +193,7 @@ class _Guard(grpc.ServerInterceptor):
                     except ServiceError as e:
                         fail(ctx, e)
                     except Exception as e:
-                        unexpected(ctx, e)
+                        caught(ctx, e)
                     finally:
                         reset_deadline(token)
                     self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
@@ -219,7 +216,7 @@ class _Guard(grpc.ServerInterceptor):
                     except ServiceError as e:
                         fail(ctx, e)
                     except Exception as e:
-                        unexpected(ctx, e)
+                        caught(ctx, e)
                     self.gw.metrics.observe("grpc", method, "OK", time.perf_counter() - t0)
                 finally:
                     end(ctx, rid_token, t0)

@@ -14,7 +14,7 @@ from blat_gateway.admission import THREADS_WITHOUT_MODEL
 from blat_gateway.api import ENDPOINTS
 from blat_gateway.api.json_io import AUDIO_BODY
 from blat_gateway.endpoint import Endpoint
-from blat_gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError, http_answer
+from blat_gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError, field_problems, http_answer
 from blat_gateway.front_door import FrontDoor
 from blat_gateway.schema import request_models
 from blat_gateway.service import Gateway
@@ -139,9 +139,6 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return error_response(
-            BadRequest("invalid request: " + "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details))
-        )
+        return error_response(BadRequest("invalid request: " + field_problems(exc.errors())))
 
     return app

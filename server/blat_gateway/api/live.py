@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from blat_gateway.api import proto_io
 from blat_gateway.api.json_io import window_json
 from blat_gateway.endpoint import READ, endpoint
-from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError
+from blat_gateway.errors import BadRequest, DeadlineExceeded, ServiceError, field_problems, unexpected
 from blat_wire import blat_pb2 as pb
 
 SUBPROTOCOL = "blat.tag.v1"
@@ -128,8 +128,7 @@ def _(gw, m):
             try:
                 cfg = m.StreamConfigBody.model_validate(config)
             except ValidationError as e:
-                problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors())
-                raise BadRequest(f"invalid config: {problems}") from None
+                raise BadRequest(f"invalid config: {field_problems(e.errors())}") from None
             stream = await run_in_threadpool(
                 _open, gw, cfg.encoding, cfg.sample_rate, cfg.window_s, cfg.hop_s, cfg.labels, cfg.top_k
             )
@@ -154,10 +153,7 @@ def _(gw, m):
             return  # the client left: nothing to answer
         except ServiceError as e:
             await _fail(ws, e)
-        except TimeoutError:  # a window's model call outlived its deadline
-            await _fail(ws, DeadlineExceeded("the request's deadline passed while its work was running"))
-        except Exception:
-            log.exception("unhandled error in the /v1/tag/stream WebSocket")
-            await _fail(ws, ServiceError("internal error (the gateway's log has the details)"))
+        except Exception as e:  # a window's model wait past its deadline (504), or a bug (logged)
+            await _fail(ws, unexpected(e, log, "the /v1/tag/stream WebSocket"))
 
     return stream_tag
