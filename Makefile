@@ -106,8 +106,8 @@ test: $(STAMP) browser lint
 	@# pytest exits 5 when it collects no test; that is not a failure of the suite itself.
 	$(PY) -m pytest -m "$(TEST_MARKS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-# The index suite on a real Milvus server (milvus==2.3.5 from PyPI: the standalone binary, started once per run).
-# Opt-in while it is slow and three tests still fail on Milvus 2.3 (README, Tests).
+# The index suite on the real Milvus server alone (milvus==2.3.5 from PyPI: the standalone binary, one per run); `make
+# test` runs it on FAISS, milvus-lite and that server.
 test-milvus-server: $(STAMP)
 	BLAT_TEST_ENGINES=milvus-server $(PY) -m pytest tests/server/index $(PYTEST_ARGS)
 

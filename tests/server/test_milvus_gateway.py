@@ -1,7 +1,8 @@
 """Gateways on Milvus: a writer and a read-only replica share one Milvus server and keep no index state of their own.
 
 The Milvus server is milvus-lite's gRPC server, run in a process of its own and reached over its network port, as a
-gateway reaches a Milvus deployment (its in-process mode allows one process per file). Both gateways are the real
+gateway reaches a Milvus deployment (its in-process mode allows one process per file), and a real Milvus server
+(milvus==2.3.5's standalone binary) where the suite enables that engine. Both gateways are the real
 `python -m blat_gateway` processes, called with the typed client over REST and gRPC.
 """
 
@@ -15,6 +16,8 @@ import pytest
 
 from blat_client import Client, ClientError
 from tests.server.conftest import running_server, synth_clip, wav
+from tests.server.index.conftest import ENGINES
+from tests.server.index.milvus_server import Server
 
 # Serves one milvus-lite file on a free loopback port; prints the URI, then runs until its stdin closes.
 HOST = """
@@ -25,11 +28,17 @@ sys.stdin.read()
 """
 
 
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory):
-    path = tmp_path_factory.mktemp("milvus") / "shared.db"
+@pytest.fixture(scope="module", params=[e for e in ("milvus", "milvus-server") if e in ENGINES])
+def milvus_uri(request, tmp_path_factory):
+    """milvus-lite's gRPC server in a process of its own, or a real Milvus server (tests/server/index)."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "milvus-server":
+        server = Server(folder)
+        yield server.start()
+        server.stop()
+        return
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOST, str(path)],
+        [sys.executable, "-c", HOST, str(folder / "shared.db")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -58,15 +58,17 @@ class MilvusConfig:
             raise BadRequest(f"milvus.collection must match {NAME_RE.pattern}, got {self.collection!r}")
 
 
-class _AliasMisses(logging.Filter):
-    """pymilvus logs every failed call at ERROR with a traceback. `describe_alias` failing is how this engine learns
-    that an alias does not exist yet (Milvus 2.3 lists aliases only per collection): an answer, not an error."""
+class _ExpectedMisses(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a traceback. Two failures are answers here, not errors:
+    `describe_alias` failing is how this engine learns that an alias does not exist yet (Milvus 2.3 lists aliases only
+    per collection), and a read of a collection not loaded is loaded and asked again (milvus_rows.Collection.call)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "[describe_alias]" not in record.getMessage()
+        message = record.getMessage()
+        return "[describe_alias]" not in message and "collection not loaded" not in message
 
 
-logging.getLogger("pymilvus.decorators").addFilter(_AliasMisses())
+logging.getLogger("pymilvus.decorators").addFilter(_ExpectedMisses())
 
 
 # -- versions --------------------------------------------------------------------------------------------------------
@@ -191,8 +193,8 @@ class MilvusIndex:
 
         params = self.client.prepare_index_params()
         params.add_index(field_name=field, **spec)
-        try:
-            self.client.create_index(collection, params)
+        try:  # not sync: pymilvus would poll the state of an index on no rows, sleeping 0.5 s first (`_seal` waits)
+            self.client.create_index(collection, params, sync=False)
         except MilvusException as e:
             if not optional:
                 raise BackendDown(f"Milvus create_index on {collection}.{field}: {e.message}") from None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
-import re
 import time
 from collections.abc import Iterator, Sequence
 
@@ -18,6 +17,8 @@ from blat_gateway.index.protocol import Pair, Scored
 from blat_gateway.index.records import ItemRecord, SearchFilter
 
 MAX_VARCHAR = 65_535  # bytes: Milvus's limit for one VARCHAR value
+NOT_LOADED = 101  # Milvus's error code for a read of a collection that is not loaded
+READS = {"search", "query", "get", "query_iterator"}  # each takes the collection (or alias) first
 FIELDS = ["id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at", "extra"]
 
 
@@ -36,6 +37,17 @@ def _utf8(item_id: str) -> bytes:
     return item_id.encode()
 
 
+def _above_prefix(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (None: there is none). Milvus orders strings by
+    their UTF-8 bytes, which is code point order."""
+    chars = list(prefix)
+    while chars:
+        c = ord(chars.pop()) + 1
+        if c <= 0x10FFFF:
+            return "".join(chars) + chr(0xE000 if 0xD800 <= c <= 0xDFFF else c)  # surrogates are no characters
+    return None
+
+
 def milvus_filter(flt: SearchFilter | None) -> str:
     """The boolean expression equal to `flt.matches` (an unknown duration fails any bound, as in SQL: it is null in
     collections with a nullable field, UNKNOWN_DURATION in the others)."""
@@ -46,9 +58,10 @@ def milvus_filter(flt: SearchFilter | None) -> str:
         parts.append(f"array_contains_any(tags, {_strs(flt.tags_any)})")
     if flt.tags_all:
         parts.append(f"array_contains_all(tags, {_strs(flt.tags_all)})")
-    if flt.source_prefix:  # LIKE with %, _ and \ escaped: a path's own % and _ are literal
-        pattern = re.sub(r"([%_\\])", r"\\\1", flt.source_prefix) + "%"
-        parts.append(f"source_uri like {_str(pattern)}")
+    if flt.source_prefix:  # a range, not LIKE: Milvus 2.3 has no escape for a path's own % and _
+        parts.append(f"source_uri >= {_str(flt.source_prefix)}")
+        if (above := _above_prefix(flt.source_prefix)) is not None:
+            parts.append(f"source_uri < {_str(above)}")
     if flt.min_duration_s is not None or flt.max_duration_s is not None:
         parts.append("duration_s >= 0.0")  # known durations only
     if flt.min_duration_s is not None:
@@ -125,7 +138,15 @@ class Collection:
         from pymilvus.exceptions import MilvusException
 
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            try:
+                return getattr(self.client, method)(*args, **kwargs)
+            except MilvusException as e:
+                if e.code != NOT_LOADED or method not in READS:
+                    raise
+                # A restarted Milvus serves the live version again only once it has loaded it, and a read that met
+                # the version a swap just released asked too early: load what the name means now, and ask again.
+                self.client.load_collection(args[0])
+                return getattr(self.client, method)(*args, **kwargs)
         except MilvusException as e:
             raise BackendDown(f"Milvus {method} on {self.name}: {e.message}") from None
 

@@ -148,16 +148,24 @@ class RebuildJob:
             self._swap_in(self, self._staging)  # replays concurrent writes, switches, or raises
             self._update(state="succeeded", finished_at=time.time())
         except Cancelled:
-            self._staging.discard()
+            self._discard()
             self._update(state="cancelled", finished_at=time.time())
         except Exception as e:
             log.exception("index rebuild %s failed", self._staging.name)
-            self._staging.discard()
+            self._discard()
             msg = e.message if isinstance(e, ServiceError) else f"{type(e).__name__}: {e}"
             self._update(state="failed", error=msg, finished_at=time.time())
         finally:
             self._on_finished(self)
             self._done.set()
+
+    def _discard(self) -> None:
+        """Drop the unfinished version. When that fails too (the engine is down: what failed the rebuild, often), the
+        rebuild still ends, and the next one drops the leftover (both engines drop unreferenced versions then)."""
+        try:
+            self._staging.discard()
+        except Exception:
+            log.warning("could not drop the unfinished version %s", self._staging.name, exc_info=True)
 
     def _ingest(self) -> None:
         source = self._source() if callable(self._source) else self._source

@@ -1,6 +1,5 @@
-"""The index suite runs against every engine: `open_store` is parametrized over FAISS + SQLite and milvus-lite, and
-with BLAT_TEST_ENGINES=milvus-server over a real Milvus server (milvus==2.3.5, the embedded standalone from PyPI,
-started once per session).
+"""The index suite runs against every engine: `open_store` is parametrized over FAISS + SQLite, milvus-lite and a real
+Milvus server (milvus==2.3.5's standalone binary from PyPI, one per test session: milvus_server.py).
 
 Tests that use `faiss_store` instead check what only the FAISS engine has (not applicable to Milvus, which keeps its
 own segments, indexes and locks): the snapshot file and its replay, tombstones and their purge, compaction of
@@ -9,15 +8,14 @@ HNSW / IVF, the GPU copy, the directory lock, leftover version directories, the 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from blat_gateway.index import AnnConfig, IndexStore
+from tests.server.index.milvus_server import Server
 
 MILVUS_COLLECTION = "blat_test"
 
@@ -58,27 +56,18 @@ def milvus_server_open(root: Path, dim: int, bundle_id: str, kind: str = "flat",
 
 
 OPENERS = {"faiss": faiss_open, "milvus": milvus_open, "milvus-server": milvus_server_open}
-# The engines the suite runs on: FAISS and milvus-lite by default. The Milvus server is opt-in for now
-# (`make test-milvus-server`): on Milvus 2.3 three tests still fail and the suite runs past 15 minutes there (README,
-# Tests).
-ENGINES = [e for e in os.environ.get("BLAT_TEST_ENGINES", "faiss,milvus").split(",") if e in OPENERS]
+# The engines the suite runs on: all three unless BLAT_TEST_ENGINES names some (`make test-milvus-server`: the server
+# alone; BLAT_TEST_ENGINES=faiss,milvus skips the server's start-up and its slower calls).
+ENGINES = [e for e in os.environ.get("BLAT_TEST_ENGINES", ",".join(OPENERS)).split(",") if e in OPENERS]
 VERSION_NAMES = {"faiss": "v{:04d}", "milvus": MILVUS_COLLECTION + "__v{:04d}"}
 
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """A real Milvus server (milvus==2.3.5 from PyPI: the standalone binary with embedded etcd and local storage), one
-    per test session (per xdist worker), on a free port."""
-    from milvus import MilvusServer
-
-    server = MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    # It picks each of its ten ports by trying to bind them and lets go before its process binds them for good: two
-    # workers starting at once can pick the same ones. One start at a time, machine-wide.
-    with open(Path(tempfile.gettempdir()) / "blat-milvus-server-start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        server.start()
-    os.environ[SERVER_URI] = f"http://127.0.0.1:{server.listen_port}"
+    per test session (per xdist worker), on free ports (milvus_server.py)."""
+    server = Server(tmp_path_factory.mktemp("milvus-server"))
+    os.environ[SERVER_URI] = server.start()
     yield os.environ[SERVER_URI]
     os.environ.pop(SERVER_URI, None)
     server.stop()
@@ -117,7 +106,7 @@ def open_store(engine):
 
 @pytest.fixture
 def version_name(engine, tmp_path):
-    """version_name(n) -> the name the engine gives its n-th version (of the store at the test's tmp_path)."""
+    """version_name(n) -> the name the engine gives its n-th version (of the store opened at the test's tmp_path)."""
     if engine == "milvus-server":
         return (server_collection(tmp_path) + "__v{:04d}").format
     return VERSION_NAMES[engine].format

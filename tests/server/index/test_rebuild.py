@@ -4,6 +4,8 @@ replayed writes. FAISS only: leftover version directories (Milvus: leftover coll
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -225,3 +227,45 @@ def test_close_cancels_a_running_rebuild(tmp_path, open_store):
     threading.Timer(0.2, src.release).start()
     store.close()
     assert job.progress().state == "cancelled"
+
+
+def test_searches_across_swaps_never_fail(store):
+    """Readers search without pause while three rebuilds fill new versions and move the live one under them (on
+    Milvus: the alias moves, and the version before is released, then dropped): no search fails, and each answer
+    comes whole from one version."""
+    stop, errors, seen = threading.Event(), [], Counter()
+
+    def reader(seed: int) -> None:
+        queries = unit(64, DIM, seed=seed)
+        n = 0
+        while not stop.is_set():
+            try:
+                hits = store.search(queries[n % 64], 5)[0]
+            except Exception as e:
+                errors.append(e)
+                return
+            versions = {h.id.split("-")[0] for h in hits}
+            if len(versions) != 1 or len(hits) != 5:
+                errors.append(AssertionError(f"a search answered {[h.id for h in hits]}"))
+                return
+            seen[versions.pop()] += 1
+            n += 1
+
+    readers = [threading.Thread(target=reader, args=(seed,)) for seed in (11, 12, 13)]
+    for t in readers:
+        t.start()
+    try:
+        for n, generation in enumerate(("gen1", "gen2", "gen3")):
+            vecs = unit(100, DIM, seed=20 + n)
+            p = store.start_rebuild(((item(i, generation), vecs[i]) for i in range(100)), total=100).wait(60)
+            assert p.state == "succeeded", p.error
+            before = seen[generation]
+            deadline = time.monotonic() + 10
+            while seen[generation] < before + 3 and time.monotonic() < deadline and not errors:
+                time.sleep(0.01)  # each version serves a few searches before the next swap
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(30)
+    assert not errors, errors[0]
+    assert all(seen[g] > 0 for g in ("old", "gen1", "gen2", "gen3")), seen

@@ -20,7 +20,7 @@ DIM = 32
 def filled(tmp_path, open_store):
     """A flat store of 300 items on the engine under test; yields (store, items, vectors)."""
     items, vecs = [item(i) for i in range(300)], unit(300, DIM)
-    store = open_store(tmp_path / "idx", DIM, "bundle-a")
+    store = open_store(tmp_path, DIM, "bundle-a")
     store.add_many(zip(items, vecs))
     yield store, items, vecs
     store.close()
@@ -145,9 +145,21 @@ def test_filtered_search_is_exact(filled, name):
 
 
 def test_filters_with_awkward_values(tmp_path, open_store):
-    """Prefixes holding the characters a query language escapes (% _ \\ "), tags with quotes, durations at the
-    bounds and missing: every engine answers exactly what `SearchFilter.matches` says."""
-    odd = ["/a/100%_x", "/a/100x", '/a/q"uote', "/a/back\\slash", "/a/b_c", "/a/bxc", "/a/"]
+    """Prefixes holding the characters a query language escapes (% _ \\ ") or ending in non-ASCII characters, tags
+    with quotes, durations at the bounds and missing: every engine answers exactly what `SearchFilter.matches`
+    says."""
+    odd = [
+        "/a/100%_x",
+        "/a/100x",
+        '/a/q"uote',
+        "/a/back\\slash",
+        "/a/b_c",
+        "/a/bxc",
+        "/a/",
+        "/a/é/1",
+        "/a/ê",
+        "/a/\U0010ffffz",
+    ]
     items = [
         ItemRecord(
             id=f"o{i}",
@@ -165,6 +177,8 @@ def test_filters_with_awkward_values(tmp_path, open_store):
             SearchFilter(source_prefix="/a/b_c"),
             SearchFilter(source_prefix='/a/q"'),
             SearchFilter(source_prefix="/a/back\\"),
+            SearchFilter(source_prefix="/a/é"),  # a range up to "/a/ê" on Milvus: not that one
+            SearchFilter(source_prefix="/a/\U0010ffff"),  # the last code point: no string above the range
             SearchFilter(tags_any=('say "hi"',)),
             SearchFilter(tags_all=("it's",), min_duration_s=-1),
             SearchFilter(max_duration_s=4.0),
@@ -274,7 +288,7 @@ def test_persistence_across_reopen(filled, tmp_path, open_store, version_name):
     store.close()
     with pytest.raises(BackendDown):
         store.search(queries, 8)
-    with open_store(tmp_path / "idx", DIM, "bundle-a") as again:
+    with open_store(tmp_path, DIM, "bundle-a") as again:
         after = [[(h.id, h.score) for h in hits] for hits in again.search(queries, 8)]
         assert after == before
         s = again.stats()
@@ -372,7 +386,7 @@ def test_compaction_trains_ivf_once_large_enough(tmp_path):
 def test_bundle_mismatch_refuses_adds_but_searches(filled, tmp_path, open_store):
     store, _, vecs = filled
     store.close()
-    with open_store(tmp_path / "idx", DIM, "bundle-b") as other:
+    with open_store(tmp_path, DIM, "bundle-b") as other:
         s = other.stats()
         assert s.bundle_id == "bundle-a" and s.serving_bundle_id == "bundle-b" and s.bundle_mismatch
         with pytest.raises(Conflict):
