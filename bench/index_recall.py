@@ -29,6 +29,7 @@ Prints one JSON object ({"faiss": rows, "store": rows}) and two tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -36,6 +37,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -211,13 +213,27 @@ def add_ms(store: IndexStore, x: np.ndarray, vocab: list[str], rng: np.random.Ge
     return 1000 * (time.perf_counter() - t) / ADD_BATCH
 
 
-def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> IndexStore:
-    if engine == "milvus":  # milvus-lite: the embedded Milvus, in this process
-        from blat_gateway.index.milvus import MilvusConfig
+@contextlib.contextmanager
+def open_store(engine: str, root: str, dim: int, cfg: AnnConfig) -> Iterator[IndexStore]:
+    from blat_gateway.index.milvus import MilvusConfig
 
+    if engine == "faiss":
+        with IndexStore(root, dim, "bench", config=cfg) as store:
+            yield store
+    elif engine == "milvus":  # milvus-lite: the embedded Milvus, in this process
         milvus = MilvusConfig(uri=f"{root}/milvus.db", collection="bench")
-        return IndexStore(None, dim, "bench", config=cfg, milvus=milvus)
-    return IndexStore(root, dim, "bench", config=cfg)
+        with IndexStore(None, dim, "bench", config=cfg, milvus=milvus) as store:
+            yield store
+    else:  # milvus-server: a real Milvus 2.3 server, started for this store with the test suite's helper
+        from tests.server.index.milvus_server import Server
+
+        server = Server(Path(root) / "server", settings={})  # Milvus's own timers, as deployed
+        try:
+            milvus = MilvusConfig(uri=server.start(), collection="bench", timeout_s=60)
+            with IndexStore(None, dim, "bench", config=cfg, milvus=milvus) as store:
+                yield store
+        finally:
+            server.stop()
 
 
 def measure_store(
@@ -277,14 +293,14 @@ def print_tables(rows: list[dict], store_rows: list[dict]) -> None:
     if store_rows:
         print(
             f"\nThrough IndexStore (search k=10; filtered: {store_rows[0]['filter']}, 10% of items)\n"
-            f"{'n':>8s} {'engine':7s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} "
+            f"{'n':>8s} {'engine':13s} {'kind':5s} {'params':28s} {'recall':>6s} {'ingest s':>8s} {'load s':>7s} "
             f"{'p50 ms':>7s} "
             f"{'p99 ms':>7s} {'filt p50':>8s} {'filt p99':>8s} {'disk MB':>8s} {'RSS MB':>7s} {'peak MB':>7s} "
             f"{'add ms':>7s}"
         )
     for r in store_rows:
         print(
-            f"{r['n']:8d} {r['engine']:7s} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
+            f"{r['n']:8d} {r['engine']:13s} {r['kind']:5s} {json.dumps(r['params']):28s} {r['recall_validated']:6.3f} "
             f"{r['ingest_s']:8.1f} {r['load_s']:7.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
             f"{r['filtered_p50_ms']:8.2f} {r['filtered_p99_ms']:8.2f} {r['disk_mb']:8.1f} {r['rss_mb']:7.1f} "
             f"{r['peak_rss_mb']:7.1f} {r['add_many_ms_per_item']:7.3f}"
@@ -304,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=256, help="embedding dimension (the served bundle's is 256)")
     p.add_argument("--kinds", default="flat,ivf,hnsw")
     p.add_argument(
-        "--engines", default="faiss", help="index engines for the IndexStore part: faiss, milvus (milvus-lite)"
+        "--engines",
+        default="faiss",
+        help="index engines for the IndexStore part: faiss, milvus (milvus-lite), milvus-server (milvus==2.3.5's "
+        "standalone server, started per store; its memory is not in the RSS columns)",
     )
     p.add_argument("--target", type=float, default=AnnConfig().target_recall, help="recall@10 target")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")

@@ -51,6 +51,16 @@ def milvus_uri(request, tmp_path_factory):
     proc.wait(timeout=30)
 
 
+def within(seconds: float, check) -> bool:
+    """Whether check() comes true within `seconds` (polled)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def wait_job(client: Client, job_id: str, timeout_s: float = 120.0):
     deadline = time.monotonic() + timeout_s
     while not (job := client.rebuild_status(job_id)).finished:
@@ -74,6 +84,8 @@ def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, 
         writer, reader, reader_rpc = Client(w.http_url), Client(r.http_url), Client(f"grpc://{r.grpc_address}")
         for n, (item_id, data) in enumerate(clips.items()):
             writer.add_item(item_id, data, tags=["even" if n % 2 == 0 else "odd", "synth"])
+        # The replica reads with Session consistency: the writer's writes reach it within a time tick.
+        assert within(2.0, lambda: reader.stats().items == 8)
 
         # The replica answers from the same Milvus collection: same items, scores and version.
         for item_id, data in list(clips.items())[:3]:
@@ -111,8 +123,8 @@ def test_writer_and_read_only_replica_share_one_milvus(tiny_bundle, milvus_uri, 
         assert after.index_version != before and after.previous_version == before and after.items == 5
         assert reader.search_audio((folder / "fresh3.wav").read_bytes(), k=1).hits[0].id == "fresh3.wav"
 
-        writer.delete_item("fresh0.wav")  # a write after the swap: visible to the replica at once
-        assert reader.stats().items == 4
+        writer.delete_item("fresh0.wav")  # a write after the swap: visible to the replica within a time tick
+        assert within(2.0, lambda: reader.stats().items == 4)
         assert writer.rollback().index_version == before  # and back
         assert reader.stats().index_version == before and reader.get_item("clip-5").id == "clip-5"
 

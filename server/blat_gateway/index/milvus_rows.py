@@ -19,6 +19,10 @@ from blat_gateway.index.records import ItemRecord, SearchFilter
 MAX_VARCHAR = 65_535  # bytes: Milvus's limit for one VARCHAR value
 NOT_LOADED = 101  # Milvus's error code for a read of a collection that is not loaded
 READS = {"search", "query", "get", "query_iterator"}  # each takes the collection (or alias) first
+# Reads wait for this process's own writes (pymilvus keeps the last write's timestamp per collection name), not for
+# the server's next time tick: Strong made every read wait for it, 200 ms p50 and 400 ms p99 per search on a Milvus
+# server with its default 200 ms tick (BENCHMARKS.md). A replica sees the writer's writes a tick later.
+READ_CONSISTENCY = "Session"
 FIELDS = ["id", "source_uri", "duration_s", "tags", "caption", "content_hash", "added_at", "extra"]
 
 
@@ -137,6 +141,8 @@ class Collection:
     def call(self, method: str, *args, **kwargs):
         from pymilvus.exceptions import MilvusException
 
+        if method in READS:
+            kwargs.setdefault("consistency_level", READ_CONSISTENCY)
         try:
             try:
                 return getattr(self.client, method)(*args, **kwargs)
@@ -207,6 +213,9 @@ class Collection:
         got = self.get(item_id)
         if got is not None:
             self.call("delete", self.name, ids=[item_id])
+            # Milvus 2.3 answers a delete without its timestamp, so pymilvus's session would let this process's next
+            # reads miss it: one Strong read, once the delete is in, moves the (single) replica past it for them all.
+            self.call("get", self.name, ids=[item_id], output_fields=["id"], consistency_level="Strong")
         return got
 
     def search(self, x: np.ndarray, k: int, flt: SearchFilter | None, params: dict) -> list[list[Scored]]:

@@ -3,7 +3,8 @@ local storage, rocksmq), started in a folder of its own.
 
 The package probes free ports for Milvus's own services but leaves the embedded etcd on its fixed 2379 / 2380, so a
 second server on the machine would fail to start. Each server here gets an etcd config file with ports of its own:
-several servers (one per xdist worker, and the ones a test kills) run side by side.
+several servers (one per xdist worker, and the ones a test kills) run side by side. Every port is chosen below the
+ephemeral range and under one machine-wide lock, held until the server answers.
 """
 
 from __future__ import annotations
@@ -19,24 +20,18 @@ from pathlib import Path
 SETTINGS = {"proxy.timeTickInterval": 20, "queryCoord.checkInterval": 100, "queryCoord.distPullInterval": 50}
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+# Where each port search starts: below Linux's ephemeral range (32768-60999), where any outgoing connection may hold a
+# port for a while. The package starts its root coordinator's search at 53100, inside it.
+ROOT_COORD_PORT, ETCD_PORT = 23100, 24100
 
 
 def _probe(port: int) -> socket.socket | None:
-    """The package's port probe, with SO_REUSEADDR as the server's own Go listeners have: a port whose last server was
-    killed a moment ago (its connections in TIME_WAIT) is free for the next one."""
+    """The package's port probe, on every interface (as the server's Go listeners bind) and with SO_REUSEADDR as they
+    have: a port whose last server was killed a moment ago (connections in TIME_WAIT) is free for the next one."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("127.0.0.1", port))
+        sock.bind(("", port))
         sock.listen()
         return sock
     except OSError:
@@ -44,22 +39,32 @@ def _probe(port: int) -> socket.socket | None:
         return None
 
 
-def _etcd_config(base: Path) -> Path:
-    """An embedded etcd config with free ports."""
-    peer, client = _free_ports(2)
-    etcd = base / "etcd.yaml"
-    etcd.write_text(
+def _free_ports(start: int, n: int) -> list[int]:
+    """n ports from `start` up that nothing listens on now."""
+    found: list[int] = []
+    port = start
+    while len(found) < n:
+        if (sock := _probe(port)) is not None:
+            sock.close()
+            found.append(port)
+        port += 1
+    return found
+
+
+def _write_etcd_config(path: Path) -> None:
+    peer, client = _free_ports(ETCD_PORT, 2)
+    path.write_text(
         f"name: default\nlisten-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
         f"initial-cluster: default=http://127.0.0.1:{peer}\nlisten-client-urls: http://127.0.0.1:{client}\n"
         f"advertise-client-urls: http://127.0.0.1:{client}\n"
     )
-    return etcd
 
 
 class Server:
     """One Milvus server in `base`. `kill()` is kill -9; `start()` again serves the same data on the same port."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, settings: dict | None = None):
+        """settings: milvus.yaml keys (dotted) to values; default SETTINGS (None: the package's own, as deployed)."""
         from milvus import MilvusServer
 
         base.mkdir(parents=True, exist_ok=True)
@@ -67,11 +72,13 @@ class Server:
         self.server = MilvusServer()
         config = self.server.config  # the package's milvus.yaml template, its etcd pointed at a config file
         assert "\netcd:\n" in config.template_text, "the milvus package's config template changed"
-        etcd = f"\netcd:\n  config:\n    path: {_etcd_config(base)}\n"
+        self.etcd_config = base / "etcd.yaml"  # written at the first start, kept for restarts (etcd's data names it)
+        etcd = f"\netcd:\n  config:\n    path: {self.etcd_config}\n"
         config.template_text = config.template_text.replace("\netcd:\n", etcd, 1)
         config.try_bind_port = _probe
+        config.set("root_coord_port", ROOT_COORD_PORT)
         self.server.set_base_dir(str(base))
-        for key, value in SETTINGS.items():
+        for key, value in (SETTINGS if settings is None else settings).items():
             config.set(key, value)
         self.port: int | None = None
 
@@ -86,6 +93,8 @@ class Server:
         # once could pick the same ones. One start at a time, machine-wide.
         with open(Path(tempfile.gettempdir()) / "blat-milvus-server-start.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.etcd_config.exists():
+                _write_etcd_config(self.etcd_config)
             self.server.start()
         self.port = self.server.listen_port
         return self.uri
