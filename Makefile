@@ -3,7 +3,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS := model,export,server,milvus,dev
+EXTRAS := model,export,server,milvus,jobs,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run train test test-bench test-milvus-server lint soak venv clean browser eval-families

@@ -1,6 +1,6 @@
-"""Sharded, resumable batch jobs whose workers coordinate through files in a shared job folder only.
+"""Batch jobs at corpus scale on Ray Data: embedding a manifest of audio (`blat_jobs.embed`) and, through the same
+engine, the pipeline's stage 2 captioning (`blat.pipeline.caption`).
 
-`blat_jobs.shards` is the generic runner (stdlib only); `blat_jobs.embed` embeds a manifest of audio with the serving
-model.
-Pipeline stage 2 (`blat.pipeline.caption`) runs on the same runner.
+`blat_jobs.shards` keeps what a job leaves on disk (stdlib only: the plan, atomic shards, job.json's spec, the merge
+check); `blat_jobs.ray_run` runs a job's unfinished shards on a local Ray or a cluster.
 """

@@ -1,29 +1,31 @@
-"""Embed a manifest of audio with the serving model, sharded over many workers: the index's input, made offline.
+"""Embed a manifest of audio with the serving model, sharded, on Ray: the index's input, made offline.
 
-    python -m blat_jobs.embed run --manifest M --bundle B --out DIR [--workers N | under torchrun] [--backend triton
-    ...]
+    python -m blat_jobs.embed run --manifest M --bundle B --out DIR [--workers N] [--num-gpus 1]
+        [--address auto | ray://HOST:10001] [--backend triton --triton-url HOST:8001]
     python -m blat_jobs.embed merge --out DIR
 
 The manifest is JSON Lines as the gateway's rebuild reads it: `audio` (or `path`; relative to the manifest's
-folder), optional `id` (default: the file's stem), `tags`, `caption` (or the first of `captions`). Each worker
-decodes audio with the gateway's decoder and embeds it in length-sorted batches through `blat_gateway.runtime.
-ModelRuntime`, so an item's embedding is the one the gateway's rebuild computes. The model runs in-process (ONNX
-Runtime; --device cuda takes GPU <LOCAL_RANK>) or on a Triton cluster (--backend triton --triton-url HOST:8001), where
-workers only decode audio. Shards, claims and resumption are blat_jobs.shards'; job.json's spec holds the bundle id and
-the manifest's sha256, so shards of another model or manifest are never mixed.
+folder), optional `id` (default: the file's stem), `tags`, `caption` (or the first of `captions`). Ray tasks decode
+each shard's audio with the gateway's decoder; a pool of model actors embeds it in length-sorted batches through
+`blat_gateway.runtime.ModelRuntime`, so an item's embedding is the one the gateway's rebuild computes. The model runs
+in the actors (ONNX Runtime; on a GPU with --num-gpus) or on a Triton server (--backend triton --triton-url
+HOST:8001), where the actors are thin clients. The engine is blat_jobs.ray_run; the job folder, resumption and the
+merge check are blat_jobs.shards'; job.json's spec holds the bundle id and the manifest's sha256, so shards of
+another model or manifest are never mixed.
 
 Each shard is shard-00000.npz: `ids` (n,), `embeddings` (n, D) float32, `records` (n,) JSON strings {id,
-source_uri, duration_s, tags, caption, content_hash} and `worker`, the worker that wrote it. It counts as finished
-when it loads and its ids, records and embeddings all agree with the planned ids. `merge` checks completeness and
-writes complete.json; `blat_gateway.index.bulk.read_folder` reads the finished folder (the gateway's rebuild does).
+source_uri, duration_s, tags, caption, content_hash} and `worker`, the actor that wrote it last ("<Ray node id>/<pid>").
+It counts as finished when it loads and its ids, records and embeddings all agree with the planned ids. The run
+ends with the merge: it checks completeness and writes complete.json; `blat_gateway.index.bulk.read_folder` reads
+the finished folder (the gateway's rebuild does).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +33,10 @@ import numpy as np
 
 from blat_contract.bundle import read_bundle, sha256_file
 from blat_gateway.index.bulk import COMPLETE
+from blat_jobs import ray_run
 from blat_jobs import shards as js
-from blat_jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
+from blat_jobs.ray_run import RayOptions
+from blat_jobs.shards import Incomplete, JobMismatch
 
 log = logging.getLogger("blat_jobs.embed" if __name__ == "__main__" else __name__)
 MERGED = COMPLETE  # the folder the gateway rebuilds from (server/blat_gateway/index/bulk.py holds the contract)
@@ -89,12 +93,10 @@ def open_job(
     shard_size: int = 256,
     batch_size: int = BATCH,
     overwrite: bool = False,
-    reset: bool = True,
-    readonly: bool = False,
 ) -> tuple[js.Job, dict[str, dict]]:
     """The job in `out` and its entries by id. Without manifest/bundle (merge) they come from job.json,
     and the manifest must still hash to the recorded sha256."""
-    out = Path(out)
+    out, readonly = Path(out), False
     if manifest is None or bundle is None:
         saved = json.loads((out / js.JOB).read_text())
         manifest, bundle, spec = saved["manifest"], saved["bundle"], saved["spec"]
@@ -119,7 +121,6 @@ def open_job(
         _read_ids,
         _write_shard,
         overwrite=overwrite,
-        reset=reset,
         readonly=readonly,
         outputs=[MERGED],
         info={"manifest": str(manifest), "bundle": str(bundle)},
@@ -148,31 +149,63 @@ def make_runtime(
     from blat_gateway.backends.ort import OnnxRuntimeBackend
 
     providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):  # cuda:<LOCAL_RANK> from Identity.device: one GPU per local worker
+    if device.startswith("cuda"):  # a Ray actor sees only its own GPU: cuda:0
         gpu = int(device.partition(":")[2] or 0)
         providers = [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     return ModelRuntime(bundle, OnnxRuntimeBackend(bundle, threads=threads, providers=providers))
 
 
-def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH) -> tuple[list[dict], np.ndarray]:
-    """Records and (n, D) embeddings of `entries`, in their order: decoded and batched as the gateway's rebuild."""
+def decode_entries(entries: list[dict], sample_rate: int) -> list:
+    """Each entry's file decoded as the gateway decodes an upload (its limits), or ValueError naming the file."""
     from blat_gateway.audio import AudioLimits, decode_audio, read_limited
-    from blat_gateway.inference import embed_files
-    from blat_gateway.settings import LimitSettings, PredictSettings
+    from blat_gateway.errors import ServiceError
+    from blat_gateway.settings import LimitSettings
 
     lim = LimitSettings()
     limits = AudioLimits(max_bytes=lim.max_upload_bytes, max_seconds=lim.max_audio_seconds)
+    out = []
+    for e in entries:
+        try:
+            with open(e["path"], "rb") as f:
+                out.append(decode_audio(read_limited(f, lim.max_upload_bytes), sample_rate, limits))
+        except ServiceError as err:
+            raise ValueError(f"{e['path']}: {err.message}") from None
+    return out
 
-    def decode(path: str):
-        with open(path, "rb") as f:
-            return decode_audio(read_limited(f, lim.max_upload_bytes), runtime.sample_rate, limits)
 
+def embed_entries(runtime, entries: list[dict], batch_size: int = BATCH, decoded: list | None = None):
+    """Records and (n, D) embeddings of `entries`, in their order: decoded (unless `decoded` holds them, in the same
+    order) and batched as the gateway's rebuild."""
+    from blat_gateway.inference import embed_files
+    from blat_gateway.settings import PredictSettings
+
+    decoded = decode_entries(entries, runtime.sample_rate) if decoded is None else decoded
+    by_path = {e["path"]: d for e, d in zip(entries, decoded)}
     out = {
         record["id"]: (record, emb)
-        for record, emb in embed_files(runtime, entries, decode, batch_size, PredictSettings())
+        for record, emb in embed_files(runtime, entries, by_path.__getitem__, batch_size, PredictSettings())
     }
     records = [out[e["id"]][0] for e in entries]
     return records, np.stack([out[e["id"]][1] for e in entries]).astype(np.float32)
+
+
+def _decode(entries: list[dict], sample_rate: int) -> tuple[list[dict], list]:
+    """A decode task (CPU): the shard's entries and their audio."""
+    return entries, decode_entries(entries, sample_rate)
+
+
+class _Embedder:
+    """The model side of one actor: the gateway's runtime, built once per actor."""
+
+    def __init__(self, worker: str, cpus: float, bundle, backend, triton_url, threads: int, gpu: bool, batch: int):
+        threads = threads or max(1, int(cpus))  # Ray's CPUs are this actor's share of the node's cores
+        self.runtime = make_runtime(bundle, backend, triton_url, threads, "cuda" if gpu else "cpu")
+        self.worker, self.batch = worker, batch
+
+    def __call__(self, k: int, decoded: tuple[list[dict], list]) -> tuple[list[dict], np.ndarray, str]:
+        entries, audio = decoded
+        records, emb = embed_entries(self.runtime, entries, self.batch, audio)
+        return records, emb, self.worker
 
 
 def run(
@@ -185,67 +218,35 @@ def run(
     backend: str = "onnxruntime",
     triton_url: str | None = None,
     threads: int = 0,
-    device: str = "cpu",
-    lease_s: float = LEASE_S,
     overwrite: bool = False,
-    workers: int = 1,
-    identity: Identity | None = None,
-) -> js.Summary:
-    """One worker's part of the job (identity: rank 0 of 1 by default). Rank 0 waits for every shard and merges;
-    with workers > 1 it first starts that many local worker processes and then finishes what they left."""
-    ident = identity or Identity()
-    if workers > 1 and ident.world_size > 1:
-        raise ValueError("workers > 1 starts local worker processes: not under torchrun (use --nproc-per-node)")
-    kw = dict(
-        shard_size=shard_size,
-        batch_size=batch_size,
-        backend=backend,
-        triton_url=triton_url,
-        threads=threads,
-        device=device,
-        lease_s=lease_s,
+    ray: RayOptions | None = None,
+) -> ray_run.Summary:
+    """Compute the job's unfinished shards on Ray (a local Ray without ray.address), then merge (complete.json).
+    threads: ONNX Runtime threads per actor (0: the actor's CPUs)."""
+    ray = ray or RayOptions()
+    if backend == "triton" and ray.num_gpus:
+        raise ValueError("--backend triton: the model runs on Triton, so the actors need no GPU (--num-gpus 0)")
+    job, entries = open_job(out, manifest, bundle, shard_size, batch_size, overwrite)
+    log.info("embedding", extra={"items": len(entries), "shards": len(job.shards), "out": str(out)})
+    rate = read_bundle(Path(bundle), verify=False).audio.sample_rate
+    summary = ray_run.run_shards(
+        job,
+        lambda k: [entries[i] for i in job.shards[k]],
+        functools.partial(_decode, sample_rate=rate),
+        functools.partial(
+            _Embedder,
+            bundle=str(Path(bundle).resolve()),
+            backend=backend,
+            triton_url=triton_url,
+            threads=threads,
+            gpu=bool(ray.num_gpus),
+            batch=batch_size,
+        ),
+        ray,
+        desc="embed",
     )
-    job, entries = open_job(out, manifest, bundle, shard_size, batch_size, overwrite, reset=ident.rank == 0)
-    log.info(
-        "embedding",
-        extra={
-            "items": len(entries),
-            "shards": len(job.shards),
-            "out": str(out),
-            "rank": ident.rank,
-            "world_size": ident.world_size,
-            "local_workers": workers,
-        },
-    )
-    if workers > 1:
-        js.run_local_workers(_local_worker, (manifest, bundle, out, kw), workers, "embed-worker")
-    summary = _work(job, entries, bundle, kw, ident, wait=ident.rank == 0)
-    if ident.rank == 0:
-        merge(out)
+    merge(out)
     return summary
-
-
-def _local_worker(manifest, bundle, out, kw: dict, ident: Identity, level: str) -> None:
-    """One --workers process: the claim loop, no waiting, no merge (the parent does both)."""
-    from blat_contract.logs import setup_logging
-
-    setup_logging(level)
-    kw = {**kw, "threads": kw["threads"] or max(1, (os.cpu_count() or 1) // ident.world_size)}  # share the cores
-    job, entries = open_job(out, manifest, bundle, kw["shard_size"], kw["batch_size"], reset=False)
-    _work(job, entries, bundle, kw, ident, wait=False)
-
-
-def _work(job: js.Job, entries: dict, bundle, kw: dict, ident: Identity, wait: bool) -> js.Summary:
-    runtime = None
-
-    def process(k: int, ids: list[str]):
-        nonlocal runtime
-        if runtime is None:  # loaded once, and only when a shard is left to compute
-            runtime = make_runtime(bundle, kw["backend"], kw["triton_url"], kw["threads"], ident.device(kw["device"]))
-        records, emb = embed_entries(runtime, [entries[i] for i in ids], kw["batch_size"])
-        return records, emb, ident.name
-
-    return js.run_worker(job, process, ident, kw["lease_s"], wait=wait)
 
 
 def merge(out: str | Path) -> Path:
@@ -272,59 +273,36 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog="examples:\n"
         "  python -m blat_jobs.embed run --manifest corpus/manifest.jsonl --bundle runs/default/bundle --out emb\n"
-        "  python -m blat_jobs.embed run ... --workers 4             (4 local processes, then the merge)\n"
-        "  torchrun --nproc-per-node 8 -m blat_jobs.embed run ... --device cuda   (one GPU per rank)\n"
-        "  torchrun --nnodes 4 --nproc-per-node 16 --rdzv-endpoint HOST:29400 -m blat_jobs.embed run ... "
-        "--backend triton --triton-url triton:8001   (out on a shared filesystem)\n"
-        "  python -m blat_jobs.embed merge --out emb\n"
-        "\nRerun the same command to resume a killed job; workers may join a running job at any time.",
+        "  python -m blat_jobs.embed run ... --workers 2             (2 actors on this machine, then the merge)\n"
+        "  python -m blat_jobs.embed run ... --address auto --workers 8 --num-gpus 1   (a cluster: one GPU each)\n"
+        "  python -m blat_jobs.embed run ... --address auto --workers 32 --backend triton --triton-url triton:8001\n"
+        "  python -m blat_jobs.embed merge --out emb\n\n" + ray_run.CLUSTER_HELP,
     )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
         formatter_class=raw,
-        help="compute the shards this worker can claim (rank 0: all, then merge)",
-        description="Every worker runs this; rank 0 (or the only worker) waits for "
-        "all shards, taking over those of dead workers, and merges.",
+        help="compute the shards not yet written (on Ray), then merge",
+        description="Compute the shards not yet written, on a local Ray or a cluster, then merge.\n\n"
+        + ray_run.CLUSTER_HELP,
     )
     r.add_argument("--manifest", type=Path, required=True, help="JSON Lines: audio|path, id, tags, caption")
     r.add_argument("--bundle", type=Path, required=True, help="model bundle folder (bundle.json)")
-    r.add_argument("--out", type=Path, required=True, help="job folder: job.json, shard-*.npz, claims/, workers/")
-    r.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="local worker processes (default 1; under torchrun leave it at 1: every rank is a worker)",
-    )
+    r.add_argument("--out", type=Path, required=True, help="job folder: job.json, shard-*.npz, complete.json")
     r.add_argument("--shard-size", type=int, default=256, help="items per shard (default 256)")
     r.add_argument("--batch-size", type=int, default=BATCH, help=f"clips per model call (default {BATCH})")
     r.add_argument(
         "--backend",
         choices=("onnxruntime", "triton"),
         default="onnxruntime",
-        help="onnxruntime in each worker (default), or a Triton server: workers then only decode audio",
+        help="onnxruntime in each actor (default), or a Triton server: the actors are then thin clients",
     )
     r.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC endpoint (--backend triton)")
     r.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default="cpu",
-        help="onnxruntime device; cuda: each worker takes GPU <LOCAL_RANK>",
-    )
-    r.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="onnxruntime threads per worker (default: the cores divided among the local workers)",
-    )
-    r.add_argument(
-        "--lease-s",
-        type=float,
-        default=LEASE_S,
-        help="seconds without a heartbeat after which a "
-        f"worker's claim is stale and another redoes its shard (default {LEASE_S:g})",
+        "--threads", type=int, default=0, help="onnxruntime threads per actor (default: the actor's --num-cpus)"
     )
     r.add_argument("--overwrite", action="store_true", help="discard the shards of a job with another spec")
+    ray_run.add_arguments(r)
     m = sub.add_parser(
         "merge", help="check every shard is present and whole (exit 2 naming those that are not); write complete.json"
     )
@@ -344,9 +322,6 @@ def main(argv: list[str] | None = None) -> int:
             done = json.loads(merge(args.out).read_text())
             print(f"{args.out}: complete, {done['items']} items in {len(done['shards'])} shards, dim {done['dim']}")
             return 0
-        ident = Identity.from_env()
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: ranks on this node share its cores
-        threads = args.threads or (max(1, (os.cpu_count() or 1) // local) if local > 1 else 0)
         summary = run(
             args.manifest,
             args.bundle,
@@ -355,17 +330,14 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             backend=args.backend,
             triton_url=args.triton_url,
-            threads=threads,
-            device=args.device,
-            lease_s=args.lease_s,
+            threads=args.threads,
             overwrite=args.overwrite,
-            workers=args.workers,
-            identity=ident,
+            ray=ray_run.options(args),
         )
-    except (JobMismatch, Incomplete, ValueError, FileNotFoundError) as e:
+    except (JobMismatch, Incomplete, ValueError, FileNotFoundError, ray_run.Unschedulable, ray_run.JobFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{summary.worker}: computed shards {summary.computed}" + ("; merged" if ident.rank == 0 else ""))
+    print(f"{args.out}: computed shards {sorted(summary.computed)} ({summary.found_done} already done); merged")
     return 0
 
 

@@ -92,3 +92,37 @@ def yamnet_bundle(tmp_path_factory):
     dual = blat.create_model("yamnet-minilm").eval()
     captioner = blat.create_model("yamnet-captioner", vocab=Vocabulary.build(CAPTIONS)).eval()
     return write_bundle(tmp_path_factory.mktemp("bundles") / "yamnet", dual, captioner, name="yamnet", version="test")
+
+
+RAY_NODE_CPUS = 2  # logical CPUs of each node of the test cluster (the machine may have fewer cores)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray per test session (per xdist worker): a head and a second node on this machine, as two raylets, and
+    this process connected to it. The batch jobs run in-process on it (blat_jobs.ray_run uses the connected Ray);
+    commands join it through $RAY_ADDRESS or --address. A test that removes the second node adds one back."""
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # a local Ray a job started in this process before the cluster was asked for
+        ray.shutdown()
+    # A killed node is found dead after 3 missed health checks 0.5 s apart (Ray's default: 5 x 3 s).
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    head = {"num_cpus": RAY_NODE_CPUS, "include_dashboard": False, "_system_config": health}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster.add_node(num_cpus=RAY_NODE_CPUS)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    cluster.wait_for_nodes()
+    before = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = cluster.address  # job commands run by the tests join it (not a local Ray each)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if before is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = before

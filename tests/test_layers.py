@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "blat_contract": {"torch", "blat", "blat_export", "blat_gateway", "blat_client", "transformers"},
-    "blat_gateway": {"torch", "blat", "blat_export", "transformers", "blat_jobs"},
+    "blat_gateway": {"torch", "blat", "blat_export", "transformers", "blat_jobs", "ray"},  # ray: the jobs extra
     "blat_client": {
         "torch",
         "blat",
@@ -28,7 +28,13 @@ FORBIDDEN = {
     "blat": {"blat_export", "blat_gateway", "blat_client"},
     "blat_export": {"blat_gateway", "blat_client"},
     "blat_wire": {"torch", "blat", "blat_export", "blat_gateway", "blat_client", "blat_contract"},
-    "blat_jobs": {"torch", "blat", "blat_export", "transformers", "blat_client"},  # shards.py: stdlib only (own test)
+    "blat_jobs": {
+        "torch",
+        "blat",
+        "blat_export",
+        "transformers",
+        "blat_client",
+    },  # shards.py: stdlib (test_shards.py); ray_run.py: ray
 }
 SOURCE = {  # packages whose source is not at ROOT/<name>
     "blat_client": ROOT / "clients" / "blat_client",

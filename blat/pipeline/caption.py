@@ -5,15 +5,14 @@ ablation b, use a captioner trained with --no-tags) and `templates` (text from t
 ablation c). The job is sharded by sorted id and resumable (blat_jobs.shards): every shard file is written atomically,
 a rerun skips finished shards, and a killed run loses at most the shards in flight.
 
-Several workers can share one job: `--workers N` starts N local processes; under `torchrun --nproc-per-node N`
-(on one or several nodes sharing the output folder) every rank works. Workers claim shards through files in
-<out>/claims/; a dead worker's claim goes stale after --lease-s seconds (at once for a process of this machine
-that is gone) and another worker redoes its shard. Rank 0 (or the --workers parent) waits for every shard, checks
-that all are present and whole, and writes captions.jsonl; `--merge-only` does just that check and merge. With
---device cuda each worker takes cuda:<LOCAL_RANK>. Outputs:
+It runs on Ray (blat_jobs.ray_run): Ray tasks load each shard's audio, a pool of `--workers` captioner actors (torch,
+on a GPU each with --num-gpus 1 or a cuda device) captions it; without --address on a local Ray with this machine's
+cores, with --address auto or ray://HOST:10001 on a cluster whose nodes share the output folder. Ray restarts a dead
+actor and retries its shard; a rerun after the driver died computes only the shards not yet written. The run ends
+by checking that every shard is present and whole and writing captions.jsonl; `--merge-only` does just that.
+Outputs:
 
     <out>/shard-00000.jsonl ...   <out>/captions.jsonl (all shards merged, at the end)   <out>/job.json
-    <out>/claims/ (shards being worked on)   <out>/workers/<worker>.json (the shards each worker computed)
 
 Each row: {id, audio, caption, log_prob, tags, provenance{mode, checkpoint_sha256, use_tags, decoding, seed}}.
 Run `python -m blat.pipeline.caption -h`.
@@ -23,17 +22,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from blat.pipeline import templates
 from blat.pipeline.data import batch_audio, file_sha256, load_audio, load_jsonl, load_scene_manifest
@@ -43,8 +41,10 @@ from blat.pipeline.stages import CaptioningConfig
 from blat_contract.audio import SAMPLE_RATE
 from blat_contract.beam import DecodingOptions
 from blat_contract.config import to_dict
+from blat_jobs import ray_run
 from blat_jobs import shards as js
-from blat_jobs.shards import LEASE_S, Identity, Incomplete, JobMismatch
+from blat_jobs.ray_run import RayOptions
+from blat_jobs.shards import Incomplete, JobMismatch
 
 log = logging.getLogger("blat.pipeline.caption" if __name__ == "__main__" else __name__)
 
@@ -116,11 +116,10 @@ class _Captioner:
             beam_size=cfg.beam_size, max_tokens=cfg.max_tokens, length_penalty=cfg.length_penalty
         )
 
-    def __call__(self, rows: list[dict]) -> list[tuple[str, float]]:
+    def __call__(self, rows: list[dict], waves: list) -> list[tuple[str, float]]:
         from blat.models.captioner import tags_tensor
 
         tower = self.model.audio_encoder
-        waves = [load_audio(r["audio_path"], SAMPLE_RATE) for r in rows]
         frames = None
         if self.cfg.tower_cache:  # the tower's frames once per clip, shared with stage 1, other variants and seeds
             frames = per_clip_outputs(
@@ -153,7 +152,7 @@ class _Captioner:
 
 @dataclasses.dataclass
 class _Task:
-    """One job as every worker derives it from the same arguments."""
+    """The job as the driver opens it."""
 
     job: js.Job
     rows: dict[str, dict]
@@ -164,14 +163,7 @@ class _Task:
 
 
 def _open(
-    manifest: Path,
-    out: Path,
-    cfg: CaptioningConfig,
-    checkpoint,
-    limit,
-    overwrite: bool,
-    reset: bool = True,
-    readonly: bool = False,
+    manifest: Path, out: Path, cfg: CaptioningConfig, checkpoint, limit, overwrite: bool, readonly: bool = False
 ) -> _Task:
     rows = {r["id"]: r for r in load_scene_manifest(manifest, cfg.split)}
     if not rows:
@@ -198,7 +190,6 @@ def _open(
             "checkpoint": str(checkpoint) if checkpoint else None,
         },
         outputs=[MERGED],
-        reset=reset,
         readonly=readonly,
     )
     return _Task(
@@ -206,24 +197,33 @@ def _open(
     )
 
 
-def _work(task: _Task, ident: Identity, lease_s: float, wait: bool, progress: bool) -> js.Summary:
-    """This process's claim loop over the job's shards (blat_jobs.shards.run_worker)."""
-    cfg = dataclasses.replace(task.cfg, device=ident.device(task.cfg.device))
-    job, model = task.job, None
+def _load(rows: list[dict], mode: str) -> tuple[list[dict], list | None]:
+    """A decode task (CPU): the shard's rows and their waveforms (none for templates: text from tags only)."""
+    return rows, None if mode == "templates" else [load_audio(r["audio_path"], SAMPLE_RATE) for r in rows]
 
-    def process(k: int, ids: list[str]) -> list[dict]:
-        nonlocal model
-        if cfg.mode != "templates" and model is None:
-            model = _Captioner(task.checkpoint, cfg)  # once, and only when a shard is left to compute
+
+class _ShardCaptioner:
+    """The model side of one actor: the captioner loaded once, then one shard's rows per call."""
+
+    def __init__(self, worker: str, cpus: float, cfg: CaptioningConfig, checkpoint, checkpoint_sha, decoding: dict):
+        self.cfg = cfg
+        # num_threads 0 would give every actor all cores: Ray's CPUs are its share of them
+        torch.set_num_threads(cfg.num_threads or max(1, int(cpus)))
+        self.checkpoint_sha, self.decoding = checkpoint_sha, decoding
+        self.model = None if cfg.mode == "templates" else _Captioner(checkpoint, cfg)
+
+    def __call__(self, k: int, loaded: tuple[list[dict], list | None]) -> list[dict]:
+        cfg, (batch, waves) = self.cfg, loaded
         torch.manual_seed(cfg.seed + k)  # decoding is deterministic; seeded anyway, per shard
-        batch = [task.rows[i] for i in ids]
-        texts = [(templates.tags_caption(r["tags"]), None) for r in batch] if model is None else model(batch)
-        use_tags = cfg.mode == "templates" or model.use_tags
+        if self.model is None:
+            texts = [(templates.tags_caption(r["tags"]), None) for r in batch]
+        else:
+            texts = self.model(batch, waves)
         provenance = {
             "mode": cfg.mode,
-            "checkpoint_sha256": task.checkpoint_sha,
-            "use_tags": use_tags,
-            "decoding": task.decoding,
+            "checkpoint_sha256": self.checkpoint_sha,
+            "use_tags": cfg.mode == "templates" or self.model.use_tags,
+            "decoding": self.decoding,
             "seed": cfg.seed,
         }  # the key order of earlier runs' rows
         return [
@@ -238,23 +238,6 @@ def _work(task: _Task, ident: Identity, lease_s: float, wait: bool, progress: bo
             for r, (text, lp) in zip(batch, texts)
         ]
 
-    where = f" (rank {ident.rank} of {ident.world_size})" if ident.world_size > 1 else ""
-    bar = tqdm(
-        total=len(job.ids),
-        initial=_rows_present(job),
-        desc=f"stage 2: {cfg.mode}{where}",
-        unit="clip",
-        disable=not progress,
-    )
-    try:
-        return js.run_worker(job, process, ident, lease_s, wait=wait, on_shard=lambda k, n: bar.update(n))
-    finally:
-        bar.close()
-
-
-def _rows_present(job: js.Job) -> int:
-    return sum(len(s) for k, s in enumerate(job.shards) if job.path(k).exists())
-
 
 def caption_split(
     scenes_manifest: str | Path,
@@ -264,95 +247,55 @@ def caption_split(
     limit: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
-    workers: int = 1,
-    lease_s: float = LEASE_S,
-    identity: Identity | None = None,
+    ray: RayOptions | None = None,
     merge_only: bool = False,
-) -> Path | None:
+) -> Path:
     """Caption one split of a scene manifest into `out_dir`; returns the merged captions.jsonl.
 
     Resumable: rerun with the same arguments to finish a killed job. `limit` keeps the first n sorted ids (tests).
-    workers > 1: that many local worker processes share the job, then this process finishes what they left and
-    merges. identity: this process's place among workers started together (torchrun; the CLI reads it from the
-    environment): rank 0 waits for every shard and merges, the other ranks return None after their pass.
-    merge_only: compute nothing; check the job is complete (else Incomplete, naming the shards) and merge."""
+    ray: where and on how many actors (default: one actor on a local Ray, or on the Ray this process is connected
+    to; a GPU when captioning.device is cuda). merge_only: compute nothing; check the job is complete (else
+    Incomplete, naming the shards) and merge."""
     cfg = config or CaptioningConfig()
-    ident = identity or Identity()
-    if workers > 1 and ident.world_size > 1:
-        raise ValueError("workers > 1 starts local worker processes: not under torchrun (use --nproc-per-node)")
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        manifest, out = Path(scenes_manifest), Path(out_dir)
-        task = _open(manifest, out, cfg, checkpoint, limit, overwrite, reset=ident.rank == 0, readonly=merge_only)
-        if merge_only:
-            return js.merge(task.job, MERGED, _concat)
-        job = task.job
-        log.info(
-            "captioning",
-            extra={
-                "split": cfg.split,
-                "mode": cfg.mode,
-                "rows": len(job.ids),
-                "shards": len(job.shards),
-                "out": str(out),
-                "rank": ident.rank,
-                "world_size": ident.world_size,
-                "local_workers": workers,
-            },
-        )
-        started = time.time()
-        if workers > 1:
-            _run_local_workers(task, (manifest, out, cfg, checkpoint, limit), workers, lease_s, progress)
-        # The --workers parent's own pass finishes whatever a failed local worker left (its claims are stale at once).
-        summary = _work(task, ident, lease_s, wait=ident.rank == 0, progress=progress and workers == 1)
-        if ident.rank != 0:
-            log.info(
-                "worker done; rank 0 merges",
-                extra={"computed_shards": summary.computed, "held_by_others": summary.unfinished},
-            )
-            return None
-        merged = js.merge(job, MERGED, _concat)
-        log.info(
-            "captions written",
-            extra={
-                "captions": str(merged),
-                "rows": len(job.ids),
-                "computed_shards": len(summary.computed),
-                "seconds": round(time.time() - started, 1),
-            },
-        )
-        return merged
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_local_workers(task: _Task, args: tuple, n: int, lease_s: float, progress: bool) -> None:
-    bar = tqdm(
-        total=len(task.job.ids),
-        initial=_rows_present(task.job),
-        desc=f"stage 2: {task.cfg.mode} ({n} workers)",
-        unit="clip",
-        disable=not progress,
+    gpu = cfg.device.startswith("cuda")
+    ray = ray or RayOptions(num_gpus=1.0 if gpu else 0.0, progress=progress)
+    if gpu and not ray.num_gpus:
+        raise ValueError(f"captioning.device {cfg.device!r}: give the actors a GPU (--num-gpus 1), or use cpu")
+    manifest, out = Path(scenes_manifest), Path(out_dir)
+    task = _open(manifest, out, cfg, checkpoint, limit, overwrite, readonly=merge_only)
+    job = task.job
+    if merge_only:
+        return js.merge(job, MERGED, _concat)
+    log.info(
+        "captioning",
+        extra={"split": cfg.split, "mode": cfg.mode, "rows": len(job.ids), "shards": len(job.shards), "out": str(out)},
     )
-    js.run_local_workers(
-        _local_worker, (*args, lease_s), n, "caption-worker", poll=lambda: bar.update(_rows_present(task.job) - bar.n)
+    started = time.time()
+    summary = ray_run.run_shards(
+        job,
+        lambda k: [task.rows[i] for i in job.shards[k]],
+        functools.partial(_load, mode=cfg.mode),
+        functools.partial(
+            _ShardCaptioner,
+            cfg=dataclasses.replace(cfg, device="cuda" if ray.num_gpus else "cpu"),  # an actor sees its GPU as cuda:0
+            checkpoint=task.checkpoint,
+            checkpoint_sha=task.checkpoint_sha,
+            decoding=task.decoding,
+        ),
+        ray,
+        desc=f"stage 2: {cfg.mode}",
     )
-    bar.close()
-
-
-def _local_worker(
-    manifest, out, cfg: CaptioningConfig, checkpoint, limit, lease_s: float, ident: Identity, level: str
-) -> None:
-    """One --workers process: the claim loop, no waiting, no merge (the parent does both)."""
-    from blat_contract.logs import setup_logging
-
-    setup_logging(level)
-    # num_threads 0 would give every worker all cores: share them instead
-    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // ident.world_size))
-    task = _open(manifest, out, cfg, checkpoint, limit, overwrite=False, reset=False)
-    _work(task, ident, lease_s, wait=False, progress=False)
+    merged = js.merge(job, MERGED, _concat)
+    log.info(
+        "captions written",
+        extra={
+            "captions": str(merged),
+            "rows": len(job.ids),
+            "computed_shards": len(summary.computed),
+            "seconds": round(time.time() - started, 1),
+        },
+    )
+    return merged
 
 
 def read_captions(out_dir: str | Path, n_shards: int | None = None) -> list[dict]:
@@ -378,13 +321,11 @@ def _parser() -> argparse.ArgumentParser:
         "  python -m blat.pipeline.caption --scenes ... --checkpoint runs/ci/captioner-notags.safetensors "
         "--no-tags --out runs/ci/captions-notags\n"
         "  python -m blat.pipeline.caption --scenes ... --mode templates --out runs/ci/captions-templates\n"
-        "  python -m blat.pipeline.caption --scenes ... --checkpoint ... --out ... --workers 4\n"
-        "  torchrun --nproc-per-node 8 -m blat.pipeline.caption --scenes ... --checkpoint ... --out ... "
-        "--device cuda\n"
-        "  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29400 -m blat.pipeline.caption ... "
-        "(out on a shared filesystem)\n"
-        "  python -m blat.pipeline.caption --scenes ... --checkpoint ... --out ... --merge-only\n"
-        "\nRerun the same command to resume a killed job; workers may also be added to a running job.",
+        "  python -m blat.pipeline.caption --scenes ... --checkpoint ... --out ... --workers 2   (2 actors here)\n"
+        "  python -m blat.pipeline.caption --scenes ... --checkpoint ... --out /shared/captions --address auto "
+        "--workers 16 --num-gpus 1\n"
+        "  python -m blat.pipeline.caption --scenes ... --checkpoint ... --out ... --merge-only\n\n"
+        + ray_run.CLUSTER_HELP,
     )
     p.add_argument("--scenes", type=Path, required=True, help="scene manifest.jsonl (python -m blat.pipeline.scenes)")
     p.add_argument("--out", type=Path, required=True, help="output folder (shards, captions.jsonl, job.json)")
@@ -397,29 +338,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="override captioning.split (default tags_only)")
     for name in ("beam_size", "max_tokens", "batch_size", "shard_size", "seed", "num_threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"override captioning.{name}")
-    p.add_argument("--device", help="override captioning.device (cpu, cuda: each worker takes cuda:<LOCAL_RANK>)")
+    p.add_argument("--device", help="override captioning.device (cpu, or cuda: each actor takes a GPU)")
     p.add_argument("--limit", type=int, help="caption only the first N ids (sorted)")
     p.add_argument("--overwrite", action="store_true", help="discard shards of a job with other settings")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="local worker processes sharing the job (default 1; under torchrun leave it at 1: every rank is a worker)",
-    )
-    p.add_argument(
-        "--lease-s",
-        type=float,
-        default=LEASE_S,
-        help="seconds without a heartbeat after which a "
-        f"worker's claim is stale and its shard is redone by another (default {LEASE_S:g})",
-    )
     p.add_argument(
         "--merge-only",
         action="store_true",
         help="compute nothing: check every shard is present and "
         "whole (exit 2 naming those that are not) and write captions.jsonl; same other arguments as the run",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray_run.add_arguments(p, gpus_from="--device cuda")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -431,7 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     cfg = load_recipe(args.recipe).captioning
     cfg = with_overrides(cfg, args)
-    ident = Identity.from_env()
     try:
         merged = caption_split(
             args.scenes,
@@ -439,19 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             args.checkpoint,
             limit=args.limit,
-            progress=not args.no_progress,
             overwrite=args.overwrite,
-            workers=args.workers,
-            lease_s=args.lease_s,
-            identity=ident,
+            ray=ray_run.options(args, gpus=1.0 if cfg.device.startswith("cuda") else 0.0),
             merge_only=args.merge_only,
         )
-    except (JobMismatch, Incomplete, ValueError, FileNotFoundError) as e:
+    except (JobMismatch, Incomplete, ValueError, FileNotFoundError, ray_run.Unschedulable, ray_run.JobFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if merged is None:
-        print(f"rank {ident.rank} of {ident.world_size}: done; rank 0 merges")
-        return 0
     rows = load_jsonl(merged)
     print(
         f"{merged}: {len(rows)} captions; e.g. {rows[0]['id']}: {rows[0]['caption']!r}" if rows else f"{merged}: empty"

@@ -99,7 +99,7 @@ class CaptioningConfig:
     max_tokens: int = 20  # words before the end token is forced
     length_penalty: float = 0.0  # GNMT alpha; 0 ranks by summed log-probability (BLAT)
     batch_size: int = 32  # clips per forward pass
-    shard_size: int = 200  # rows per shard file (a killed run loses at most one shard)
+    shard_size: int = 200  # rows per shard: the unit Ray schedules and retries; its decoded audio is one object
     tower_cache: str = ""  # folder for the audio tower's per-clip frames, shared with stage 1 ("" = none)
     seed: int = 0
     device: str = "cpu"

@@ -1,99 +1,54 @@
-"""blat_jobs.embed: several worker processes embed a collection exactly like one worker; a killed worker's shard is
-redone by another; the merge refuses an incomplete job and names what is missing.
+"""blat_jobs.embed on Ray: two model actors embed a collection exactly like one; a rerun computes only the shards
+that are missing; the merge refuses an incomplete job and names what is missing; a request the cluster cannot hold
+fails at once. Actor, node and driver kills: test_ray_faults.py.
 
-Equality is exact (np.array_equal): every worker runs ONNX Runtime with one thread on the same shards, so the same
+Equality is exact (np.array_equal): every actor runs ONNX Runtime with one thread on the same shards, so the same
 inputs go through the same kernels (seen: bit-identical).
 
-The workers are real processes (one is killed); the gateway that rebuilds from their output is one too.
+The jobs run on the session's Ray cluster (tests/conftest.py), in-process or as a subprocess joined to it; one
+command line run starts its own local Ray, as a user's would. The gateway that rebuilds from their output is real.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from blat_gateway.index.bulk import read_folder
 from blat_jobs import embed
 from blat_jobs import shards as js
-from tests.jobs.claims import kill_holding
+from blat_jobs.ray_run import RayOptions, Unschedulable
+from tests.jobs.jobdata import cli, result, shard_writers, write_collection
+from tests.jobs.jobdata import run_args as job_args
+from tests.jobs.jobdata import run_job as job
 
-REPO = Path(__file__).resolve().parents[2]
-SR = 32_000
 N_CLIPS, SHARD = 10, 3  # -> 4 shards
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
-    """10 short WAVs (tones and noise, 0.5-2 s) and a manifest in the gateway's format (relative paths)."""
-    root = tmp_path_factory.mktemp("collection")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(N_CLIPS):
-        n = int(SR * (0.5 + 1.5 * rng.random()))
-        t = np.arange(n) / SR
-        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) if i % 2 else 0.2 * rng.standard_normal(n)
-        (root / "audio").mkdir(exist_ok=True)
-        sf.write(str(root / "audio" / f"clip{i}.wav"), wave.astype(np.float32), SR, subtype="PCM_16")
-        row = {"audio": f"audio/clip{i}.wav", "tags": ["Dog"] if i % 3 == 0 else [], "caption": f"clip number {i}"}
-        if i % 2:
-            row["id"] = f"odd/{i}"  # the others default to the file's stem
-        rows.append(row)
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "manifest.jsonl"
+    return write_collection(tmp_path_factory.mktemp("collection"), N_CLIPS)
 
 
-def result(out: Path) -> tuple[list[dict], np.ndarray]:
-    """The finished folder as the gateway's rebuild reads it (blat_gateway.index.bulk): records as dicts (tags a list,
-    as
-    the job wrote them) and embeddings, in id order."""
-    _, pairs = read_folder(out)
-    pairs = list(pairs())
-    return [{**dataclasses.asdict(r), "tags": list(r.tags)} for r, _ in pairs], np.stack([e for _, e in pairs])
+def run_job(collection, bundle, out, workers: int = 1, **kw):
+    return job(collection, bundle, out, SHARD, workers, **kw)
+
+
+def run_args(collection, bundle, out, *extra: str) -> list[str]:
+    return job_args(collection, bundle, out, SHARD, *extra)
 
 
 @pytest.fixture(scope="module")
-def single(collection, tiny_bundle, tmp_path_factory):
+def single(collection, tiny_bundle, ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "job"
-    summary = embed.run(collection, tiny_bundle, out, shard_size=SHARD, threads=1)
-    assert summary.computed == [0, 1, 2, 3]
+    summary = run_job(collection, tiny_bundle, out)
+    assert sorted(summary.computed) == [0, 1, 2, 3] and len(summary.workers) == 1
     return result(out)
-
-
-def cli(*args: str, env: dict | None = None, wait: bool = True):
-    cmd = [sys.executable, "-m", "blat_jobs.embed", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-
-
-def run_args(collection, bundle, out, *extra) -> list[str]:
-    return [
-        "run",
-        "--manifest",
-        str(collection),
-        "--bundle",
-        str(bundle),
-        "--out",
-        str(out),
-        "--shard-size",
-        str(SHARD),
-        "--threads",
-        "1",
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
 
 
 def assert_same(out: Path, single) -> None:
@@ -101,14 +56,6 @@ def assert_same(out: Path, single) -> None:
     ref_records, ref_emb = single
     assert [r["id"] for r in records] == [r["id"] for r in ref_records] == sorted(r["id"] for r in ref_records)
     assert records == ref_records and emb.dtype == np.float32 and np.array_equal(emb, ref_emb)
-
-
-def shard_writers(out: Path) -> dict[int, str]:
-    got = {}
-    for k in range(4):
-        with np.load(out / f"shard-{k:05d}.npz") as z:
-            got[k] = str(z["worker"])
-    return got
 
 
 def test_records_and_spec(single, collection, tiny_bundle, tmp_path):
@@ -120,7 +67,7 @@ def test_records_and_spec(single, collection, tiny_bundle, tmp_path):
     assert by_id["clip0"]["source_uri"] == str(collection.parent / "audio" / "clip0.wav")
     assert all(len(r["content_hash"]) == 64 and 0.4 < r["duration_s"] < 2.1 for r in records)
     out = tmp_path / "job"
-    embed.run(collection, tiny_bundle, out, shard_size=SHARD, threads=1)
+    run_job(collection, tiny_bundle, out)
     spec = json.loads((out / js.JOB).read_text())["spec"]
     manifest_sha256 = hashlib.sha256(collection.read_bytes()).hexdigest()
     assert spec["bundle_id"] == "tiny@test" and spec["manifest_sha256"] == manifest_sha256
@@ -128,58 +75,74 @@ def test_records_and_spec(single, collection, tiny_bundle, tmp_path):
     other.write_text(collection.read_text().replace("clip number 1", "clip one"))
     (tmp_path / "audio").symlink_to(collection.parent / "audio")
     with pytest.raises(js.JobMismatch, match="manifest_sha256"):
-        embed.run(other, tiny_bundle, out, shard_size=SHARD, threads=1)
+        run_job(other, tiny_bundle, out)
 
 
-def test_two_local_workers_equal_one_and_compute_each_shard_once(single, collection, tiny_bundle, tmp_path):
+@pytest.mark.parametrize("decode", ["actors", "tasks"])  # decoded in the actors (CPU default) or by Ray tasks
+def test_two_actors_equal_one_and_write_each_shard_once(single, collection, tiny_bundle, tmp_path, decode):
     out = tmp_path / "two"
-    done = cli(*run_args(collection, tiny_bundle, out, "--workers", "2"), env={js.DELAY_ENV: "0.3"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    summary = run_job(collection, tiny_bundle, out, workers=2, num_cpus=0.5, decode=decode)
+    assert sorted(summary.computed) == [0, 1, 2, 3] and sum(summary.workers.values()) == 4
     assert_same(out, single)
-    ledgers = js.ledgers(out)
-    computed = sorted(k for shards in ledgers.values() for k in shards)
-    assert computed == [0, 1, 2, 3], ledgers  # each shard exactly once
-    assert {w for w in ledgers if ledgers[w]} <= {w for w in ledgers if w.startswith(("rank0of2", "rank1of2"))}
-    writers = shard_writers(out)
-    assert all(k in ledgers[writers[k]] for k in writers)
+    assert set(shard_writers(out).values()) <= set(summary.workers)
 
 
-def test_torchrun_style_ranks_equal_one(single, collection, tiny_bundle, tmp_path):
-    """Two independent processes with torchrun's environment: rank 1 leaves after its pass, rank 0 merges."""
-    out = tmp_path / "ranks"
-    procs = [
-        cli(
-            *run_args(collection, tiny_bundle, out),
-            wait=False,
-            env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2", js.DELAY_ENV: "0.3"},
-        )
-        for r in (0, 1)
-    ]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
-    assert "merged" in outs[0][0] and "merged" not in outs[1][0]
-    assert_same(out, single)
-    assert sorted(k for s in js.ledgers(out).values() for k in s) == [0, 1, 2, 3]
-
-
-def test_a_killed_workers_shard_is_redone(single, collection, tiny_bundle, tmp_path):
-    out = tmp_path / "killed"
-    proc = cli(*run_args(collection, tiny_bundle, out), wait=False, env={js.DELAY_ENV: "60"})
-    claim = out / js.CLAIMS / "shard-00000.claim"
-    kill_holding(proc, claim)
-    assert claim.exists() and not (out / "shard-00000.npz").exists()  # killed while it held shard 0
-
+def test_a_rerun_computes_only_missing_shards_and_merge_names_them(single, collection, tiny_bundle, tmp_path):
+    out = tmp_path / "rerun"
+    run_job(collection, tiny_bundle, out, workers=2)
+    kept = {k: os.stat(out / f"shard-{k:05d}.npz") for k in (0, 2, 3)}
+    (out / "shard-00001.npz").unlink()
+    (out / "shard-00003.npz").write_bytes(b"damaged")
+    kept.pop(3)
     merged = cli("merge", "--out", str(out))
-    assert merged.returncode == 2 and "shard-00000.npz (missing" in merged.stderr, merged.stderr
-    assert not (out / embed.MERGED).exists()
+    assert merged.returncode == 2, merged.stderr
+    assert "2 of 4 shards unfinished" in merged.stderr and "shard-00001.npz (missing)" in merged.stderr
+    assert "shard-00003.npz (damaged or other ids)" in merged.stderr
 
-    done = cli(*run_args(collection, tiny_bundle, out, "--workers", "2", "--lease-s", "2"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    again = run_job(collection, tiny_bundle, out, workers=2)
+    assert sorted(again.computed) == [1, 3] and again.found_done == 2
+    for k, st in kept.items():  # the shards already there were not written again
+        now = os.stat(out / f"shard-{k:05d}.npz")
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert_same(out, single)
-    ledgers = js.ledgers(out)
-    assert sorted(k for s in ledgers.values() for k in s) == [0, 1, 2, 3]  # the killed worker wrote nothing
-    assert not claim.exists() and json.loads((out / embed.MERGED).read_text())["items"] == N_CLIPS
     assert cli("merge", "--out", str(out)).returncode == 0
+    assert run_job(collection, tiny_bundle, out).computed == []  # finished: nothing to compute, Ray not needed
+
+
+def test_the_command_line_on_its_own_local_ray(single, collection, tiny_bundle, tmp_path):
+    """No --address: the command starts a local Ray with this machine's cores (and it goes away with it)."""
+    out = tmp_path / "cli"
+    done = cli(*run_args(collection, tiny_bundle, out, "--workers", "2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "computed shards [0, 1, 2, 3] (0 already done); merged" in done.stdout
+    assert_same(out, single)
+    assert json.loads((out / embed.MERGED).read_text())["items"] == N_CLIPS
+
+
+def test_resources_the_cluster_lacks_fail_at_once_naming_them(collection, tiny_bundle, ray_cluster, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(
+        Unschedulable, match=r"1 model actor\(s\) with 1 CPU and 1 GPU each; the cluster has 4 CPU and 0 GPU on 2 node"
+    ):
+        embed.run(
+            collection, tiny_bundle, tmp_path / "gpu", shard_size=SHARD, ray=RayOptions(num_gpus=1, progress=False)
+        )
+    with pytest.raises(Unschedulable, match="no CPU left for the decode tasks"):
+        embed.run(
+            collection,
+            tiny_bundle,
+            tmp_path / "cpu",
+            shard_size=SHARD,
+            ray=RayOptions(workers=2, num_cpus=2, decode="tasks"),
+        )
+    assert time.monotonic() - started < 10
+    done = cli(
+        *run_args(collection, tiny_bundle, tmp_path / "cli", "--num-gpus", "1", "--address", ray_cluster.address),
+        "--wait-resources",
+        "1",  # joined by address, it waits (default 60 s) for nodes that may still be joining
+    )
+    assert done.returncode == 2 and "error: asked for 1 model actor(s)" in done.stderr and "0 GPU" in done.stderr
+    assert not list((tmp_path / "cli").glob("shard-*"))
 
 
 @pytest.mark.slow
@@ -193,7 +156,7 @@ def test_a_gateway_rebuilds_from_the_job_without_embedding_again(single, collect
     roots = tmp_path / "roots"
     out = roots / "job"
     shutil.copytree(collection.parent, roots / "collection")
-    embed.run(roots / "collection" / "manifest.jsonl", tiny_bundle, out, shard_size=SHARD, threads=1)
+    run_job(roots / "collection" / "manifest.jsonl", tiny_bundle, out)
     records, emb = single
     with running_server(tiny_bundle, tmp_path, roots=roots) as server:
         client = Client(server.http_url)
