@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import tempfile
+from pathlib import Path
+
 import pytest
 
 CAPTIONS = ["a dog barks", "rain falls on a roof", "a man speaks while a car passes", "birds chirp then a door slams"]
@@ -113,8 +118,16 @@ def ray_cluster():
     # A killed node is found dead after 3 missed health checks 0.5 s apart (Ray's default: 5 x 3 s).
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
     head = {"num_cpus": RAY_NODE_CPUS, "include_dashboard": False, "_system_config": health}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    cluster.add_node(num_cpus=RAY_NODE_CPUS)
+    # One start at a time, machine-wide: two workers starting heads at once once left one head's raylet unregistered
+    # (Ray's "node timed out during startup" after 30 s). A start that times out anyway is tried once more.
+    with open(Path(tempfile.gettempdir()) / "blat-ray-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+        except Exception as e:  # Ray raises a bare Exception for this
+            logging.getLogger(__name__).warning("a Ray head did not start (%s); starting another", e)
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster.add_node(num_cpus=RAY_NODE_CPUS)
     ray.init(address=cluster.address, logging_level="WARNING")
     cluster.wait_for_nodes()
     before = os.environ.get("RAY_ADDRESS")

@@ -13,7 +13,8 @@ import pytest
 from blat.pipeline.recipe import load_recipe
 from blat.pipeline.run import run_pipeline
 
-pytestmark = pytest.mark.bench  # a long pipeline run: `make test-bench`
+pytestmark = [pytest.mark.bench, pytest.mark.usefixtures("ray_cluster")]  # a long pipeline run (stage 2 on
+# the session's Ray): `make test-bench`
 CACHE = Path(__file__).resolve().parents[3] / ".cache" / "corpus"
 
 

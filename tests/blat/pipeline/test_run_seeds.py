@@ -6,9 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from blat.pipeline.run import run_pipeline
 
 from .pipeline_data import tiny_frozen_recipe
+
+# Stage 2 runs on Ray: the session's cluster, so a worker process never starts a second Ray after a first.
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def test_seeds_run_apart_and_are_summarised(tmp_path):

@@ -12,6 +12,9 @@ from blat.pipeline.run import join_captions, run_pipeline
 
 from .pipeline_data import tiny_frozen_recipe
 
+# Stage 2 runs on Ray: the session's cluster, so a worker process never starts a second Ray after a first.
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
 
 def test_release_variant_must_be_known():
     with pytest.raises(ValueError, match="release_variant must be one of"):
