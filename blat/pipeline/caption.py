@@ -55,7 +55,7 @@ __all__ = ["JOB", "MERGED", "Incomplete", "JobMismatch", "caption_split", "read_
 
 
 def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.jsonl"
+    return js.shard_path(Path(), k, "jsonl").name
 
 
 def _decoding(cfg: CaptioningConfig) -> dict:

@@ -99,10 +99,6 @@ class Server:
         self.port = self.server.listen_port
         return self.uri
 
-    @property
-    def pid(self) -> int:
-        return self.server.server_proc.pid
-
     def kill(self) -> None:
         """kill -9: no shutdown, no flush."""
         proc: subprocess.Popen = self.server.server_proc
